@@ -1,0 +1,178 @@
+//! `matchplane control-plane`: flags, config file and key rotation.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use matchplane_control_plane::{
+    Config, ControlPlane, Placement, SigningAlgorithm, StorageConfig, clock::Clock as _, clock::SystemClock,
+    clock::duration_ms, keys,
+};
+
+use crate::duration::parse_duration;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControlPlaneArgs {
+    #[command(subcommand)]
+    command: Option<ControlPlaneCommand>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ControlPlaneCommand {
+    /// Make a new signing key current; the previous one stays in the JWKS until its tokens expire.
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Port to listen on; 0 picks a free port (the bound address is logged).
+    #[arg(long, env = "MATCHPLANE_PORT", default_value_t = 3000)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, env = "MATCHPLANE_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Directory for the embedded store and the signing keys.
+    #[arg(long, env = "MATCHPLANE_DATA_DIR", default_value = "./matchplane-data")]
+    data_dir: PathBuf,
+    /// Keep everything in memory (nothing survives a restart). For tests and demos.
+    #[arg(long, env = "MATCHPLANE_EPHEMERAL")]
+    ephemeral: bool,
+    /// TOML file with queue profiles (`[[queue]]` tables); see docs/matchmaking.md.
+    #[arg(long, env = "MATCHPLANE_CONFIG")]
+    config: Option<PathBuf>,
+    /// PEM private key (P-256 or Ed25519) to sign with instead of generated keys; share it between replicas.
+    #[arg(long, env = "MATCHPLANE_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+    /// Algorithm for generated signing keys.
+    #[arg(long, env = "MATCHPLANE_SIGNING_ALG", default_value = "es256")]
+    signing_alg: SigningAlgorithm,
+    /// Token issuer (`iss`).
+    #[arg(long, env = "MATCHPLANE_ISSUER", default_value = "matchplane")]
+    issuer: String,
+    /// Token audience (`aud`).
+    #[arg(long, env = "MATCHPLANE_AUDIENCE", default_value = "matchplane-game")]
+    audience: String,
+    /// Game servers not heard from within this are not allocated to.
+    #[arg(long, env = "MATCHPLANE_SERVER_TTL", default_value = "90s", value_parser = parse_duration)]
+    server_ttl: Duration,
+    /// Queued tickets expire after this.
+    #[arg(long, env = "MATCHPLANE_TICKET_TTL", default_value = "10m", value_parser = parse_duration)]
+    ticket_ttl: Duration,
+    /// Lifetime of an assignment and its match tokens.
+    #[arg(long, env = "MATCHPLANE_ASSIGNMENT_TTL", default_value = "60s", value_parser = parse_duration)]
+    assignment_ttl: Duration,
+    /// How often queues are re-matched and expiries checked.
+    #[arg(long, env = "MATCHPLANE_MATCH_TICK", default_value = "100ms", value_parser = parse_duration)]
+    match_tick: Duration,
+    /// How long finished tickets stay readable through `status`.
+    #[arg(long, env = "MATCHPLANE_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    retention: Duration,
+    /// Where new lands go: `spread` (least loaded) or `pack` (fullest with room).
+    #[arg(long, env = "MATCHPLANE_PLACEMENT", default_value = "spread")]
+    placement: PlacementArg,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "MATCHPLANE_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+    /// Most members one ticket may carry.
+    #[arg(long, env = "MATCHPLANE_MAX_MEMBERS", default_value_t = 16)]
+    max_members: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PlacementArg {
+    Spread,
+    Pack,
+}
+
+#[derive(Debug, Args)]
+struct RotateKeyArgs {
+    /// A running control plane to rotate (e.g. http://127.0.0.1:3000); otherwise the data dir is edited
+    /// directly, which is only safe while no control plane uses it.
+    #[arg(long, env = "MATCHPLANE_URL")]
+    url: Option<String>,
+    #[arg(long, env = "MATCHPLANE_DATA_DIR", default_value = "./matchplane-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "MATCHPLANE_SIGNING_ALG", default_value = "es256")]
+    signing_alg: SigningAlgorithm,
+    /// Lifetime of tokens signed with the old key (keeps it published that long).
+    #[arg(long, env = "MATCHPLANE_ASSIGNMENT_TTL", default_value = "60s", value_parser = parse_duration)]
+    assignment_ttl: Duration,
+}
+
+pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(ControlPlaneCommand::RotateKey(rotate)) => rotate_key(rotate).await,
+        None => serve(args.serve).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let storage = if args.ephemeral {
+        StorageConfig::Ephemeral
+    } else {
+        StorageConfig::Durable {
+            data_dir: args.data_dir.clone(),
+        }
+    };
+    let mut config = Config::new(SocketAddr::new(args.bind, args.port), storage);
+    config.server_ttl = args.server_ttl;
+    config.ticket_ttl = args.ticket_ttl;
+    config.assignment_ttl = args.assignment_ttl;
+    config.match_tick = args.match_tick;
+    config.retention = args.retention;
+    config.issuer = args.issuer;
+    config.audience = args.audience;
+    config.signing.algorithm = args.signing_alg;
+    config.placement = match args.placement {
+        PlacementArg::Spread => Placement::Spread,
+        PlacementArg::Pack => Placement::Pack,
+    };
+    config.limits.max_body_bytes = args.max_body_bytes;
+    config.limits.max_members = args.max_members;
+    if let Some(path) = &args.signing_key {
+        config.signing.key_pem = Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading signing key {}", path.display()))?,
+        );
+    }
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        config.engine = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+    }
+    let control_plane = ControlPlane::start(config).await?;
+    control_plane.run_until(crate::signals::shutdown_signal()).await;
+    Ok(())
+}
+
+async fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<()> {
+    let kid = match &args.url {
+        Some(url) => {
+            let endpoint = format!("{}/v1/admin/keys/rotate", url.trim_end_matches('/'));
+            let response = reqwest::Client::new()
+                .post(&endpoint)
+                .send()
+                .await
+                .with_context(|| format!("calling {endpoint}"))?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.context("reading the rotate response")?;
+            if !status.is_success() {
+                anyhow::bail!("rotation failed with {status}: {body}");
+            }
+            body.get("kid").and_then(|kid| kid.as_str()).unwrap_or_default().to_owned()
+        }
+        None => keys::rotate_in_dir(
+            &args.data_dir,
+            args.signing_alg,
+            SystemClock.now_ms(),
+            duration_ms(args.assignment_ttl),
+        )?,
+    };
+    println!("{kid}");
+    Ok(())
+}

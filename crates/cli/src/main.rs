@@ -1,0 +1,41 @@
+//! `matchplane`: one binary for every role.
+#![forbid(unsafe_code)]
+
+mod control_plane;
+mod duration;
+mod game_server;
+mod logging;
+mod signals;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "matchplane", version, about = "Matchmaking and game-server platform")]
+struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, global = true, env = "MATCHPLANE_LOG_FORMAT", default_value = "text")]
+    log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (queue, matchmaking, registry, tokens, JWKS).
+    ControlPlane(Box<control_plane::ControlPlaneArgs>),
+    /// Run a game server hosting the built-in lands.
+    GameServer(game_server::GameServerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::ControlPlane(args) => control_plane::run(*args).await,
+            Command::GameServer(args) => game_server::run(args).await,
+        }
+    })
+}

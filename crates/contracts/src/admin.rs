@@ -1,0 +1,69 @@
+//! Read-only admin views of the control plane.
+
+use serde::{Deserialize, Serialize};
+
+use crate::provisioning::{Capacity, Load};
+
+/// `GET /v1/admin/servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerList {
+    pub servers: Vec<ServerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerView {
+    pub server_id: String,
+    pub host: String,
+    pub port: u16,
+    pub land_types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub connect_base_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
+    /// Lands allocated here since the server's last heartbeat.
+    pub allocated_since_heartbeat: u32,
+    pub draining: bool,
+    /// `live`, `draining` or `expired` (not heard from within the TTL).
+    pub state: String,
+    pub registered_at: String,
+    pub last_seen_at: String,
+    pub last_seen_ago_ms: u64,
+}
+
+/// `GET /v1/admin/queue/summary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSummary {
+    pub queues: Vec<QueueSummaryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSummaryEntry {
+    pub queue_key: String,
+    pub queued: u64,
+    pub queued_players: u64,
+    /// Wait of the oldest queued ticket, in milliseconds (0 when none queued).
+    pub oldest_wait_ms: u64,
+    pub assigned: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub store: String,
+    pub uptime_ms: u64,
+    pub live_servers: u64,
+    pub queued_tickets: u64,
+    pub current_kid: String,
+}

@@ -1,0 +1,119 @@
+//! Error envelopes and the codes clients can switch on.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable, machine-readable error codes. Clients switch on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The body is not valid for the endpoint (wrong types, unknown shape).
+    InvalidRequest,
+    /// The body is not well-formed JSON.
+    InvalidJson,
+    /// `Content-Type` is not `application/json`.
+    UnsupportedMediaType,
+    /// The body exceeds the configured limit.
+    PayloadTooLarge,
+    QueueKeyRequired,
+    InvalidQueueKey,
+    MembersRequired,
+    TooManyMembers,
+    DuplicateMember,
+    InvalidMember,
+    GroupSizeMismatch,
+    FieldTooLong,
+    TooManyFields,
+    InvalidAttribute,
+    InvalidLatency,
+    TicketIdRequired,
+    TicketNotFound,
+    /// The queue key names a queue whose party size this ticket can never fit.
+    TicketTooLarge,
+    ServerIdRequired,
+    InvalidServer,
+    ServerNotFound,
+    NotFound,
+    MethodNotAllowed,
+    /// The durable store cannot be reached or failed; retry later.
+    StoreUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::InvalidJson => "INVALID_JSON",
+            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::QueueKeyRequired => "QUEUE_KEY_REQUIRED",
+            Self::InvalidQueueKey => "INVALID_QUEUE_KEY",
+            Self::MembersRequired => "MEMBERS_REQUIRED",
+            Self::TooManyMembers => "TOO_MANY_MEMBERS",
+            Self::DuplicateMember => "DUPLICATE_MEMBER",
+            Self::InvalidMember => "INVALID_MEMBER",
+            Self::GroupSizeMismatch => "GROUP_SIZE_MISMATCH",
+            Self::FieldTooLong => "FIELD_TOO_LONG",
+            Self::TooManyFields => "TOO_MANY_FIELDS",
+            Self::InvalidAttribute => "INVALID_ATTRIBUTE",
+            Self::InvalidLatency => "INVALID_LATENCY",
+            Self::TicketIdRequired => "TICKET_ID_REQUIRED",
+            Self::TicketNotFound => "TICKET_NOT_FOUND",
+            Self::TicketTooLarge => "TICKET_TOO_LARGE",
+            Self::ServerIdRequired => "SERVER_ID_REQUIRED",
+            Self::InvalidServer => "INVALID_SERVER",
+            Self::ServerNotFound => "SERVER_NOT_FOUND",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Whether the same request may succeed when sent again later.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::StoreUnavailable | Self::Internal)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"error": {"code", "message"}}` — the matchmaking and admin endpoints' error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The seed's provisioning envelope: `{success, error?: {code, message, retryable}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisioningResponse {
+    pub success: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProvisioningError>,
+}
+
+impl ProvisioningResponse {
+    pub fn ok() -> Self {
+        Self {
+            success: true,
+            error: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisioningError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retryable: bool,
+}

@@ -1,0 +1,15 @@
+//! Wire types of matchplane: the REST bodies, envelopes, error codes, WebSocket
+//! messages of both planes and the match-token claims. Serde only: no I/O, no clocks.
+//!
+//! Field names are the seed's wire contract (camelCase); extend additively only.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod error;
+pub mod game;
+pub mod jwks;
+pub mod matchmaking;
+pub mod provisioning;
+pub mod token;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProvisioningError, ProvisioningResponse};

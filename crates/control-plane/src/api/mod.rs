@@ -1,0 +1,68 @@
+//! HTTP routes of the control plane.
+
+mod admin;
+pub mod error;
+mod matchmaking;
+mod provisioning;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use matchplane_contracts::ErrorCode;
+
+use crate::clock::{Clock, Millis};
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::matcher::MatcherHandle;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::tokens::TokenIssuer;
+
+pub use error::{ApiError, ApiJson, Plain, Provisioning};
+
+/// Everything a request handler may touch.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub matcher: MatcherHandle,
+    pub issuer: Arc<TokenIssuer>,
+    pub events: EventBus,
+    pub clock: Arc<dyn Clock>,
+    pub started_at: Millis,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/.well-known/jwks.json", get(admin::jwks))
+        .route("/v1/matchmaking/enqueue", post(matchmaking::enqueue))
+        .route("/v1/matchmaking/status/{ticket_id}", get(matchmaking::status))
+        .route("/v1/matchmaking/cancel", post(matchmaking::cancel))
+        .route("/v1/provisioning/servers/register", post(provisioning::register))
+        .route("/v1/provisioning/servers/{server_id}", delete(provisioning::deregister))
+        .route("/v1/admin/servers", get(admin::servers))
+        .route("/v1/admin/queue/summary", get(admin::queue_summary))
+        .route("/v1/admin/keys/rotate", post(admin::rotate_key))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}

@@ -1,0 +1,63 @@
+//! `/v1/provisioning/servers/*`: game servers register, heartbeat, deregister.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use matchplane_contracts::ErrorCode;
+use matchplane_contracts::ProvisioningResponse;
+use matchplane_contracts::provisioning::RegisterRequest;
+
+use super::{ApiError, ApiJson, AppState, Provisioning};
+use crate::store::ServerRecord;
+use crate::validate;
+
+type ProvisioningResult = Result<Json<ProvisioningResponse>, ApiError<Provisioning>>;
+
+/// Registration and heartbeat are the same call: the latest report wins.
+pub async fn register(
+    State(state): State<AppState>,
+    body: ApiJson<RegisterRequest, Provisioning>,
+) -> ProvisioningResult {
+    let valid = validate::register(body.into_inner(), &state.config.limits)
+        .map_err(|invalid| ApiError::bad_request(invalid.code, invalid.message))?;
+    let now = state.clock.now_ms();
+    let previous = state.registry.get(&valid.server_id);
+    let request = valid.request;
+    let record = ServerRecord {
+        server_id: valid.server_id,
+        host: valid.host,
+        port: valid.port,
+        land_types: valid.land_types,
+        connect_host: request.connect_host,
+        connect_port: request.connect_port,
+        connect_scheme: request.connect_scheme,
+        connect_path_prefix: request.connect_path_prefix,
+        region: request.region,
+        capacity: request.capacity,
+        load: request.load,
+        draining: request.draining,
+        land_ids: request.land_ids,
+        registered_at: previous.as_ref().map_or(now, |previous| previous.registered_at),
+        last_seen: now,
+    };
+    state.store.put_server(record.clone()).await?;
+    if previous.is_none() {
+        tracing::info!(server_id = %record.server_id, land_types = ?record.land_types, "game server registered");
+    } else if previous.as_ref().is_some_and(|p| !p.draining) && record.draining {
+        tracing::info!(server_id = %record.server_id, "game server draining");
+    }
+    state.registry.upsert(record);
+    Ok(Json(ProvisioningResponse::ok()))
+}
+
+pub async fn deregister(State(state): State<AppState>, Path(server_id): Path<String>) -> ProvisioningResult {
+    let known_in_store = state.store.remove_server(&server_id).await?;
+    let known_in_memory = state.registry.remove(&server_id);
+    if !known_in_store && !known_in_memory {
+        return Err(ApiError::not_found(
+            ErrorCode::ServerNotFound,
+            format!("no server {server_id} is registered"),
+        ));
+    }
+    tracing::info!(server_id = %server_id, "game server deregistered");
+    Ok(Json(ProvisioningResponse::ok()))
+}

@@ -1,0 +1,22 @@
+//! The matchplane control plane: ticket queue, matching loop, game-server
+//! registry, allocation, match tokens and JWKS. It never runs game logic.
+//!
+//! Start one with [`ControlPlane::start`]; see ARCHITECTURE.md for the map.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod keys;
+pub mod matcher;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tokens;
+pub mod validate;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, Limits, Placement, SigningConfig, StorageConfig};
+pub use keys::SigningAlgorithm;
+pub use server::{ControlPlane, StartError};

@@ -1,0 +1,469 @@
+//! The matching loop: the one writer of the matchmaking engine. It feeds the
+//! pure engine with tickets, places the matches it proposes on servers, mints
+//! the tokens and commits the assignments; the engine itself does no I/O.
+//!
+//! A ticket can never land in two matches: the engine hands each ticket out
+//! once, and the store only assigns tickets that are still queued (a cancel
+//! that raced the match wins and the rest of the match goes back to the pool).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use matchplane_contracts::matchmaking::Assignment;
+use matchplane_contracts::token::MatchClaims;
+use matchplane_matchmaker::{Engine, Match, Ticket, TicketId};
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+
+use crate::clock::{Clock, Millis, duration_ms, format_rfc3339};
+use crate::config::Placement;
+use crate::events::{EventBus, TicketEvent};
+use crate::registry::{Allocation, Registry};
+use crate::store::{CommitOutcome, MatchCommit, Store, TicketRecord};
+use crate::tokens::{Signer, TokenIssuer};
+
+/// How the API tells the loop about tickets.
+#[derive(Clone)]
+pub struct MatcherHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    queued: Arc<AtomicU64>,
+}
+
+enum Command {
+    Enqueued(Box<TicketRecord>),
+    Removed(String),
+}
+
+impl MatcherHandle {
+    /// A ticket the store has accepted; matched at once when possible.
+    pub fn enqueued(&self, ticket: TicketRecord) {
+        // Only fails after shutdown, when nobody matches anymore anyway.
+        let _ = self.commands.send(Command::Enqueued(Box::new(ticket)));
+    }
+
+    /// A ticket the store no longer holds as queued (cancelled).
+    pub fn removed(&self, ticket_id: String) {
+        let _ = self.commands.send(Command::Removed(ticket_id));
+    }
+
+    /// Tickets the loop currently holds in its pools.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+pub struct MatcherSettings {
+    pub tick: Duration,
+    pub assignment_ttl: Duration,
+    pub retention: Duration,
+    pub placement: Placement,
+}
+
+pub struct MatchLoop {
+    engine: Engine,
+    tickets: HashMap<TicketId, TicketRecord>,
+    ids: HashMap<String, TicketId>,
+    expiries: BTreeSet<(Millis, TicketId)>,
+    next_id: u64,
+    commands: mpsc::UnboundedReceiver<Command>,
+    queued: Arc<AtomicU64>,
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    issuer: Arc<TokenIssuer>,
+    events: EventBus,
+    clock: Arc<dyn Clock>,
+    settings: MatcherSettings,
+    no_server_warned_at: HashMap<String, Millis>,
+    last_housekeeping: Millis,
+}
+
+/// Commands folded into one matching round, to batch store commits under load.
+const MAX_COMMANDS_PER_ROUND: usize = 4096;
+const HOUSEKEEPING_EVERY_MS: Millis = 30_000;
+/// Servers silent this long past their TTL are dropped from the registry.
+const FORGET_SERVERS_AFTER_MS: Millis = 3_600_000;
+
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    engine: Engine,
+    initial: Vec<TicketRecord>,
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    issuer: Arc<TokenIssuer>,
+    events: EventBus,
+    clock: Arc<dyn Clock>,
+    settings: MatcherSettings,
+    shutdown: watch::Receiver<bool>,
+) -> (MatcherHandle, tokio::task::JoinHandle<()>) {
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicU64::new(0));
+    let mut matcher = MatchLoop {
+        engine,
+        tickets: HashMap::new(),
+        ids: HashMap::new(),
+        expiries: BTreeSet::new(),
+        next_id: 1,
+        commands,
+        queued: Arc::clone(&queued),
+        store,
+        registry,
+        issuer,
+        events,
+        last_housekeeping: clock.now_ms(),
+        clock,
+        settings,
+        no_server_warned_at: HashMap::new(),
+    };
+    for ticket in initial {
+        matcher.track(ticket);
+    }
+    let task = tokio::spawn(async move { matcher.run(shutdown).await });
+    (
+        MatcherHandle {
+            commands: commands_tx,
+            queued,
+        },
+        task,
+    )
+}
+
+impl MatchLoop {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.settings.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                command = self.commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle_commands(command).await;
+                }
+                _ = ticker.tick() => self.tick().await,
+            }
+        }
+        tracing::debug!("matching loop stopped");
+    }
+
+    async fn handle_commands(&mut self, first: Command) {
+        let mut touched = BTreeSet::new();
+        self.apply(first, &mut touched);
+        for _ in 1..MAX_COMMANDS_PER_ROUND {
+            match self.commands.try_recv() {
+                Ok(command) => self.apply(command, &mut touched),
+                Err(_) => break,
+            }
+        }
+        let now = self.clock.now_ms();
+        let mut matches = Vec::new();
+        for queue_key in touched {
+            matches.extend(self.engine.find_matches(&queue_key, now));
+        }
+        self.place(matches, now).await;
+    }
+
+    fn apply(&mut self, command: Command, touched: &mut BTreeSet<String>) {
+        match command {
+            Command::Enqueued(ticket) => {
+                let queue_key = ticket.queue_key.clone();
+                if self.track(*ticket) {
+                    touched.insert(queue_key);
+                }
+            }
+            Command::Removed(ticket_id) => {
+                if let Some(id) = self.ids.get(&ticket_id).copied() {
+                    self.engine.remove(id);
+                    self.untrack(id);
+                }
+            }
+        }
+    }
+
+    /// Adds a queued ticket to the pools; false if it was already known or refused.
+    fn track(&mut self, record: TicketRecord) -> bool {
+        if self.ids.contains_key(&record.ticket_id) {
+            return false;
+        }
+        let id = TicketId(self.next_id);
+        self.next_id += 1;
+        if let Err(err) = self.engine.insert(&record.queue_key, engine_ticket(id, &record)) {
+            tracing::error!(ticket_id = %record.ticket_id, queue_key = %record.queue_key, error = %err,
+                "matchmaking engine refused a stored ticket; it will expire");
+            return false;
+        }
+        self.ids.insert(record.ticket_id.clone(), id);
+        self.expiries.insert((record.expires_at, id));
+        self.tickets.insert(id, record);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn untrack(&mut self, id: TicketId) -> Option<TicketRecord> {
+        let record = self.tickets.remove(&id)?;
+        self.ids.remove(&record.ticket_id);
+        self.expiries.remove(&(record.expires_at, id));
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(record)
+    }
+
+    /// Puts a proposed-but-unplaced ticket back, keeping its place in line.
+    fn requeue(&mut self, id: TicketId) {
+        let Some(record) = self.tickets.get(&id) else { return };
+        if let Err(err) = self.engine.insert(&record.queue_key, engine_ticket(id, record)) {
+            tracing::error!(ticket_id = %record.ticket_id, error = %err, "cannot return a ticket to its pool");
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        self.expire_due(now).await;
+        let matches = self.engine.find_all_matches(now);
+        self.place(matches, now).await;
+        if now.saturating_sub(self.last_housekeeping) >= HOUSEKEEPING_EVERY_MS {
+            self.last_housekeeping = now;
+            self.housekeeping(now).await;
+        }
+    }
+
+    async fn expire_due(&mut self, now: Millis) {
+        let due: Vec<TicketId> = self
+            .expiries
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let ticket_ids = due
+            .iter()
+            .filter_map(|id| self.tickets.get(id).map(|t| t.ticket_id.clone()))
+            .collect();
+        match self.store.expire_tickets(ticket_ids, now).await {
+            Ok(expired) => {
+                for id in due {
+                    self.engine.remove(id);
+                    self.untrack(id);
+                }
+                for ticket in expired {
+                    tracing::info!(ticket_id = %ticket.ticket_id, queue_key = %ticket.queue_key, "ticket expired");
+                    self.events.publish(TicketEvent::Expired {
+                        ticket_id: ticket.ticket_id,
+                    });
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot expire tickets now; will retry"),
+        }
+    }
+
+    async fn housekeeping(&mut self, now: Millis) {
+        let retention = duration_ms(self.settings.retention);
+        match self.store.purge_finished(now.saturating_sub(retention)).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged finished tickets past retention"),
+            Err(err) => tracing::warn!(error = %err, "cannot purge finished tickets"),
+        }
+        for server_id in self.registry.prune(now, FORGET_SERVERS_AFTER_MS) {
+            tracing::info!(server_id = %server_id, "forgetting long-silent game server");
+            if let Err(err) = self.store.remove_server(&server_id).await {
+                tracing::warn!(server_id = %server_id, error = %err, "cannot remove silent server from the store");
+            }
+        }
+    }
+
+    async fn place(&mut self, matches: Vec<Match>, now: Millis) {
+        if matches.is_empty() {
+            return;
+        }
+        let signer = self.issuer.signer();
+        let mut commits = Vec::with_capacity(matches.len());
+        let mut placed: Vec<(Match, Allocation)> = Vec::with_capacity(matches.len());
+        for proposed in matches {
+            let land_type = self.engine.land_type(&proposed.queue_key);
+            let Some(allocation) = self.registry.allocate(&land_type, now, self.settings.placement) else {
+                self.warn_no_server(&land_type, now);
+                self.requeue_match(&proposed);
+                continue;
+            };
+            match self.build_commit(&proposed, &allocation, &land_type, &signer, now) {
+                Ok(commit) => {
+                    commits.push(commit);
+                    placed.push((proposed, allocation));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot mint match tokens");
+                    self.registry.release(&allocation.server_id);
+                    self.requeue_match(&proposed);
+                }
+            }
+        }
+        if commits.is_empty() {
+            return;
+        }
+        match self.store.commit_matches(commits, now).await {
+            Ok(outcomes) => {
+                for ((proposed, allocation), outcome) in placed.into_iter().zip(outcomes) {
+                    self.finish(proposed, &allocation, outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot commit matches; tickets return to their queues");
+                for (proposed, allocation) in placed {
+                    self.registry.release(&allocation.server_id);
+                    self.requeue_match(&proposed);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, proposed: Match, allocation: &Allocation, outcome: CommitOutcome) {
+        match outcome {
+            CommitOutcome::Applied(records) => {
+                tracing::info!(
+                    queue_key = %proposed.queue_key,
+                    land_id = %allocation.land_id,
+                    server_id = %allocation.server_id,
+                    tickets = records.len(),
+                    quality = proposed.quality,
+                    "match assigned"
+                );
+                for id in proposed.teams.iter().flatten() {
+                    self.untrack(*id);
+                }
+                for record in records {
+                    if let Some(assignment) = record.assignment {
+                        self.events.publish(TicketEvent::Assigned {
+                            ticket_id: record.ticket_id,
+                            assignment: Box::new(assignment),
+                        });
+                    }
+                }
+            }
+            CommitOutcome::Rejected { not_queued } => {
+                tracing::info!(land_id = %allocation.land_id, gone = not_queued.len(),
+                    "match dropped: tickets changed meanwhile; the rest return to the queue");
+                self.registry.release(&allocation.server_id);
+                for id in proposed.teams.iter().flatten() {
+                    let gone = self
+                        .tickets
+                        .get(id)
+                        .is_none_or(|record| not_queued.contains(&record.ticket_id));
+                    if gone {
+                        self.untrack(*id);
+                    } else {
+                        self.requeue(*id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn requeue_match(&mut self, proposed: &Match) {
+        for id in proposed.teams.iter().flatten() {
+            self.requeue(*id);
+        }
+    }
+
+    fn warn_no_server(&mut self, land_type: &str, now: Millis) {
+        let last = self.no_server_warned_at.get(land_type).copied();
+        if last.is_none_or(|at| now.saturating_sub(at) >= 10_000) {
+            tracing::warn!(land_type, "no game server can take a new land; tickets stay queued");
+            self.no_server_warned_at.insert(land_type.to_owned(), now);
+        }
+    }
+
+    fn build_commit(
+        &self,
+        proposed: &Match,
+        allocation: &Allocation,
+        land_type: &str,
+        signer: &Signer,
+        now: Millis,
+    ) -> Result<MatchCommit, crate::tokens::TokenError> {
+        let match_id = uuid::Uuid::new_v4().to_string();
+        let expires_at = now.saturating_add(duration_ms(self.settings.assignment_ttl));
+        let roster: Vec<Vec<String>> = proposed
+            .teams
+            .iter()
+            .map(|team| {
+                team.iter()
+                    .filter_map(|id| self.tickets.get(id))
+                    .flat_map(|record| record.members.iter().cloned())
+                    .collect()
+            })
+            .collect();
+        let mut assignments = Vec::new();
+        for (team_index, team) in proposed.teams.iter().enumerate() {
+            let team_number = u32::try_from(team_index).unwrap_or(u32::MAX);
+            for id in team {
+                let Some(record) = self.tickets.get(id) else { continue };
+                let assignment_id = uuid::Uuid::new_v4().to_string();
+                let mut member_tokens = BTreeMap::new();
+                for member in &record.members {
+                    let claims = MatchClaims {
+                        iss: self.issuer.issuer.clone(),
+                        aud: self.issuer.audience.clone(),
+                        sub: member.clone(),
+                        player_id: member.clone(),
+                        members: record.members.clone(),
+                        assignment_id: assignment_id.clone(),
+                        land_id: allocation.land_id.clone(),
+                        land_type: land_type.to_owned(),
+                        server_id: allocation.server_id.clone(),
+                        iat: now / 1000,
+                        exp: expires_at / 1000,
+                        jti: assignment_id.clone(),
+                        match_id: Some(match_id.clone()),
+                        team: Some(team_number),
+                        roster: roster.clone(),
+                        queue_key: Some(record.queue_key.clone()),
+                    };
+                    member_tokens.insert(member.clone(), signer.sign(&claims)?);
+                }
+                let match_token = record
+                    .members
+                    .first()
+                    .and_then(|first| member_tokens.get(first))
+                    .cloned()
+                    .unwrap_or_default();
+                if record.members.len() < 2 {
+                    // A solo ticket's only token is already `matchToken`.
+                    member_tokens.clear();
+                }
+                assignments.push((
+                    record.ticket_id.clone(),
+                    Assignment {
+                        assignment_id,
+                        match_token,
+                        connect_url: allocation.connect_url.clone(),
+                        land_id: allocation.land_id.clone(),
+                        server_id: allocation.server_id.clone(),
+                        expires_at: format_rfc3339(expires_at),
+                        member_tokens,
+                        match_id: Some(match_id.clone()),
+                        team: Some(team_number),
+                    },
+                ));
+            }
+        }
+        Ok(MatchCommit {
+            assignments,
+            assignment_expires_at: expires_at,
+        })
+    }
+}
+
+fn engine_ticket(id: TicketId, record: &TicketRecord) -> Ticket {
+    Ticket {
+        id,
+        size: u32::try_from(record.members.len()).unwrap_or(u32::MAX),
+        enqueued_at: record.enqueued_at,
+        attributes: record.attributes.clone(),
+        latencies: record.latencies.clone(),
+        region: record.region.clone(),
+        string_args: record.string_args.clone(),
+        tags: record.tags.clone(),
+    }
+}

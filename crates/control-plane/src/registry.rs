@@ -1,0 +1,324 @@
+//! The game-server registry and the allocation of new lands on it.
+//!
+//! The store holds the durable copy of each registration; this in-memory index
+//! answers allocation without a store round trip and counts the lands handed
+//! out since each server's last heartbeat, so a burst cannot overfill a server
+//! whose reported load is still stale.
+
+use std::collections::BTreeMap;
+
+use matchplane_contracts::admin::ServerView;
+use parking_lot::Mutex;
+
+use crate::clock::{Millis, format_rfc3339};
+use crate::config::Placement;
+use crate::store::ServerRecord;
+
+pub struct Registry {
+    ttl_ms: Millis,
+    servers: Mutex<BTreeMap<String, Entry>>,
+}
+
+struct Entry {
+    record: ServerRecord,
+    allocated_since_heartbeat: u32,
+}
+
+/// Where a new land goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub server_id: String,
+    pub land_id: String,
+    pub connect_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    Live,
+    Draining,
+    Expired,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Draining => "draining",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl Registry {
+    pub fn new(ttl_ms: Millis) -> Self {
+        Self {
+            ttl_ms,
+            servers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Registration and heartbeat: replaces what the server said last time.
+    pub fn upsert(&self, record: ServerRecord) {
+        let mut servers = self.servers.lock();
+        servers.insert(
+            record.server_id.clone(),
+            Entry {
+                record,
+                allocated_since_heartbeat: 0,
+            },
+        );
+    }
+
+    pub fn get(&self, server_id: &str) -> Option<ServerRecord> {
+        self.servers.lock().get(server_id).map(|entry| entry.record.clone())
+    }
+
+    pub fn remove(&self, server_id: &str) -> bool {
+        self.servers.lock().remove(server_id).is_some()
+    }
+
+    fn state(&self, record: &ServerRecord, now: Millis) -> ServerState {
+        if now >= record.last_seen.saturating_add(self.ttl_ms) {
+            ServerState::Expired
+        } else if record.draining {
+            ServerState::Draining
+        } else {
+            ServerState::Live
+        }
+    }
+
+    pub fn live_count(&self, now: Millis) -> u64 {
+        let servers = self.servers.lock();
+        servers
+            .values()
+            .filter(|entry| self.state(&entry.record, now) == ServerState::Live)
+            .count() as u64
+    }
+
+    /// Picks a live server hosting `land_type` with room for one more land and
+    /// mints the land id. `None` when no server can take it right now.
+    pub fn allocate(&self, land_type: &str, now: Millis, placement: Placement) -> Option<Allocation> {
+        let mut servers = self.servers.lock();
+        let chosen = servers
+            .values()
+            .filter(|entry| self.state(&entry.record, now) == ServerState::Live)
+            .filter(|entry| entry.record.land_types.iter().any(|hosted| hosted == land_type))
+            .filter(|entry| entry.has_room())
+            // Ties broken by server id so allocation is deterministic.
+            .min_by(|a, b| {
+                let order = a.fill_ratio().total_cmp(&b.fill_ratio());
+                let order = match placement {
+                    Placement::Spread => order,
+                    Placement::Pack => order.reverse(),
+                };
+                order.then_with(|| a.record.server_id.cmp(&b.record.server_id))
+            })?
+            .record
+            .server_id
+            .clone();
+        let entry = servers.get_mut(&chosen)?;
+        entry.allocated_since_heartbeat = entry.allocated_since_heartbeat.saturating_add(1);
+        let land_id = format!("{land_type}:{}", uuid::Uuid::new_v4());
+        let connect_url = connect_url(&entry.record, land_type, &land_id);
+        Some(Allocation {
+            server_id: chosen,
+            land_id,
+            connect_url,
+        })
+    }
+
+    /// Gives back an allocation whose match was never committed.
+    pub fn release(&self, server_id: &str) {
+        if let Some(entry) = self.servers.lock().get_mut(server_id) {
+            entry.allocated_since_heartbeat = entry.allocated_since_heartbeat.saturating_sub(1);
+        }
+    }
+
+    /// Forgets servers not heard from for `forget_after_ms` beyond the TTL.
+    pub fn prune(&self, now: Millis, forget_after_ms: Millis) -> Vec<String> {
+        let mut servers = self.servers.lock();
+        let deadline = self.ttl_ms.saturating_add(forget_after_ms);
+        let stale: Vec<String> = servers
+            .values()
+            .filter(|entry| now >= entry.record.last_seen.saturating_add(deadline))
+            .map(|entry| entry.record.server_id.clone())
+            .collect();
+        for server_id in &stale {
+            servers.remove(server_id);
+        }
+        stale
+    }
+
+    pub fn views(&self, now: Millis) -> Vec<ServerView> {
+        let servers = self.servers.lock();
+        servers
+            .values()
+            .map(|entry| {
+                let record = &entry.record;
+                ServerView {
+                    server_id: record.server_id.clone(),
+                    host: record.host.clone(),
+                    port: record.port,
+                    land_types: record.land_types.clone(),
+                    region: record.region.clone(),
+                    connect_base_url: connect_base(record),
+                    capacity: record.capacity,
+                    load: record.load,
+                    allocated_since_heartbeat: entry.allocated_since_heartbeat,
+                    draining: record.draining,
+                    state: self.state(record, now).as_str().to_owned(),
+                    registered_at: format_rfc3339(record.registered_at),
+                    last_seen_at: format_rfc3339(record.last_seen),
+                    last_seen_ago_ms: now.saturating_sub(record.last_seen),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Entry {
+    fn lands_in_use(&self) -> u32 {
+        let reported = self.record.load.map_or(0, |load| load.lands);
+        reported.saturating_add(self.allocated_since_heartbeat)
+    }
+
+    fn has_room(&self) -> bool {
+        match self.record.capacity.and_then(|capacity| capacity.max_lands) {
+            Some(max_lands) => self.lands_in_use() < max_lands,
+            None => true,
+        }
+    }
+
+    /// How full the server is: a fraction of capacity when known, else a raw land count.
+    fn fill_ratio(&self) -> f64 {
+        let in_use = f64::from(self.lands_in_use());
+        match self.record.capacity.and_then(|capacity| capacity.max_lands) {
+            Some(max_lands) if max_lands > 0 => in_use / f64::from(max_lands),
+            _ => in_use,
+        }
+    }
+}
+
+/// `{scheme}://{host}:{port}{prefix}` as clients must use it.
+pub fn connect_base(record: &ServerRecord) -> String {
+    let host = record.connect_host.as_deref().unwrap_or(&record.host);
+    let port = record.connect_port.unwrap_or(record.port);
+    let scheme = match record.connect_scheme.as_deref() {
+        Some(scheme) => scheme.to_owned(),
+        None if port == 443 => "wss".to_owned(),
+        None => "ws".to_owned(),
+    };
+    let default_port = matches!((scheme.as_str(), port), ("ws" | "http", 80) | ("wss" | "https", 443));
+    // A bare IPv6 literal needs brackets inside a URL.
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let prefix = record.connect_path_prefix.as_deref().unwrap_or("");
+    if default_port {
+        format!("{scheme}://{host}{prefix}")
+    } else {
+        format!("{scheme}://{host}:{port}{prefix}")
+    }
+}
+
+pub fn connect_url(record: &ServerRecord, land_type: &str, land_id: &str) -> String {
+    format!("{}/game/{land_type}?landId={land_id}", connect_base(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use matchplane_contracts::provisioning::{Capacity, Load};
+
+    use super::*;
+
+    fn server(id: &str) -> ServerRecord {
+        ServerRecord {
+            server_id: id.to_owned(),
+            host: "10.1.2.3".to_owned(),
+            port: 8080,
+            land_types: vec!["hero-defense".to_owned()],
+            connect_host: None,
+            connect_port: None,
+            connect_scheme: None,
+            connect_path_prefix: None,
+            region: None,
+            capacity: None,
+            load: None,
+            draining: false,
+            land_ids: None,
+            registered_at: 0,
+            last_seen: 1_000,
+        }
+    }
+
+    #[test]
+    fn connect_url_rules() {
+        let mut record = server("a");
+        assert_eq!(connect_url(&record, "hd", "hd:1"), "ws://10.1.2.3:8080/game/hd?landId=hd:1");
+        record.connect_host = Some("game.example.com".to_owned());
+        record.connect_port = Some(443);
+        assert_eq!(connect_url(&record, "hd", "hd:1"), "wss://game.example.com/game/hd?landId=hd:1");
+        record.connect_scheme = Some("ws".to_owned());
+        assert_eq!(connect_url(&record, "hd", "hd:1"), "ws://game.example.com:443/game/hd?landId=hd:1");
+        record.connect_port = Some(9090);
+        record.connect_path_prefix = Some("/gs/2".to_owned());
+        assert_eq!(
+            connect_url(&record, "hd", "hd:1"),
+            "ws://game.example.com:9090/gs/2/game/hd?landId=hd:1"
+        );
+        record.connect_host = Some("::1".to_owned());
+        record.connect_path_prefix = None;
+        assert_eq!(connect_url(&record, "hd", "hd:1"), "ws://[::1]:9090/game/hd?landId=hd:1");
+    }
+
+    #[test]
+    fn allocation_respects_ttl_draining_capacity_and_placement() {
+        let registry = Registry::new(90_000);
+        let mut a = server("a");
+        a.capacity = Some(Capacity {
+            max_lands: Some(2),
+            max_players: None,
+        });
+        let mut b = server("b");
+        b.capacity = Some(Capacity {
+            max_lands: Some(4),
+            max_players: None,
+        });
+        b.load = Some(Load { lands: 1, players: 3 });
+        registry.upsert(a.clone());
+        registry.upsert(b.clone());
+
+        // Spread: a (0/2) before b (1/4); then b (1/4=.25) vs a (1/2): b.
+        let first = registry.allocate("hero-defense", 2_000, Placement::Spread).unwrap();
+        assert_eq!(first.server_id, "a");
+        assert!(first.land_id.starts_with("hero-defense:"));
+        let second = registry.allocate("hero-defense", 2_000, Placement::Spread).unwrap();
+        assert_eq!(second.server_id, "b");
+        assert!(registry.allocate("other-game", 2_000, Placement::Spread).is_none());
+
+        // Pack fills the fullest server with room: a is at 1/2, b at 2/4 → tie → "a".
+        let third = registry.allocate("hero-defense", 2_000, Placement::Pack).unwrap();
+        assert_eq!(third.server_id, "a");
+        // a is now full (2/2): only b may take more.
+        for _ in 0..2 {
+            assert_eq!(registry.allocate("hero-defense", 2_000, Placement::Pack).unwrap().server_id, "b");
+        }
+        assert!(registry.allocate("hero-defense", 2_000, Placement::Pack).is_none());
+
+        // A heartbeat resets the per-heartbeat count; draining servers get nothing.
+        b.draining = true;
+        registry.upsert(b);
+        a.load = Some(Load { lands: 1, players: 2 });
+        registry.upsert(a);
+        assert_eq!(registry.allocate("hero-defense", 2_000, Placement::Spread).unwrap().server_id, "a");
+        assert!(registry.allocate("hero-defense", 2_000, Placement::Spread).is_none());
+
+        // Past the TTL the server is expired and gets nothing.
+        let fresh = server("c");
+        registry.upsert(fresh);
+        assert!(registry.allocate("hero-defense", 1_000 + 90_000, Placement::Spread).is_none());
+        assert_eq!(registry.live_count(1_000 + 89_999), 2, "a and c are live, b drains");
+    }
+}

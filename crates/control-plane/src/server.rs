@@ -1,0 +1,201 @@
+//! Assembling and running a control plane: store, keys, registry, matching loop
+//! and the HTTP listener, with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use matchplane_matchmaker::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::clock::{Clock, SystemClock, duration_ms};
+use crate::config::{Config, StorageConfig};
+use crate::events::EventBus;
+use crate::keys::{KeyError, Keyring};
+use crate::matcher::{self, MatcherHandle, MatcherSettings};
+use crate::registry::Registry;
+use crate::store::{RedbStore, Store, StoreError};
+use crate::tokens::TokenIssuer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot load signing keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("invalid matchmaking configuration: {0}")]
+    Engine(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Optional overrides for embedding and tests.
+pub struct Builder {
+    config: Config,
+    clock: Option<Arc<dyn Clock>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl Builder {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub async fn start(self) -> Result<ControlPlane, StartError> {
+        let Builder { config, clock, store } = self;
+        let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let now = clock.now_ms();
+        let store: Arc<dyn Store> = match store {
+            Some(store) => store,
+            None => match &config.storage {
+                StorageConfig::Durable { data_dir } => Arc::new(RedbStore::open(data_dir)?),
+                StorageConfig::Ephemeral => Arc::new(RedbStore::in_memory()?),
+            },
+        };
+        let keyring = match (&config.signing.key_pem, &config.storage) {
+            (Some(pem), _) => Keyring::from_pem(pem, now)?,
+            (None, StorageConfig::Durable { data_dir }) => {
+                Keyring::open_dir(data_dir, config.signing.algorithm, now)?
+            }
+            (None, StorageConfig::Ephemeral) => Keyring::in_memory(config.signing.algorithm, now)?,
+        };
+        let issuer = Arc::new(TokenIssuer::new(
+            Arc::new(keyring),
+            config.issuer.clone(),
+            config.audience.clone(),
+        ));
+        let engine = Engine::new(config.engine.clone()).map_err(|err| StartError::Engine(err.to_string()))?;
+
+        let registry = Arc::new(Registry::new(duration_ms(config.server_ttl)));
+        for server in store.servers().await? {
+            registry.upsert(server);
+        }
+        let queued = store.queued_tickets().await?;
+        if !queued.is_empty() {
+            tracing::info!(tickets = queued.len(), "resuming queued tickets from the store");
+        }
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let events = EventBus::new(4096);
+        let (matcher, matcher_task) = matcher::spawn(
+            engine,
+            queued,
+            Arc::clone(&store),
+            Arc::clone(&registry),
+            Arc::clone(&issuer),
+            events.clone(),
+            Arc::clone(&clock),
+            MatcherSettings {
+                tick: config.match_tick,
+                assignment_ttl: config.assignment_ttl,
+                retention: config.retention,
+                placement: config.placement,
+            },
+            shutdown_rx.clone(),
+        );
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            registry,
+            matcher: matcher.clone(),
+            issuer,
+            events,
+            clock,
+            started_at: now,
+        };
+        let app = api::router(state.clone());
+        let mut serve_shutdown = shutdown_rx;
+        let server_task = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    // Either a shutdown request or the handle being dropped ends serving.
+                    let _ = serve_shutdown.changed().await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "HTTP server failed");
+            }
+        });
+        tracing::info!(addr = %local_addr, store = state.store.kind(), kid = %state.issuer.keyring().current_kid(),
+            "control plane listening");
+        Ok(ControlPlane {
+            local_addr,
+            shutdown: shutdown_tx,
+            server_task,
+            matcher_task,
+            state,
+            _matcher: matcher,
+        })
+    }
+}
+
+/// A running control plane. Dropping it does not stop it; call `shutdown`.
+pub struct ControlPlane {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server_task: JoinHandle<()>,
+    matcher_task: JoinHandle<()>,
+    state: AppState,
+    _matcher: MatcherHandle,
+}
+
+impl ControlPlane {
+    pub fn builder(config: Config) -> Builder {
+        Builder {
+            config,
+            clock: None,
+            store: None,
+        }
+    }
+
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::builder(config).start().await
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://127.0.0.1:PORT` style base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, finishes in-flight requests and stops the matching loop.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server_task.await;
+        let _ = self.matcher_task.await;
+        tracing::info!("control plane stopped");
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutdown requested");
+        self.shutdown().await;
+    }
+}

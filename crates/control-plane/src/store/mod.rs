@@ -1,0 +1,183 @@
+//! Durable state behind a trait: tickets (with their assignments) and the
+//! server registry. The embedded implementation is redb; a Redis one can follow
+//! because every operation is a single atomic call with its own preconditions
+//! (e.g. "assign only if every ticket is still queued").
+
+mod redb_store;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
+use matchplane_contracts::provisioning::{Capacity, Load};
+use serde::{Deserialize, Serialize};
+
+pub use redb_store::RedbStore;
+
+use crate::clock::Millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing store cannot be used right now (I/O error, closed, full).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A record could not be decoded; data written by an incompatible version.
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// A ticket as the store keeps it: the request plus its lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRecord {
+    pub ticket_id: String,
+    pub queue_key: String,
+    pub group_id: String,
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub constraints: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub string_args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub latencies: BTreeMap<String, u32>,
+    pub status: TicketStatus,
+    pub enqueued_at: Millis,
+    /// When a still-queued ticket expires.
+    pub expires_at: Millis,
+    pub updated_at: Millis,
+    #[serde(default)]
+    pub assignment: Option<Assignment>,
+    /// `assignment.expiresAt` as a number, for liveness checks.
+    #[serde(default)]
+    pub assignment_expires_at: Option<Millis>,
+}
+
+impl TicketRecord {
+    /// Whether this ticket still holds its group: queued, or assigned with a
+    /// usable assignment. A group may enqueue again once its ticket is no longer live.
+    pub fn is_live(&self, now: Millis) -> bool {
+        match self.status {
+            TicketStatus::Queued => now < self.expires_at,
+            TicketStatus::Assigned => self.assignment_expires_at.is_some_and(|at| now < at),
+            TicketStatus::Cancelled | TicketStatus::Expired => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created(TicketRecord),
+    /// The group already has a live ticket; that one is returned.
+    Existing(TicketRecord),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    NotFound,
+    Cancelled(TicketRecord),
+    /// Already assigned, cancelled or expired; unchanged.
+    NotQueued(TicketRecord),
+}
+
+/// All assignments of one match; written all-or-nothing.
+#[derive(Debug, Clone)]
+pub struct MatchCommit {
+    pub assignments: Vec<(String, Assignment)>,
+    pub assignment_expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommitOutcome {
+    Applied(Vec<TicketRecord>),
+    /// Nothing was written: these tickets were no longer queued.
+    Rejected { not_queued: Vec<String> },
+}
+
+/// A registered game server as last heard from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRecord {
+    pub server_id: String,
+    pub host: String,
+    pub port: u16,
+    pub land_types: Vec<String>,
+    #[serde(default)]
+    pub connect_host: Option<String>,
+    #[serde(default)]
+    pub connect_port: Option<u16>,
+    #[serde(default)]
+    pub connect_scheme: Option<String>,
+    #[serde(default)]
+    pub connect_path_prefix: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    #[serde(default)]
+    pub load: Option<Load>,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub land_ids: Option<Vec<String>>,
+    pub registered_at: Millis,
+    pub last_seen: Millis,
+}
+
+/// Per-queue counts over the tickets the store still holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queue_key: String,
+    pub queued: u64,
+    pub queued_players: u64,
+    pub oldest_queued_at: Option<Millis>,
+    pub assigned: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for health output, e.g. `redb` or `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// Stores a new queued ticket unless its group already has a live one.
+    async fn create_ticket(&self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError>;
+
+    async fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError>;
+
+    async fn cancel_ticket(&self, ticket_id: &str, now: Millis) -> Result<CancelOutcome, StoreError>;
+
+    /// Assigns each match's tickets atomically, only if all are still queued.
+    async fn commit_matches(
+        &self,
+        matches: Vec<MatchCommit>,
+        now: Millis,
+    ) -> Result<Vec<CommitOutcome>, StoreError>;
+
+    /// Marks these tickets expired if they are still queued; returns those changed.
+    async fn expire_tickets(&self, ticket_ids: Vec<String>, now: Millis) -> Result<Vec<TicketRecord>, StoreError>;
+
+    /// Every queued ticket, oldest first (to rebuild the matcher after a restart).
+    async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError>;
+
+    /// Deletes finished tickets last updated before `before`; returns how many.
+    async fn purge_finished(&self, before: Millis) -> Result<u64, StoreError>;
+
+    async fn put_server(&self, server: ServerRecord) -> Result<(), StoreError>;
+
+    /// Returns whether the server was registered.
+    async fn remove_server(&self, server_id: &str) -> Result<bool, StoreError>;
+
+    async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError>;
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>, StoreError>;
+
+    /// Cheap liveness probe for `/health`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,488 @@
+//! The embedded store: one redb file, written by a single thread that commits
+//! many requests per transaction (group commit), so one fsync acknowledges a
+//! whole burst of enqueues instead of each paying its own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use async_trait::async_trait;
+use matchplane_contracts::matchmaking::TicketStatus;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::{
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ServerRecord, Store, StoreError,
+    TicketRecord,
+};
+use crate::clock::Millis;
+
+const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
+/// groupId → ticketId of the group's most recent ticket (for dedup).
+const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("groups");
+const SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("servers");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const SCHEMA_VERSION: u64 = 1;
+/// Upper bound on requests folded into one transaction, to bound commit latency.
+const MAX_BATCH: usize = 1024;
+
+enum WriteOp {
+    Create(Box<TicketRecord>, Millis),
+    Cancel(String, Millis),
+    Commit(Vec<MatchCommit>, Millis),
+    Expire(Vec<String>, Millis),
+    Purge(Millis),
+    PutServer(Box<ServerRecord>),
+    RemoveServer(String),
+}
+
+enum WriteResult {
+    Created(CreateOutcome),
+    Cancelled(CancelOutcome),
+    Committed(Vec<CommitOutcome>),
+    Expired(Vec<TicketRecord>),
+    Purged(u64),
+    ServerPut,
+    ServerRemoved(bool),
+}
+
+struct WriteJob {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+}
+
+pub struct RedbStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<WriteJob>,
+    kind: &'static str,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) `data_dir/matchplane.redb`; every commit is fsynced.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(unavailable)?;
+        let db = Database::create(data_dir.join("matchplane.redb")).map_err(unavailable)?;
+        Self::start(db, Durability::Immediate, "redb")
+    }
+
+    /// A store that lives in memory only (`--ephemeral`): same code, no disk.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(unavailable)?;
+        Self::start(db, Durability::None, "memory")
+    }
+
+    fn start(db: Database, durability: Durability, kind: &'static str) -> Result<Self, StoreError> {
+        let db = Arc::new(db);
+        init_schema(&db)?;
+        let (writer, jobs) = mpsc::channel::<WriteJob>();
+        let writer_db = Arc::clone(&db);
+        std::thread::Builder::new()
+            .name("matchplane-store-writer".to_owned())
+            .spawn(move || run_writer(&writer_db, &jobs, durability))
+            .map_err(unavailable)?;
+        Ok(Self { db, writer, kind })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        let (reply, result) = oneshot::channel();
+        self.writer
+            .send(WriteJob { op, reply })
+            .map_err(|_| StoreError::Unavailable("store writer has stopped".to_owned()))?;
+        result
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer dropped the request".to_owned()))?
+    }
+
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || read(&db))
+            .await
+            .map_err(unavailable)?
+    }
+}
+
+fn init_schema(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        txn.open_table(TICKETS).map_err(unavailable)?;
+        txn.open_table(GROUPS).map_err(unavailable)?;
+        txn.open_table(SERVERS).map_err(unavailable)?;
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let version = meta.get("schema_version").map_err(unavailable)?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION).map_err(unavailable)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Unavailable(format!(
+                    "data dir has schema version {other}, this build understands {SCHEMA_VERSION}"
+                )));
+            }
+        }
+    }
+    txn.commit().map_err(unavailable)
+}
+
+fn run_writer(db: &Database, jobs: &mpsc::Receiver<WriteJob>, durability: Durability) {
+    // Exits when every RedbStore handle (and so every sender) is gone.
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match apply_batch(db, &mut batch, durability) {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    // The requester may have gone away (client disconnect); the write stands.
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, ops = batch.len(), "store commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn apply_batch(db: &Database, batch: &mut [WriteJob], durability: Durability) -> Result<Vec<WriteResult>, StoreError> {
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(durability).map_err(unavailable)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut tables = Tables {
+            tickets: txn.open_table(TICKETS).map_err(unavailable)?,
+            groups: txn.open_table(GROUPS).map_err(unavailable)?,
+            servers: txn.open_table(SERVERS).map_err(unavailable)?,
+        };
+        for job in batch.iter_mut() {
+            // Ops are moved out; a placeholder stays behind that is never read again.
+            let op = std::mem::replace(&mut job.op, WriteOp::Purge(0));
+            results.push(tables.apply(op)?);
+        }
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(results)
+}
+
+struct Tables<'txn> {
+    tickets: Table<'txn, &'static str, &'static [u8]>,
+    groups: Table<'txn, &'static str, &'static str>,
+    servers: Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl Tables<'_> {
+    fn apply(&mut self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        Ok(match op {
+            WriteOp::Create(ticket, now) => WriteResult::Created(self.create(*ticket, now)?),
+            WriteOp::Cancel(ticket_id, now) => WriteResult::Cancelled(self.cancel(&ticket_id, now)?),
+            WriteOp::Commit(matches, now) => {
+                let mut outcomes = Vec::with_capacity(matches.len());
+                for commit in matches {
+                    outcomes.push(self.commit(commit, now)?);
+                }
+                WriteResult::Committed(outcomes)
+            }
+            WriteOp::Expire(ticket_ids, now) => WriteResult::Expired(self.expire(&ticket_ids, now)?),
+            WriteOp::Purge(before) => WriteResult::Purged(self.purge(before)?),
+            WriteOp::PutServer(server) => {
+                let bytes = encode(&*server)?;
+                self.servers
+                    .insert(server.server_id.as_str(), bytes.as_slice())
+                    .map_err(unavailable)?;
+                WriteResult::ServerPut
+            }
+            WriteOp::RemoveServer(server_id) => {
+                WriteResult::ServerRemoved(self.servers.remove(server_id.as_str()).map_err(unavailable)?.is_some())
+            }
+        })
+    }
+
+    fn get_ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+        match self.tickets.get(ticket_id).map_err(unavailable)? {
+            Some(bytes) => decode(ticket_id, bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_ticket(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
+        let bytes = encode(ticket)?;
+        self.tickets
+            .insert(ticket.ticket_id.as_str(), bytes.as_slice())
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn create(&mut self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError> {
+        let existing_id = self
+            .groups
+            .get(ticket.group_id.as_str())
+            .map_err(unavailable)?
+            .map(|id| id.value().to_owned());
+        if let Some(existing_id) = existing_id
+            && let Some(existing) = self.get_ticket(&existing_id)?
+            && existing.is_live(now)
+        {
+            return Ok(CreateOutcome::Existing(existing));
+        }
+        self.put_ticket(&ticket)?;
+        self.groups
+            .insert(ticket.group_id.as_str(), ticket.ticket_id.as_str())
+            .map_err(unavailable)?;
+        Ok(CreateOutcome::Created(ticket))
+    }
+
+    fn cancel(&mut self, ticket_id: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
+        let Some(mut ticket) = self.get_ticket(ticket_id)? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        if ticket.status != TicketStatus::Queued {
+            return Ok(CancelOutcome::NotQueued(ticket));
+        }
+        ticket.status = TicketStatus::Cancelled;
+        ticket.updated_at = now;
+        self.put_ticket(&ticket)?;
+        Ok(CancelOutcome::Cancelled(ticket))
+    }
+
+    fn commit(&mut self, commit: MatchCommit, now: Millis) -> Result<CommitOutcome, StoreError> {
+        let mut tickets = Vec::with_capacity(commit.assignments.len());
+        let mut not_queued = Vec::new();
+        for (ticket_id, _) in &commit.assignments {
+            match self.get_ticket(ticket_id)? {
+                Some(ticket) if ticket.status == TicketStatus::Queued => tickets.push(ticket),
+                _ => not_queued.push(ticket_id.clone()),
+            }
+        }
+        if !not_queued.is_empty() {
+            return Ok(CommitOutcome::Rejected { not_queued });
+        }
+        for (ticket, (_, assignment)) in tickets.iter_mut().zip(commit.assignments) {
+            ticket.status = TicketStatus::Assigned;
+            ticket.updated_at = now;
+            ticket.assignment = Some(assignment);
+            ticket.assignment_expires_at = Some(commit.assignment_expires_at);
+        }
+        for ticket in &tickets {
+            self.put_ticket(ticket)?;
+        }
+        Ok(CommitOutcome::Applied(tickets))
+    }
+
+    fn expire(&mut self, ticket_ids: &[String], now: Millis) -> Result<Vec<TicketRecord>, StoreError> {
+        let mut expired = Vec::new();
+        for ticket_id in ticket_ids {
+            if let Some(mut ticket) = self.get_ticket(ticket_id)?
+                && ticket.status == TicketStatus::Queued
+            {
+                ticket.status = TicketStatus::Expired;
+                ticket.updated_at = now;
+                self.put_ticket(&ticket)?;
+                expired.push(ticket);
+            }
+        }
+        Ok(expired)
+    }
+
+    fn purge(&mut self, before: Millis) -> Result<u64, StoreError> {
+        let mut doomed = Vec::new();
+        for entry in self.tickets.iter().map_err(unavailable)? {
+            let (key, value) = entry.map_err(unavailable)?;
+            let ticket: TicketRecord = decode(key.value(), value.value())?;
+            if ticket.status != TicketStatus::Queued && ticket.updated_at < before {
+                doomed.push((ticket.ticket_id, ticket.group_id));
+            }
+        }
+        for (ticket_id, group_id) in &doomed {
+            self.tickets.remove(ticket_id.as_str()).map_err(unavailable)?;
+            let group_points_here = self
+                .groups
+                .get(group_id.as_str())
+                .map_err(unavailable)?
+                .is_some_and(|id| id.value() == ticket_id);
+            if group_points_here {
+                self.groups.remove(group_id.as_str()).map_err(unavailable)?;
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(unavailable)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+fn unexpected(result: WriteResult) -> StoreError {
+    let name = match result {
+        WriteResult::Created(_) => "created",
+        WriteResult::Cancelled(_) => "cancelled",
+        WriteResult::Committed(_) => "committed",
+        WriteResult::Expired(_) => "expired",
+        WriteResult::Purged(_) => "purged",
+        WriteResult::ServerPut => "server put",
+        WriteResult::ServerRemoved(_) => "server removed",
+    };
+    StoreError::Unavailable(format!("store writer answered with the wrong result kind ({name})"))
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    async fn create_ticket(&self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError> {
+        match self.write(WriteOp::Create(Box::new(ticket), now)).await? {
+            WriteResult::Created(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+        let ticket_id = ticket_id.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(TICKETS).map_err(unavailable)?;
+            match table.get(ticket_id.as_str()).map_err(unavailable)? {
+                Some(bytes) => decode(&ticket_id, bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn cancel_ticket(&self, ticket_id: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
+        match self.write(WriteOp::Cancel(ticket_id.to_owned(), now)).await? {
+            WriteResult::Cancelled(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn commit_matches(&self, matches: Vec<MatchCommit>, now: Millis) -> Result<Vec<CommitOutcome>, StoreError> {
+        match self.write(WriteOp::Commit(matches, now)).await? {
+            WriteResult::Committed(outcomes) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn expire_tickets(&self, ticket_ids: Vec<String>, now: Millis) -> Result<Vec<TicketRecord>, StoreError> {
+        match self.write(WriteOp::Expire(ticket_ids, now)).await? {
+            WriteResult::Expired(tickets) => Ok(tickets),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(TICKETS).map_err(unavailable)?;
+            let mut queued = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (key, value) = entry.map_err(unavailable)?;
+                let ticket: TicketRecord = decode(key.value(), value.value())?;
+                if ticket.status == TicketStatus::Queued {
+                    queued.push(ticket);
+                }
+            }
+            queued.sort_by(|a, b| (a.enqueued_at, &a.ticket_id).cmp(&(b.enqueued_at, &b.ticket_id)));
+            Ok(queued)
+        })
+        .await
+    }
+
+    async fn purge_finished(&self, before: Millis) -> Result<u64, StoreError> {
+        match self.write(WriteOp::Purge(before)).await? {
+            WriteResult::Purged(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn put_server(&self, server: ServerRecord) -> Result<(), StoreError> {
+        match self.write(WriteOp::PutServer(Box::new(server))).await? {
+            WriteResult::ServerPut => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn remove_server(&self, server_id: &str) -> Result<bool, StoreError> {
+        match self.write(WriteOp::RemoveServer(server_id.to_owned())).await? {
+            WriteResult::ServerRemoved(existed) => Ok(existed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SERVERS).map_err(unavailable)?;
+            let mut servers = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (key, value) = entry.map_err(unavailable)?;
+                servers.push(decode(key.value(), value.value())?);
+            }
+            Ok(servers)
+        })
+        .await
+    }
+
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(TICKETS).map_err(unavailable)?;
+            let mut counts: BTreeMap<String, QueueCounts> = BTreeMap::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (key, value) = entry.map_err(unavailable)?;
+                let ticket: TicketRecord = decode(key.value(), value.value())?;
+                let queue = counts.entry(ticket.queue_key.clone()).or_insert_with(|| QueueCounts {
+                    queue_key: ticket.queue_key.clone(),
+                    ..QueueCounts::default()
+                });
+                match ticket.status {
+                    TicketStatus::Queued => {
+                        queue.queued += 1;
+                        queue.queued_players += ticket.members.len() as u64;
+                        queue.oldest_queued_at = Some(
+                            queue
+                                .oldest_queued_at
+                                .map_or(ticket.enqueued_at, |oldest| oldest.min(ticket.enqueued_at)),
+                        );
+                    }
+                    TicketStatus::Assigned => queue.assigned += 1,
+                    TicketStatus::Cancelled => queue.cancelled += 1,
+                    TicketStatus::Expired => queue.expired += 1,
+                }
+            }
+            Ok(counts.into_values().collect())
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|db| db.begin_read().map(|_| ()).map_err(unavailable)).await
+    }
+}

@@ -1,0 +1,617 @@
+//! The synchronous heart of a land: seats, hooks and state sync.
+//!
+//! [`LandCore`] knows nothing about tasks or timers; the keeper task drives it from its
+//! mailbox and tick schedule, and [`crate::LandHarness`] drives it directly in tests and
+//! benches. Both therefore exercise exactly the same sync path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use matchplane_contracts::game::{
+    ActionRequest, ActionResult, ErrorBody, EventBody, LandClosed, ServerMessage, close_code,
+    error_code,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::auth::{Admission, Rejection};
+use crate::frame;
+use crate::land::{Ctx, CreateInfo, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target};
+
+/// A frame for a connection's writer task.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    Text(Utf8Bytes),
+    Close { code: u16, reason: String },
+}
+
+/// The keeper's end of one WebSocket connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnHandle {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    /// Closes the socket at once, skipping queued frames (takeover, slow consumer).
+    pub(crate) kill: Arc<watch::Sender<Option<(u16, String)>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Sent,
+    Full,
+    Gone,
+}
+
+impl ConnHandle {
+    fn send(&self, frame: Utf8Bytes) -> Delivery {
+        match self.tx.try_send(Outbound::Text(frame)) {
+            Ok(()) => Delivery::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+        }
+    }
+
+    /// Queued close: frames already queued (like `land.closed`) are delivered first.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        let message = Outbound::Close {
+            code,
+            reason: reason.to_owned(),
+        };
+        if self.tx.try_send(message).is_err() {
+            self.force_close(code, reason);
+        }
+    }
+
+    pub(crate) fn force_close(&self, code: u16, reason: &str) {
+        self.kill.send_replace(Some((code, reason.to_owned())));
+    }
+}
+
+/// How a connection ended, as seen by its reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disconnect {
+    /// Closed by the client with 1000: the seat is released now.
+    Left,
+    /// Dropped, errored or closed otherwise: the seat is held for the reconnect grace.
+    Dropped,
+    /// Closed by the runtime for abuse: the seat is released now.
+    Kicked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeatSync {
+    NeedsJoin,
+    NeedsSnapshot,
+    Live,
+}
+
+#[derive(Debug)]
+struct Seat {
+    player_id: PlayerId,
+    session_key: Option<String>,
+    conn: Option<ConnHandle>,
+    /// Seq of the last state frame sent on this player's stream.
+    seq: u64,
+    /// `{"me": view}` (or `{}`) as last sent, the base of the next private diff.
+    private: Value,
+    sync: SeatSync,
+    grace_deadline: Option<Instant>,
+}
+
+/// One land: the game value plus everything the runtime tracks about it.
+pub(crate) struct LandCore<L: Land> {
+    land: L,
+    settings: LandSettings,
+    land_id: String,
+    land_id_json: String,
+    seats: Vec<Seat>,
+    seat_ids: Vec<PlayerId>,
+    /// The shared view as last sent, the base of the next shared diff.
+    shared: Value,
+    outbox: Outbox,
+    state_touched: bool,
+    closing: Option<(LandClosed, u16)>,
+    closed: bool,
+    empty_since: Option<Instant>,
+}
+
+/// What [`LandCore::flush`] reports to its driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct FlushReport {
+    pub(crate) synced: bool,
+    pub(crate) closed: bool,
+}
+
+impl<L: Land> LandCore<L> {
+    pub(crate) fn create(config: &L::Config, info: &CreateInfo, now: Instant) -> Self {
+        let mut outbox = Outbox::default();
+        let land = {
+            let mut ctx = Ctx::<L> {
+                land_id: &info.land_id,
+                now,
+                players: &[],
+                outbox: &mut outbox,
+                _land: std::marker::PhantomData,
+            };
+            L::on_create(config, &mut ctx, info)
+        };
+        Self {
+            land,
+            settings: L::settings(config),
+            land_id: info.land_id.clone(),
+            land_id_json: frame::json_string(&info.land_id),
+            seats: Vec::new(),
+            seat_ids: Vec::new(),
+            shared: Value::Object(Map::new()),
+            outbox,
+            state_touched: true,
+            closing: None,
+            closed: false,
+            empty_since: Some(now),
+        }
+    }
+
+    pub(crate) fn land(&self) -> &L {
+        &self.land
+    }
+
+    pub(crate) fn settings(&self) -> &LandSettings {
+        &self.settings
+    }
+
+    pub(crate) fn land_id(&self) -> &str {
+        &self.land_id
+    }
+
+    pub(crate) fn seat_count(&self) -> usize {
+        self.seats.len()
+    }
+
+    pub(crate) fn connected_count(&self) -> usize {
+        self.seats.iter().filter(|seat| seat.conn.is_some()).count()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_some() || self.outbox.close.is_some()
+    }
+
+    fn hook<R>(&mut self, now: Instant, call: impl FnOnce(&mut L, &mut Ctx<'_, L>) -> R) -> R {
+        let mut ctx = Ctx::<L> {
+            land_id: &self.land_id,
+            now,
+            players: &self.seat_ids,
+            outbox: &mut self.outbox,
+            _land: std::marker::PhantomData,
+        };
+        call(&mut self.land, &mut ctx)
+    }
+
+    fn seat_index(&self, player: &str) -> Option<usize> {
+        self.seats.iter().position(|seat| seat.player_id == player)
+    }
+
+    fn live_seat(&self, player: &str, conn_id: u64) -> bool {
+        self.seat_index(player)
+            .and_then(|index| self.seats[index].conn.as_ref())
+            .is_some_and(|conn| conn.id == conn_id)
+    }
+
+    /// Seats a player (new, reconnecting or taking over a live connection).
+    pub(crate) fn admit(
+        &mut self,
+        admission: &Admission,
+        conn: ConnHandle,
+        admit_new_seats: bool,
+        now: Instant,
+    ) -> Result<(), Rejection> {
+        if self.closed || self.is_closing() {
+            return Err(Rejection::new(
+                close_code::LAND_FULL_OR_CLOSED,
+                error_code::LAND_CLOSED,
+                "land is closed",
+            ));
+        }
+        let player = &admission.player_id;
+        if let Some(index) = self.seat_index(player) {
+            let seat = &mut self.seats[index];
+            if seat.session_key != admission.session_key {
+                return Err(Rejection::new(
+                    close_code::FORBIDDEN,
+                    error_code::FORBIDDEN,
+                    "this seat belongs to another session",
+                ));
+            }
+            if let Some(previous) = seat.conn.replace(conn) {
+                previous.force_close(close_code::SESSION_REPLACED, "replaced by a newer connection");
+            }
+            seat.sync = SeatSync::NeedsJoin;
+            let was_in_grace = seat.grace_deadline.take().is_some();
+            if was_in_grace {
+                self.hook(now, |land, ctx| land.on_reconnect(ctx, player));
+            }
+            self.state_touched = true;
+            return Ok(());
+        }
+        if !admit_new_seats {
+            return Err(Rejection::new(
+                close_code::GOING_AWAY,
+                error_code::DRAINING,
+                "server is draining and admits no new players",
+            ));
+        }
+        if self.seats.len() >= self.settings.max_players {
+            return Err(Rejection::new(
+                close_code::LAND_FULL_OR_CLOSED,
+                error_code::LAND_FULL,
+                format!("land is full ({} players)", self.settings.max_players),
+            ));
+        }
+        self.seats.push(Seat {
+            player_id: player.clone(),
+            session_key: admission.session_key.clone(),
+            conn: Some(conn),
+            seq: 0,
+            private: Value::Object(Map::new()),
+            sync: SeatSync::NeedsJoin,
+            grace_deadline: None,
+        });
+        self.seat_ids.push(player.clone());
+        self.empty_since = None;
+        self.state_touched = true;
+        if let Err(rejection) = self.hook(now, |land, ctx| land.on_join(ctx, player)) {
+            self.remove_seat(player, now);
+            return Err(rejection.into());
+        }
+        Ok(())
+    }
+
+    fn remove_seat(&mut self, player: &str, now: Instant) -> Option<Seat> {
+        let index = self.seat_index(player)?;
+        let seat = self.seats.remove(index);
+        self.seat_ids.retain(|id| id != player);
+        if self.seats.is_empty() {
+            self.empty_since = Some(now);
+        }
+        Some(seat)
+    }
+
+    fn leave(&mut self, player: &PlayerId, reason: LeaveReason, now: Instant) {
+        if self.remove_seat(player, now).is_some() {
+            self.hook(now, |land, ctx| land.on_leave(ctx, player, reason));
+            self.state_touched = true;
+        }
+    }
+
+    pub(crate) fn disconnect(&mut self, player: &PlayerId, conn_id: u64, how: Disconnect, now: Instant) {
+        if !self.live_seat(player, conn_id) {
+            return;
+        }
+        match how {
+            Disconnect::Left => self.leave(player, LeaveReason::Left, now),
+            Disconnect::Kicked => self.leave(player, LeaveReason::Kicked, now),
+            Disconnect::Dropped if self.settings.reconnect_grace.is_zero() => {
+                self.leave(player, LeaveReason::GraceExpired, now);
+            }
+            Disconnect::Dropped => {
+                if let Some(index) = self.seat_index(player) {
+                    let seat = &mut self.seats[index];
+                    seat.conn = None;
+                    seat.grace_deadline = Some(now + self.settings.reconnect_grace);
+                    self.hook(now, |land, ctx| land.on_disconnect(ctx, player));
+                    self.state_touched = true;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn action(&mut self, player: &PlayerId, conn_id: u64, request: ActionRequest, now: Instant) {
+        if !self.live_seat(player, conn_id) {
+            return;
+        }
+        let ActionRequest {
+            request_id,
+            name,
+            payload,
+        } = request;
+        let outcome = match decode_named::<L::Action>(&name, payload, error_code::UNKNOWN_ACTION) {
+            Ok(action) => {
+                self.state_touched = true;
+                self.hook(now, |land, ctx| land.on_action(ctx, player, action))
+                    .map_err(|err| ErrorBody::new(err.code, err.message))
+                    .and_then(|output| {
+                        serde_json::to_value(output).map_err(|err| {
+                            tracing::error!(land_id = %self.land_id, action = %name, error = %err, "action result does not serialise");
+                            ErrorBody::new("internal", "action result could not be encoded")
+                        })
+                    })
+            }
+            Err(error) => Err(error),
+        };
+        let result = match outcome {
+            Ok(result) => ActionResult {
+                request_id,
+                ok: true,
+                result: Some(result),
+                error: None,
+            },
+            Err(error) => ActionResult {
+                request_id,
+                ok: false,
+                result: None,
+                error: Some(error),
+            },
+        };
+        if let Some(frame) = frame::encode(&ServerMessage::ActionResult(result)) {
+            self.outbox.frames.push((Target::Player(player.clone()), frame));
+        }
+    }
+
+    pub(crate) fn event(&mut self, player: &PlayerId, conn_id: u64, event: EventBody, now: Instant) {
+        if !self.live_seat(player, conn_id) {
+            return;
+        }
+        match decode_named::<L::ClientEvent>(&event.name, event.payload, error_code::UNKNOWN_EVENT) {
+            Ok(event) => self.hook(now, |land, ctx| land.on_event(ctx, player, event)),
+            Err(error) => {
+                if let Some(frame) = frame::encode(&ServerMessage::Error(error)) {
+                    self.outbox.frames.push((Target::Player(player.clone()), frame));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn request_snapshot(&mut self, player: &PlayerId, conn_id: u64) {
+        if !self.live_seat(player, conn_id) {
+            return;
+        }
+        if let Some(index) = self.seat_index(player)
+            && self.seats[index].sync == SeatSync::Live
+        {
+            self.seats[index].sync = SeatSync::NeedsSnapshot;
+        }
+    }
+
+    pub(crate) fn tick(&mut self, dt: Duration, now: Instant) {
+        self.state_touched = true;
+        self.hook(now, |land, ctx| land.on_tick(ctx, dt));
+    }
+
+    /// Releases seats whose grace ran out; returns when the next deadline (grace or
+    /// dispose) is due.
+    pub(crate) fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let expired: Vec<PlayerId> = self
+            .seats
+            .iter()
+            .filter(|seat| seat.grace_deadline.is_some_and(|deadline| deadline <= now))
+            .map(|seat| seat.player_id.clone())
+            .collect();
+        for player in &expired {
+            self.leave(player, LeaveReason::GraceExpired, now);
+        }
+        self.next_deadline()
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let grace = self.seats.iter().filter_map(|seat| seat.grace_deadline).min();
+        let dispose = self.empty_since.map(|since| since + self.settings.dispose_after_empty);
+        match (grace, dispose) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn should_dispose(&self, now: Instant) -> bool {
+        self.seats.is_empty()
+            && self
+                .empty_since
+                .is_some_and(|since| since + self.settings.dispose_after_empty <= now)
+    }
+
+    /// Closes the land from outside (server shutdown).
+    pub(crate) fn close_from_runtime(&mut self, reason: LandClosed, code: u16) {
+        if self.closing.is_none() && !self.closed {
+            self.closing = Some((reason, code));
+        }
+    }
+
+    /// Sends what the last hooks produced: state changes first, then events and action
+    /// results in the order the land produced them, then a pending close.
+    pub(crate) fn flush(&mut self) -> FlushReport {
+        let mut report = FlushReport::default();
+        if self.closed {
+            return report;
+        }
+        if let Some(reason) = self.outbox.close.take()
+            && self.closing.is_none()
+        {
+            self.closing = Some((reason, close_code::NORMAL));
+        }
+        let pending_seat = self.seats.iter().any(|seat| seat.conn.is_some() && seat.sync != SeatSync::Live);
+        if self.state_touched || self.outbox.sync_requested || pending_seat {
+            self.sync();
+            report.synced = true;
+        }
+        self.state_touched = false;
+        self.outbox.sync_requested = false;
+        self.deliver_frames();
+        if let Some((reason, code)) = self.closing.take() {
+            self.finish_close(&reason, code);
+            report.closed = true;
+        }
+        report
+    }
+
+    fn deliver_frames(&mut self) {
+        for (target, frame) in self.outbox.frames.drain(..) {
+            match target {
+                Target::All => {
+                    for seat in &self.seats {
+                        deliver(seat, frame.clone());
+                    }
+                }
+                Target::Player(player) => {
+                    if let Some(seat) = self.seats.iter().find(|seat| seat.player_id == player) {
+                        deliver(seat, frame);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_close(&mut self, reason: &LandClosed, code: u16) {
+        tracing::info!(land_id = %self.land_id, reason = %reason.reason, players = self.seats.len(), "land closed");
+        let frame = frame::encode(&ServerMessage::LandClosed(reason.clone()));
+        for seat in self.seats.drain(..) {
+            if let Some(conn) = seat.conn {
+                if let Some(frame) = &frame {
+                    let _ = conn.send(frame.clone());
+                }
+                conn.close(code, &reason.reason);
+            }
+        }
+        self.seat_ids.clear();
+        self.closed = true;
+    }
+
+    fn sync(&mut self) {
+        let shared = match serde_json::to_value(self.land.state()) {
+            Ok(value @ Value::Object(_)) => value,
+            Ok(_) => {
+                tracing::error!(land_id = %self.land_id, "land state must serialise to a JSON object; not synced");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(land_id = %self.land_id, error = %err, "land state does not serialise; not synced");
+                return;
+            }
+        };
+        let shared_ops = ops_list(&json_patch::diff(&self.shared, &shared));
+        self.shared = shared;
+        let mut shared_document: Option<String> = None;
+        for seat in &mut self.seats {
+            let Some(conn) = &seat.conn else {
+                continue;
+            };
+            let private = match self.land.private_view(&seat.player_id).map(serde_json::to_value) {
+                Some(Ok(view)) => Some(view),
+                Some(Err(err)) => {
+                    tracing::error!(land_id = %self.land_id, error = %err, "private view does not serialise");
+                    None
+                }
+                None => None,
+            };
+            let mut wrapped = Map::new();
+            if let Some(view) = private {
+                wrapped.insert("me".to_owned(), view);
+            }
+            let wrapped = Value::Object(wrapped);
+            match seat.sync {
+                SeatSync::NeedsJoin | SeatSync::NeedsSnapshot => {
+                    let shared_text = shared_document.get_or_insert_with(|| self.shared.to_string());
+                    let private_text = wrapped.get("me").map(Value::to_string);
+                    let document = frame::state_document(shared_text, private_text.as_deref());
+                    let frame = if seat.sync == SeatSync::NeedsJoin {
+                        frame::join_ok(&self.land_id_json, &seat.player_id, seat.seq, &document)
+                    } else {
+                        frame::snapshot(seat.seq + 1, &document)
+                    };
+                    if conn.send(frame) == Delivery::Sent {
+                        if seat.sync == SeatSync::NeedsSnapshot {
+                            seat.seq += 1;
+                        }
+                        seat.sync = SeatSync::Live;
+                    }
+                }
+                SeatSync::Live => {
+                    let private_ops = ops_list(&json_patch::diff(&seat.private, &wrapped));
+                    if !shared_ops.is_empty() || !private_ops.is_empty() {
+                        let frame = frame::patch(seat.seq + 1, &shared_ops, &private_ops);
+                        match conn.send(frame) {
+                            Delivery::Sent => seat.seq += 1,
+                            // A gap: the next sync sends a snapshot instead of patches.
+                            Delivery::Full => seat.sync = SeatSync::NeedsSnapshot,
+                            Delivery::Gone => {}
+                        }
+                    }
+                }
+            }
+            seat.private = wrapped;
+        }
+    }
+}
+
+fn deliver(seat: &Seat, frame: Utf8Bytes) {
+    if let Some(conn) = &seat.conn
+        && conn.send(frame) == Delivery::Full
+    {
+        // Events and results cannot be re-derived like state, so a client that cannot
+        // keep up is disconnected; it may reconnect within the grace.
+        tracing::warn!(player_id = %seat.player_id, "client too slow, disconnecting");
+        conn.force_close(close_code::SLOW_CONSUMER, "client too slow");
+    }
+}
+
+/// The operations of a patch as a JSON array's inside (`op,op`), empty for no change.
+fn ops_list(patch: &json_patch::Patch) -> String {
+    if patch.0.is_empty() {
+        return String::new();
+    }
+    match serde_json::to_string(&patch.0) {
+        Ok(text) => text
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .map(str::to_owned)
+            .unwrap_or_default(),
+        Err(err) => {
+            tracing::error!(error = %err, "patch does not serialise");
+            String::new()
+        }
+    }
+}
+
+/// Decodes `{name, payload}` into a land's action or event enum.
+fn decode_named<T: DeserializeOwned>(name: &str, payload: Value, unknown_code: &str) -> Result<T, ErrorBody> {
+    let empty_object = payload.as_object().is_some_and(Map::is_empty);
+    let attempt = |with_payload: bool, payload: &Value| {
+        let mut fields = Map::new();
+        fields.insert("name".to_owned(), Value::from(name));
+        if with_payload && !payload.is_null() {
+            fields.insert("payload".to_owned(), payload.clone());
+        }
+        serde_json::from_value::<T>(Value::Object(fields))
+    };
+    match attempt(true, &payload) {
+        Ok(decoded) => Ok(decoded),
+        // Unit variants reject `{}`; clients commonly send it for "no payload".
+        Err(_) if empty_object && attempt(false, &payload).is_ok() => attempt(false, &payload)
+            .map_err(|err| ErrorBody::new(error_code::INVALID_PAYLOAD, err.to_string())),
+        Err(err) => {
+            let message = err.to_string();
+            if message.contains("unknown variant") {
+                Err(ErrorBody::new(unknown_code, format!("unknown name {name:?}")))
+            } else {
+                Err(ErrorBody::new(
+                    error_code::INVALID_PAYLOAD,
+                    format!("invalid payload for {name:?}: {message}"),
+                ))
+            }
+        }
+    }
+}
+
+impl From<JoinRejection> for Rejection {
+    fn from(rejection: JoinRejection) -> Self {
+        let code = if rejection.close_code == close_code::LAND_FULL_OR_CLOSED {
+            error_code::LAND_FULL
+        } else {
+            error_code::FORBIDDEN
+        };
+        Rejection::new(rejection.close_code, code, rejection.message)
+    }
+}

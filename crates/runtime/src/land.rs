@@ -1,0 +1,288 @@
+//! The programming model: a game implements [`Land`] and never sees sockets.
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use matchplane_contracts::game::{EventBody, LandClosed, ServerMessage, close_code};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+/// A player's id as admitted by the [`crate::Authenticator`].
+pub type PlayerId = String;
+
+/// Per land type settings, fixed at server start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LandSettings {
+    /// Ticks per second; `0.0` means the land never ticks (it only reacts to messages).
+    pub tick_rate_hz: f64,
+    /// Seats, counting players inside their reconnect grace.
+    pub max_players: usize,
+    /// How long a land with no seats lives before it is disposed.
+    pub dispose_after_empty: Duration,
+    /// How long a disconnected player keeps its seat.
+    pub reconnect_grace: Duration,
+}
+
+impl Default for LandSettings {
+    fn default() -> Self {
+        Self {
+            tick_rate_hz: 20.0,
+            max_players: 16,
+            dispose_after_empty: Duration::from_secs(30),
+            reconnect_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+impl LandSettings {
+    pub(crate) fn tick_period(&self) -> Option<Duration> {
+        (self.tick_rate_hz.is_finite() && self.tick_rate_hz > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / self.tick_rate_hz))
+    }
+}
+
+/// What a land knows when it is created (lazily, on the first admitted join).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateInfo {
+    pub land_id: String,
+    pub land_type: String,
+    /// Match this land was assigned to, when the admission carried one (match tokens).
+    pub match_id: Option<String>,
+    /// Expected players grouped by team, when known from the admission.
+    pub roster: Option<Vec<Vec<PlayerId>>>,
+}
+
+/// Why a seat was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client closed the connection on purpose (close code 1000).
+    Left,
+    /// The connection dropped and the reconnect grace ran out.
+    GraceExpired,
+    /// The runtime removed the player for abusing the protocol (flooding, malformed messages).
+    Kicked,
+}
+
+impl fmt::Display for LeaveReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Left => "left",
+            Self::GraceExpired => "grace_expired",
+            Self::Kicked => "kicked",
+        })
+    }
+}
+
+/// A failed action: `code` is machine-readable (`not_enough_gold`), `message` is for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionError {
+    pub code: String,
+    pub message: String,
+}
+
+impl ActionError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A land refusing a join; the client's socket is closed with `close_code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRejection {
+    pub close_code: u16,
+    pub message: String,
+}
+
+impl JoinRejection {
+    /// The player may not enter this land (not on the roster, banned…): 4403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            close_code: close_code::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+
+    /// The land cannot take more players or no longer accepts joins: 4409.
+    pub fn full(message: impl Into<String>) -> Self {
+        Self {
+            close_code: close_code::LAND_FULL_OR_CLOSED,
+            message: message.into(),
+        }
+    }
+}
+
+/// An authoritative game room type.
+///
+/// The runtime creates one value per land id, owned by that land's keeper task, which
+/// calls the hooks one at a time: a land never needs locks. After every tick, action,
+/// join or leave that changed [`Land::state`] (or any [`Land::private_view`]), each
+/// connected player receives the changes as a JSON Patch.
+///
+/// Actions and client events arrive as `{name, payload}`; the natural Rust shape is an
+/// enum with `#[serde(tag = "name", content = "payload", rename_all = "snake_case")]`.
+/// Server events must serialise to the same `{name, payload}` shape.
+pub trait Land: Sized + Send + 'static {
+    /// Shared by every land of this type; set when the server starts.
+    type Config: Clone + Send + Sync + 'static;
+    /// What every player sees; must serialise to a JSON object.
+    type State: Serialize;
+    /// What only one player sees, placed under the key `me` of that player's state.
+    /// Use `()` when the land has none.
+    type PrivateView: Serialize;
+    type Action: DeserializeOwned;
+    type ActionOutput: Serialize;
+    type ClientEvent: DeserializeOwned;
+    type ServerEvent: Serialize;
+
+    fn settings(_config: &Self::Config) -> LandSettings {
+        LandSettings::default()
+    }
+
+    fn on_create(config: &Self::Config, ctx: &mut Ctx<'_, Self>, info: &CreateInfo) -> Self;
+
+    fn state(&self) -> &Self::State;
+
+    /// `None` hides `me` from this player's state.
+    fn private_view(&self, _player: &PlayerId) -> Option<Self::PrivateView> {
+        None
+    }
+
+    /// Called for new seats only; a reconnect within the grace calls [`Land::on_reconnect`].
+    fn on_join(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId) -> Result<(), JoinRejection> {
+        Ok(())
+    }
+
+    /// The seat is gone for good.
+    fn on_leave(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId, _reason: LeaveReason) {}
+
+    /// The connection dropped; the seat is held for the reconnect grace.
+    fn on_disconnect(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId) {}
+
+    fn on_reconnect(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId) {}
+
+    fn on_action(
+        &mut self,
+        ctx: &mut Ctx<'_, Self>,
+        player: &PlayerId,
+        action: Self::Action,
+    ) -> Result<Self::ActionOutput, ActionError>;
+
+    /// Events are fire-and-forget and do not trigger a sync by themselves: call
+    /// [`Ctx::request_sync`] if the state changed and must not wait for the next tick.
+    fn on_event(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId, _event: Self::ClientEvent) {}
+
+    /// `dt` is the time since the previous tick; after a stall it is longer than the period.
+    fn on_tick(&mut self, _ctx: &mut Ctx<'_, Self>, _dt: Duration) {}
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Player(PlayerId),
+    All,
+}
+
+/// Frames and requests a land produced during one hook, applied by the keeper after it.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pub(crate) frames: Vec<(Target, Utf8Bytes)>,
+    pub(crate) sync_requested: bool,
+    pub(crate) close: Option<LandClosed>,
+}
+
+/// A land's handle on the runtime inside a hook.
+pub struct Ctx<'a, L: Land> {
+    pub(crate) land_id: &'a str,
+    pub(crate) now: Instant,
+    pub(crate) players: &'a [PlayerId],
+    pub(crate) outbox: &'a mut Outbox,
+    pub(crate) _land: std::marker::PhantomData<fn(&L)>,
+}
+
+impl<L: Land> fmt::Debug for Ctx<'_, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx").field("land_id", &self.land_id).finish_non_exhaustive()
+    }
+}
+
+impl<'a, L: Land> Ctx<'a, L> {
+    pub fn land_id(&self) -> &str {
+        self.land_id
+    }
+
+    /// The keeper's clock (tokio time, so paused-time tests see virtual time).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Players holding a seat, connected or within their reconnect grace.
+    pub fn players(&self) -> &[PlayerId] {
+        self.players
+    }
+
+    /// Sends an event to one player; dropped if that player is not connected.
+    pub fn send_to(&mut self, player: &PlayerId, event: &L::ServerEvent) {
+        if let Some(frame) = encode_event(event) {
+            self.outbox.frames.push((Target::Player(player.clone()), frame));
+        }
+    }
+
+    /// Sends an event to every connected player (encoded once).
+    pub fn broadcast(&mut self, event: &L::ServerEvent) {
+        if let Some(frame) = encode_event(event) {
+            self.outbox.frames.push((Target::All, frame));
+        }
+    }
+
+    /// Sync state to players at the end of this hook even if the runtime would not
+    /// (after an event), so changes do not wait for the next tick.
+    pub fn request_sync(&mut self) {
+        self.outbox.sync_requested = true;
+    }
+
+    /// Closes the land once this hook returns: players get a final sync,
+    /// `land.closed {reason, result}` and a normal close.
+    pub fn close<R: Serialize>(&mut self, reason: impl Into<String>, result: Option<R>) {
+        let result = result.and_then(|result| match serde_json::to_value(result) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                tracing::error!(land_id = self.land_id, error = %err, "land close result does not serialise");
+                None
+            }
+        });
+        self.outbox.close = Some(LandClosed {
+            reason: reason.into(),
+            result,
+        });
+    }
+}
+
+fn encode_event<E: Serialize>(event: &E) -> Option<Utf8Bytes> {
+    let body = match serde_json::to_value(event) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            let name = match fields.remove("name") {
+                Some(serde_json::Value::String(name)) => name,
+                _ => {
+                    tracing::error!("server event must serialise to {{name, payload}}");
+                    return None;
+                }
+            };
+            let payload = fields.remove("payload").unwrap_or(serde_json::Value::Null);
+            EventBody { name, payload }
+        }
+        Ok(_) => {
+            tracing::error!("server event must serialise to a {{name, payload}} object");
+            return None;
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "server event does not serialise");
+            return None;
+        }
+    };
+    crate::frame::encode(&ServerMessage::Event(body))
+}
