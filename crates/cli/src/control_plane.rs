@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use matchplane_control_plane::{
-    Config, ControlPlane, Placement, SigningAlgorithm, StorageConfig, clock::Clock as _, clock::SystemClock,
-    clock::duration_ms, keys,
+    Config, ControlPlane, Placement, SigningAlgorithm, StorageConfig, clock::Clock as _,
+    clock::SystemClock, clock::duration_ms, keys,
 };
 
 use crate::duration::parse_duration;
@@ -142,11 +142,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        config.engine = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        config.engine =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
     }
     let control_plane = ControlPlane::start(config).await?;
-    control_plane.run_until(crate::signals::shutdown_signal()).await;
+    control_plane
+        .run_until(crate::signals::shutdown_signal())
+        .await;
     Ok(())
 }
 
@@ -160,11 +164,17 @@ async fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("calling {endpoint}"))?;
             let status = response.status();
-            let body: serde_json::Value = response.json().await.context("reading the rotate response")?;
+            let body: serde_json::Value = response
+                .json()
+                .await
+                .context("reading the rotate response")?;
             if !status.is_success() {
                 anyhow::bail!("rotation failed with {status}: {body}");
             }
-            body.get("kid").and_then(|kid| kid.as_str()).unwrap_or_default().to_owned()
+            body.get("kid")
+                .and_then(|kid| kid.as_str())
+                .unwrap_or_default()
+                .to_owned()
         }
         None => keys::rotate_in_dir(
             &args.data_dir,

@@ -10,10 +10,19 @@ mod signals;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "matchplane", version, about = "Matchmaking and game-server platform")]
+#[command(
+    name = "matchplane",
+    version,
+    about = "Matchmaking and game-server platform"
+)]
 struct Cli {
     /// Log format: `text` for people, `json` for log pipelines.
-    #[arg(long, global = true, env = "MATCHPLANE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "MATCHPLANE_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: logging::LogFormat,
 
     #[command(subcommand)]
@@ -31,7 +40,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(*args).await,

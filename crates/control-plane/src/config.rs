@@ -97,6 +97,9 @@ impl Config {
 
     /// In-memory store on 127.0.0.1 with an OS-chosen port: what tests want.
     pub fn ephemeral_for_tests() -> Self {
-        Self::new(SocketAddr::from(([127, 0, 0, 1], 0)), StorageConfig::Ephemeral)
+        Self::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            StorageConfig::Ephemeral,
+        )
     }
 }

@@ -5,17 +5,24 @@ use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TicketEvent {
-    Assigned { ticket_id: String, assignment: Box<Assignment> },
-    Cancelled { ticket_id: String },
-    Expired { ticket_id: String },
+    Assigned {
+        ticket_id: String,
+        assignment: Box<Assignment>,
+    },
+    Cancelled {
+        ticket_id: String,
+    },
+    Expired {
+        ticket_id: String,
+    },
 }
 
 impl TicketEvent {
     pub fn ticket_id(&self) -> &str {
         match self {
-            Self::Assigned { ticket_id, .. } | Self::Cancelled { ticket_id } | Self::Expired { ticket_id } => {
-                ticket_id
-            }
+            Self::Assigned { ticket_id, .. }
+            | Self::Cancelled { ticket_id }
+            | Self::Expired { ticket_id } => ticket_id,
         }
     }
 }

@@ -46,7 +46,9 @@ impl std::str::FromStr for SigningAlgorithm {
         match value.to_ascii_lowercase().as_str() {
             "es256" => Ok(Self::Es256),
             "eddsa" | "ed25519" => Ok(Self::EdDsa),
-            other => Err(format!("unknown signing algorithm {other:?} (es256 or eddsa)")),
+            other => Err(format!(
+                "unknown signing algorithm {other:?} (es256 or eddsa)"
+            )),
         }
     }
 }
@@ -60,7 +62,9 @@ pub enum KeyError {
     },
     #[error("the keyring file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("the signing key PEM is neither a P-256 (ES256) nor an Ed25519 (EdDSA) PKCS#8/SEC1 private key")]
+    #[error(
+        "the signing key PEM is neither a P-256 (ES256) nor an Ed25519 (EdDSA) PKCS#8/SEC1 private key"
+    )]
     UnsupportedPem,
     #[error("cannot use the signing key: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
@@ -120,7 +124,11 @@ const KEYRING_FILE: &str = "keyring.json";
 
 impl Keyring {
     /// Opens `data_dir/keys/keyring.json`, creating a first key if there is none.
-    pub fn open_dir(data_dir: &Path, algorithm: SigningAlgorithm, now: Millis) -> Result<Self, KeyError> {
+    pub fn open_dir(
+        data_dir: &Path,
+        algorithm: SigningAlgorithm,
+        now: Millis,
+    ) -> Result<Self, KeyError> {
         let dir = data_dir.join("keys");
         let path = dir.join(KEYRING_FILE);
         let stored = read_keyring(&path)?;
@@ -261,7 +269,8 @@ impl Keyring {
                     .collect(),
             }
         };
-        let json = serde_json::to_vec_pretty(&stored).map_err(|err| KeyError::Encode(err.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&stored).map_err(|err| KeyError::Encode(err.to_string()))?;
         write_private_file_atomically(path, &json)
     }
 }
@@ -373,12 +382,22 @@ fn load_key(mut stored: StoredKey) -> Result<LoadedKey, KeyError> {
             let (Some(x), Some(y)) = (point.x(), point.y()) else {
                 return Err(KeyError::UnsupportedPem);
             };
-            ("EC", "P-256", URL_SAFE_NO_PAD.encode(x), Some(URL_SAFE_NO_PAD.encode(y)))
+            (
+                "EC",
+                "P-256",
+                URL_SAFE_NO_PAD.encode(x),
+                Some(URL_SAFE_NO_PAD.encode(y)),
+            )
         }
         SigningAlgorithm::EdDsa => {
             let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&stored.private_pem)
                 .map_err(|_| KeyError::UnsupportedPem)?;
-            ("OKP", "Ed25519", URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()), None)
+            (
+                "OKP",
+                "Ed25519",
+                URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+                None,
+            )
         }
     };
     if stored.kid.is_empty() {
@@ -427,12 +446,24 @@ mod tests {
         let reopened = Keyring::open_dir(dir.path(), SigningAlgorithm::Es256, 2_000).unwrap();
         assert_eq!(reopened.current_kid(), kid);
 
-        let new_kid = reopened.rotate(SigningAlgorithm::EdDsa, 3_000, 60_000).unwrap();
+        let new_kid = reopened
+            .rotate(SigningAlgorithm::EdDsa, 3_000, 60_000)
+            .unwrap();
         assert_ne!(new_kid, kid);
-        let kids: Vec<_> = reopened.jwks(3_000, 60_000).keys.into_iter().map(|k| k.kid).collect();
+        let kids: Vec<_> = reopened
+            .jwks(3_000, 60_000)
+            .keys
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
         assert_eq!(kids, vec![new_kid.clone(), kid.clone()]);
         // After the old key's tokens have expired it is no longer published.
-        let kids: Vec<_> = reopened.jwks(3_000 + 121_000, 60_000).keys.into_iter().map(|k| k.kid).collect();
+        let kids: Vec<_> = reopened
+            .jwks(3_000 + 121_000, 60_000)
+            .keys
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
         assert_eq!(kids, vec![new_kid.clone()]);
 
         let again = Keyring::open_dir(dir.path(), SigningAlgorithm::Es256, 4_000).unwrap();
@@ -449,11 +480,17 @@ mod tests {
         let a = Keyring::from_pem(&pem, 1).unwrap();
         let b = Keyring::from_pem(&pem, 2).unwrap();
         assert_eq!(a.current_kid(), b.current_kid());
-        assert!(matches!(a.rotate(SigningAlgorithm::Es256, 3, 1), Err(KeyError::ExternalKey)));
+        assert!(matches!(
+            a.rotate(SigningAlgorithm::Es256, 3, 1),
+            Err(KeyError::ExternalKey)
+        ));
     }
 
     #[test]
     fn garbage_pem_is_rejected() {
-        assert!(matches!(Keyring::from_pem("nope", 1), Err(KeyError::UnsupportedPem)));
+        assert!(matches!(
+            Keyring::from_pem("nope", 1),
+            Err(KeyError::UnsupportedPem)
+        ));
     }
 }

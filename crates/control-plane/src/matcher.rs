@@ -188,7 +188,10 @@ impl MatchLoop {
         }
         let id = TicketId(self.next_id);
         self.next_id += 1;
-        if let Err(err) = self.engine.insert(&record.queue_key, engine_ticket(id, &record)) {
+        if let Err(err) = self
+            .engine
+            .insert(&record.queue_key, engine_ticket(id, &record))
+        {
             tracing::error!(ticket_id = %record.ticket_id, queue_key = %record.queue_key, error = %err,
                 "matchmaking engine refused a stored ticket; it will expire");
             return false;
@@ -210,8 +213,13 @@ impl MatchLoop {
 
     /// Puts a proposed-but-unplaced ticket back, keeping its place in line.
     fn requeue(&mut self, id: TicketId) {
-        let Some(record) = self.tickets.get(&id) else { return };
-        if let Err(err) = self.engine.insert(&record.queue_key, engine_ticket(id, record)) {
+        let Some(record) = self.tickets.get(&id) else {
+            return;
+        };
+        if let Err(err) = self
+            .engine
+            .insert(&record.queue_key, engine_ticket(id, record))
+        {
             tracing::error!(ticket_id = %record.ticket_id, error = %err, "cannot return a ticket to its pool");
         }
     }
@@ -260,7 +268,11 @@ impl MatchLoop {
 
     async fn housekeeping(&mut self, now: Millis) {
         let retention = duration_ms(self.settings.retention);
-        match self.store.purge_finished(now.saturating_sub(retention)).await {
+        match self
+            .store
+            .purge_finished(now.saturating_sub(retention))
+            .await
+        {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged finished tickets past retention"),
             Err(err) => tracing::warn!(error = %err, "cannot purge finished tickets"),
@@ -282,7 +294,10 @@ impl MatchLoop {
         let mut placed: Vec<(Match, Allocation)> = Vec::with_capacity(matches.len());
         for proposed in matches {
             let land_type = self.engine.land_type(&proposed.queue_key);
-            let Some(allocation) = self.registry.allocate(&land_type, now, self.settings.placement) else {
+            let Some(allocation) = self
+                .registry
+                .allocate(&land_type, now, self.settings.placement)
+            else {
                 self.warn_no_server(&land_type, now);
                 self.requeue_match(&proposed);
                 continue;
@@ -369,7 +384,10 @@ impl MatchLoop {
     fn warn_no_server(&mut self, land_type: &str, now: Millis) {
         let last = self.no_server_warned_at.get(land_type).copied();
         if last.is_none_or(|at| now.saturating_sub(at) >= 10_000) {
-            tracing::warn!(land_type, "no game server can take a new land; tickets stay queued");
+            tracing::warn!(
+                land_type,
+                "no game server can take a new land; tickets stay queued"
+            );
             self.no_server_warned_at.insert(land_type.to_owned(), now);
         }
     }
@@ -398,7 +416,9 @@ impl MatchLoop {
         for (team_index, team) in proposed.teams.iter().enumerate() {
             let team_number = u32::try_from(team_index).unwrap_or(u32::MAX);
             for id in team {
-                let Some(record) = self.tickets.get(id) else { continue };
+                let Some(record) = self.tickets.get(id) else {
+                    continue;
+                };
                 let assignment_id = uuid::Uuid::new_v4().to_string();
                 let mut member_tokens = BTreeMap::new();
                 for member in &record.members {

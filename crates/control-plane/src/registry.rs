@@ -70,7 +70,10 @@ impl Registry {
     }
 
     pub fn get(&self, server_id: &str) -> Option<ServerRecord> {
-        self.servers.lock().get(server_id).map(|entry| entry.record.clone())
+        self.servers
+            .lock()
+            .get(server_id)
+            .map(|entry| entry.record.clone())
     }
 
     pub fn remove(&self, server_id: &str) -> bool {
@@ -97,12 +100,23 @@ impl Registry {
 
     /// Picks a live server hosting `land_type` with room for one more land and
     /// mints the land id. `None` when no server can take it right now.
-    pub fn allocate(&self, land_type: &str, now: Millis, placement: Placement) -> Option<Allocation> {
+    pub fn allocate(
+        &self,
+        land_type: &str,
+        now: Millis,
+        placement: Placement,
+    ) -> Option<Allocation> {
         let mut servers = self.servers.lock();
         let chosen = servers
             .values()
             .filter(|entry| self.state(&entry.record, now) == ServerState::Live)
-            .filter(|entry| entry.record.land_types.iter().any(|hosted| hosted == land_type))
+            .filter(|entry| {
+                entry
+                    .record
+                    .land_types
+                    .iter()
+                    .any(|hosted| hosted == land_type)
+            })
             .filter(|entry| entry.has_room())
             // Ties broken by server id so allocation is deterministic.
             .min_by(|a, b| {
@@ -208,7 +222,10 @@ pub fn connect_base(record: &ServerRecord) -> String {
         None if port == 443 => "wss".to_owned(),
         None => "ws".to_owned(),
     };
-    let default_port = matches!((scheme.as_str(), port), ("ws" | "http", 80) | ("wss" | "https", 443));
+    let default_port = matches!(
+        (scheme.as_str(), port),
+        ("ws" | "http", 80) | ("wss" | "https", 443)
+    );
     // A bare IPv6 literal needs brackets inside a URL.
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
@@ -256,12 +273,21 @@ mod tests {
     #[test]
     fn connect_url_rules() {
         let mut record = server("a");
-        assert_eq!(connect_url(&record, "hd", "hd:1"), "ws://10.1.2.3:8080/game/hd?landId=hd:1");
+        assert_eq!(
+            connect_url(&record, "hd", "hd:1"),
+            "ws://10.1.2.3:8080/game/hd?landId=hd:1"
+        );
         record.connect_host = Some("game.example.com".to_owned());
         record.connect_port = Some(443);
-        assert_eq!(connect_url(&record, "hd", "hd:1"), "wss://game.example.com/game/hd?landId=hd:1");
+        assert_eq!(
+            connect_url(&record, "hd", "hd:1"),
+            "wss://game.example.com/game/hd?landId=hd:1"
+        );
         record.connect_scheme = Some("ws".to_owned());
-        assert_eq!(connect_url(&record, "hd", "hd:1"), "ws://game.example.com:443/game/hd?landId=hd:1");
+        assert_eq!(
+            connect_url(&record, "hd", "hd:1"),
+            "ws://game.example.com:443/game/hd?landId=hd:1"
+        );
         record.connect_port = Some(9090);
         record.connect_path_prefix = Some("/gs/2".to_owned());
         assert_eq!(
@@ -270,7 +296,10 @@ mod tests {
         );
         record.connect_host = Some("::1".to_owned());
         record.connect_path_prefix = None;
-        assert_eq!(connect_url(&record, "hd", "hd:1"), "ws://[::1]:9090/game/hd?landId=hd:1");
+        assert_eq!(
+            connect_url(&record, "hd", "hd:1"),
+            "ws://[::1]:9090/game/hd?landId=hd:1"
+        );
     }
 
     #[test]
@@ -286,39 +315,83 @@ mod tests {
             max_lands: Some(4),
             max_players: None,
         });
-        b.load = Some(Load { lands: 1, players: 3 });
+        b.load = Some(Load {
+            lands: 1,
+            players: 3,
+        });
         registry.upsert(a.clone());
         registry.upsert(b.clone());
 
         // Spread: a (0/2) before b (1/4); then b (1/4=.25) vs a (1/2): b.
-        let first = registry.allocate("hero-defense", 2_000, Placement::Spread).unwrap();
+        let first = registry
+            .allocate("hero-defense", 2_000, Placement::Spread)
+            .unwrap();
         assert_eq!(first.server_id, "a");
         assert!(first.land_id.starts_with("hero-defense:"));
-        let second = registry.allocate("hero-defense", 2_000, Placement::Spread).unwrap();
+        let second = registry
+            .allocate("hero-defense", 2_000, Placement::Spread)
+            .unwrap();
         assert_eq!(second.server_id, "b");
-        assert!(registry.allocate("other-game", 2_000, Placement::Spread).is_none());
+        assert!(
+            registry
+                .allocate("other-game", 2_000, Placement::Spread)
+                .is_none()
+        );
 
         // Pack fills the fullest server with room: a is at 1/2, b at 2/4 → tie → "a".
-        let third = registry.allocate("hero-defense", 2_000, Placement::Pack).unwrap();
+        let third = registry
+            .allocate("hero-defense", 2_000, Placement::Pack)
+            .unwrap();
         assert_eq!(third.server_id, "a");
         // a is now full (2/2): only b may take more.
         for _ in 0..2 {
-            assert_eq!(registry.allocate("hero-defense", 2_000, Placement::Pack).unwrap().server_id, "b");
+            assert_eq!(
+                registry
+                    .allocate("hero-defense", 2_000, Placement::Pack)
+                    .unwrap()
+                    .server_id,
+                "b"
+            );
         }
-        assert!(registry.allocate("hero-defense", 2_000, Placement::Pack).is_none());
+        assert!(
+            registry
+                .allocate("hero-defense", 2_000, Placement::Pack)
+                .is_none()
+        );
 
         // A heartbeat resets the per-heartbeat count; draining servers get nothing.
         b.draining = true;
         registry.upsert(b);
-        a.load = Some(Load { lands: 1, players: 2 });
+        a.load = Some(Load {
+            lands: 1,
+            players: 2,
+        });
         registry.upsert(a);
-        assert_eq!(registry.allocate("hero-defense", 2_000, Placement::Spread).unwrap().server_id, "a");
-        assert!(registry.allocate("hero-defense", 2_000, Placement::Spread).is_none());
+        assert_eq!(
+            registry
+                .allocate("hero-defense", 2_000, Placement::Spread)
+                .unwrap()
+                .server_id,
+            "a"
+        );
+        assert!(
+            registry
+                .allocate("hero-defense", 2_000, Placement::Spread)
+                .is_none()
+        );
 
         // Past the TTL the server is expired and gets nothing.
         let fresh = server("c");
         registry.upsert(fresh);
-        assert!(registry.allocate("hero-defense", 1_000 + 90_000, Placement::Spread).is_none());
-        assert_eq!(registry.live_count(1_000 + 89_999), 2, "a and c are live, b drains");
+        assert!(
+            registry
+                .allocate("hero-defense", 1_000 + 90_000, Placement::Spread)
+                .is_none()
+        );
+        assert_eq!(
+            registry.live_count(1_000 + 89_999),
+            2,
+            "a and c are live, b drains"
+        );
     }
 }

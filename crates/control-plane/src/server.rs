@@ -28,7 +28,10 @@ pub enum StartError {
     #[error("invalid matchmaking configuration: {0}")]
     Engine(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Optional overrides for embedding and tests.
@@ -50,7 +53,11 @@ impl Builder {
     }
 
     pub async fn start(self) -> Result<ControlPlane, StartError> {
-        let Builder { config, clock, store } = self;
+        let Builder {
+            config,
+            clock,
+            store,
+        } = self;
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let now = clock.now_ms();
         let store: Arc<dyn Store> = match store {
@@ -72,7 +79,8 @@ impl Builder {
             config.issuer.clone(),
             config.audience.clone(),
         ));
-        let engine = Engine::new(config.engine.clone()).map_err(|err| StartError::Engine(err.to_string()))?;
+        let engine = Engine::new(config.engine.clone())
+            .map_err(|err| StartError::Engine(err.to_string()))?;
 
         let registry = Arc::new(Registry::new(duration_ms(config.server_ttl)));
         for server in store.servers().await? {
@@ -80,15 +88,19 @@ impl Builder {
         }
         let queued = store.queued_tickets().await?;
         if !queued.is_empty() {
-            tracing::info!(tickets = queued.len(), "resuming queued tickets from the store");
+            tracing::info!(
+                tickets = queued.len(),
+                "resuming queued tickets from the store"
+            );
         }
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

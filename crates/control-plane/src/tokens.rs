@@ -48,6 +48,10 @@ impl TokenIssuer {
 
 impl Signer {
     pub fn sign(&self, claims: &MatchClaims) -> Result<String, TokenError> {
-        Ok(jsonwebtoken::encode(&self.header, claims, &self.key.encoding)?)
+        Ok(jsonwebtoken::encode(
+            &self.header,
+            claims,
+            &self.key.encoding,
+        )?)
     }
 }

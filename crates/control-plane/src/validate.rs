@@ -57,7 +57,10 @@ fn check_id(field: &str, value: &str, code: ErrorCode, limits: &Limits) -> Resul
     if value.is_empty() || !value.chars().all(is_id_char) {
         return Err(invalid(
             code,
-            format!("{field} must be 1..{} printable ASCII characters without spaces or /?#%&\"\\", limits.max_string_len),
+            format!(
+                "{field} must be 1..{} printable ASCII characters without spaces or /?#%&\"\\",
+                limits.max_string_len
+            ),
         ));
     }
     Ok(())
@@ -70,7 +73,9 @@ pub fn land_type_of(queue_key: &str) -> &str {
 
 pub fn enqueue(request: EnqueueRequest, limits: &Limits) -> Result<ValidEnqueue, Invalid> {
     let queue_key = match request.queue_key.as_deref().map(str::trim) {
-        None | Some("") => return Err(invalid(ErrorCode::QueueKeyRequired, "queueKey is required")),
+        None | Some("") => {
+            return Err(invalid(ErrorCode::QueueKeyRequired, "queueKey is required"));
+        }
         Some(key) => key.to_owned(),
     };
     check_len("queueKey", &queue_key, limits)?;
@@ -82,13 +87,19 @@ pub fn enqueue(request: EnqueueRequest, limits: &Limits) -> Result<ValidEnqueue,
     }
     let land_type = land_type_of(&queue_key).to_owned();
     if land_type.is_empty() {
-        return Err(invalid(ErrorCode::InvalidQueueKey, "queueKey must start with a land type"));
+        return Err(invalid(
+            ErrorCode::InvalidQueueKey,
+            "queueKey must start with a land type",
+        ));
     }
 
     let members = match &request.members {
         None => return Err(invalid(ErrorCode::MembersRequired, "members is required")),
         Some(members) if members.is_empty() => {
-            return Err(invalid(ErrorCode::MembersRequired, "members must name at least one player"));
+            return Err(invalid(
+                ErrorCode::MembersRequired,
+                "members must name at least one player",
+            ));
         }
         Some(members) => members.clone(),
     };
@@ -105,14 +116,20 @@ pub fn enqueue(request: EnqueueRequest, limits: &Limits) -> Result<ValidEnqueue,
     unique.sort();
     unique.dedup();
     if unique.len() != members.len() {
-        return Err(invalid(ErrorCode::DuplicateMember, "members must be distinct"));
+        return Err(invalid(
+            ErrorCode::DuplicateMember,
+            "members must be distinct",
+        ));
     }
     if let Some(group_size) = request.group_size
         && usize::try_from(group_size).ok() != Some(members.len())
     {
         return Err(invalid(
             ErrorCode::GroupSizeMismatch,
-            format!("groupSize is {group_size} but members has {}", members.len()),
+            format!(
+                "groupSize is {group_size} but members has {}",
+                members.len()
+            ),
         ));
     }
 
@@ -126,7 +143,10 @@ pub fn enqueue(request: EnqueueRequest, limits: &Limits) -> Result<ValidEnqueue,
     for (name, value) in &request.attributes {
         check_len("an attribute name", name, limits)?;
         if !value.is_finite() {
-            return Err(invalid(ErrorCode::InvalidAttribute, format!("attribute {name} must be a finite number")));
+            return Err(invalid(
+                ErrorCode::InvalidAttribute,
+                format!("attribute {name} must be a finite number"),
+            ));
         }
     }
     check_count("tags", request.tags.len(), limits)?;
@@ -140,9 +160,17 @@ pub fn enqueue(request: EnqueueRequest, limits: &Limits) -> Result<ValidEnqueue,
     }
     check_count("latencies", request.latencies.len(), limits)?;
     for (region, latency) in &request.latencies {
-        check_id("a latencies region", region, ErrorCode::InvalidLatency, limits)?;
+        check_id(
+            "a latencies region",
+            region,
+            ErrorCode::InvalidLatency,
+            limits,
+        )?;
         if *latency > 60_000 {
-            return Err(invalid(ErrorCode::InvalidLatency, format!("latency for {region} must be 0..=60000 ms")));
+            return Err(invalid(
+                ErrorCode::InvalidLatency,
+                format!("latency for {region} must be 0..=60000 ms"),
+            ));
         }
     }
 
@@ -177,7 +205,9 @@ pub struct ValidRegister {
 
 pub fn register(request: RegisterRequest, limits: &Limits) -> Result<ValidRegister, Invalid> {
     let server_id = match request.server_id.as_deref() {
-        None | Some("") => return Err(invalid(ErrorCode::ServerIdRequired, "serverId is required")),
+        None | Some("") => {
+            return Err(invalid(ErrorCode::ServerIdRequired, "serverId is required"));
+        }
         Some(id) => id.to_owned(),
     };
     check_id("serverId", &server_id, ErrorCode::InvalidServer, limits)?;
@@ -198,7 +228,10 @@ pub fn register(request: RegisterRequest, limits: &Limits) -> Result<ValidRegist
     let mut seen = std::collections::BTreeSet::new();
     land_types.retain(|land_type| seen.insert(land_type.clone()));
     if land_types.is_empty() {
-        return Err(invalid(ErrorCode::InvalidServer, "landType (or landTypes) is required"));
+        return Err(invalid(
+            ErrorCode::InvalidServer,
+            "landType (or landTypes) is required",
+        ));
     }
     check_count("landTypes", land_types.len(), limits)?;
     for land_type in &land_types {
@@ -214,12 +247,18 @@ pub fn register(request: RegisterRequest, limits: &Limits) -> Result<ValidRegist
         check_id("connectHost", host, ErrorCode::InvalidServer, limits)?;
     }
     if request.connect_port == Some(0) {
-        return Err(invalid(ErrorCode::InvalidServer, "connectPort must be 1..=65535"));
+        return Err(invalid(
+            ErrorCode::InvalidServer,
+            "connectPort must be 1..=65535",
+        ));
     }
     if let Some(scheme) = &request.connect_scheme
         && !matches!(scheme.as_str(), "ws" | "wss")
     {
-        return Err(invalid(ErrorCode::InvalidServer, "connectScheme must be ws or wss"));
+        return Err(invalid(
+            ErrorCode::InvalidServer,
+            "connectScheme must be ws or wss",
+        ));
     }
     if let Some(prefix) = &request.connect_path_prefix {
         check_len("connectPathPrefix", prefix, limits)?;
@@ -241,7 +280,10 @@ pub fn register(request: RegisterRequest, limits: &Limits) -> Result<ValidRegist
     if let Some(land_ids) = &request.land_ids
         && land_ids.len() > 100_000
     {
-        return Err(invalid(ErrorCode::InvalidServer, "landIds lists more than 100000 lands"));
+        return Err(invalid(
+            ErrorCode::InvalidServer,
+            "landIds lists more than 100000 lands",
+        ));
     }
     Ok(ValidRegister {
         server_id,
@@ -272,21 +314,51 @@ mod tests {
     fn enqueue_rules() {
         let limits = Limits::default();
         assert!(enqueue(request("hero-defense:3v3", &["a", "b"]), &limits).is_ok());
-        assert_eq!(code(enqueue(request("", &["a"]), &limits)), ErrorCode::QueueKeyRequired);
-        assert_eq!(code(enqueue(request("bad key", &["a"]), &limits)), ErrorCode::InvalidQueueKey);
-        assert_eq!(code(enqueue(request(":3v3", &["a"]), &limits)), ErrorCode::InvalidQueueKey);
-        assert_eq!(code(enqueue(request("q", &[]), &limits)), ErrorCode::MembersRequired);
-        assert_eq!(code(enqueue(request("q", &["a", "a"]), &limits)), ErrorCode::DuplicateMember);
-        assert_eq!(code(enqueue(request("q", &["a b"]), &limits)), ErrorCode::InvalidMember);
+        assert_eq!(
+            code(enqueue(request("", &["a"]), &limits)),
+            ErrorCode::QueueKeyRequired
+        );
+        assert_eq!(
+            code(enqueue(request("bad key", &["a"]), &limits)),
+            ErrorCode::InvalidQueueKey
+        );
+        assert_eq!(
+            code(enqueue(request(":3v3", &["a"]), &limits)),
+            ErrorCode::InvalidQueueKey
+        );
+        assert_eq!(
+            code(enqueue(request("q", &[]), &limits)),
+            ErrorCode::MembersRequired
+        );
+        assert_eq!(
+            code(enqueue(request("q", &["a", "a"]), &limits)),
+            ErrorCode::DuplicateMember
+        );
+        assert_eq!(
+            code(enqueue(request("q", &["a b"]), &limits)),
+            ErrorCode::InvalidMember
+        );
         let long = "x".repeat(200);
-        assert_eq!(code(enqueue(request("q", &[long.as_str()]), &limits)), ErrorCode::FieldTooLong);
-        assert_eq!(code(enqueue(request(&long, &["a"]), &limits)), ErrorCode::FieldTooLong);
+        assert_eq!(
+            code(enqueue(request("q", &[long.as_str()]), &limits)),
+            ErrorCode::FieldTooLong
+        );
+        assert_eq!(
+            code(enqueue(request(&long, &["a"]), &limits)),
+            ErrorCode::FieldTooLong
+        );
         let many: Vec<String> = (0..17).map(|i| format!("p{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert_eq!(code(enqueue(request("q", &many), &limits)), ErrorCode::TooManyMembers);
+        assert_eq!(
+            code(enqueue(request("q", &many), &limits)),
+            ErrorCode::TooManyMembers
+        );
         let mut mismatch = request("q", &["a", "b"]);
         mismatch.group_size = Some(3);
-        assert_eq!(code(enqueue(mismatch, &limits)), ErrorCode::GroupSizeMismatch);
+        assert_eq!(
+            code(enqueue(mismatch, &limits)),
+            ErrorCode::GroupSizeMismatch
+        );
         let mut latency = request("q", &["a"]);
         latency.latencies.insert("eu".to_owned(), 70_000);
         assert_eq!(code(enqueue(latency, &limits)), ErrorCode::InvalidLatency);

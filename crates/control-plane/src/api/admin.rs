@@ -59,7 +59,9 @@ pub async fn queue_summary(State(state): State<AppState>) -> Result<Json<QueueSu
         queues: counts
             .into_iter()
             .map(|queue| QueueSummaryEntry {
-                oldest_wait_ms: queue.oldest_queued_at.map_or(0, |at| now.saturating_sub(at)),
+                oldest_wait_ms: queue
+                    .oldest_queued_at
+                    .map_or(0, |at| now.saturating_sub(at)),
                 queue_key: queue.queue_key,
                 queued: queue.queued,
                 queued_players: queue.queued_players,
@@ -85,7 +87,13 @@ pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<Rotated>, 
     let kid = tokio::task::spawn_blocking(move || keyring.rotate(algorithm, now, lifetime))
         .await
         .map_err(|err| ApiError::internal(err.to_string()))?
-        .map_err(|err| ApiError::new(StatusCode::CONFLICT, matchplane_contracts::ErrorCode::InvalidRequest, err.to_string()))?;
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                matchplane_contracts::ErrorCode::InvalidRequest,
+                err.to_string(),
+            )
+        })?;
     tracing::info!(kid = %kid, "signing key rotated");
     Ok(Json(Rotated { kid }))
 }

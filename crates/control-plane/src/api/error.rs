@@ -13,7 +13,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use matchplane_contracts::{ErrorBody, ErrorCode, ErrorDetail, ProvisioningError, ProvisioningResponse};
+use matchplane_contracts::{
+    ErrorBody, ErrorCode, ErrorDetail, ProvisioningError, ProvisioningResponse,
+};
 use serde::de::DeserializeOwned;
 
 use crate::store::StoreError;
@@ -87,7 +89,11 @@ impl<E: Envelope> ApiError<E> {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 }
 

@@ -24,7 +24,9 @@ pub async fn enqueue(
     let ticket_id = uuid::Uuid::new_v4().to_string();
     let request = valid.request;
     let record = TicketRecord {
-        group_id: valid.group_id.unwrap_or_else(|| format!("group-{ticket_id}")),
+        group_id: valid
+            .group_id
+            .unwrap_or_else(|| format!("group-{ticket_id}")),
         ticket_id,
         queue_key: valid.queue_key,
         members: valid.members,
@@ -63,11 +65,9 @@ pub async fn status(
     State(state): State<AppState>,
     Path(ticket_id): Path<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let ticket = state
-        .store
-        .ticket(&ticket_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(ErrorCode::TicketNotFound, format!("no ticket {ticket_id}")))?;
+    let ticket = state.store.ticket(&ticket_id).await?.ok_or_else(|| {
+        ApiError::not_found(ErrorCode::TicketNotFound, format!("no ticket {ticket_id}"))
+    })?;
     Ok(Json(StatusResponse {
         ticket_id: ticket.ticket_id,
         status: ticket.status,
@@ -83,12 +83,20 @@ pub async fn cancel(
 ) -> Result<(StatusCode, Json<CancelResponse>), ApiError> {
     let ticket_id = match body.into_inner().ticket_id {
         Some(id) if !id.is_empty() => id,
-        _ => return Err(ApiError::bad_request(ErrorCode::TicketIdRequired, "ticketId is required")),
+        _ => {
+            return Err(ApiError::bad_request(
+                ErrorCode::TicketIdRequired,
+                "ticketId is required",
+            ));
+        }
     };
     let now = state.clock.now_ms();
     let (cancelled, status) = match state.store.cancel_ticket(&ticket_id, now).await? {
         CancelOutcome::NotFound => {
-            return Err(ApiError::not_found(ErrorCode::TicketNotFound, format!("no ticket {ticket_id}")));
+            return Err(ApiError::not_found(
+                ErrorCode::TicketNotFound,
+                format!("no ticket {ticket_id}"),
+            ));
         }
         CancelOutcome::Cancelled(ticket) => {
             state.matcher.removed(ticket.ticket_id.clone());

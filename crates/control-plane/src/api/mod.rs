@@ -42,10 +42,19 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(admin::health))
         .route("/.well-known/jwks.json", get(admin::jwks))
         .route("/v1/matchmaking/enqueue", post(matchmaking::enqueue))
-        .route("/v1/matchmaking/status/{ticket_id}", get(matchmaking::status))
+        .route(
+            "/v1/matchmaking/status/{ticket_id}",
+            get(matchmaking::status),
+        )
         .route("/v1/matchmaking/cancel", post(matchmaking::cancel))
-        .route("/v1/provisioning/servers/register", post(provisioning::register))
-        .route("/v1/provisioning/servers/{server_id}", delete(provisioning::deregister))
+        .route(
+            "/v1/provisioning/servers/register",
+            post(provisioning::register),
+        )
+        .route(
+            "/v1/provisioning/servers/{server_id}",
+            delete(provisioning::deregister),
+        )
         .route("/v1/admin/servers", get(admin::servers))
         .route("/v1/admin/queue/summary", get(admin::queue_summary))
         .route("/v1/admin/keys/rotate", post(admin::rotate_key))

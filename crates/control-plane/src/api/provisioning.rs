@@ -36,7 +36,9 @@ pub async fn register(
         load: request.load,
         draining: request.draining,
         land_ids: request.land_ids,
-        registered_at: previous.as_ref().map_or(now, |previous| previous.registered_at),
+        registered_at: previous
+            .as_ref()
+            .map_or(now, |previous| previous.registered_at),
         last_seen: now,
     };
     state.store.put_server(record.clone()).await?;
@@ -49,7 +51,10 @@ pub async fn register(
     Ok(Json(ProvisioningResponse::ok()))
 }
 
-pub async fn deregister(State(state): State<AppState>, Path(server_id): Path<String>) -> ProvisioningResult {
+pub async fn deregister(
+    State(state): State<AppState>,
+    Path(server_id): Path<String>,
+) -> ProvisioningResult {
     let known_in_store = state.store.remove_server(&server_id).await?;
     let known_in_memory = state.registry.remove(&server_id);
     if !known_in_store && !known_in_memory {

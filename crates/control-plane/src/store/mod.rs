@@ -96,7 +96,9 @@ pub struct MatchCommit {
 pub enum CommitOutcome {
     Applied(Vec<TicketRecord>),
     /// Nothing was written: these tickets were no longer queued.
-    Rejected { not_queued: Vec<String> },
+    Rejected {
+        not_queued: Vec<String>,
+    },
 }
 
 /// A registered game server as last heard from.
@@ -147,11 +149,19 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Stores a new queued ticket unless its group already has a live one.
-    async fn create_ticket(&self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError>;
+    async fn create_ticket(
+        &self,
+        ticket: TicketRecord,
+        now: Millis,
+    ) -> Result<CreateOutcome, StoreError>;
 
     async fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError>;
 
-    async fn cancel_ticket(&self, ticket_id: &str, now: Millis) -> Result<CancelOutcome, StoreError>;
+    async fn cancel_ticket(
+        &self,
+        ticket_id: &str,
+        now: Millis,
+    ) -> Result<CancelOutcome, StoreError>;
 
     /// Assigns each match's tickets atomically, only if all are still queued.
     async fn commit_matches(
@@ -161,7 +171,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<CommitOutcome>, StoreError>;
 
     /// Marks these tickets expired if they are still queued; returns those changed.
-    async fn expire_tickets(&self, ticket_ids: Vec<String>, now: Millis) -> Result<Vec<TicketRecord>, StoreError>;
+    async fn expire_tickets(
+        &self,
+        ticket_ids: Vec<String>,
+        now: Millis,
+    ) -> Result<Vec<TicketRecord>, StoreError>;
 
     /// Every queued ticket, oldest first (to rebuild the matcher after a restart).
     async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError>;

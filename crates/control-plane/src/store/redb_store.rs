@@ -13,8 +13,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use tokio::sync::oneshot;
 
 use super::{
-    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ServerRecord, Store, StoreError,
-    TicketRecord,
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ServerRecord, Store,
+    StoreError, TicketRecord,
 };
 use crate::clock::Millis;
 
@@ -120,10 +120,14 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(GROUPS).map_err(unavailable)?;
         txn.open_table(SERVERS).map_err(unavailable)?;
         let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let version = meta.get("schema_version").map_err(unavailable)?.map(|v| v.value());
+        let version = meta
+            .get("schema_version")
+            .map_err(unavailable)?
+            .map(|v| v.value());
         match version {
             None => {
-                meta.insert("schema_version", SCHEMA_VERSION).map_err(unavailable)?;
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(unavailable)?;
             }
             Some(SCHEMA_VERSION) => {}
             Some(other) => {
@@ -156,14 +160,20 @@ fn run_writer(db: &Database, jobs: &mpsc::Receiver<WriteJob>, durability: Durabi
             Err(err) => {
                 tracing::error!(error = %err, ops = batch.len(), "store commit failed");
                 for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(err.to_string())));
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Unavailable(err.to_string())));
                 }
             }
         }
     }
 }
 
-fn apply_batch(db: &Database, batch: &mut [WriteJob], durability: Durability) -> Result<Vec<WriteResult>, StoreError> {
+fn apply_batch(
+    db: &Database,
+    batch: &mut [WriteJob],
+    durability: Durability,
+) -> Result<Vec<WriteResult>, StoreError> {
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(durability).map_err(unavailable)?;
     let mut results = Vec::with_capacity(batch.len());
@@ -193,7 +203,9 @@ impl Tables<'_> {
     fn apply(&mut self, op: WriteOp) -> Result<WriteResult, StoreError> {
         Ok(match op {
             WriteOp::Create(ticket, now) => WriteResult::Created(self.create(*ticket, now)?),
-            WriteOp::Cancel(ticket_id, now) => WriteResult::Cancelled(self.cancel(&ticket_id, now)?),
+            WriteOp::Cancel(ticket_id, now) => {
+                WriteResult::Cancelled(self.cancel(&ticket_id, now)?)
+            }
             WriteOp::Commit(matches, now) => {
                 let mut outcomes = Vec::with_capacity(matches.len());
                 for commit in matches {
@@ -201,7 +213,9 @@ impl Tables<'_> {
                 }
                 WriteResult::Committed(outcomes)
             }
-            WriteOp::Expire(ticket_ids, now) => WriteResult::Expired(self.expire(&ticket_ids, now)?),
+            WriteOp::Expire(ticket_ids, now) => {
+                WriteResult::Expired(self.expire(&ticket_ids, now)?)
+            }
             WriteOp::Purge(before) => WriteResult::Purged(self.purge(before)?),
             WriteOp::PutServer(server) => {
                 let bytes = encode(&*server)?;
@@ -210,9 +224,12 @@ impl Tables<'_> {
                     .map_err(unavailable)?;
                 WriteResult::ServerPut
             }
-            WriteOp::RemoveServer(server_id) => {
-                WriteResult::ServerRemoved(self.servers.remove(server_id.as_str()).map_err(unavailable)?.is_some())
-            }
+            WriteOp::RemoveServer(server_id) => WriteResult::ServerRemoved(
+                self.servers
+                    .remove(server_id.as_str())
+                    .map_err(unavailable)?
+                    .is_some(),
+            ),
         })
     }
 
@@ -287,7 +304,11 @@ impl Tables<'_> {
         Ok(CommitOutcome::Applied(tickets))
     }
 
-    fn expire(&mut self, ticket_ids: &[String], now: Millis) -> Result<Vec<TicketRecord>, StoreError> {
+    fn expire(
+        &mut self,
+        ticket_ids: &[String],
+        now: Millis,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
         let mut expired = Vec::new();
         for ticket_id in ticket_ids {
             if let Some(mut ticket) = self.get_ticket(ticket_id)?
@@ -312,7 +333,9 @@ impl Tables<'_> {
             }
         }
         for (ticket_id, group_id) in &doomed {
-            self.tickets.remove(ticket_id.as_str()).map_err(unavailable)?;
+            self.tickets
+                .remove(ticket_id.as_str())
+                .map_err(unavailable)?;
             let group_points_here = self
                 .groups
                 .get(group_id.as_str())
@@ -347,7 +370,9 @@ fn unexpected(result: WriteResult) -> StoreError {
         WriteResult::ServerPut => "server put",
         WriteResult::ServerRemoved(_) => "server removed",
     };
-    StoreError::Unavailable(format!("store writer answered with the wrong result kind ({name})"))
+    StoreError::Unavailable(format!(
+        "store writer answered with the wrong result kind ({name})"
+    ))
 }
 
 #[async_trait]
@@ -356,7 +381,11 @@ impl Store for RedbStore {
         self.kind
     }
 
-    async fn create_ticket(&self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError> {
+    async fn create_ticket(
+        &self,
+        ticket: TicketRecord,
+        now: Millis,
+    ) -> Result<CreateOutcome, StoreError> {
         match self.write(WriteOp::Create(Box::new(ticket), now)).await? {
             WriteResult::Created(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
@@ -376,21 +405,36 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn cancel_ticket(&self, ticket_id: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
-        match self.write(WriteOp::Cancel(ticket_id.to_owned(), now)).await? {
+    async fn cancel_ticket(
+        &self,
+        ticket_id: &str,
+        now: Millis,
+    ) -> Result<CancelOutcome, StoreError> {
+        match self
+            .write(WriteOp::Cancel(ticket_id.to_owned(), now))
+            .await?
+        {
             WriteResult::Cancelled(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn commit_matches(&self, matches: Vec<MatchCommit>, now: Millis) -> Result<Vec<CommitOutcome>, StoreError> {
+    async fn commit_matches(
+        &self,
+        matches: Vec<MatchCommit>,
+        now: Millis,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
         match self.write(WriteOp::Commit(matches, now)).await? {
             WriteResult::Committed(outcomes) => Ok(outcomes),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn expire_tickets(&self, ticket_ids: Vec<String>, now: Millis) -> Result<Vec<TicketRecord>, StoreError> {
+    async fn expire_tickets(
+        &self,
+        ticket_ids: Vec<String>,
+        now: Millis,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
         match self.write(WriteOp::Expire(ticket_ids, now)).await? {
             WriteResult::Expired(tickets) => Ok(tickets),
             other => Err(unexpected(other)),
@@ -409,7 +453,8 @@ impl Store for RedbStore {
                     queued.push(ticket);
                 }
             }
-            queued.sort_by(|a, b| (a.enqueued_at, &a.ticket_id).cmp(&(b.enqueued_at, &b.ticket_id)));
+            queued
+                .sort_by(|a, b| (a.enqueued_at, &a.ticket_id).cmp(&(b.enqueued_at, &b.ticket_id)));
             Ok(queued)
         })
         .await
@@ -430,7 +475,10 @@ impl Store for RedbStore {
     }
 
     async fn remove_server(&self, server_id: &str) -> Result<bool, StoreError> {
-        match self.write(WriteOp::RemoveServer(server_id.to_owned())).await? {
+        match self
+            .write(WriteOp::RemoveServer(server_id.to_owned()))
+            .await?
+        {
             WriteResult::ServerRemoved(existed) => Ok(existed),
             other => Err(unexpected(other)),
         }
@@ -458,19 +506,20 @@ impl Store for RedbStore {
             for entry in table.iter().map_err(unavailable)? {
                 let (key, value) = entry.map_err(unavailable)?;
                 let ticket: TicketRecord = decode(key.value(), value.value())?;
-                let queue = counts.entry(ticket.queue_key.clone()).or_insert_with(|| QueueCounts {
-                    queue_key: ticket.queue_key.clone(),
-                    ..QueueCounts::default()
-                });
+                let queue = counts
+                    .entry(ticket.queue_key.clone())
+                    .or_insert_with(|| QueueCounts {
+                        queue_key: ticket.queue_key.clone(),
+                        ..QueueCounts::default()
+                    });
                 match ticket.status {
                     TicketStatus::Queued => {
                         queue.queued += 1;
                         queue.queued_players += ticket.members.len() as u64;
-                        queue.oldest_queued_at = Some(
-                            queue
-                                .oldest_queued_at
-                                .map_or(ticket.enqueued_at, |oldest| oldest.min(ticket.enqueued_at)),
-                        );
+                        queue.oldest_queued_at =
+                            Some(queue.oldest_queued_at.map_or(ticket.enqueued_at, |oldest| {
+                                oldest.min(ticket.enqueued_at)
+                            }));
                     }
                     TicketStatus::Assigned => queue.assigned += 1,
                     TicketStatus::Cancelled => queue.cancelled += 1,
@@ -483,6 +532,7 @@ impl Store for RedbStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|db| db.begin_read().map(|_| ()).map_err(unavailable)).await
+        self.read(|db| db.begin_read().map(|_| ()).map_err(unavailable))
+            .await
     }
 }

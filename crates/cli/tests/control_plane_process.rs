@@ -1,0 +1,243 @@
+//! The real `matchplane control-plane` process: port 0, crash safety (SIGKILL
+//! and restart on the same data dir), graceful SIGTERM and offline key rotation.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_matchplane");
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+/// Starts the binary and waits for its "listening" log line to learn the port.
+async fn start(data_dir: &Path) -> Proc {
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "control-plane",
+            "--port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn matchplane");
+    let stderr = child.stderr.take().expect("stderr");
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut addr_tx = Some(addr_tx);
+        // Keep draining so the child never blocks on a full pipe.
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "control plane listening"
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        .await
+        .expect("control plane logs its address in time")
+        .expect("address line");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "bound address {addr}"
+    );
+    Proc {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(base: &str, path: &str) -> Value {
+    let response = reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_success(),
+        "GET {path}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
+async fn enqueue(base: &str, queue_key: &str, member: &str) -> String {
+    let (status, body) = post(
+        base,
+        "/v1/matchmaking/enqueue",
+        json!({"queueKey": queue_key, "members": [member]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["ticketId"].as_str().expect("ticketId").to_owned()
+}
+
+async fn wait_assigned(base: &str, ticket: &str) -> Value {
+    for _ in 0..500 {
+        let status = get(base, &format!("/v1/matchmaking/status/{ticket}")).await;
+        if status["status"] == "assigned" {
+            return status["assignment"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("ticket {ticket} was not assigned");
+}
+
+fn verify(jwks: &Value, token: &str) -> Value {
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["kid"] == kid.as_str())
+        .unwrap_or_else(|| panic!("kid {kid} not in {jwks}"));
+    let key =
+        DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
+            .unwrap();
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["matchplane-game"]);
+    validation.set_issuer(&["matchplane"]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .expect("verifies")
+        .claims
+}
+
+async fn register(base: &str) {
+    let (status, _) = post(
+        base,
+        "/v1/provisioning/servers/register",
+        json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "hero-defense"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path()).await;
+    register(&first.base).await;
+    let alice = enqueue(&first.base, "hero-defense:1v1", "alice").await;
+    let bob = enqueue(&first.base, "hero-defense:1v1", "bob").await;
+    let alice_assignment = wait_assigned(&first.base, &alice).await;
+    let bob_assignment = wait_assigned(&first.base, &bob).await;
+    let jwks_before = get(&first.base, "/.well-known/jwks.json").await;
+    // Waiting tickets (a 2v2 needs 4 players), acknowledged just before the crash.
+    let mut waiting = Vec::new();
+    for player in ["w1", "w2", "w3"] {
+        waiting.push(enqueue(&first.base, "hero-defense:2v2", player).await);
+    }
+    let mut first = first;
+    first.child.kill().await.expect("SIGKILL");
+
+    let second = start(dir.path()).await;
+    for ticket in &waiting {
+        let status = get(&second.base, &format!("/v1/matchmaking/status/{ticket}")).await;
+        assert_eq!(status["status"], "queued", "{status}");
+    }
+    let again = get(&second.base, &format!("/v1/matchmaking/status/{alice}")).await;
+    assert_eq!(again["status"], "assigned");
+    assert_eq!(again["assignment"], alice_assignment);
+    let again = get(&second.base, &format!("/v1/matchmaking/status/{bob}")).await;
+    assert_eq!(again["assignment"], bob_assignment);
+
+    // Same key after restart: the old token verifies against the new process's JWKS.
+    let jwks_after = get(&second.base, "/.well-known/jwks.json").await;
+    assert_eq!(jwks_after, jwks_before);
+    let claims = verify(
+        &jwks_after,
+        alice_assignment["matchToken"].as_str().unwrap(),
+    );
+    assert_eq!(claims["sub"], "alice");
+
+    // The queued tickets are matched after the restart (the registration survived too).
+    let fourth = enqueue(&second.base, "hero-defense:2v2", "w4").await;
+    let land = wait_assigned(&second.base, &fourth).await["landId"].clone();
+    for ticket in &waiting {
+        assert_eq!(wait_assigned(&second.base, ticket).await["landId"], land);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully_and_rotate_key_works_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path()).await;
+    let kid_before = get(&first.base, "/health").await["currentKid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = first.child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), first.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+
+    let output = tokio::process::Command::new(BIN)
+        .args(["control-plane", "rotate-key", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let new_kid = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert_ne!(new_kid, kid_before);
+
+    let second = start(dir.path()).await;
+    assert_eq!(
+        get(&second.base, "/health").await["currentKid"],
+        new_kid.as_str()
+    );
+    let kids: Vec<Value> = get(&second.base, "/.well-known/jwks.json").await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["kid"].clone())
+        .collect();
+    assert_eq!(kids, vec![json!(new_kid), json!(kid_before)]);
+}
+
+#[test]
+fn bad_flags_fail_with_a_message() {
+    let output = std::process::Command::new(BIN)
+        .args(["control-plane", "--ticket-ttl", "soon"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid duration"));
+}

@@ -1,0 +1,683 @@
+//! The control plane's REST contract against a real server on 127.0.0.1:0.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use common::Harness;
+use matchplane_control_plane::store::{
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ServerRecord, Store,
+    StoreError, TicketRecord,
+};
+use matchplane_control_plane::{Config, ControlPlane, SigningAlgorithm};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn health_reports_ok_with_detail() {
+    let h = Harness::start().await;
+    let (status, body) = h.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["store"], "memory");
+    assert!(
+        body["currentKid"]
+            .as_str()
+            .is_some_and(|kid| !kid.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn enqueue_status_and_cancel_happy_path() {
+    let h = Harness::start().await;
+    let ticket = h
+        .enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["alice"], "groupSize": 1}))
+        .await;
+    let status = h.status(&ticket).await;
+    assert_eq!(status["ticketId"], ticket.as_str());
+    assert_eq!(status["status"], "queued");
+    assert!(status.get("assignment").is_none());
+
+    let (code, reply) = h
+        .post("/v1/matchmaking/cancel", json!({"ticketId": ticket}))
+        .await;
+    assert_eq!(code, 201);
+    assert_eq!(reply["cancelled"], true);
+    assert_eq!(h.status(&ticket).await["status"], "cancelled");
+    // Cancelling again reports it was not queued.
+    let (code, reply) = h
+        .post("/v1/matchmaking/cancel", json!({"ticketId": ticket}))
+        .await;
+    assert_eq!(code, 201);
+    assert_eq!(reply["cancelled"], false);
+}
+
+async fn assert_error(h: &Harness, response: (u16, Value), status: u16, code: &str) {
+    let (got_status, body) = response;
+    assert_eq!(got_status, status, "body: {body}");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    // Whatever the client sent, the server stays healthy.
+    assert_eq!(h.get("/health").await.0, 200);
+}
+
+#[tokio::test]
+async fn matchmaking_validation_errors_have_codes() {
+    let h = Harness::start().await;
+    let enqueue = "/v1/matchmaking/enqueue";
+    let cases = [
+        (json!({"members": ["a"]}), "QUEUE_KEY_REQUIRED"),
+        (
+            json!({"queueKey": "", "members": ["a"]}),
+            "QUEUE_KEY_REQUIRED",
+        ),
+        (
+            json!({"queueKey": "hero defense", "members": ["a"]}),
+            "INVALID_QUEUE_KEY",
+        ),
+        (
+            json!({"queueKey": "q/../x", "members": ["a"]}),
+            "INVALID_QUEUE_KEY",
+        ),
+        (json!({"queueKey": "q"}), "MEMBERS_REQUIRED"),
+        (json!({"queueKey": "q", "members": []}), "MEMBERS_REQUIRED"),
+        (
+            json!({"queueKey": "q", "members": ["a", "b"], "groupSize": 3}),
+            "GROUP_SIZE_MISMATCH",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a", "a"]}),
+            "DUPLICATE_MEMBER",
+        ),
+        (json!({"queueKey": "q", "members": [""]}), "INVALID_MEMBER"),
+        (
+            json!({"queueKey": "q", "members": ["x".repeat(129)]}),
+            "FIELD_TOO_LONG",
+        ),
+        (
+            json!({"queueKey": "q".repeat(129), "members": ["a"]}),
+            "FIELD_TOO_LONG",
+        ),
+        (
+            json!({"queueKey": "q", "members": (0..17).map(|i| format!("p{i}")).collect::<Vec<_>>()}),
+            "TOO_MANY_MEMBERS",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a"], "latencies": {"eu": 999_999}}),
+            "INVALID_LATENCY",
+        ),
+        (json!({"queueKey": 42, "members": ["a"]}), "INVALID_REQUEST"),
+        (json!({"queueKey": "q", "members": "a"}), "INVALID_REQUEST"),
+        (json!(["not", "an", "object"]), "INVALID_REQUEST"),
+    ];
+    for (body, code) in cases {
+        assert_error(&h, h.post(enqueue, body).await, 400, code).await;
+    }
+
+    assert_error(
+        &h,
+        h.get("/v1/matchmaking/status/nope").await,
+        404,
+        "TICKET_NOT_FOUND",
+    )
+    .await;
+    assert_error(
+        &h,
+        h.post("/v1/matchmaking/cancel", json!({"ticketId": "nope"}))
+            .await,
+        404,
+        "TICKET_NOT_FOUND",
+    )
+    .await;
+    assert_error(
+        &h,
+        h.post("/v1/matchmaking/cancel", json!({})).await,
+        400,
+        "TICKET_ID_REQUIRED",
+    )
+    .await;
+    assert_error(&h, h.get("/v1/nothing-here").await, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_wrong_content_type_bodies() {
+    let h = Harness::start().await;
+    let url = h.url("/v1/matchmaking/enqueue");
+    let send = |body: Vec<u8>, content_type: &'static str| {
+        let request = h
+            .http
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_error(
+        &h,
+        send(b"{\"queueKey\": ".to_vec(), "application/json").await,
+        400,
+        "INVALID_JSON",
+    )
+    .await;
+    assert_error(
+        &h,
+        send(b"\xff\xfe garbage".to_vec(), "application/json").await,
+        400,
+        "INVALID_JSON",
+    )
+    .await;
+    assert_error(
+        &h,
+        send(b"queueKey=q".to_vec(), "text/plain").await,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    .await;
+    let big = format!(
+        r#"{{"queueKey":"q","members":["a"],"constraints":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    assert_error(
+        &h,
+        send(big.into_bytes(), "application/json").await,
+        413,
+        "PAYLOAD_TOO_LARGE",
+    )
+    .await;
+    // Provisioning answers in its own envelope.
+    let response = h
+        .http
+        .post(h.url("/v1/provisioning/servers/register"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "INVALID_JSON");
+    assert_eq!(body["error"]["retryable"], false);
+    // And nothing was lost or broken: a normal request still works.
+    h.enqueue(json!({"queueKey": "q", "members": ["a"]})).await;
+}
+
+#[tokio::test]
+async fn provisioning_errors_use_the_seed_envelope() {
+    let h = Harness::start().await;
+    let register = "/v1/provisioning/servers/register";
+    let cases = [
+        (
+            json!({"host": "h", "port": 1, "landType": "t"}),
+            "SERVER_ID_REQUIRED",
+        ),
+        (
+            json!({"serverId": "s", "port": 1, "landType": "t"}),
+            "INVALID_SERVER",
+        ),
+        (
+            json!({"serverId": "s", "host": "h", "landType": "t"}),
+            "INVALID_SERVER",
+        ),
+        (
+            json!({"serverId": "s", "host": "h", "port": 1}),
+            "INVALID_SERVER",
+        ),
+        (
+            json!({"serverId": "s", "host": "h", "port": 1, "landType": "a:b"}),
+            "INVALID_SERVER",
+        ),
+        (
+            json!({"serverId": "s", "host": "h", "port": 1, "landType": "t", "connectScheme": "ftp"}),
+            "INVALID_SERVER",
+        ),
+        (
+            json!({"serverId": "s", "host": "h", "port": 1, "landType": "t", "connectPathPrefix": "gs1"}),
+            "INVALID_SERVER",
+        ),
+        (
+            json!({"serverId": "s", "host": "h", "port": "x", "landType": "t"}),
+            "INVALID_REQUEST",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, reply) = h.post(register, body).await;
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply["success"], false);
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert_eq!(reply["error"]["retryable"], false);
+    }
+    let (status, reply) = h.delete("/v1/provisioning/servers/ghost").await;
+    assert_eq!(status, 404);
+    assert_eq!(reply["success"], false);
+    assert_eq!(reply["error"]["code"], "SERVER_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn register_heartbeat_and_deregister() {
+    let h = Harness::start().await;
+    h.register(json!({
+        "serverId": "game-1", "host": "0.0.0.0", "port": 8080, "landType": "hero-defense",
+        "landTypes": ["counter"], "region": "eu",
+        "capacity": {"maxLands": 10, "maxPlayers": 100}, "load": {"lands": 1, "players": 4}
+    }))
+    .await;
+    let (status, body) = h.get("/v1/admin/servers").await;
+    assert_eq!(status, 200);
+    let server = &body["servers"][0];
+    assert_eq!(server["serverId"], "game-1");
+    assert_eq!(server["landTypes"], json!(["hero-defense", "counter"]));
+    assert_eq!(server["state"], "live");
+    assert_eq!(server["capacity"]["maxLands"], 10);
+    assert_eq!(server["load"]["players"], 4);
+    let registered_at = server["registeredAt"].clone();
+
+    // Heartbeat: same call, later; last-seen moves, registration time stays.
+    h.clock.advance(Duration::from_secs(5));
+    h.register(json!({"serverId": "game-1", "host": "0.0.0.0", "port": 8080, "landType": "hero-defense", "draining": true}))
+        .await;
+    let (_, body) = h.get("/v1/admin/servers").await;
+    assert_eq!(body["servers"][0]["registeredAt"], registered_at);
+    assert_eq!(body["servers"][0]["state"], "draining");
+    assert_eq!(body["servers"][0]["lastSeenAgoMs"], 0);
+
+    let (status, reply) = h.delete("/v1/provisioning/servers/game-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(reply, json!({"success": true}));
+    let (_, body) = h.get("/v1/admin/servers").await;
+    assert_eq!(body["servers"], json!([]));
+}
+
+#[tokio::test]
+async fn two_solo_tickets_in_1v1_share_a_land_and_tokens_verify() {
+    // With the periodic tick an hour away, only arrival-time matching can assign.
+    let mut config = Config::ephemeral_for_tests();
+    config.match_tick = Duration::from_secs(3600);
+    let h = Harness::start_with(config).await;
+    h.register_server("game-1", "hero-defense").await;
+    let alice = h
+        .enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["alice"], "groupSize": 1}))
+        .await;
+    let bob = h
+        .enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["bob"], "groupSize": 1}))
+        .await;
+    let a = h.wait_for(&alice, "assigned").await["assignment"].clone();
+    let b = h.wait_for(&bob, "assigned").await["assignment"].clone();
+
+    assert_eq!(a["landId"], b["landId"]);
+    assert_eq!(a["serverId"], "game-1");
+    assert_eq!(a["matchId"], b["matchId"]);
+    assert_ne!(a["assignmentId"], b["assignmentId"]);
+    assert_ne!(a["team"], b["team"]);
+    let land_id = a["landId"].as_str().unwrap();
+    assert!(land_id.starts_with("hero-defense:"));
+    assert_eq!(
+        a["connectUrl"],
+        format!("ws://127.0.0.1:9000/game/hero-defense?landId={land_id}")
+    );
+    assert!(a["expiresAt"].as_str().unwrap().ends_with('Z'));
+
+    let claims = h.verify(a["matchToken"].as_str().unwrap()).await;
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.player_id, "alice");
+    assert_eq!(claims.members, vec!["alice".to_owned()]);
+    assert_eq!(claims.land_id, land_id);
+    assert_eq!(claims.land_type, "hero-defense");
+    assert_eq!(claims.server_id, "game-1");
+    assert_eq!(claims.assignment_id, a["assignmentId"].as_str().unwrap());
+    assert_eq!(claims.jti, claims.assignment_id);
+    assert_eq!(claims.iss, "matchplane");
+    assert_eq!(claims.aud, "matchplane-game");
+    assert_eq!(claims.exp - claims.iat, 60);
+    assert_eq!(claims.match_id.as_deref(), a["matchId"].as_str());
+    let roster: BTreeSet<String> = claims.roster.iter().flatten().cloned().collect();
+    assert_eq!(
+        roster,
+        BTreeSet::from(["alice".to_owned(), "bob".to_owned()])
+    );
+    let header = jsonwebtoken::decode_header(a["matchToken"].as_str().unwrap()).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    let queue = &summary["queues"][0];
+    assert_eq!(queue["queueKey"], "hero-defense:1v1");
+    assert_eq!(queue["assigned"], 2);
+    assert_eq!(queue["queued"], 0);
+}
+
+#[tokio::test]
+async fn party_members_each_get_a_token() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "hero-defense").await;
+    let party = h
+        .enqueue(json!({"queueKey": "hero-defense:2v2", "members": ["p1", "p2"], "groupSize": 2}))
+        .await;
+    let other = h
+        .enqueue(json!({"queueKey": "hero-defense:2v2", "members": ["q1", "q2"], "groupSize": 2}))
+        .await;
+    let assignment = h.wait_for(&party, "assigned").await["assignment"].clone();
+    h.wait_for(&other, "assigned").await;
+    let tokens = assignment["memberTokens"]
+        .as_object()
+        .expect("memberTokens");
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(assignment["matchToken"], tokens["p1"]);
+    for member in ["p1", "p2"] {
+        let claims = h.verify(tokens[member].as_str().unwrap()).await;
+        assert_eq!(claims.sub, member);
+        assert_eq!(claims.members, vec!["p1".to_owned(), "p2".to_owned()]);
+        // A party is one team: its members are never split.
+        assert!(
+            claims
+                .roster
+                .iter()
+                .any(|team| team.contains(&"p1".to_owned()) && team.contains(&"p2".to_owned()))
+        );
+    }
+}
+
+#[tokio::test]
+async fn connect_url_uses_connect_host_port_scheme_and_prefix() {
+    let h = Harness::start().await;
+    h.register(json!({
+        "serverId": "behind-lb", "host": "10.0.0.7", "port": 8080, "landType": "counter",
+        "connectHost": "game.example.com", "connectPort": 443
+    }))
+    .await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["solo"]}))
+        .await;
+    let a = h.wait_for(&t, "assigned").await["assignment"].clone();
+    let land_id = a["landId"].as_str().unwrap();
+    assert_eq!(
+        a["connectUrl"],
+        format!("wss://game.example.com/game/counter?landId={land_id}")
+    );
+
+    h.register(json!({
+        "serverId": "behind-lb", "host": "10.0.0.7", "port": 8080, "landType": "counter",
+        "connectHost": "lb.local", "connectPort": 8443, "connectScheme": "wss", "connectPathPrefix": "/gs/2"
+    }))
+    .await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["solo2"]}))
+        .await;
+    let a = h.wait_for(&t, "assigned").await["assignment"].clone();
+    let land_id = a["landId"].as_str().unwrap();
+    assert_eq!(
+        a["connectUrl"],
+        format!("wss://lb.local:8443/gs/2/game/counter?landId={land_id}")
+    );
+}
+
+#[tokio::test]
+async fn dedup_by_group_id() {
+    let h = Harness::start().await;
+    let body = json!({"queueKey": "hero-defense:3v3", "groupId": "party-7", "members": ["a", "b"], "groupSize": 2});
+    let first = h.enqueue(body.clone()).await;
+    let second = h.enqueue(body.clone()).await;
+    assert_eq!(first, second);
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    assert_eq!(summary["queues"][0]["queued"], 1);
+    // Once the ticket is cancelled the group may queue again, as a new ticket.
+    h.post("/v1/matchmaking/cancel", json!({"ticketId": first}))
+        .await;
+    let third = h.enqueue(body).await;
+    assert_ne!(third, first);
+}
+
+#[tokio::test]
+async fn cancel_after_assignment_reports_false() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "counter").await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["a"]}))
+        .await;
+    h.wait_for(&t, "assigned").await;
+    let (code, reply) = h
+        .post("/v1/matchmaking/cancel", json!({"ticketId": t}))
+        .await;
+    assert_eq!(code, 201);
+    assert_eq!(reply["cancelled"], false);
+    assert_eq!(h.status(&t).await["status"], "assigned");
+}
+
+#[tokio::test]
+async fn no_server_keeps_tickets_queued_until_one_registers() {
+    let h = Harness::start().await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["a"]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(350)).await; // a few matcher ticks
+    assert_eq!(h.status(&t).await["status"], "queued");
+    h.register_server("game-1", "counter").await;
+    h.wait_for(&t, "assigned").await;
+}
+
+#[tokio::test]
+async fn expired_and_draining_servers_get_no_lands() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "counter").await;
+    h.clock.advance(Duration::from_secs(91));
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["a"]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(h.status(&t).await["status"], "queued");
+    let (_, servers) = h.get("/v1/admin/servers").await;
+    assert_eq!(servers["servers"][0]["state"], "expired");
+
+    h.register(json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "counter", "draining": true}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(h.status(&t).await["status"], "queued");
+
+    // A heartbeat without draining brings it back.
+    h.register_server("game-1", "counter").await;
+    h.wait_for(&t, "assigned").await;
+}
+
+#[tokio::test]
+async fn queued_tickets_expire_after_the_ticket_ttl() {
+    let h = Harness::start().await;
+    let t = h
+        .enqueue(json!({"queueKey": "hero-defense:5v5", "members": ["a"]}))
+        .await;
+    h.clock.advance(Duration::from_secs(599));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(h.status(&t).await["status"], "queued");
+    h.clock.advance(Duration::from_secs(2));
+    h.wait_for(&t, "expired").await;
+    let (_, reply) = h
+        .post("/v1/matchmaking/cancel", json!({"ticketId": t}))
+        .await;
+    assert_eq!(reply["cancelled"], false);
+    // An expired ticket no longer holds its group.
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    assert_eq!(summary["queues"][0]["expired"], 1);
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_verifiable() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "counter").await;
+    let before = h
+        .enqueue(json!({"queueKey": "counter", "members": ["a"]}))
+        .await;
+    let old_token = h.wait_for(&before, "assigned").await["assignment"]["matchToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_kid = jsonwebtoken::decode_header(&old_token)
+        .unwrap()
+        .kid
+        .unwrap();
+
+    let (status, reply) = h.post("/v1/admin/keys/rotate", json!({})).await;
+    assert_eq!(status, 200);
+    let new_kid = reply["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, old_kid);
+
+    let after = h
+        .enqueue(json!({"queueKey": "counter", "members": ["b"]}))
+        .await;
+    let new_token = h.wait_for(&after, "assigned").await["assignment"]["matchToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        jsonwebtoken::decode_header(&new_token)
+            .unwrap()
+            .kid
+            .unwrap(),
+        new_kid
+    );
+    let jwks = h.jwks().await;
+    assert_eq!(jwks.keys.len(), 2);
+    common::verify_with(&jwks, &old_token);
+    common::verify_with(&jwks, &new_token);
+
+    // Once the old key's tokens have expired it drops out of the JWKS.
+    h.clock.advance(Duration::from_secs(121));
+    let kids: Vec<String> = h.jwks().await.keys.into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, vec![new_kid]);
+}
+
+#[tokio::test]
+async fn eddsa_is_selectable() {
+    let mut config = Config::ephemeral_for_tests();
+    config.signing.algorithm = SigningAlgorithm::EdDsa;
+    let h = Harness::start_with(config).await;
+    h.register_server("game-1", "counter").await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["a"]}))
+        .await;
+    let token = h.wait_for(&t, "assigned").await["assignment"]["matchToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        jsonwebtoken::decode_header(&token).unwrap().alg,
+        jsonwebtoken::Algorithm::EdDSA
+    );
+    let jwks = h.jwks().await;
+    assert_eq!(jwks.keys[0].kty, "OKP");
+    assert_eq!(jwks.keys[0].alg, "EdDSA");
+    assert_eq!(h.verify(&token).await.sub, "a");
+}
+
+/// A store whose backend is gone: every call fails as unavailable.
+struct BrokenStore;
+
+fn gone<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable("disk on fire".to_owned()))
+}
+
+#[async_trait]
+impl Store for BrokenStore {
+    fn kind(&self) -> &'static str {
+        "broken"
+    }
+    async fn create_ticket(&self, _: TicketRecord, _: u64) -> Result<CreateOutcome, StoreError> {
+        gone()
+    }
+    async fn ticket(&self, _: &str) -> Result<Option<TicketRecord>, StoreError> {
+        gone()
+    }
+    async fn cancel_ticket(&self, _: &str, _: u64) -> Result<CancelOutcome, StoreError> {
+        gone()
+    }
+    async fn commit_matches(
+        &self,
+        _: Vec<MatchCommit>,
+        _: u64,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        gone()
+    }
+    async fn expire_tickets(
+        &self,
+        _: Vec<String>,
+        _: u64,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
+        gone()
+    }
+    async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn purge_finished(&self, _: u64) -> Result<u64, StoreError> {
+        gone()
+    }
+    async fn put_server(&self, _: ServerRecord) -> Result<(), StoreError> {
+        gone()
+    }
+    async fn remove_server(&self, _: &str) -> Result<bool, StoreError> {
+        gone()
+    }
+    async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>, StoreError> {
+        gone()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        gone()
+    }
+}
+
+#[tokio::test]
+async fn store_outage_is_503_with_retryable_codes() {
+    let cp = ControlPlane::builder(Config::ephemeral_for_tests())
+        .store(Arc::new(BrokenStore))
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = cp.base_url();
+    let response = http
+        .post(format!("{base}/v1/matchmaking/enqueue"))
+        .json(&json!({"queueKey": "q", "members": ["a"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "STORE_UNAVAILABLE");
+
+    let response = http
+        .get(format!("{base}/v1/matchmaking/status/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+
+    let response = http
+        .post(format!("{base}/v1/provisioning/servers/register"))
+        .json(&json!({"serverId": "s", "host": "h", "port": 1, "landType": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "STORE_UNAVAILABLE");
+    assert_eq!(body["error"]["retryable"], true);
+
+    let response = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "degraded");
+    cp.shutdown().await;
+}

@@ -1,0 +1,151 @@
+//! Test harness: a real control plane on 127.0.0.1:0 with a manual clock.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{DecodingKey, Validation};
+use matchplane_contracts::jwks::JwkSet;
+use matchplane_contracts::token::MatchClaims;
+use matchplane_control_plane::{Config, ControlPlane, ManualClock};
+use serde_json::{Value, json};
+
+pub struct Harness {
+    pub cp: ControlPlane,
+    pub clock: ManualClock,
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(Config::ephemeral_for_tests()).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let clock = ManualClock::new();
+        let cp = ControlPlane::builder(config)
+            .clock(Arc::new(clock.clone()))
+            .start()
+            .await
+            .expect("control plane starts");
+        let base = cp.base_url();
+        Self {
+            cp,
+            clock,
+            http: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn register(&self, body: Value) {
+        let (status, reply) = self.post("/v1/provisioning/servers/register", body).await;
+        assert_eq!(status, 200, "register failed: {reply}");
+        assert_eq!(reply, json!({"success": true}));
+    }
+
+    pub async fn register_server(&self, server_id: &str, land_type: &str) {
+        self.register(json!({"serverId": server_id, "host": "127.0.0.1", "port": 9000, "landType": land_type}))
+            .await;
+    }
+
+    pub async fn enqueue(&self, body: Value) -> String {
+        let (status, reply) = self.post("/v1/matchmaking/enqueue", body).await;
+        assert_eq!(status, 201, "enqueue failed: {reply}");
+        assert_eq!(reply["status"], "queued");
+        reply["ticketId"].as_str().expect("ticketId").to_owned()
+    }
+
+    pub async fn status(&self, ticket_id: &str) -> Value {
+        let (status, reply) = self
+            .get(&format!("/v1/matchmaking/status/{ticket_id}"))
+            .await;
+        assert_eq!(status, 200, "status failed: {reply}");
+        reply
+    }
+
+    /// Polls until the ticket leaves `queued` (the matcher ticks every 100 ms).
+    pub async fn wait_for(&self, ticket_id: &str, wanted: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = self.status(ticket_id).await;
+            if reply["status"] == wanted {
+                return reply;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ticket {ticket_id} never became {wanted}: {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn jwks(&self) -> JwkSet {
+        let (status, reply) = self.get("/.well-known/jwks.json").await;
+        assert_eq!(status, 200);
+        serde_json::from_value(reply).expect("jwks shape")
+    }
+
+    pub async fn verify(&self, token: &str) -> MatchClaims {
+        verify_with(&self.jwks().await, token)
+    }
+}
+
+/// Verifies a match token against a JWK Set the way a game server would.
+pub fn verify_with(jwks: &JwkSet, token: &str) -> MatchClaims {
+    let header = jsonwebtoken::decode_header(token).expect("token header");
+    let kid = header.kid.expect("kid in header");
+    let jwk = jwks
+        .keys
+        .iter()
+        .find(|key| key.kid == kid)
+        .expect("kid is published");
+    assert_eq!(jwk.use_, "sig");
+    let key = match jwk.kty.as_str() {
+        "EC" => {
+            DecodingKey::from_ec_components(&jwk.x, jwk.y.as_deref().expect("y")).expect("ec key")
+        }
+        "OKP" => DecodingKey::from_ed_components(&jwk.x).expect("ed key"),
+        other => panic!("unexpected kty {other}"),
+    };
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&["matchplane"]);
+    validation.set_audience(&["matchplane-game"]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<MatchClaims>(token, &key, &validation)
+        .expect("token verifies")
+        .claims
+}
