@@ -1,5 +1,6 @@
 //! The real `matchplane control-plane` process: port 0, crash safety (SIGKILL
 //! and restart on the same data dir), graceful SIGTERM and offline key rotation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::Stdio;

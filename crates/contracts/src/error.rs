@@ -29,6 +29,8 @@ pub enum ErrorCode {
     TicketNotFound,
     /// The queue key names a queue whose party size this ticket can never fit.
     TicketTooLarge,
+    /// A realtime socket watches too many tickets at once.
+    TooManySubscriptions,
     ServerIdRequired,
     InvalidServer,
     ServerNotFound,
@@ -60,6 +62,7 @@ impl ErrorCode {
             Self::TicketIdRequired => "TICKET_ID_REQUIRED",
             Self::TicketNotFound => "TICKET_NOT_FOUND",
             Self::TicketTooLarge => "TICKET_TOO_LARGE",
+            Self::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             Self::ServerIdRequired => "SERVER_ID_REQUIRED",
             Self::InvalidServer => "INVALID_SERVER",
             Self::ServerNotFound => "SERVER_NOT_FOUND",

@@ -10,6 +10,7 @@ pub mod game;
 pub mod jwks;
 pub mod matchmaking;
 pub mod provisioning;
+pub mod realtime;
 pub mod token;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProvisioningError, ProvisioningResponse};

@@ -1,7 +1,17 @@
-//! Ticket lifecycle events for push delivery (realtime WebSocket, future fan-out).
+//! Ticket lifecycle events and their delivery to whoever watches a ticket.
+//!
+//! Delivery is indexed by ticket id: publishing costs one map lookup no matter
+//! how many sockets are open, and a socket only ever receives events for the
+//! tickets it watches. Every event is terminal for its ticket (assigned,
+//! cancelled, expired), so a ticket's watchers are dropped once it is delivered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use matchplane_contracts::matchmaking::Assignment;
-use tokio::sync::broadcast;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TicketEvent {
@@ -27,25 +37,144 @@ impl TicketEvent {
     }
 }
 
-/// Fan-out of ticket events to whoever listens. Lagging listeners lose old
-/// events and must re-read ticket status (which is the source of truth).
-#[derive(Clone)]
+type WatcherId = u64;
+type Delivery = (WatcherId, mpsc::UnboundedSender<TicketEvent>);
+
+#[derive(Clone, Default)]
 pub struct EventBus {
-    sender: broadcast::Sender<TicketEvent>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    watchers: Mutex<HashMap<String, Vec<Delivery>>>,
+    next_watcher: AtomicU64,
+}
+
+/// One listener (e.g. a realtime socket) that may watch several tickets.
+/// Dropping it stops every watch it holds.
+pub struct Watcher {
+    id: WatcherId,
+    bus: EventBus,
+    sender: mpsc::UnboundedSender<TicketEvent>,
+    watching: Vec<String>,
 }
 
 impl EventBus {
-    pub fn new(capacity: usize) -> Self {
-        let (sender, _) = broadcast::channel(capacity);
-        Self { sender }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn publish(&self, event: TicketEvent) {
-        // No subscribers is normal (nobody watching); not an error.
-        let _ = self.sender.send(event);
+        let watchers = self.inner.watchers.lock().remove(event.ticket_id());
+        for (_, sender) in watchers.into_iter().flatten() {
+            // A closed receiver is a socket that went away; nothing to do.
+            let _ = sender.send(event.clone());
+        }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<TicketEvent> {
-        self.sender.subscribe()
+    /// A new listener and the stream its events arrive on.
+    pub fn watcher(&self) -> (Watcher, mpsc::UnboundedReceiver<TicketEvent>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let id = self.inner.next_watcher.fetch_add(1, Ordering::Relaxed);
+        (
+            Watcher {
+                id,
+                bus: self.clone(),
+                sender,
+                watching: Vec::new(),
+            },
+            receiver,
+        )
+    }
+
+    /// Tickets with at least one watcher (for metrics and tests).
+    pub fn watched_tickets(&self) -> usize {
+        self.inner.watchers.lock().len()
+    }
+}
+
+impl Watcher {
+    /// Starts delivering this ticket's next event. Call before reading the
+    /// ticket's current status so no event can slip between the two.
+    pub fn watch(&mut self, ticket_id: &str) {
+        if self.watching.iter().any(|watched| watched == ticket_id) {
+            return;
+        }
+        self.bus
+            .inner
+            .watchers
+            .lock()
+            .entry(ticket_id.to_owned())
+            .or_default()
+            .push((self.id, self.sender.clone()));
+        self.watching.push(ticket_id.to_owned());
+    }
+
+    pub fn watching(&self) -> usize {
+        self.watching.len()
+    }
+
+    pub fn is_watching(&self, ticket_id: &str) -> bool {
+        self.watching.iter().any(|watched| watched == ticket_id)
+    }
+
+    /// Stops watching a ticket whose final state this listener already has.
+    pub fn forget(&mut self, ticket_id: &str) {
+        self.watching.retain(|watched| watched != ticket_id);
+        let mut watchers = self.bus.inner.watchers.lock();
+        if let Some(list) = watchers.get_mut(ticket_id) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                watchers.remove(ticket_id);
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let mut watchers = self.bus.inner.watchers.lock();
+        for ticket_id in &self.watching {
+            if let Some(list) = watchers.get_mut(ticket_id) {
+                list.retain(|(id, _)| *id != self.id);
+                if list.is_empty() {
+                    watchers.remove(ticket_id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_reach_only_the_watchers_of_their_ticket_once() {
+        let bus = EventBus::new();
+        let (mut a, mut a_events) = bus.watcher();
+        let (mut b, mut b_events) = bus.watcher();
+        a.watch("t1");
+        b.watch("t1");
+        b.watch("t2");
+        bus.publish(TicketEvent::Cancelled {
+            ticket_id: "t1".into(),
+        });
+        assert_eq!(a_events.try_recv().unwrap().ticket_id(), "t1");
+        assert_eq!(b_events.try_recv().unwrap().ticket_id(), "t1");
+        // Terminal: a second event for t1 reaches nobody.
+        bus.publish(TicketEvent::Expired {
+            ticket_id: "t1".into(),
+        });
+        assert!(a_events.try_recv().is_err());
+        assert_eq!(bus.watched_tickets(), 1);
+        drop(b);
+        assert_eq!(bus.watched_tickets(), 0);
+        bus.publish(TicketEvent::Expired {
+            ticket_id: "t2".into(),
+        });
+        assert!(b_events.try_recv().is_err());
+        a.forget("t1");
     }
 }

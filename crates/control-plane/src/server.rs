@@ -107,7 +107,7 @@ impl Builder {
         })?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let events = EventBus::new(4096);
+        let events = EventBus::new();
         let (matcher, matcher_task) = matcher::spawn(
             engine,
             queued,
@@ -133,6 +133,7 @@ impl Builder {
             events,
             clock,
             started_at: now,
+            shutdown: shutdown_rx.clone(),
         };
         let app = api::router(state.clone());
         let mut serve_shutdown = shutdown_rx;

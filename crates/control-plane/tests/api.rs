@@ -1,4 +1,5 @@
 //! The control plane's REST contract against a real server on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -18,7 +18,23 @@ pub async fn enqueue(
     State(state): State<AppState>,
     body: ApiJson<EnqueueRequest>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
-    let valid = validate::enqueue(body.into_inner(), &state.config.limits)
+    let ticket = enqueue_ticket(&state, body.into_inner()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnqueueResponse {
+            ticket_id: ticket.ticket_id,
+            status: ticket.status,
+        }),
+    ))
+}
+
+/// Validates, stores durably and hands the ticket to the matcher; returns the
+/// group's existing live ticket instead when there is one.
+pub(crate) async fn enqueue_ticket(
+    state: &AppState,
+    request: EnqueueRequest,
+) -> Result<TicketRecord, ApiError> {
+    let valid = validate::enqueue(request, &state.config.limits)
         .map_err(|invalid| ApiError::bad_request(invalid.code, invalid.message))?;
     let now = state.clock.now_ms();
     let ticket_id = uuid::Uuid::new_v4().to_string();
@@ -52,13 +68,7 @@ pub async fn enqueue(
         }
         CreateOutcome::Existing(ticket) => ticket,
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(EnqueueResponse {
-            ticket_id: ticket.ticket_id,
-            status: ticket.status,
-        }),
-    ))
+    Ok(ticket)
 }
 
 pub async fn status(

@@ -4,6 +4,7 @@ mod admin;
 pub mod error;
 mod matchmaking;
 mod provisioning;
+mod realtime;
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct AppState {
     pub events: EventBus,
     pub clock: Arc<dyn Clock>,
     pub started_at: Millis,
+    /// Flips to `true` when the server shuts down; long-lived sockets close on it.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,6 +44,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(admin::health))
         .route("/.well-known/jwks.json", get(admin::jwks))
+        .route("/realtime", get(realtime::upgrade))
         .route("/v1/matchmaking/enqueue", post(matchmaking::enqueue))
         .route(
             "/v1/matchmaking/status/{ticket_id}",

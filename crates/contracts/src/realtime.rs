@@ -1,0 +1,105 @@
+//! Control-plane WebSocket at `/realtime`: assignment push to clients.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+use crate::matchmaking::{Assignment, EnqueueRequest, TicketStatus};
+
+/// Protocol version carried in every server message as `v`.
+pub const REALTIME_VERSION: u32 = 1;
+
+/// Server → client: `{"type": "...", "v": 1, "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum RealtimeEvent {
+    #[serde(rename = "match.assigned")]
+    MatchAssigned(MatchAssigned),
+    #[serde(rename = "ticket.cancelled")]
+    TicketCancelled(TicketRef),
+    #[serde(rename = "ticket.expired")]
+    TicketExpired(TicketRef),
+    /// Answer to the `enqueue` action; the socket is then subscribed to the ticket.
+    #[serde(rename = "enqueued")]
+    Enqueued(Enqueued),
+    /// Answer to `subscribe` (and to `?ticketId=`) while the ticket is still queued.
+    #[serde(rename = "subscribed")]
+    Subscribed(Subscribed),
+    #[serde(rename = "heartbeat")]
+    Heartbeat(HeartbeatAck),
+    #[serde(rename = "error")]
+    Error(RealtimeError),
+}
+
+/// The envelope as sent: the event plus the protocol version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealtimeEnvelope {
+    #[serde(flatten)]
+    pub event: RealtimeEvent,
+    pub v: u32,
+}
+
+impl RealtimeEnvelope {
+    pub fn new(event: RealtimeEvent) -> Self {
+        Self {
+            event,
+            v: REALTIME_VERSION,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchAssigned {
+    pub ticket_id: String,
+    pub assignment: Assignment,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRef {
+    pub ticket_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enqueued {
+    pub ticket_id: String,
+    pub status: TicketStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscribed {
+    pub ticket_id: String,
+    pub status: TicketStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatAck {
+    /// Server time, ms since the UNIX epoch.
+    pub server_time: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealtimeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Client → server: `{"action": "enqueue" | "subscribe" | "heartbeat", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum RealtimeAction {
+    /// The enqueue body's fields sit beside `action`.
+    Enqueue(Box<EnqueueRequest>),
+    Subscribe(SubscribeAction),
+    Heartbeat {},
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeAction {
+    #[serde(default)]
+    pub ticket_id: Option<String>,
+}

@@ -1,0 +1,234 @@
+//! `/realtime`: assignment push over a real WebSocket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Harness;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(h: &Harness, query: &str) -> Socket {
+    let url = format!("ws://{}/realtime{query}", h.cp.local_addr());
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+/// Next JSON text message (skipping pings), or panic after a few seconds.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no socket error");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("json"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, value: Value) {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .expect("send");
+}
+
+#[tokio::test]
+async fn push_arrives_when_the_match_forms() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "hero-defense").await;
+    let alice = h
+        .enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["alice"]}))
+        .await;
+    let mut socket = connect(&h, &format!("?ticketId={alice}")).await;
+    let first = next(&mut socket).await;
+    assert_eq!(
+        first,
+        json!({"type": "subscribed", "v": 1, "data": {"ticketId": alice, "status": "queued"}})
+    );
+
+    h.enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["bob"]}))
+        .await;
+    let pushed = next(&mut socket).await;
+    assert_eq!(pushed["type"], "match.assigned");
+    assert_eq!(pushed["v"], 1);
+    assert_eq!(pushed["data"]["ticketId"], alice.as_str());
+    // The push carries exactly what polling returns.
+    assert_eq!(
+        pushed["data"]["assignment"],
+        h.status(&alice).await["assignment"]
+    );
+}
+
+#[tokio::test]
+async fn already_assigned_ticket_is_pushed_at_once() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "counter").await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["solo"]}))
+        .await;
+    let polled = h.wait_for(&t, "assigned").await;
+    let mut socket = connect(&h, &format!("?ticketId={t}")).await;
+    let pushed = next(&mut socket).await;
+    assert_eq!(pushed["type"], "match.assigned");
+    assert_eq!(pushed["data"]["assignment"], polled["assignment"]);
+}
+
+#[tokio::test]
+async fn many_sockets_watch_one_ticket() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "hero-defense").await;
+    let t = h
+        .enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["a"]}))
+        .await;
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let mut socket = connect(&h, &format!("?ticketId={t}")).await;
+        assert_eq!(next(&mut socket).await["type"], "subscribed");
+        sockets.push(socket);
+    }
+    h.enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["b"]}))
+        .await;
+    for socket in &mut sockets {
+        let pushed = next(socket).await;
+        assert_eq!(pushed["type"], "match.assigned");
+        assert_eq!(pushed["data"]["ticketId"], t.as_str());
+    }
+}
+
+#[tokio::test]
+async fn enqueue_subscribe_and_heartbeat_actions() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "hero-defense").await;
+    let mut socket = connect(&h, "").await;
+    send(&mut socket, json!({"action": "heartbeat"})).await;
+    let beat = next(&mut socket).await;
+    assert_eq!(beat["type"], "heartbeat");
+    assert!(beat["data"]["serverTime"].as_u64().is_some());
+
+    send(
+        &mut socket,
+        json!({"action": "enqueue", "queueKey": "hero-defense:1v1", "members": ["alice"]}),
+    )
+    .await;
+    let enqueued = next(&mut socket).await;
+    assert_eq!(enqueued["type"], "enqueued");
+    let ticket = enqueued["data"]["ticketId"].as_str().unwrap().to_owned();
+    assert_eq!(h.status(&ticket).await["status"], "queued");
+    assert_eq!(next(&mut socket).await["type"], "subscribed");
+
+    // A second socket enqueues the opponent and subscribes to alice's ticket too.
+    let mut other = connect(&h, "").await;
+    send(
+        &mut other,
+        json!({"action": "subscribe", "ticketId": ticket}),
+    )
+    .await;
+    assert_eq!(next(&mut other).await["type"], "subscribed");
+    send(
+        &mut other,
+        json!({"action": "enqueue", "queueKey": "hero-defense:1v1", "members": ["bob"]}),
+    )
+    .await;
+    // enqueued(bob), possibly subscribed(bob) if the match had not formed by the
+    // time bob's status was read, then both tickets' match.assigned.
+    let mut kinds = Vec::new();
+    while kinds.iter().filter(|k| *k == "match.assigned").count() < 2 {
+        let message = next(&mut other).await;
+        kinds.push(message["type"].as_str().unwrap().to_owned());
+        assert!(kinds.len() <= 4, "{kinds:?}");
+    }
+    assert_eq!(kinds[0], "enqueued", "{kinds:?}");
+    assert_eq!(next(&mut socket).await["type"], "match.assigned");
+}
+
+#[tokio::test]
+async fn cancel_and_expiry_are_pushed() {
+    let h = Harness::start().await;
+    let cancelled = h
+        .enqueue(json!({"queueKey": "hero-defense:5v5", "members": ["a"]}))
+        .await;
+    let expiring = h
+        .enqueue(json!({"queueKey": "hero-defense:5v5", "members": ["b"]}))
+        .await;
+    let mut socket = connect(&h, &format!("?ticketId={cancelled}")).await;
+    assert_eq!(next(&mut socket).await["type"], "subscribed");
+    send(
+        &mut socket,
+        json!({"action": "subscribe", "ticketId": expiring}),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], "subscribed");
+
+    h.post("/v1/matchmaking/cancel", json!({"ticketId": cancelled}))
+        .await;
+    assert_eq!(
+        next(&mut socket).await,
+        json!({"type": "ticket.cancelled", "v": 1, "data": {"ticketId": cancelled}})
+    );
+    h.clock.advance(Duration::from_secs(601));
+    assert_eq!(
+        next(&mut socket).await,
+        json!({"type": "ticket.expired", "v": 1, "data": {"ticketId": expiring}})
+    );
+}
+
+#[tokio::test]
+async fn invalid_messages_get_error_envelopes_then_a_close() {
+    let h = Harness::start().await;
+    let mut socket = connect(&h, "?ticketId=missing").await;
+    let error = next(&mut socket).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["data"]["code"], "TICKET_NOT_FOUND");
+
+    socket.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(next(&mut socket).await["data"]["code"], "INVALID_JSON");
+    send(&mut socket, json!({"action": "dance"})).await;
+    assert_eq!(next(&mut socket).await["data"]["code"], "INVALID_REQUEST");
+    send(&mut socket, json!({"action": "subscribe"})).await;
+    assert_eq!(
+        next(&mut socket).await["data"]["code"],
+        "TICKET_ID_REQUIRED"
+    );
+    send(&mut socket, json!({"action": "enqueue", "members": ["a"]})).await;
+    assert_eq!(
+        next(&mut socket).await["data"]["code"],
+        "QUEUE_KEY_REQUIRED"
+    );
+
+    // Flooding garbage ends in a close, and the server stays healthy.
+    for _ in 0..10 {
+        if socket.send(Message::Text("{".into())).await.is_err() {
+            break;
+        }
+    }
+    let mut closed = false;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+    {
+        match message {
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1008));
+                closed = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "socket should be closed after repeated garbage");
+    assert_eq!(h.get("/health").await.0, 200);
+}
