@@ -1,0 +1,214 @@
+//! Self-registration with the control plane: register on start, heartbeat with
+//! fresh load, retry with backoff while the control plane is down (the planes
+//! may start in any order), and on shutdown drain then deregister.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use matchplane_contracts::ProvisioningResponse;
+use matchplane_contracts::provisioning::{Capacity, Load, RegisterRequest};
+
+use crate::manager::LandManager;
+
+#[derive(Debug, Clone)]
+pub struct ProvisioningSettings {
+    pub control_plane_url: String,
+    pub server_id: String,
+    /// Address the server is bound to (control-plane internal use).
+    pub host: String,
+    pub port: u16,
+    /// Client-facing address when clients go through a load balancer.
+    pub connect_host: Option<String>,
+    pub connect_port: Option<u16>,
+    pub connect_scheme: Option<String>,
+    pub connect_path_prefix: Option<String>,
+    pub region: Option<String>,
+    pub capacity: Capacity,
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisioningError {
+    #[error("control plane unreachable at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("control plane refused the registration ({status}): {body}")]
+    Refused { status: u16, body: String },
+}
+
+pub struct ProvisioningAgent {
+    settings: ProvisioningSettings,
+    manager: LandManager,
+    http: reqwest::Client,
+}
+
+/// Longest wait between two attempts while the control plane is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl ProvisioningAgent {
+    pub fn new(settings: ProvisioningSettings, manager: LandManager) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self {
+            settings,
+            manager,
+            http,
+        }
+    }
+
+    pub fn settings(&self) -> &ProvisioningSettings {
+        &self.settings
+    }
+
+    fn base(&self) -> &str {
+        self.settings.control_plane_url.trim_end_matches('/')
+    }
+
+    /// What the next heartbeat says, with the current load.
+    pub fn registration(&self, draining: bool) -> RegisterRequest {
+        let load = self.manager.load();
+        let land_types: Vec<String> = self.manager.registry().names().map(str::to_owned).collect();
+        RegisterRequest {
+            server_id: Some(self.settings.server_id.clone()),
+            host: Some(self.settings.host.clone()),
+            port: Some(self.settings.port),
+            land_type: land_types.first().cloned(),
+            land_types,
+            connect_host: self.settings.connect_host.clone(),
+            connect_port: self.settings.connect_port,
+            connect_scheme: self.settings.connect_scheme.clone(),
+            connect_path_prefix: self.settings.connect_path_prefix.clone(),
+            region: self.settings.region.clone(),
+            capacity: Some(self.settings.capacity),
+            load: Some(Load {
+                lands: u32::try_from(load.lands).unwrap_or(u32::MAX),
+                players: u32::try_from(load.players).unwrap_or(u32::MAX),
+            }),
+            draining: draining || load.draining,
+            land_ids: Some(load.land_ids_by_type.into_values().flatten().collect()),
+        }
+    }
+
+    /// One register/heartbeat call.
+    pub async fn heartbeat(&self, draining: bool) -> Result<(), ProvisioningError> {
+        let url = format!("{}/v1/provisioning/servers/register", self.base());
+        let response = self
+            .http
+            .post(&url)
+            .json(&self.registration(draining))
+            .send()
+            .await
+            .map_err(|err| ProvisioningError::Unreachable {
+                url: url.clone(),
+                message: err.to_string(),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(ProvisioningError::Refused {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    pub async fn deregister(&self) -> Result<(), ProvisioningError> {
+        let url = format!(
+            "{}/v1/provisioning/servers/{}",
+            self.base(),
+            self.settings.server_id
+        );
+        let response =
+            self.http
+                .delete(&url)
+                .send()
+                .await
+                .map_err(|err| ProvisioningError::Unreachable {
+                    url: url.clone(),
+                    message: err.to_string(),
+                })?;
+        let status = response.status();
+        // Already gone (e.g. forgotten after a long outage) is as good as removed.
+        if status.is_success() || status.as_u16() == 404 {
+            return Ok(());
+        }
+        let body: Option<ProvisioningResponse> = response.json().await.ok();
+        Err(ProvisioningError::Refused {
+            status: status.as_u16(),
+            body: format!("{body:?}"),
+        })
+    }
+
+    /// Registers, then heartbeats every interval until the task is aborted.
+    /// While the control plane is unreachable it retries with exponential backoff.
+    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let agent = Arc::clone(self);
+        tokio::spawn(async move { agent.heartbeat_loop().await })
+    }
+
+    async fn heartbeat_loop(&self) {
+        let interval = self.settings.heartbeat_interval;
+        let mut backoff = Duration::from_millis(200);
+        let mut registered = false;
+        let mut failing_since_logged = false;
+        loop {
+            match self.heartbeat(false).await {
+                Ok(()) => {
+                    if !registered {
+                        tracing::info!(server_id = %self.settings.server_id, url = %self.base(),
+                            "registered with the control plane");
+                        registered = true;
+                    } else if failing_since_logged {
+                        tracing::info!("control plane reachable again");
+                    }
+                    failing_since_logged = false;
+                    backoff = Duration::from_millis(200);
+                    tokio::time::sleep(interval).await;
+                }
+                Err(err) => {
+                    if !failing_since_logged {
+                        tracing::warn!(error = %err, "heartbeat failed; retrying with backoff");
+                        failing_since_logged = true;
+                    }
+                    tokio::time::sleep(backoff.min(interval)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Stops taking new lands, tells the control plane (`draining: true`), lets
+    /// running lands finish for up to `drain_timeout` while still heartbeating,
+    /// then deregisters. Returns whether every land finished in time.
+    pub async fn drain(&self, drain_timeout: Duration) -> bool {
+        self.manager.start_draining();
+        if let Err(err) = self.heartbeat(true).await {
+            tracing::warn!(error = %err, "could not announce draining");
+        }
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        let finished = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait = remaining.min(self.settings.heartbeat_interval);
+            if self.manager.wait_until_empty(wait).await {
+                break true;
+            }
+            if remaining <= wait {
+                break false;
+            }
+            if let Err(err) = self.heartbeat(true).await {
+                tracing::warn!(error = %err, "draining heartbeat failed");
+            }
+        };
+        match self.deregister().await {
+            Ok(()) => {
+                tracing::info!(server_id = %self.settings.server_id, "deregistered from the control plane")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "deregistration failed; the control plane will expire this server")
+            }
+        }
+        finished
+    }
+}
