@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod control_plane;
+mod demo;
 mod duration;
 mod game_server;
+mod loadtest;
 mod logging;
 mod signals;
 
@@ -35,6 +37,10 @@ enum Command {
     ControlPlane(Box<control_plane::ControlPlaneArgs>),
     /// Run a game server hosting the built-in lands.
     GameServer(game_server::GameServerArgs),
+    /// Run a control plane, a game server and bots playing hero-defense, in one command.
+    Demo(demo::DemoArgs),
+    /// Drive the real journey against a running control plane and report latencies.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +53,8 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(*args).await,
             Command::GameServer(args) => game_server::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Loadtest(args) => loadtest::run(args).await,
         }
     })
 }
