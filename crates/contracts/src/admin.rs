@@ -25,8 +25,17 @@ pub struct ServerView {
     pub capacity: Option<Capacity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<Load>,
-    /// Lands allocated here since the server's last heartbeat.
+    /// Lands allocated here that the server has not reported open yet (still within their assignment's lifetime).
     pub allocated_since_heartbeat: u32,
+    /// Those allocations' land ids.
+    #[serde(default)]
+    pub pending_land_ids: Vec<String>,
+    /// Allocated lands nobody joined before the assignment expired (learned from heartbeats).
+    #[serde(default)]
+    pub abandoned_lands: u64,
+    /// Lands the server reported open in its last heartbeat, when it reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_lands: Option<u64>,
     pub draining: bool,
     /// `live`, `draining` or `expired` (not heard from within the TTL).
     pub state: String,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod events;
 pub mod keys;
 pub mod matcher;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -20,6 +20,7 @@ use tokio::time::MissedTickBehavior;
 use crate::clock::{Clock, Millis, duration_ms, format_rfc3339};
 use crate::config::Placement;
 use crate::events::{EventBus, TicketEvent};
+use crate::metrics::{self, Metrics};
 use crate::registry::{Allocation, Registry};
 use crate::store::{CommitOutcome, MatchCommit, Store, TicketRecord};
 use crate::tokens::{Signer, TokenIssuer};
@@ -75,6 +76,7 @@ pub struct MatchLoop {
     events: EventBus,
     clock: Arc<dyn Clock>,
     settings: MatcherSettings,
+    metrics: Arc<Metrics>,
     no_server_warned_at: HashMap<String, Millis>,
     last_housekeeping: Millis,
 }
@@ -95,6 +97,7 @@ pub fn spawn(
     events: EventBus,
     clock: Arc<dyn Clock>,
     settings: MatcherSettings,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> (MatcherHandle, tokio::task::JoinHandle<()>) {
     let (commands_tx, commands) = mpsc::unbounded_channel();
@@ -114,6 +117,7 @@ pub fn spawn(
         last_housekeeping: clock.now_ms(),
         clock,
         settings,
+        metrics,
         no_server_warned_at: HashMap::new(),
     };
     for ticket in initial {
@@ -255,6 +259,9 @@ impl MatchLoop {
                     self.engine.remove(id);
                     self.untrack(id);
                 }
+                self.metrics
+                    .tickets_expired
+                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
                 for ticket in expired {
                     tracing::info!(ticket_id = %ticket.ticket_id, queue_key = %ticket.queue_key, "ticket expired");
                     self.events.publish(TicketEvent::Expired {
@@ -262,7 +269,10 @@ impl MatchLoop {
                     });
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "cannot expire tickets now; will retry"),
+            Err(err) => {
+                metrics::inc(&self.metrics.store_errors);
+                tracing::warn!(error = %err, "cannot expire tickets now; will retry");
+            }
         }
     }
 
@@ -294,10 +304,12 @@ impl MatchLoop {
         let mut placed: Vec<(Match, Allocation)> = Vec::with_capacity(matches.len());
         for proposed in matches {
             let land_type = self.engine.land_type(&proposed.queue_key);
-            let Some(allocation) = self
-                .registry
-                .allocate(&land_type, now, self.settings.placement)
+            let pending_until = now.saturating_add(duration_ms(self.settings.assignment_ttl));
+            let Some(allocation) =
+                self.registry
+                    .allocate(&land_type, now, pending_until, self.settings.placement)
             else {
+                metrics::inc(&self.metrics.matches_without_server);
                 self.warn_no_server(&land_type, now);
                 self.requeue_match(&proposed);
                 continue;
@@ -309,7 +321,7 @@ impl MatchLoop {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "cannot mint match tokens");
-                    self.registry.release(&allocation.server_id);
+                    self.registry.release(&allocation);
                     self.requeue_match(&proposed);
                 }
             }
@@ -320,22 +332,37 @@ impl MatchLoop {
         match self.store.commit_matches(commits, now).await {
             Ok(outcomes) => {
                 for ((proposed, allocation), outcome) in placed.into_iter().zip(outcomes) {
-                    self.finish(proposed, &allocation, outcome);
+                    self.finish(proposed, &allocation, outcome, now);
                 }
             }
             Err(err) => {
+                metrics::inc(&self.metrics.store_errors);
                 tracing::error!(error = %err, "cannot commit matches; tickets return to their queues");
                 for (proposed, allocation) in placed {
-                    self.registry.release(&allocation.server_id);
+                    self.registry.release(&allocation);
                     self.requeue_match(&proposed);
                 }
             }
         }
     }
 
-    fn finish(&mut self, proposed: Match, allocation: &Allocation, outcome: CommitOutcome) {
+    fn finish(
+        &mut self,
+        proposed: Match,
+        allocation: &Allocation,
+        outcome: CommitOutcome,
+        now: Millis,
+    ) {
         match outcome {
             CommitOutcome::Applied(records) => {
+                metrics::inc(&self.metrics.matches_assigned);
+                self.metrics
+                    .tickets_assigned
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                for record in &records {
+                    self.metrics
+                        .observe_match_wait(now.saturating_sub(record.enqueued_at));
+                }
                 tracing::info!(
                     queue_key = %proposed.queue_key,
                     land_id = %allocation.land_id,
@@ -357,9 +384,10 @@ impl MatchLoop {
                 }
             }
             CommitOutcome::Rejected { not_queued } => {
+                metrics::inc(&self.metrics.matches_dropped);
                 tracing::info!(land_id = %allocation.land_id, gone = not_queued.len(),
                     "match dropped: tickets changed meanwhile; the rest return to the queue");
-                self.registry.release(&allocation.server_id);
+                self.registry.release(&allocation);
                 for id in proposed.teams.iter().flatten() {
                     let gone = self
                         .tickets

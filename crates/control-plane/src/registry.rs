@@ -17,11 +17,16 @@ use crate::store::ServerRecord;
 pub struct Registry {
     ttl_ms: Millis,
     servers: Mutex<BTreeMap<String, Entry>>,
+    abandoned_total: std::sync::atomic::AtomicU64,
 }
 
 struct Entry {
     record: ServerRecord,
-    allocated_since_heartbeat: u32,
+    /// Lands allocated here that the server has not yet reported as open,
+    /// with the time their assignments expire.
+    pending: BTreeMap<String, Millis>,
+    /// Allocated lands nobody joined before their assignments expired.
+    abandoned: u64,
 }
 
 /// Where a new land goes.
@@ -54,19 +59,58 @@ impl Registry {
         Self {
             ttl_ms,
             servers: Mutex::new(BTreeMap::new()),
+            abandoned_total: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Registration and heartbeat: replaces what the server said last time.
+    ///
+    /// When the server reports its open `landIds`, pending allocations it
+    /// reports are confirmed, and those whose assignments expired without the
+    /// land ever opening are counted as abandoned (nobody joined). A server that
+    /// reports no land ids only has its allocations-since-last-heartbeat reset.
     pub fn upsert(&self, record: ServerRecord) {
+        let now = record.last_seen;
         let mut servers = self.servers.lock();
+        let (mut pending, mut abandoned) = servers
+            .remove(&record.server_id)
+            .map(|entry| (entry.pending, entry.abandoned))
+            .unwrap_or_default();
+        match &record.land_ids {
+            Some(open) => {
+                let open: std::collections::HashSet<&str> =
+                    open.iter().map(String::as_str).collect();
+                pending.retain(|land_id, expires_at| {
+                    if open.contains(land_id.as_str()) {
+                        return false;
+                    }
+                    if now >= *expires_at {
+                        tracing::warn!(server_id = %record.server_id, land_id = %land_id,
+                            "allocated land was never joined before its assignment expired");
+                        abandoned += 1;
+                        self.abandoned_total
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return false;
+                    }
+                    true
+                });
+            }
+            None => pending.clear(),
+        }
         servers.insert(
             record.server_id.clone(),
             Entry {
                 record,
-                allocated_since_heartbeat: 0,
+                pending,
+                abandoned,
             },
         );
+    }
+
+    /// Allocated lands nobody joined, over all servers since start.
+    pub fn abandoned_total(&self) -> u64 {
+        self.abandoned_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn get(&self, server_id: &str) -> Option<ServerRecord> {
@@ -100,10 +144,14 @@ impl Registry {
 
     /// Picks a live server hosting `land_type` with room for one more land and
     /// mints the land id. `None` when no server can take it right now.
+    ///
+    /// The land counts against the server's capacity until the server reports
+    /// it (or, for servers that report no land ids, until the next heartbeat).
     pub fn allocate(
         &self,
         land_type: &str,
         now: Millis,
+        pending_until: Millis,
         placement: Placement,
     ) -> Option<Allocation> {
         let mut servers = self.servers.lock();
@@ -117,10 +165,10 @@ impl Registry {
                     .iter()
                     .any(|hosted| hosted == land_type)
             })
-            .filter(|entry| entry.has_room())
+            .filter(|entry| entry.has_room(now))
             // Ties broken by server id so allocation is deterministic.
             .min_by(|a, b| {
-                let order = a.fill_ratio().total_cmp(&b.fill_ratio());
+                let order = a.fill_ratio(now).total_cmp(&b.fill_ratio(now));
                 let order = match placement {
                     Placement::Spread => order,
                     Placement::Pack => order.reverse(),
@@ -131,8 +179,8 @@ impl Registry {
             .server_id
             .clone();
         let entry = servers.get_mut(&chosen)?;
-        entry.allocated_since_heartbeat = entry.allocated_since_heartbeat.saturating_add(1);
         let land_id = format!("{land_type}:{}", uuid::Uuid::new_v4());
+        entry.pending.insert(land_id.clone(), pending_until);
         let connect_url = connect_url(&entry.record, land_type, &land_id);
         Some(Allocation {
             server_id: chosen,
@@ -142,9 +190,9 @@ impl Registry {
     }
 
     /// Gives back an allocation whose match was never committed.
-    pub fn release(&self, server_id: &str) {
-        if let Some(entry) = self.servers.lock().get_mut(server_id) {
-            entry.allocated_since_heartbeat = entry.allocated_since_heartbeat.saturating_sub(1);
+    pub fn release(&self, allocation: &Allocation) {
+        if let Some(entry) = self.servers.lock().get_mut(&allocation.server_id) {
+            entry.pending.remove(&allocation.land_id);
         }
     }
 
@@ -178,7 +226,11 @@ impl Registry {
                     connect_base_url: connect_base(record),
                     capacity: record.capacity,
                     load: record.load,
-                    allocated_since_heartbeat: entry.allocated_since_heartbeat,
+                    allocated_since_heartbeat: u32::try_from(entry.pending_count(now))
+                        .unwrap_or(u32::MAX),
+                    pending_land_ids: entry.pending.keys().cloned().collect(),
+                    abandoned_lands: entry.abandoned,
+                    open_lands: record.land_ids.as_ref().map(|ids| ids.len() as u64),
                     draining: record.draining,
                     state: self.state(record, now).as_str().to_owned(),
                     registered_at: format_rfc3339(record.registered_at),
@@ -191,21 +243,29 @@ impl Registry {
 }
 
 impl Entry {
-    fn lands_in_use(&self) -> u32 {
-        let reported = self.record.load.map_or(0, |load| load.lands);
-        reported.saturating_add(self.allocated_since_heartbeat)
+    /// Allocations still expected to open (their assignments have not expired).
+    fn pending_count(&self, now: Millis) -> usize {
+        self.pending
+            .values()
+            .filter(|expires_at| now < **expires_at)
+            .count()
     }
 
-    fn has_room(&self) -> bool {
+    fn lands_in_use(&self, now: Millis) -> u32 {
+        let reported = self.record.load.map_or(0, |load| load.lands);
+        reported.saturating_add(u32::try_from(self.pending_count(now)).unwrap_or(u32::MAX))
+    }
+
+    fn has_room(&self, now: Millis) -> bool {
         match self.record.capacity.and_then(|capacity| capacity.max_lands) {
-            Some(max_lands) => self.lands_in_use() < max_lands,
+            Some(max_lands) => self.lands_in_use(now) < max_lands,
             None => true,
         }
     }
 
     /// How full the server is: a fraction of capacity when known, else a raw land count.
-    fn fill_ratio(&self) -> f64 {
-        let in_use = f64::from(self.lands_in_use());
+    fn fill_ratio(&self, now: Millis) -> f64 {
+        let in_use = f64::from(self.lands_in_use(now));
         match self.record.capacity.and_then(|capacity| capacity.max_lands) {
             Some(max_lands) if max_lands > 0 => in_use / f64::from(max_lands),
             _ => in_use,
@@ -271,6 +331,59 @@ mod tests {
     }
 
     #[test]
+    fn reported_land_ids_confirm_or_abandon_allocations() {
+        let registry = Registry::new(90_000);
+        let mut server = server("a");
+        server.capacity = Some(Capacity {
+            max_lands: Some(2),
+            max_players: None,
+        });
+        server.land_ids = Some(Vec::new());
+        registry.upsert(server.clone());
+        let joined = registry
+            .allocate("hero-defense", 1_000, 61_000, Placement::Spread)
+            .unwrap();
+        let _ignored = registry
+            .allocate("hero-defense", 1_000, 61_000, Placement::Spread)
+            .unwrap();
+        // Both pending: full, even though the reported load is still 0.
+        assert!(
+            registry
+                .allocate("hero-defense", 1_000, 61_000, Placement::Spread)
+                .is_none()
+        );
+
+        // A heartbeat before expiry reporting only the joined land confirms it;
+        // the other stays pending.
+        server.last_seen = 30_000;
+        server.land_ids = Some(vec![joined.land_id.clone()]);
+        server.load = Some(Load {
+            lands: 1,
+            players: 2,
+        });
+        registry.upsert(server.clone());
+        assert_eq!(registry.views(30_000)[0].pending_land_ids.len(), 1);
+        assert!(
+            registry
+                .allocate("hero-defense", 30_000, 91_000, Placement::Spread)
+                .is_none()
+        );
+
+        // After the assignment expired and the land never showed up: abandoned.
+        server.last_seen = 62_000;
+        registry.upsert(server);
+        let view = &registry.views(62_000)[0];
+        assert_eq!(view.abandoned_lands, 1);
+        assert!(view.pending_land_ids.is_empty());
+        assert_eq!(registry.abandoned_total(), 1);
+        assert!(
+            registry
+                .allocate("hero-defense", 62_000, 122_000, Placement::Spread)
+                .is_some()
+        );
+    }
+
+    #[test]
     fn connect_url_rules() {
         let mut record = server("a");
         assert_eq!(
@@ -324,30 +437,30 @@ mod tests {
 
         // Spread: a (0/2) before b (1/4); then b (1/4=.25) vs a (1/2): b.
         let first = registry
-            .allocate("hero-defense", 2_000, Placement::Spread)
+            .allocate("hero-defense", 2_000, 62_000, Placement::Spread)
             .unwrap();
         assert_eq!(first.server_id, "a");
         assert!(first.land_id.starts_with("hero-defense:"));
         let second = registry
-            .allocate("hero-defense", 2_000, Placement::Spread)
+            .allocate("hero-defense", 2_000, 62_000, Placement::Spread)
             .unwrap();
         assert_eq!(second.server_id, "b");
         assert!(
             registry
-                .allocate("other-game", 2_000, Placement::Spread)
+                .allocate("other-game", 2_000, 62_000, Placement::Spread)
                 .is_none()
         );
 
         // Pack fills the fullest server with room: a is at 1/2, b at 2/4 → tie → "a".
         let third = registry
-            .allocate("hero-defense", 2_000, Placement::Pack)
+            .allocate("hero-defense", 2_000, 62_000, Placement::Pack)
             .unwrap();
         assert_eq!(third.server_id, "a");
         // a is now full (2/2): only b may take more.
         for _ in 0..2 {
             assert_eq!(
                 registry
-                    .allocate("hero-defense", 2_000, Placement::Pack)
+                    .allocate("hero-defense", 2_000, 62_000, Placement::Pack)
                     .unwrap()
                     .server_id,
                 "b"
@@ -355,7 +468,7 @@ mod tests {
         }
         assert!(
             registry
-                .allocate("hero-defense", 2_000, Placement::Pack)
+                .allocate("hero-defense", 2_000, 62_000, Placement::Pack)
                 .is_none()
         );
 
@@ -369,14 +482,14 @@ mod tests {
         registry.upsert(a);
         assert_eq!(
             registry
-                .allocate("hero-defense", 2_000, Placement::Spread)
+                .allocate("hero-defense", 2_000, 62_000, Placement::Spread)
                 .unwrap()
                 .server_id,
             "a"
         );
         assert!(
             registry
-                .allocate("hero-defense", 2_000, Placement::Spread)
+                .allocate("hero-defense", 2_000, 62_000, Placement::Spread)
                 .is_none()
         );
 
@@ -385,7 +498,7 @@ mod tests {
         registry.upsert(fresh);
         assert!(
             registry
-                .allocate("hero-defense", 1_000 + 90_000, Placement::Spread)
+                .allocate("hero-defense", 1_000 + 90_000, 200_000, Placement::Spread)
                 .is_none()
         );
         assert_eq!(

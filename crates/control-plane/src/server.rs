@@ -108,6 +108,7 @@ impl Builder {
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let events = EventBus::new();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let (matcher, matcher_task) = matcher::spawn(
             engine,
             queued,
@@ -122,6 +123,7 @@ impl Builder {
                 retention: config.retention,
                 placement: config.placement,
             },
+            Arc::clone(&metrics),
             shutdown_rx.clone(),
         );
         let state = AppState {
@@ -133,6 +135,7 @@ impl Builder {
             events,
             clock,
             started_at: now,
+            metrics,
             shutdown: shutdown_rx.clone(),
         };
         let app = api::router(state.clone());

@@ -682,3 +682,62 @@ async fn store_outage_is_503_with_retryable_codes() {
     assert_eq!(body["status"], "degraded");
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn abandoned_allocations_surface_in_admin_and_metrics() {
+    let h = Harness::start().await;
+    let heartbeat = json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "counter",
+        "capacity": {"maxLands": 5}, "load": {"lands": 0, "players": 0}, "landIds": []});
+    h.register(heartbeat.clone()).await;
+    let t = h
+        .enqueue(json!({"queueKey": "counter", "members": ["a"]}))
+        .await;
+    let land_id = h.wait_for(&t, "assigned").await["assignment"]["landId"].clone();
+    let (_, servers) = h.get("/v1/admin/servers").await;
+    assert_eq!(servers["servers"][0]["pendingLandIds"], json!([land_id]));
+    assert_eq!(servers["servers"][0]["allocatedSinceHeartbeat"], 1);
+
+    // The assignment expires and the next heartbeats still do not list the land.
+    h.clock.advance(Duration::from_secs(61));
+    h.register(heartbeat).await;
+    let (_, servers) = h.get("/v1/admin/servers").await;
+    assert_eq!(servers["servers"][0]["abandonedLands"], 1);
+    assert_eq!(servers["servers"][0]["pendingLandIds"], json!([]));
+
+    let response = h.http.get(h.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    for line in [
+        "matchplane_abandoned_lands_total 1",
+        "matchplane_tickets_enqueued_total 1",
+        "matchplane_tickets_assigned_total 1",
+        "matchplane_matches_assigned_total 1",
+        "matchplane_time_to_match_seconds_count 1",
+        "matchplane_live_servers 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn capacity_one_servers_take_one_match_each_and_a_third_waits() {
+    let h = Harness::start().await;
+    for server in ["game-a", "game-b"] {
+        h.register(json!({"serverId": server, "host": "127.0.0.1", "port": 9000, "landType": "hero-defense",
+            "capacity": {"maxLands": 1}, "load": {"lands": 0, "players": 0}, "landIds": []}))
+            .await;
+    }
+    let mut tickets = Vec::new();
+    for player in ["a1", "a2", "b1", "b2", "c1", "c2"] {
+        tickets.push(
+            h.enqueue(json!({"queueKey": "hero-defense:1v1", "members": [player]}))
+                .await,
+        );
+    }
+    let first = h.wait_for(&tickets[0], "assigned").await["assignment"]["serverId"].clone();
+    let second = h.wait_for(&tickets[2], "assigned").await["assignment"]["serverId"].clone();
+    assert_ne!(first, second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.status(&tickets[4]).await["status"], "queued");
+    assert_eq!(h.status(&tickets[5]).await["status"], "queued");
+}

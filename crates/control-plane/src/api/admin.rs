@@ -45,6 +45,17 @@ pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "public, max-age=60")], Json(set))
 }
 
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let now = state.clock.now_ms();
+    let text = state.metrics.render(&crate::metrics::Gauges {
+        queued_tickets: state.matcher.queued(),
+        live_servers: state.registry.live_count(now),
+        abandoned_lands: state.registry.abandoned_total(),
+    });
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
 pub async fn servers(State(state): State<AppState>) -> Json<ServerList> {
     let now = state.clock.now_ms();
     Json(ServerList {

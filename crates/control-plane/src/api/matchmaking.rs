@@ -11,6 +11,7 @@ use matchplane_contracts::matchmaking::{
 use super::{ApiError, ApiJson, AppState};
 use crate::clock::{duration_ms, format_rfc3339};
 use crate::events::TicketEvent;
+use crate::metrics;
 use crate::store::{CancelOutcome, CreateOutcome, TicketRecord};
 use crate::validate;
 
@@ -64,9 +65,13 @@ pub(crate) async fn enqueue_ticket(
         CreateOutcome::Created(ticket) => {
             tracing::debug!(ticket_id = %ticket.ticket_id, queue_key = %ticket.queue_key, "ticket queued");
             state.matcher.enqueued(ticket.clone());
+            metrics::inc(&state.metrics.tickets_enqueued);
             ticket
         }
-        CreateOutcome::Existing(ticket) => ticket,
+        CreateOutcome::Existing(ticket) => {
+            metrics::inc(&state.metrics.tickets_deduplicated);
+            ticket
+        }
     };
     Ok(ticket)
 }
@@ -110,6 +115,7 @@ pub async fn cancel(
         }
         CancelOutcome::Cancelled(ticket) => {
             state.matcher.removed(ticket.ticket_id.clone());
+            metrics::inc(&state.metrics.tickets_cancelled);
             state.events.publish(TicketEvent::Cancelled {
                 ticket_id: ticket.ticket_id,
             });

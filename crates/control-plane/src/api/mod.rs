@@ -35,6 +35,7 @@ pub struct AppState {
     pub events: EventBus,
     pub clock: Arc<dyn Clock>,
     pub started_at: Millis,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Flips to `true` when the server shuts down; long-lived sockets close on it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(admin::health))
         .route("/.well-known/jwks.json", get(admin::jwks))
+        .route("/metrics", get(admin::metrics))
         .route("/realtime", get(realtime::upgrade))
         .route("/v1/matchmaking/enqueue", post(matchmaking::enqueue))
         .route(

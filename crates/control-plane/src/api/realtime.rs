@@ -67,6 +67,7 @@ enum Flow {
 impl Session {
     fn new(socket: WebSocket, state: AppState) -> Self {
         let (watcher, events) = state.events.watcher();
+        crate::metrics::inc(&state.metrics.realtime_sockets);
         Self {
             socket,
             events,
@@ -106,6 +107,15 @@ impl Session {
                 break;
             }
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.state
+            .metrics
+            .realtime_sockets
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
