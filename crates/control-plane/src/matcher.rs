@@ -387,7 +387,7 @@ impl MatchLoop {
                 metrics::inc(&self.metrics.matches_dropped);
                 tracing::info!(land_id = %allocation.land_id, gone = not_queued.len(),
                     "match dropped: tickets changed meanwhile; the rest return to the queue");
-                self.registry.release(&allocation);
+                self.registry.release(allocation);
                 for id in proposed.teams.iter().flatten() {
                     let gone = self
                         .tickets
