@@ -62,6 +62,20 @@ pub struct QueueSummaryEntry {
     pub assigned: u64,
     pub cancelled: u64,
     pub expired: u64,
+    /// Current waits of queued tickets (ms): p50 / p90 / p99 / max.
+    pub queued_wait: WaitPercentiles,
+    /// Enqueue-to-assignment waits of the queue's last 1024 assigned tickets (ms).
+    pub time_to_match: WaitPercentiles,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitPercentiles {
+    pub samples: u64,
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
 }
 
 /// `GET /health`.

@@ -6,7 +6,7 @@
 //! once, and the store only assigns tickets that are still queued (a cancel
 //! that raced the match wins and the rest of the match goes back to the pool).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use matchplane_contracts::matchmaking::Assignment;
 use matchplane_contracts::token::MatchClaims;
 use matchplane_matchmaker::{Engine, Match, Ticket, TicketId};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::clock::{Clock, Millis, duration_ms, format_rfc3339};
@@ -35,7 +35,20 @@ pub struct MatcherHandle {
 enum Command {
     Enqueued(Box<TicketRecord>),
     Removed(String),
+    Waits(oneshot::Sender<BTreeMap<String, QueueWaits>>),
 }
+
+/// Waits per queue, in milliseconds, for the admin summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueWaits {
+    /// Current waits of the tickets still queued.
+    pub queued: Vec<u64>,
+    /// Enqueue-to-assignment waits of the most recent assignments.
+    pub recent_matched: Vec<u64>,
+}
+
+/// Assignments remembered per queue for the time-to-match percentiles.
+const RECENT_WAITS_PER_QUEUE: usize = 1024;
 
 impl MatcherHandle {
     /// A ticket the store has accepted; matched at once when possible.
@@ -47,6 +60,13 @@ impl MatcherHandle {
     /// A ticket the store no longer holds as queued (cancelled).
     pub fn removed(&self, ticket_id: String) {
         let _ = self.commands.send(Command::Removed(ticket_id));
+    }
+
+    /// Per-queue waits, computed by the loop (`None` if it has stopped).
+    pub async fn waits(&self) -> Option<BTreeMap<String, QueueWaits>> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Waits(reply)).ok()?;
+        answer.await.ok()
     }
 
     /// Tickets the loop currently holds in its pools.
@@ -77,6 +97,7 @@ pub struct MatchLoop {
     clock: Arc<dyn Clock>,
     settings: MatcherSettings,
     metrics: Arc<Metrics>,
+    recent_waits: HashMap<String, VecDeque<u64>>,
     no_server_warned_at: HashMap<String, Millis>,
     last_housekeeping: Millis,
 }
@@ -118,6 +139,7 @@ pub fn spawn(
         clock,
         settings,
         metrics,
+        recent_waits: HashMap::new(),
         no_server_warned_at: HashMap::new(),
     };
     for ticket in initial {
@@ -182,7 +204,27 @@ impl MatchLoop {
                     self.untrack(id);
                 }
             }
+            Command::Waits(reply) => {
+                let _ = reply.send(self.waits());
+            }
         }
+    }
+
+    fn waits(&self) -> BTreeMap<String, QueueWaits> {
+        let now = self.clock.now_ms();
+        let mut waits: BTreeMap<String, QueueWaits> = BTreeMap::new();
+        for record in self.tickets.values() {
+            waits
+                .entry(record.queue_key.clone())
+                .or_default()
+                .queued
+                .push(now.saturating_sub(record.enqueued_at));
+        }
+        for (queue_key, recent) in &self.recent_waits {
+            waits.entry(queue_key.clone()).or_default().recent_matched =
+                recent.iter().copied().collect();
+        }
+        waits
     }
 
     /// Adds a queued ticket to the pools; false if it was already known or refused.
@@ -359,9 +401,17 @@ impl MatchLoop {
                 self.metrics
                     .tickets_assigned
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
+                let recent = self
+                    .recent_waits
+                    .entry(proposed.queue_key.clone())
+                    .or_default();
                 for record in &records {
-                    self.metrics
-                        .observe_match_wait(now.saturating_sub(record.enqueued_at));
+                    let wait = now.saturating_sub(record.enqueued_at);
+                    self.metrics.observe_match_wait(wait);
+                    if recent.len() == RECENT_WAITS_PER_QUEUE {
+                        recent.pop_front();
+                    }
+                    recent.push_back(wait);
                 }
                 tracing::info!(
                     queue_key = %proposed.queue_key,

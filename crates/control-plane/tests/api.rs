@@ -357,6 +357,8 @@ async fn two_solo_tickets_in_1v1_share_a_land_and_tokens_verify() {
     assert_eq!(queue["queueKey"], "hero-defense:1v1");
     assert_eq!(queue["assigned"], 2);
     assert_eq!(queue["queued"], 0);
+    assert_eq!(queue["timeToMatch"]["samples"], 2);
+    assert_eq!(queue["queuedWait"]["samples"], 0);
 }
 
 #[tokio::test]
@@ -431,8 +433,12 @@ async fn dedup_by_group_id() {
     let first = h.enqueue(body.clone()).await;
     let second = h.enqueue(body.clone()).await;
     assert_eq!(first, second);
+    h.clock.advance(Duration::from_secs(5));
     let (_, summary) = h.get("/v1/admin/queue/summary").await;
     assert_eq!(summary["queues"][0]["queued"], 1);
+    assert_eq!(summary["queues"][0]["oldestWaitMs"], 5000);
+    assert_eq!(summary["queues"][0]["queuedWait"]["samples"], 1);
+    assert_eq!(summary["queues"][0]["queuedWait"]["p99Ms"], 5000);
     // Once the ticket is cancelled the group may queue again, as a new ticket.
     h.post("/v1/matchmaking/cancel", json!({"ticketId": first}))
         .await;

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use matchplane_contracts::admin::{Health, QueueSummary, QueueSummaryEntry, ServerList};
+use matchplane_contracts::admin::{
+    Health, QueueSummary, QueueSummaryEntry, ServerList, WaitPercentiles,
+};
 use matchplane_contracts::jwks::JwkSet;
 use serde::Serialize;
 
@@ -45,6 +47,25 @@ pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "public, max-age=60")], Json(set))
 }
 
+/// Nearest-rank percentiles of a sample.
+fn percentiles(mut samples: Vec<u64>) -> WaitPercentiles {
+    if samples.is_empty() {
+        return WaitPercentiles::default();
+    }
+    samples.sort_unstable();
+    let rank = |p: f64| {
+        let index = ((p * samples.len() as f64).ceil() as usize).saturating_sub(1);
+        samples[index.min(samples.len() - 1)]
+    };
+    WaitPercentiles {
+        samples: samples.len() as u64,
+        p50_ms: rank(0.50),
+        p90_ms: rank(0.90),
+        p99_ms: rank(0.99),
+        max_ms: samples[samples.len() - 1],
+    }
+}
+
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let now = state.clock.now_ms();
@@ -66,10 +87,17 @@ pub async fn servers(State(state): State<AppState>) -> Json<ServerList> {
 pub async fn queue_summary(State(state): State<AppState>) -> Result<Json<QueueSummary>, ApiError> {
     let now = state.clock.now_ms();
     let counts = state.store.queue_counts().await?;
+    let mut waits = state.matcher.waits().await.unwrap_or_default();
     Ok(Json(QueueSummary {
         queues: counts
             .into_iter()
-            .map(|queue| QueueSummaryEntry {
+            .map(|queue| {
+                let waits = waits.remove(&queue.queue_key).unwrap_or_default();
+                (queue, waits)
+            })
+            .map(|(queue, waits)| QueueSummaryEntry {
+                queued_wait: percentiles(waits.queued),
+                time_to_match: percentiles(waits.recent_matched),
                 oldest_wait_ms: queue
                     .oldest_queued_at
                     .map_or(0, |at| now.saturating_sub(at)),
