@@ -82,6 +82,10 @@ struct ServeArgs {
     /// Most members one ticket may carry.
     #[arg(long, env = "MATCHPLANE_MAX_MEMBERS", default_value_t = 16)]
     max_members: usize,
+    /// A proxy (IP or CIDR) whose X-Forwarded-For names the real client; repeatable or comma-separated.
+    #[arg(long = "trusted-proxy", env = "MATCHPLANE_TRUSTED_PROXY", value_delimiter = ',',
+        value_parser = matchplane_control_plane::client_ip::TrustedProxies::parse_entry)]
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -135,6 +139,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_members = args.max_members;
+    config.trusted_proxies = args.trusted_proxies;
     if let Some(path) = &args.signing_key {
         config.signing.key_pem = Some(
             std::fs::read_to_string(path)

@@ -25,6 +25,8 @@ pub struct Config {
     pub audience: String,
     pub signing: SigningConfig,
     pub placement: Placement,
+    /// Proxies whose `X-Forwarded-For` names the real client (for logs and limits).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Queue profiles for the matchmaking engine (the `[[queue]]` tables of `--config`).
     pub engine: matchplane_matchmaker::EngineConfig,
 }
@@ -91,6 +93,7 @@ impl Config {
                 key_pem: None,
             },
             placement: Placement::Spread,
+            trusted_proxies: Vec::new(),
             engine: matchplane_matchmaker::EngineConfig::default(),
         }
     }

@@ -141,6 +141,7 @@ impl Builder {
         let app = api::router(state.clone());
         let mut serve_shutdown = shutdown_rx;
         let server_task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let result = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     // Either a shutdown request or the handle being dropped ends serving.

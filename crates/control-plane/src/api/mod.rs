@@ -42,6 +42,9 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
+    let trusted = Arc::new(crate::client_ip::TrustedProxies::new(
+        state.config.trusted_proxies.clone(),
+    ));
     Router::new()
         .route("/health", get(admin::health))
         .route("/.well-known/jwks.json", get(admin::jwks))
@@ -67,6 +70,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted,
+            crate::client_ip::access_log,
+        ))
         .with_state(state)
 }
 
