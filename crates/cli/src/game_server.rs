@@ -72,8 +72,9 @@ fn hero_defense_config(raw: Option<&str>) -> anyhow::Result<HeroDefenseConfig> {
     if let Some(preset) = HeroDefenseConfig::preset(raw) {
         return Ok(preset);
     }
-    serde_json::from_str(raw)
-        .with_context(|| format!("hero-defense config must be `standard`, `quick` or a JSON object, got {raw:?}"))
+    serde_json::from_str(raw).with_context(|| {
+        format!("hero-defense config must be `standard`, `quick` or a JSON object, got {raw:?}")
+    })
 }
 
 fn registry(args: &GameServerArgs) -> anyhow::Result<LandRegistry> {
@@ -172,12 +173,20 @@ mod tests {
         assert_eq!(args.lands, vec!["hero-defense", "counter"]);
         assert_eq!(args.auth, AuthMode::None);
         let registry = registry(&args).unwrap();
-        assert_eq!(registry.names().collect::<Vec<_>>(), vec!["counter", "hero-defense"]);
+        assert_eq!(
+            registry.names().collect::<Vec<_>>(),
+            vec!["counter", "hero-defense"]
+        );
     }
 
     #[test]
     fn land_configs_accept_presets_and_json_and_reject_mistakes() {
-        let args = parse(&["--lands", "hero-defense", "--land-config", "hero-defense=quick"]);
+        let args = parse(&[
+            "--lands",
+            "hero-defense",
+            "--land-config",
+            "hero-defense=quick",
+        ]);
         assert!(registry(&args).is_ok());
         let args = parse(&["--land-config", r#"hero-defense={"waves":2}"#]);
         assert!(registry(&args).is_ok());

@@ -158,6 +158,45 @@ pub struct ActionRequest {
     pub payload: Value,
 }
 
+/// One live land in `GET /admin/lands`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LandSummary {
+    pub land_id: String,
+    pub land_type: String,
+    /// Seats, including players within their reconnect grace.
+    pub players: usize,
+    pub connected: usize,
+    pub age_ms: u64,
+    pub tick_rate_hz: f64,
+    pub ticks: u64,
+    /// CPU time of the last tick including state sync, in microseconds.
+    pub last_tick_us: u64,
+    pub mean_tick_us: u64,
+    pub max_tick_us: u64,
+}
+
+/// `GET /admin/lands` of a game server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminLands {
+    pub server_id: String,
+    pub draining: bool,
+    pub lands: Vec<LandSummary>,
+}
+
+/// `GET /health` of a game server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GameServerHealth {
+    /// `ok`, or `draining` once shutdown started.
+    pub status: String,
+    pub server_id: String,
+    pub land_types: Vec<String>,
+    pub lands: usize,
+    pub players: usize,
+}
+
 /// Everything the server sends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {

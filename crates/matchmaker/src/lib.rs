@@ -1,114 +1,468 @@
 #![forbid(unsafe_code)]
-//! Temporary stand-in with the engine's API (replaced by the real engine).
-use std::collections::{BTreeMap, HashMap};
+//! The matchmaking engine of matchplane: pure, synchronous, deterministic.
+//!
+//! The engine keeps per-queue pools of tickets and turns them into matches.
+//! It does no I/O and reads no clock: every time-dependent call takes the
+//! caller's `now`. The same calls in the same order give the same matches.
+//!
+//! A queue key with a [`QueueProfile`] runs that profile (skill windows,
+//! regions, string/tag filters, time relaxation, backfill). A key without
+//! one runs the default semantics of its mode segment: `NvM`, `N` or solo
+//! (see [`default_teams_for_key`]). A [`MatchFunction`] registered for a key
+//! replaces the built-in matching for it.
+//!
+//! See `docs/matchmaking.md` for the settings, the algorithm and its
+//! guarantees.
+//!
+//! ```
+//! use matchplane_matchmaker::{Engine, EngineConfig, Ticket, TicketId};
+//!
+//! let mut engine = Engine::new(EngineConfig::default()).unwrap();
+//! for id in 0..4 {
+//!     let ticket = Ticket { id: TicketId(id), size: 1, enqueued_at: id, ..Ticket::default() };
+//!     engine.insert("arena:2v2", ticket).unwrap();
+//! }
+//! let matches = engine.find_matches("arena:2v2", 10);
+//! assert_eq!(matches.len(), 1);
+//! assert_eq!(matches[0].teams.iter().map(Vec::len).sum::<usize>(), 4);
+//! assert!(engine.is_empty());
+//! ```
 
+mod backfill;
+mod config;
+mod function;
+mod intern;
+mod pool;
+mod search;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{
+    BackfillProfile, EngineConfig, FilterProfile, MAX_TEAM_SIZE, MAX_TEAMS, QueueProfile,
+    RegionProfile, RelaxProfile, SkillProfile, default_teams_for_key,
+};
+pub use function::{CommitError, MatchFunction, ProfileMatcher, QueuePool, TicketView};
+
+use config::{Spec, land_type_of_key};
+use intern::Interner;
+use pool::{Loc, Queue};
+
+/// The caller's clock: milliseconds since the UNIX epoch.
 pub type Millis = u64;
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+
+/// Ticket identifier, assigned by the caller and unique across queues.
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct TicketId(pub u64);
-#[derive(Clone, Debug, Default)]
+
+/// A request to be matched: one player, or a party that is never split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ticket {
+    /// Caller-assigned unique id.
     pub id: TicketId,
+    /// Players in this ticket (a party when > 1).
     pub size: u32,
+    /// Original enqueue time; kept when a ticket is re-inserted.
     pub enqueued_at: Millis,
+    /// Numeric attributes such as `skill` (for a party: the party value).
     pub attributes: BTreeMap<String, f64>,
+    /// Region → latency in ms.
     pub latencies: BTreeMap<String, u32>,
+    /// Preferred (only) region when no latencies are given.
     pub region: Option<String>,
+    /// String args, compared by profile filters.
     pub string_args: BTreeMap<String, String>,
+    /// Tags, compared by profile tag filters.
     pub tags: Vec<String>,
 }
-impl Default for TicketId {
-    fn default() -> Self {
-        TicketId(0)
-    }
-}
-#[derive(Clone, Debug)]
+
+/// A formed match. Its tickets have left the pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Match {
+    /// Queue the match came from.
     pub queue_key: String,
+    /// Ticket ids per team; within a team, oldest first.
     pub teams: Vec<Vec<TicketId>>,
+    /// Quality in (0, 1]; 1 is full teams of identical skill.
+    pub quality: f64,
+    /// Region the match was formed for, when the profile has region rules.
+    pub region: Option<String>,
+}
+
+/// "Land `land_id` has open slots": what [`Engine::backfill`] fills.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackfillRequest {
+    /// The running land to fill.
+    pub land_id: String,
+    /// Open slots per team index.
+    pub open_slots: Vec<u32>,
+    /// Skills of the land's current players, per team.
+    pub team_skills: Vec<Vec<f64>>,
+    /// The land's string args; profile filters must match them.
+    pub string_args: BTreeMap<String, String>,
+    /// The land's region; tickets must be allowed there.
+    pub region: Option<String>,
+}
+
+/// Tickets assigned to an existing land by [`Engine::backfill`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackfillMatch {
+    /// The land from the request.
+    pub land_id: String,
+    /// Each ticket with the team index it joins.
+    pub tickets: Vec<(TicketId, usize)>,
+    /// Quality in (0, 1]: fraction of open slots filled, reduced by skill spread.
     pub quality: f64,
 }
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct EngineConfig {
-    #[serde(default, rename = "queue")]
-    pub queues: Vec<serde::de::IgnoredAny>,
+
+/// Occupancy of one non-empty queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Queue key.
+    pub key: String,
+    /// Tickets queued.
+    pub tickets: usize,
+    /// Players queued (sum of ticket sizes).
+    pub players: u64,
+    /// Enqueue time of the oldest ticket.
+    pub oldest_enqueued_at: Millis,
 }
-#[derive(Debug, thiserror::Error)]
-#[error("config")]
-pub struct ConfigError;
-#[derive(Debug, thiserror::Error)]
+
+/// Invalid engine configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML text does not parse into `[[queue]]` tables.
+    #[error("config parse error: {0}")]
+    Parse(String),
+    /// Two profiles share a key.
+    #[error("duplicate queue profile key {0:?}")]
+    DuplicateKey(String),
+    /// A profile setting is out of range.
+    #[error("queue profile {key:?}: {reason}")]
+    Invalid {
+        /// Profile key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Rejected [`Engine::insert`]. The ticket is not queued.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InsertError {
-    #[error("duplicate")]
-    Duplicate,
-    #[error("too large")]
-    TooLarge,
+    /// A ticket with this id is already queued (in any queue).
+    #[error("ticket {0:?} is already queued")]
+    Duplicate(TicketId),
+    /// The party can never fit a team of this queue.
+    #[error("ticket of {size} players cannot fit a team of at most {max}")]
+    TooLarge {
+        /// Ticket size.
+        size: u32,
+        /// Largest team of the queue.
+        max: u32,
+    },
+    /// A ticket must hold at least one player.
+    #[error("ticket size must be at least 1")]
+    EmptyTicket,
+    /// The profile's skill attribute is missing.
+    #[error("ticket lacks the numeric attribute {0:?}")]
+    MissingAttribute(String),
+    /// The profile's skill attribute is NaN or infinite.
+    #[error("attribute {0:?} must be a finite number")]
+    InvalidAttribute(String),
+    /// The profile has region rules but the ticket names no region.
+    #[error("ticket reports no latencies and no region")]
+    NoRegion,
 }
-#[derive(Default)]
+
+/// The matchmaking engine: every queue's pool, profiles and match functions.
 pub struct Engine {
-    pools: BTreeMap<String, Vec<Ticket>>,
-    where_: HashMap<TicketId, String>,
+    profiles: BTreeMap<String, Arc<Spec>>,
+    raw_profiles: BTreeMap<String, QueueProfile>,
+    functions: BTreeMap<String, Box<dyn MatchFunction>>,
+    queues: Vec<Option<Queue>>,
+    queue_free: Vec<u32>,
+    queue_ids: BTreeMap<String, u32>,
+    index: HashMap<TicketId, Loc>,
+    interner: Interner,
 }
-fn teams_of(key: &str) -> Option<Vec<u32>> {
-    let seg = key.split(':').nth(1)?;
-    if let Some((n, m)) = seg.split_once('v') {
-        return Some(vec![n.parse().ok()?, m.parse().ok()?]);
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("profiles", &self.raw_profiles.keys().collect::<Vec<_>>())
+            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .field("queues", &self.queue_ids.keys().collect::<Vec<_>>())
+            .field("tickets", &self.index.len())
+            .finish()
     }
-    Some(vec![seg.parse().ok()?])
 }
+
 impl Engine {
-    pub fn new(_c: EngineConfig) -> Result<Engine, ConfigError> {
-        Ok(Engine::default())
-    }
-    pub fn insert(&mut self, q: &str, t: Ticket) -> Result<(), InsertError> {
-        if self.where_.contains_key(&t.id) {
-            return Err(InsertError::Duplicate);
+    /// Builds an engine; fails on an invalid or duplicate profile.
+    pub fn new(config: EngineConfig) -> Result<Engine, ConfigError> {
+        let mut profiles = BTreeMap::new();
+        let mut raw_profiles = BTreeMap::new();
+        for profile in config.queues {
+            let spec = Spec::from_profile(&profile)?;
+            if profiles
+                .insert(profile.key.clone(), Arc::new(spec))
+                .is_some()
+            {
+                return Err(ConfigError::DuplicateKey(profile.key));
+            }
+            raw_profiles.insert(profile.key.clone(), profile);
         }
-        self.where_.insert(t.id, q.to_owned());
-        let pool = self.pools.entry(q.to_owned()).or_default();
-        pool.push(t);
-        pool.sort_by_key(|t| (t.enqueued_at, t.id));
+        Ok(Engine {
+            profiles,
+            raw_profiles,
+            functions: BTreeMap::new(),
+            queues: Vec::new(),
+            queue_free: Vec::new(),
+            queue_ids: BTreeMap::new(),
+            index: HashMap::new(),
+            interner: Interner::default(),
+        })
+    }
+
+    /// The profile for a key, if one is configured.
+    pub fn profile(&self, queue_key: &str) -> Option<&QueueProfile> {
+        self.raw_profiles.get(queue_key)
+    }
+
+    /// Replaces the built-in matching of one queue key with a game's own.
+    pub fn set_match_function(&mut self, queue_key: &str, function: Box<dyn MatchFunction>) {
+        self.functions.insert(queue_key.to_owned(), function);
+    }
+
+    fn spec_for(&self, queue_key: &str) -> Arc<Spec> {
+        match self.queue_ids.get(queue_key).and_then(|&q| self.queue(q)) {
+            Some(q) => Arc::clone(&q.spec),
+            None => match self.profiles.get(queue_key) {
+                Some(spec) => Arc::clone(spec),
+                None => Arc::new(Spec::default_for_key(queue_key)),
+            },
+        }
+    }
+
+    fn queue(&self, id: u32) -> Option<&Queue> {
+        self.queues.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Queues a ticket. Re-inserting an unplaced match's tickets with their
+    /// original `enqueued_at` puts them back in age order.
+    pub fn insert(&mut self, queue_key: &str, ticket: Ticket) -> Result<(), InsertError> {
+        if self.index.contains_key(&ticket.id) {
+            return Err(InsertError::Duplicate(ticket.id));
+        }
+        if ticket.size == 0 {
+            return Err(InsertError::EmptyTicket);
+        }
+        let spec = self.spec_for(queue_key);
+        if let Some(max) = spec.max_party()
+            && ticket.size > max
+        {
+            return Err(InsertError::TooLarge {
+                size: ticket.size,
+                max,
+            });
+        }
+        if let Some(skill) = &spec.skill {
+            match ticket.attributes.get(&skill.attribute) {
+                None => return Err(InsertError::MissingAttribute(skill.attribute.clone())),
+                Some(v) if !v.is_finite() => {
+                    return Err(InsertError::InvalidAttribute(skill.attribute.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        if spec.region.is_some() && ticket.latencies.is_empty() && ticket.region.is_none() {
+            return Err(InsertError::NoRegion);
+        }
+        let queue_id = match self.queue_ids.get(queue_key) {
+            Some(&id) => id,
+            None => {
+                let queue = Queue::new(queue_key.to_owned(), spec);
+                let id = match self.queue_free.pop() {
+                    Some(id) => {
+                        self.queues[id as usize] = Some(queue);
+                        id
+                    }
+                    None => {
+                        self.queues.push(Some(queue));
+                        u32::try_from(self.queues.len() - 1).unwrap_or(u32::MAX)
+                    }
+                };
+                self.queue_ids.insert(queue_key.to_owned(), id);
+                id
+            }
+        };
+        let Some(queue) = self
+            .queues
+            .get_mut(queue_id as usize)
+            .and_then(Option::as_mut)
+        else {
+            return Ok(());
+        };
+        let id = ticket.id;
+        let slot = queue.insert(&mut self.interner, ticket);
+        self.index.insert(
+            id,
+            Loc {
+                queue: queue_id,
+                slot,
+            },
+        );
         Ok(())
     }
+
+    /// Removes a queued ticket (cancel, expiry) and hands it back.
     pub fn remove(&mut self, id: TicketId) -> Option<Ticket> {
-        let q = self.where_.remove(&id)?;
-        let pool = self.pools.get_mut(&q)?;
-        let i = pool.iter().position(|t| t.id == id)?;
-        Some(pool.remove(i))
+        let loc = self.index.remove(&id)?;
+        let queue = self.queues.get_mut(loc.queue as usize)?.as_mut()?;
+        let ticket = queue.take(&mut self.interner, loc.slot, true).flatten();
+        self.drop_if_empty(loc.queue);
+        ticket
     }
-    pub fn land_type(&self, q: &str) -> String {
-        q.split(':').next().unwrap_or(q).to_owned()
+
+    /// Whether a ticket is queued.
+    pub fn contains(&self, id: TicketId) -> bool {
+        self.index.contains_key(&id)
     }
-    pub fn find_all_matches(&mut self, now: Millis) -> Vec<Match> {
-        let keys: Vec<String> = self.pools.keys().cloned().collect();
-        keys.iter().flat_map(|k| self.find_matches(k, now)).collect()
+
+    /// A queued ticket, strings resolved.
+    pub fn get(&self, id: TicketId) -> Option<Ticket> {
+        let loc = self.index.get(&id)?;
+        let stored = self.queue(loc.queue)?.get(loc.slot)?;
+        Some(stored.to_ticket(&self.interner))
     }
-    pub fn find_matches(&mut self, q: &str, _now: Millis) -> Vec<Match> {
-        let mut out = vec![];
-        let Some(pool) = self.pools.get_mut(q) else { return out };
-        let Some(sizes) = teams_of(q) else {
-            for t in pool.drain(..) {
-                self.where_.remove(&t.id);
-                out.push(Match { queue_key: q.to_owned(), teams: vec![vec![t.id]], quality: 1.0 });
-            }
-            return out;
+
+    /// The queue a ticket waits in.
+    pub fn queue_of(&self, id: TicketId) -> Option<&str> {
+        let loc = self.index.get(&id)?;
+        Some(self.queue(loc.queue)?.key.as_str())
+    }
+
+    fn drop_if_empty(&mut self, queue_id: u32) {
+        // Empty queues are dropped so that arbitrary client-chosen keys do
+        // not accumulate.
+        let Some(slot) = self.queues.get_mut(queue_id as usize) else {
+            return;
         };
-        loop {
-            let mut teams: Vec<(u32, Vec<TicketId>)> = sizes.iter().map(|_| (0, vec![])).collect();
-            for t in pool.iter() {
-                if let Some(team) = teams.iter_mut().zip(&sizes).find(|(team, s)| team.0 + t.size <= **s) {
-                    team.0 .0 += t.size;
-                    team.0 .1.push(t.id);
-                }
-            }
-            if teams.iter().zip(&sizes).all(|(t, s)| t.0 == *s) {
-                let ids: Vec<Vec<TicketId>> = teams.into_iter().map(|t| t.1).collect();
-                pool.retain(|t| !ids.iter().flatten().any(|i| *i == t.id));
-                for i in ids.iter().flatten() {
-                    self.where_.remove(i);
-                }
-                out.push(Match { queue_key: q.to_owned(), teams: ids, quality: 1.0 });
-            } else {
-                return out;
+        if slot.as_ref().is_some_and(|q| q.len() == 0)
+            && let Some(q) = slot.take()
+        {
+            self.queue_ids.remove(&q.key);
+            self.queue_free.push(queue_id);
+        }
+    }
+
+    /// Forms every match the queue allows at `now`; matched tickets leave the pool.
+    pub fn find_matches(&mut self, queue_key: &str, now: Millis) -> Vec<Match> {
+        let Some(&queue_id) = self.queue_ids.get(queue_key) else {
+            return Vec::new();
+        };
+        let Some(queue) = self
+            .queues
+            .get_mut(queue_id as usize)
+            .and_then(Option::as_mut)
+        else {
+            return Vec::new();
+        };
+        queue.promote(now);
+        let mut pool = QueuePool {
+            queue,
+            queue_id,
+            interner: &mut self.interner,
+            index: &mut self.index,
+            out: Vec::new(),
+        };
+        match self.functions.get_mut(queue_key) {
+            Some(function) => function.find_matches(&mut pool, now),
+            None => ProfileMatcher.find_matches(&mut pool, now),
+        }
+        let out = pool.out;
+        self.drop_if_empty(queue_id);
+        out
+    }
+
+    /// [`Engine::find_matches`] over every non-empty queue, in key order: the periodic tick.
+    pub fn find_all_matches(&mut self, now: Millis) -> Vec<Match> {
+        let keys: Vec<String> = self.queue_ids.keys().cloned().collect();
+        let mut out = Vec::new();
+        for key in keys {
+            out.extend(self.find_matches(&key, now));
+        }
+        out
+    }
+
+    /// Fills open slots of a running land from the queue, oldest tickets
+    /// first. `None` when backfill is disabled for the queue or nothing fits.
+    pub fn backfill(
+        &mut self,
+        queue_key: &str,
+        request: &BackfillRequest,
+        now: Millis,
+    ) -> Option<BackfillMatch> {
+        let &queue_id = self.queue_ids.get(queue_key)?;
+        let queue = self.queues.get_mut(queue_id as usize)?.as_mut()?;
+        if !queue.spec.backfill {
+            return None;
+        }
+        queue.promote(now);
+        let plan = backfill::plan(queue, &self.interner, request, now)?;
+        let mut tickets = Vec::with_capacity(plan.assignments.len());
+        for (slot, team) in plan.assignments {
+            if let Some(id) = queue.get(slot).map(|s| s.id) {
+                self.index.remove(&id);
+                queue.take(&mut self.interner, slot, false);
+                tickets.push((id, team));
             }
         }
+        self.drop_if_empty(queue_id);
+        Some(BackfillMatch {
+            land_id: request.land_id.clone(),
+            tickets,
+            quality: plan.quality,
+        })
+    }
+
+    /// Land type to provision for a queue: the profile's `land_type`, else
+    /// the key's part before the first `:` (or the whole key).
+    pub fn land_type(&self, queue_key: &str) -> String {
+        self.raw_profiles
+            .get(queue_key)
+            .and_then(|p| p.land_type.clone())
+            .unwrap_or_else(|| land_type_of_key(queue_key).to_owned())
+    }
+
+    /// Occupancy of every non-empty queue, in key order.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        self.queue_ids
+            .iter()
+            .filter_map(|(key, &id)| {
+                let q = self.queue(id)?;
+                Some(QueueStats {
+                    key: key.clone(),
+                    tickets: q.len(),
+                    players: q.players,
+                    oldest_enqueued_at: q.oldest()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Tickets queued across all queues.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// No ticket queued.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
     }
 }

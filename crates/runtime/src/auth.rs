@@ -54,7 +54,11 @@ impl Rejection {
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new(close_code::UNAUTHENTICATED, error_code::UNAUTHENTICATED, message)
+        Self::new(
+            close_code::UNAUTHENTICATED,
+            error_code::UNAUTHENTICATED,
+            message,
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -83,10 +87,9 @@ fn valid_id(id: &str) -> bool {
 #[async_trait]
 impl Authenticator for DevAuthenticator {
     async fn authenticate(&self, request: &AdmissionRequest<'_>) -> Result<Admission, Rejection> {
-        let player_id = request
-            .query
-            .get("playerId")
-            .ok_or_else(|| Rejection::unauthenticated("playerId query parameter is required (auth mode none)"))?;
+        let player_id = request.query.get("playerId").ok_or_else(|| {
+            Rejection::unauthenticated("playerId query parameter is required (auth mode none)")
+        })?;
         if !valid_id(player_id) {
             return Err(Rejection::unauthenticated(format!(
                 "playerId must be 1..={MAX_ID_LEN} printable characters"

@@ -19,7 +19,9 @@ use tokio::time::Instant;
 
 use crate::auth::{Admission, Rejection};
 use crate::frame;
-use crate::land::{Ctx, CreateInfo, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target};
+use crate::land::{
+    CreateInfo, Ctx, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target,
+};
 
 /// A frame for a connection's writer task.
 #[derive(Debug, Clone)]
@@ -125,7 +127,12 @@ pub(crate) struct FlushReport {
 }
 
 impl<L: Land> LandCore<L> {
-    pub(crate) fn create(config: &L::Config, info: &CreateInfo, now: Instant) -> Self {
+    pub(crate) fn create(
+        config: &L::Config,
+        settings: LandSettings,
+        info: &CreateInfo,
+        now: Instant,
+    ) -> Self {
         let mut outbox = Outbox::default();
         let land = {
             let mut ctx = Ctx::<L> {
@@ -139,7 +146,7 @@ impl<L: Land> LandCore<L> {
         };
         Self {
             land,
-            settings: L::settings(config),
+            settings,
             land_id: info.land_id.clone(),
             land_id_json: frame::json_string(&info.land_id),
             seats: Vec::new(),
@@ -228,7 +235,10 @@ impl<L: Land> LandCore<L> {
                 ));
             }
             if let Some(previous) = seat.conn.replace(conn) {
-                previous.force_close(close_code::SESSION_REPLACED, "replaced by a newer connection");
+                previous.force_close(
+                    close_code::SESSION_REPLACED,
+                    "replaced by a newer connection",
+                );
             }
             seat.sync = SeatSync::NeedsJoin;
             let was_in_grace = seat.grace_deadline.take().is_some();
@@ -288,7 +298,13 @@ impl<L: Land> LandCore<L> {
         }
     }
 
-    pub(crate) fn disconnect(&mut self, player: &PlayerId, conn_id: u64, how: Disconnect, now: Instant) {
+    pub(crate) fn disconnect(
+        &mut self,
+        player: &PlayerId,
+        conn_id: u64,
+        how: Disconnect,
+        now: Instant,
+    ) {
         if !self.live_seat(player, conn_id) {
             return;
         }
@@ -310,7 +326,13 @@ impl<L: Land> LandCore<L> {
         }
     }
 
-    pub(crate) fn action(&mut self, player: &PlayerId, conn_id: u64, request: ActionRequest, now: Instant) {
+    pub(crate) fn action(
+        &mut self,
+        player: &PlayerId,
+        conn_id: u64,
+        request: ActionRequest,
+        now: Instant,
+    ) {
         if !self.live_seat(player, conn_id) {
             return;
         }
@@ -348,19 +370,30 @@ impl<L: Land> LandCore<L> {
             },
         };
         if let Some(frame) = frame::encode(&ServerMessage::ActionResult(result)) {
-            self.outbox.frames.push((Target::Player(player.clone()), frame));
+            self.outbox
+                .frames
+                .push((Target::Player(player.clone()), frame));
         }
     }
 
-    pub(crate) fn event(&mut self, player: &PlayerId, conn_id: u64, event: EventBody, now: Instant) {
+    pub(crate) fn event(
+        &mut self,
+        player: &PlayerId,
+        conn_id: u64,
+        event: EventBody,
+        now: Instant,
+    ) {
         if !self.live_seat(player, conn_id) {
             return;
         }
-        match decode_named::<L::ClientEvent>(&event.name, event.payload, error_code::UNKNOWN_EVENT) {
+        match decode_named::<L::ClientEvent>(&event.name, event.payload, error_code::UNKNOWN_EVENT)
+        {
             Ok(event) => self.hook(now, |land, ctx| land.on_event(ctx, player, event)),
             Err(error) => {
                 if let Some(frame) = frame::encode(&ServerMessage::Error(error)) {
-                    self.outbox.frames.push((Target::Player(player.clone()), frame));
+                    self.outbox
+                        .frames
+                        .push((Target::Player(player.clone()), frame));
                 }
             }
         }
@@ -398,8 +431,14 @@ impl<L: Land> LandCore<L> {
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let grace = self.seats.iter().filter_map(|seat| seat.grace_deadline).min();
-        let dispose = self.empty_since.map(|since| since + self.settings.dispose_after_empty);
+        let grace = self
+            .seats
+            .iter()
+            .filter_map(|seat| seat.grace_deadline)
+            .min();
+        let dispose = self
+            .empty_since
+            .map(|since| since + self.settings.dispose_after_empty);
         match (grace, dispose) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -432,7 +471,10 @@ impl<L: Land> LandCore<L> {
         {
             self.closing = Some((reason, close_code::NORMAL));
         }
-        let pending_seat = self.seats.iter().any(|seat| seat.conn.is_some() && seat.sync != SeatSync::Live);
+        let pending_seat = self
+            .seats
+            .iter()
+            .any(|seat| seat.conn.is_some() && seat.sync != SeatSync::Live);
         if self.state_touched || self.outbox.sync_requested || pending_seat {
             self.sync();
             report.synced = true;
@@ -491,14 +533,18 @@ impl<L: Land> LandCore<L> {
                 return;
             }
         };
-        let shared_ops = ops_list(&json_patch::diff(&self.shared, &shared));
+        let shared_ops = ops_list(&self.shared, &shared);
         self.shared = shared;
         let mut shared_document: Option<String> = None;
         for seat in &mut self.seats {
             let Some(conn) = &seat.conn else {
                 continue;
             };
-            let private = match self.land.private_view(&seat.player_id).map(serde_json::to_value) {
+            let private = match self
+                .land
+                .private_view(&seat.player_id)
+                .map(serde_json::to_value)
+            {
                 Some(Ok(view)) => Some(view),
                 Some(Err(err)) => {
                     tracing::error!(land_id = %self.land_id, error = %err, "private view does not serialise");
@@ -513,7 +559,8 @@ impl<L: Land> LandCore<L> {
             let wrapped = Value::Object(wrapped);
             match seat.sync {
                 SeatSync::NeedsJoin | SeatSync::NeedsSnapshot => {
-                    let shared_text = shared_document.get_or_insert_with(|| self.shared.to_string());
+                    let shared_text =
+                        shared_document.get_or_insert_with(|| self.shared.to_string());
                     let private_text = wrapped.get("me").map(Value::to_string);
                     let document = frame::state_document(shared_text, private_text.as_deref());
                     let frame = if seat.sync == SeatSync::NeedsJoin {
@@ -529,7 +576,7 @@ impl<L: Land> LandCore<L> {
                     }
                 }
                 SeatSync::Live => {
-                    let private_ops = ops_list(&json_patch::diff(&seat.private, &wrapped));
+                    let private_ops = ops_list(&seat.private, &wrapped);
                     if !shared_ops.is_empty() || !private_ops.is_empty() {
                         let frame = frame::patch(seat.seq + 1, &shared_ops, &private_ops);
                         match conn.send(frame) {
@@ -557,26 +604,23 @@ fn deliver(seat: &Seat, frame: Utf8Bytes) {
     }
 }
 
-/// The operations of a patch as a JSON array's inside (`op,op`), empty for no change.
-fn ops_list(patch: &json_patch::Patch) -> String {
-    if patch.0.is_empty() {
-        return String::new();
-    }
-    match serde_json::to_string(&patch.0) {
-        Ok(text) => text
-            .strip_prefix('[')
-            .and_then(|inner| inner.strip_suffix(']'))
-            .map(str::to_owned)
-            .unwrap_or_default(),
-        Err(err) => {
-            tracing::error!(error = %err, "patch does not serialise");
-            String::new()
-        }
-    }
+/// The operations turning `before` into `after` as a JSON array's inside (`op,op`),
+/// empty for no change.
+fn ops_list(before: &Value, after: &Value) -> String {
+    let mut out = Vec::new();
+    crate::diff::diff_into(before, after, &mut out);
+    String::from_utf8(out).unwrap_or_else(|err| {
+        tracing::error!(error = %err, "patch encoding is not UTF-8");
+        String::new()
+    })
 }
 
 /// Decodes `{name, payload}` into a land's action or event enum.
-fn decode_named<T: DeserializeOwned>(name: &str, payload: Value, unknown_code: &str) -> Result<T, ErrorBody> {
+fn decode_named<T: DeserializeOwned>(
+    name: &str,
+    payload: Value,
+    unknown_code: &str,
+) -> Result<T, ErrorBody> {
     let empty_object = payload.as_object().is_some_and(Map::is_empty);
     let attempt = |with_payload: bool, payload: &Value| {
         let mut fields = Map::new();
@@ -594,7 +638,10 @@ fn decode_named<T: DeserializeOwned>(name: &str, payload: Value, unknown_code: &
         Err(err) => {
             let message = err.to_string();
             if message.contains("unknown variant") {
-                Err(ErrorBody::new(unknown_code, format!("unknown name {name:?}")))
+                Err(ErrorBody::new(
+                    unknown_code,
+                    format!("unknown name {name:?}"),
+                ))
             } else {
                 Err(ErrorBody::new(
                     error_code::INVALID_PAYLOAD,

@@ -105,8 +105,13 @@ mod tests {
         assert_eq!(state_document("{}", Some("1")), r#"{"me":1}"#);
         assert_eq!(state_document("{}", None), "{}");
 
-        let frame = patch(3, r#"{"op":"remove","path":"/a"}"#, r#"{"op":"add","path":"/me","value":1}"#);
-        let ServerMessage::StatePatch(patch) = ServerMessage::decode(frame.as_str()).unwrap() else {
+        let frame = patch(
+            3,
+            r#"{"op":"remove","path":"/a"}"#,
+            r#"{"op":"add","path":"/me","value":1}"#,
+        );
+        let ServerMessage::StatePatch(patch) = ServerMessage::decode(frame.as_str()).unwrap()
+        else {
             panic!("not state.patch");
         };
         assert_eq!(patch.seq, 3);

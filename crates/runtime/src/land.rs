@@ -154,7 +154,11 @@ pub trait Land: Sized + Send + 'static {
     }
 
     /// Called for new seats only; a reconnect within the grace calls [`Land::on_reconnect`].
-    fn on_join(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId) -> Result<(), JoinRejection> {
+    fn on_join(
+        &mut self,
+        _ctx: &mut Ctx<'_, Self>,
+        _player: &PlayerId,
+    ) -> Result<(), JoinRejection> {
         Ok(())
     }
 
@@ -175,7 +179,13 @@ pub trait Land: Sized + Send + 'static {
 
     /// Events are fire-and-forget and do not trigger a sync by themselves: call
     /// [`Ctx::request_sync`] if the state changed and must not wait for the next tick.
-    fn on_event(&mut self, _ctx: &mut Ctx<'_, Self>, _player: &PlayerId, _event: Self::ClientEvent) {}
+    fn on_event(
+        &mut self,
+        _ctx: &mut Ctx<'_, Self>,
+        _player: &PlayerId,
+        _event: Self::ClientEvent,
+    ) {
+    }
 
     /// `dt` is the time since the previous tick; after a stall it is longer than the period.
     fn on_tick(&mut self, _ctx: &mut Ctx<'_, Self>, _dt: Duration) {}
@@ -206,7 +216,9 @@ pub struct Ctx<'a, L: Land> {
 
 impl<L: Land> fmt::Debug for Ctx<'_, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ctx").field("land_id", &self.land_id).finish_non_exhaustive()
+        f.debug_struct("Ctx")
+            .field("land_id", &self.land_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -228,7 +240,9 @@ impl<'a, L: Land> Ctx<'a, L> {
     /// Sends an event to one player; dropped if that player is not connected.
     pub fn send_to(&mut self, player: &PlayerId, event: &L::ServerEvent) {
         if let Some(frame) = encode_event(event) {
-            self.outbox.frames.push((Target::Player(player.clone()), frame));
+            self.outbox
+                .frames
+                .push((Target::Player(player.clone()), frame));
         }
     }
 
@@ -246,15 +260,23 @@ impl<'a, L: Land> Ctx<'a, L> {
     }
 
     /// Closes the land once this hook returns: players get a final sync,
-    /// `land.closed {reason, result}` and a normal close.
-    pub fn close<R: Serialize>(&mut self, reason: impl Into<String>, result: Option<R>) {
-        let result = result.and_then(|result| match serde_json::to_value(result) {
+    /// `land.closed {reason}` and a normal close (1000).
+    pub fn close(&mut self, reason: impl Into<String>) {
+        self.outbox.close = Some(LandClosed {
+            reason: reason.into(),
+            result: None,
+        });
+    }
+
+    /// Like [`Ctx::close`], with a land-defined outcome in `land.closed.result`.
+    pub fn close_with_result<R: Serialize>(&mut self, reason: impl Into<String>, result: &R) {
+        let result = match serde_json::to_value(result) {
             Ok(value) => Some(value),
             Err(err) => {
                 tracing::error!(land_id = self.land_id, error = %err, "land close result does not serialise");
                 None
             }
-        });
+        };
         self.outbox.close = Some(LandClosed {
             reason: reason.into(),
             result,
