@@ -149,8 +149,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        config.engine =
-            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        config.engine = matchplane_matchmaker::EngineConfig::from_toml_str(&text)
+            .with_context(|| format!("invalid queue profiles in {}", path.display()))?;
     }
     let control_plane = ControlPlane::start(config).await?;
     control_plane
