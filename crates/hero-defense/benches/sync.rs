@@ -1,0 +1,76 @@
+//! The sync path of a busy hero-defense land: one 20 Hz tick with 8 players, from game
+//! logic through the shared JSON Patch and per-player private patches to encoded frames.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
+use matchplane_runtime::LandHarness;
+use serde_json::json;
+
+const TICK: Duration = Duration::from_millis(50);
+
+/// A land that never ends, with around 25–40 enemies on the field most of the time.
+fn busy_land(players: usize) -> LandHarness<HeroDefense> {
+    let config = HeroDefenseConfig {
+        waves: u32::MAX,
+        first_wave_delay_secs: 0.0,
+        wave_break_secs: 0.5,
+        enemies_first_wave: 40,
+        enemies_growth_per_wave: 0,
+        spawn_interval_secs: 0.1,
+        enemy_hp: 400.0,
+        enemy_speed: 4.0,
+        base_hp: u32::MAX,
+        ..HeroDefenseConfig::default()
+    };
+    let mut land = LandHarness::<HeroDefense>::new(config, "bench-land");
+    for index in 0..players {
+        let player = format!("player-{index}");
+        land.join(&player).unwrap();
+        let angle = index as f32;
+        land.action(
+            &player,
+            "move",
+            json!({"x": 50.0 + 20.0 * angle.cos(), "y": 50.0 + 20.0 * angle.sin()}),
+        );
+    }
+    for _ in 0..200 {
+        land.tick(TICK);
+    }
+    land.drain_frames();
+    land
+}
+
+fn sync_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hero_defense");
+    group.measurement_time(Duration::from_secs(8));
+    let mut land = busy_land(8);
+    let mut bytes = 0usize;
+    let mut ticks = 0usize;
+    group.bench_function("tick_and_sync_8_players", |b| {
+        b.iter(|| {
+            land.tick(TICK);
+            bytes += land.drain_frames();
+            ticks += 1;
+        });
+    });
+    eprintln!(
+        "hero_defense: mean {} bytes of frames per tick for 8 players (over {ticks} ticks)",
+        bytes / ticks.max(1)
+    );
+    let mut land = busy_land(1);
+    group.bench_function("tick_and_sync_1_player", |b| {
+        b.iter(|| {
+            land.tick(TICK);
+            black_box(land.drain_frames());
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sync_path);
+criterion_main!(benches);

@@ -1,0 +1,153 @@
+//! The game server: routes, health, admin, graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use matchplane_contracts::game::{AdminLands, GameServerHealth};
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::manager::{LandManager, LandRegistry};
+use crate::transport::{self, ConnectionLimits};
+
+/// Server-wide settings.
+#[derive(Debug, Clone)]
+pub struct GameServerConfig {
+    pub server_id: String,
+    pub limits: ConnectionLimits,
+    /// How long shutdown waits for lands to say goodbye before the process exits anyway.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for GameServerConfig {
+    fn default() -> Self {
+        Self {
+            server_id: format!("game-{}", uuid::Uuid::new_v4().simple()),
+            limits: ConnectionLimits::default(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) manager: LandManager,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) config: GameServerConfig,
+}
+
+/// Hosts the registered land types at `/game/{landType}`.
+#[derive(Clone)]
+pub struct GameServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for GameServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GameServer")
+            .field("server_id", &self.shared.config.server_id)
+            .field("manager", &self.shared.manager)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GameServer {
+    pub fn new(
+        registry: LandRegistry,
+        auth: Arc<dyn Authenticator>,
+        config: GameServerConfig,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                manager: LandManager::new(registry),
+                auth,
+                config,
+            }),
+        }
+    }
+
+    pub fn manager(&self) -> &LandManager {
+        &self.shared.manager
+    }
+
+    pub fn server_id(&self) -> &str {
+        &self.shared.config.server_id
+    }
+
+    /// `GET /game/{landType}` (WebSocket), `GET /health`, `GET /admin/lands`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/game/{land_type}", get(game_socket))
+            .route("/health", get(health))
+            .route("/admin/lands", get(admin_lands))
+            .with_state(Arc::clone(&self.shared))
+    }
+
+    /// Serves until `shutdown` resolves, then drains: no new players, every land sends
+    /// `land.closed` and closes its sockets with 1001, and the server stops once lands are
+    /// gone or `shutdown_timeout` passed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let manager = self.shared.manager.clone();
+        let timeout = self.shared.config.shutdown_timeout;
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested");
+            if !manager.shutdown("server_shutdown", timeout).await {
+                tracing::warn!(?timeout, "lands did not all close in time");
+            }
+            let _ = stopped_tx.send(());
+        });
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                let _ = stopped_rx.await;
+            })
+            .await
+    }
+}
+
+async fn game_socket(
+    State(shared): State<Arc<Shared>>,
+    Path(land_type): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let hard_limit = transport::hard_frame_limit(&shared.config.limits);
+    upgrade
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| transport::serve_connection(socket, shared, land_type, query))
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let load = shared.manager.load();
+    Json(GameServerHealth {
+        status: if load.draining { "draining" } else { "ok" }.to_owned(),
+        server_id: shared.config.server_id.clone(),
+        land_types: shared
+            .manager
+            .registry()
+            .names()
+            .map(str::to_owned)
+            .collect(),
+        lands: load.lands,
+        players: load.players,
+    })
+}
+
+async fn admin_lands(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(AdminLands {
+        server_id: shared.config.server_id.clone(),
+        draining: shared.manager.is_draining(),
+        lands: shared.manager.lands(),
+    })
+}

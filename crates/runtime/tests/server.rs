@@ -1,0 +1,444 @@
+//! The runtime behind real WebSocket clients on 127.0.0.1:0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestServer, closed, leave, test_limits};
+use matchplane_contracts::game::{ClientMessage, Ping, ServerMessage, close_code, error_code};
+use matchplane_runtime::counter::Counter;
+use matchplane_runtime::{
+    ActionError, ConnectionLimits, CreateInfo, Ctx, Land, LandRegistry, LandSettings,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+fn counter_registry(settings: LandSettings) -> LandRegistry {
+    LandRegistry::new().register_with_settings::<Counter>("counter", (), settings)
+}
+
+fn counter_settings() -> LandSettings {
+    LandSettings {
+        tick_rate_hz: 0.0,
+        max_players: 4,
+        dispose_after_empty: Duration::from_secs(5),
+        reconnect_grace: Duration::from_secs(10),
+    }
+}
+
+/// A land that only counts ticks, to observe the schedule.
+struct Clock {
+    state: ClockState,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClockState {
+    ticks: u64,
+    elapsed_ms: u64,
+    max_dt_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "name", content = "payload", rename_all = "snake_case")]
+enum ClockAction {
+    Reset,
+}
+
+impl Land for Clock {
+    type Config = ();
+    type State = ClockState;
+    type PrivateView = ();
+    type Action = ClockAction;
+    type ActionOutput = u64;
+    type ClientEvent = ClockAction;
+    type ServerEvent = ();
+
+    fn settings(_: &()) -> LandSettings {
+        LandSettings {
+            tick_rate_hz: 10.0,
+            ..LandSettings::default()
+        }
+    }
+
+    fn on_create(_: &(), _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
+        Clock {
+            state: ClockState {
+                ticks: 0,
+                elapsed_ms: 0,
+                max_dt_ms: 0,
+            },
+        }
+    }
+
+    fn state(&self) -> &ClockState {
+        &self.state
+    }
+
+    fn on_action(
+        &mut self,
+        _: &mut Ctx<'_, Self>,
+        _: &String,
+        _: ClockAction,
+    ) -> Result<u64, ActionError> {
+        Ok(self.state.ticks)
+    }
+
+    fn on_tick(&mut self, _: &mut Ctx<'_, Self>, dt: Duration) {
+        let dt_ms = u64::try_from(dt.as_millis()).unwrap();
+        self.state.ticks += 1;
+        self.state.elapsed_ms += dt_ms;
+        self.state.max_dt_ms = self.state.max_dt_ms.max(dt_ms);
+    }
+}
+
+#[tokio::test]
+async fn join_gets_the_full_state() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let ann = server.connect("counter", "room-1", "ann").await;
+    assert_eq!(ann.land_id, "room-1");
+    assert_eq!(ann.player_id, "ann");
+    assert_eq!(ann.seq, 0);
+    assert_eq!(ann.state, json!({"count": 0, "players": {"ann": 0}}));
+
+    let bob = server.connect("counter", "room-1", "bob").await;
+    assert_eq!(
+        bob.state,
+        json!({"count": 0, "players": {"ann": 0, "bob": 0}})
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn actions_return_results_and_every_player_gets_patches() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    let mut bob = server.connect("counter", "room", "bob").await;
+    ann.barrier().await;
+
+    let result = ann.action("increment", json!({})).await;
+    assert!(result.ok);
+    assert_eq!(result.result, Some(json!({"count": 1})));
+    // The patch is sent before the result, so the mirror already shows the change.
+    assert_eq!(ann.state["count"], 1);
+
+    let result = ann.action("add", json!({"amount": 41})).await;
+    assert_eq!(result.result, Some(json!({"count": 42})));
+
+    let failed = ann.action("add", json!({"amount": 5000})).await;
+    assert!(!failed.ok);
+    assert_eq!(failed.error.unwrap().code, "amount_out_of_range");
+
+    let unknown = ann.action("explode", json!({})).await;
+    assert_eq!(unknown.error.unwrap().code, error_code::UNKNOWN_ACTION);
+    let invalid = ann.action("add", json!({"amount": "lots"})).await;
+    assert_eq!(invalid.error.unwrap().code, error_code::INVALID_PAYLOAD);
+
+    bob.barrier().await;
+    assert_eq!(
+        bob.state,
+        json!({"count": 42, "players": {"ann": 2, "bob": 0}})
+    );
+    for client in [&mut ann, &mut bob] {
+        let mirror = client.state.clone();
+        assert_eq!(mirror, client.snapshot().await);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_reach_one_player_or_all() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    let mut bob = server.connect("counter", "room", "bob").await;
+    let mut cid = server.connect("counter", "room", "cid").await;
+
+    ann.event("shout", json!({"text": "hello"})).await;
+    for client in [&mut ann, &mut bob, &mut cid] {
+        let event = client.wait_event("shouted").await;
+        assert_eq!(event.payload, json!({"from": "ann", "text": "hello"}));
+    }
+
+    ann.event("whisper", json!({"to": "cid", "text": "psst"}))
+        .await;
+    let event = cid.wait_event("whispered").await;
+    assert_eq!(event.payload, json!({"from": "ann", "text": "psst"}));
+    // ann's whisper was handled before these barriers reach the server.
+    ann.barrier().await;
+    bob.barrier().await;
+    assert!(ann.events.is_empty() && bob.events.is_empty());
+
+    ann.event("dance", json!({})).await;
+    ann.barrier().await;
+    assert_eq!(ann.errors, vec![error_code::UNKNOWN_EVENT.to_owned()]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticks_run_at_a_fixed_rate_without_drift() {
+    let registry = LandRegistry::new().register::<Clock>("clock", ());
+    let server = TestServer::start(registry).await;
+    let mut client = server.connect("clock", "c1", "ann").await;
+    let started = tokio::time::Instant::now();
+    let first_ticks = client.state["ticks"].as_u64().unwrap();
+    while client.state["ticks"].as_u64().unwrap() < first_ticks + 100 {
+        client.next().await.unwrap();
+        let ticks = client.state["ticks"].as_u64().unwrap();
+        // Every tick is exactly one period on the virtual clock: no drift accumulates.
+        assert_eq!(client.state["elapsedMs"].as_u64().unwrap(), ticks * 100);
+        assert_eq!(client.state["maxDtMs"], 100);
+    }
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    let lands = server.get_json("/admin/lands").await;
+    assert_eq!(lands["lands"][0]["landType"], "clock");
+    assert!(lands["lands"][0]["ticks"].as_u64().unwrap() >= 100);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_lands_are_disposed_after_the_configured_delay() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    ann.action("increment", json!(null)).await;
+    leave(ann).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        server.server.manager().load().lands,
+        1,
+        "kept during dispose_after_empty"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(server.server.manager().load().lands, 0);
+
+    let bob = server.connect("counter", "room", "bob").await;
+    assert_eq!(
+        bob.state,
+        json!({"count": 0, "players": {"bob": 0}}),
+        "a fresh land"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnect_within_grace_resumes_and_after_grace_the_seat_is_gone() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    let mut bob = server.connect("counter", "room", "bob").await;
+    ann.action("increment", json!({})).await;
+    drop(ann); // no close frame: a dropped connection
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    assert_eq!(
+        ann.state,
+        json!({"count": 1, "players": {"ann": 1, "bob": 0}}),
+        "seat kept"
+    );
+    ann.action("increment", json!({})).await;
+
+    drop(ann);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    bob.barrier().await;
+    assert_eq!(
+        bob.state,
+        json!({"count": 2, "players": {"bob": 0}}),
+        "seat released"
+    );
+    let ann = server.connect("counter", "room", "ann").await;
+    assert_eq!(ann.state["players"]["ann"], 0, "a new seat");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_connection_takes_over_a_live_seat() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut first = server.connect("counter", "room", "ann").await;
+    let mut second = server.connect("counter", "room", "ann").await;
+    let closed = first.closed().await;
+    assert_eq!(closed.code, Some(close_code::SESSION_REPLACED));
+    assert!(second.action("increment", json!({})).await.ok);
+    assert_eq!(second.state["players"], json!({"ann": 1}));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_land_refuses_with_4409() {
+    let settings = LandSettings {
+        max_players: 2,
+        ..counter_settings()
+    };
+    let server = TestServer::start(counter_registry(settings)).await;
+    let _ann = server.connect("counter", "room", "ann").await;
+    let _bob = server.connect("counter", "room", "bob").await;
+    let mut socket = Client::open(&server.url("counter", "landId=room&playerId=cid")).await;
+    let closed = closed(&mut socket).await;
+    assert_eq!(closed.code, Some(close_code::LAND_FULL_OR_CLOSED));
+    assert_eq!(closed.errors, vec![error_code::LAND_FULL.to_owned()]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_land_types_and_missing_identity_are_refused() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut socket = Client::open(&server.url("chess", "landId=x&playerId=ann")).await;
+    let refused = closed(&mut socket).await;
+    assert_eq!(refused.code, Some(close_code::UNKNOWN_LAND_TYPE));
+    assert_eq!(
+        refused.errors,
+        vec![error_code::UNKNOWN_LAND_TYPE.to_owned()]
+    );
+
+    let mut socket = Client::open(&server.url("counter", "landId=x")).await;
+    assert_eq!(
+        closed(&mut socket).await.code,
+        Some(close_code::UNAUTHENTICATED)
+    );
+
+    // Without landId, --auth none creates a fresh land and names it in join.ok.
+    let ann = Client::connect(&server.url("counter", "playerId=ann")).await;
+    assert!(ann.land_id.starts_with("counter:"), "{}", ann.land_id);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_messages_get_errors_then_4400_and_others_are_unaffected() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut bob = server.connect("counter", "room", "bob").await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    ann.send_raw("not json").await;
+    ann.send_raw(r#"{"type":"teleport","v":1,"data":{}}"#).await;
+    ann.send_raw(r#"{"type":"ping","v":7,"data":{"t":1}}"#)
+        .await;
+    ann.send_raw(r#"{"type":"action","v":1,"data":{"name":"increment"}}"#)
+        .await;
+    let closed = ann.closed().await;
+    assert_eq!(closed.code, Some(close_code::MALFORMED));
+    assert_eq!(
+        closed.errors,
+        vec![
+            error_code::MALFORMED_MESSAGE,
+            error_code::UNKNOWN_MESSAGE,
+            error_code::UNSUPPORTED_VERSION,
+            error_code::MALFORMED_MESSAGE,
+        ]
+    );
+    assert!(bob.action("increment", json!({})).await.ok);
+    bob.barrier().await;
+    assert_eq!(
+        bob.state["players"],
+        json!({"bob": 1}),
+        "kicked players lose their seat"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_messages_get_an_error_and_1009() {
+    let limits = ConnectionLimits {
+        max_message_bytes: 1024,
+        ..test_limits()
+    };
+    let server = TestServer::start_with(counter_registry(counter_settings()), limits).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    let text = "x".repeat(2000);
+    ann.event("shout", json!({ "text": text })).await;
+    let closed = ann.closed().await;
+    assert_eq!(closed.code, Some(close_code::MESSAGE_TOO_BIG));
+    assert_eq!(closed.errors, vec![error_code::MESSAGE_TOO_BIG.to_owned()]);
+    let mut bob = server.connect("counter", "room", "bob").await;
+    assert!(bob.action("increment", json!({})).await.ok);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn flooding_gets_an_error_and_4429() {
+    let limits = ConnectionLimits {
+        messages_per_second: 10.0,
+        burst: 20.0,
+        ..test_limits()
+    };
+    let server = TestServer::start_with(counter_registry(counter_settings()), limits).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    let ping = serde_json::to_string(&ClientMessage::Ping(Ping { t: json!(0) })).unwrap();
+    for _ in 0..100 {
+        ann.send_raw(&ping).await;
+    }
+    let closed = ann.closed().await;
+    assert_eq!(closed.code, Some(close_code::RATE_LIMITED));
+    assert_eq!(closed.errors, vec![error_code::RATE_LIMITED.to_owned()]);
+    let mut bob = server.connect("counter", "room", "bob").await;
+    assert!(bob.action("increment", json!({})).await.ok);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    ann.send(&ClientMessage::Ping(Ping { t: json!(1234) }))
+        .await;
+    assert!(matches!(ann.next().await, Some(ServerMessage::Pong(pong)) if pong.t == json!(1234)));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_admin_report_lands_and_players() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let _ann = server.connect("counter", "room-a", "ann").await;
+    let _bob = server.connect("counter", "room-a", "bob").await;
+    let _cid = server.connect("counter", "room-b", "cid").await;
+    let health = server.get_json("/health").await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["serverId"], "test-server");
+    assert_eq!(health["lands"], 2);
+    assert_eq!(health["players"], 3);
+    let admin = server.get_json("/admin/lands").await;
+    let lands = admin["lands"].as_array().unwrap();
+    assert_eq!(lands.len(), 2);
+    assert_eq!(lands[0]["landId"], "room-a");
+    assert_eq!(lands[0]["players"], 2);
+    let load = server.server.manager().load();
+    assert_eq!(load.land_ids_by_type["counter"], vec!["room-a", "room-b"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_tells_players_land_closed_then_closes_with_1001() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    let manager = server.server.manager().clone();
+    let url = server.url("counter", "landId=other&playerId=bob");
+    let serve = tokio::spawn(server.shutdown());
+    let closed = ann.closed().await;
+    assert_eq!(closed.code, Some(close_code::GOING_AWAY));
+    assert_eq!(closed.land_closed.unwrap().reason, "server_shutdown");
+    serve.await.unwrap().unwrap();
+    assert!(manager.is_draining());
+    assert_eq!(manager.load().lands, 0);
+    assert!(
+        tokio_tungstenite::connect_async(url).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test]
+async fn draining_refuses_new_players_but_keeps_lands_running() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    server.server.manager().start_draining();
+    let mut socket = Client::open(&server.url("counter", "landId=room&playerId=bob")).await;
+    assert_eq!(closed(&mut socket).await.code, Some(close_code::GOING_AWAY));
+    let mut socket = Client::open(&server.url("counter", "landId=new&playerId=bob")).await;
+    assert_eq!(closed(&mut socket).await.code, Some(close_code::GOING_AWAY));
+    assert!(ann.action("increment", json!({})).await.ok);
+    assert!(
+        !server
+            .server
+            .manager()
+            .wait_until_empty(Duration::from_millis(10))
+            .await
+    );
+    server.shutdown().await.unwrap();
+}

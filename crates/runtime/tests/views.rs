@@ -1,0 +1,317 @@
+//! Property: clients that apply every patch to their snapshot end with exactly the
+//! server's view of them, after long random sessions with several players, private
+//! views, reconnects and snapshot requests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::TestServer;
+use matchplane_runtime::{
+    ActionError, CreateInfo, Ctx, Land, LandHarness, LandRegistry, LandSettings, PlayerId,
+};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A land whose state takes every JSON shape the random actions ask for.
+struct Board {
+    state: BoardState,
+    secrets: BTreeMap<PlayerId, Vec<i64>>,
+}
+
+#[derive(Serialize)]
+struct BoardState {
+    cells: BTreeMap<String, Value>,
+    list: Vec<i64>,
+    seated: Vec<PlayerId>,
+}
+
+#[derive(Serialize)]
+struct Secret {
+    hand: Vec<i64>,
+    total: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "name", content = "payload", rename_all = "snake_case")]
+enum BoardAction {
+    Set { key: String, value: Value },
+    Remove { key: String },
+    Push { value: i64 },
+    Insert { index: usize, value: i64 },
+    RemoveAt { index: usize },
+    Give { to: String, value: i64 },
+    Discard,
+}
+
+impl Land for Board {
+    type Config = ();
+    type State = BoardState;
+    type PrivateView = Secret;
+    type Action = BoardAction;
+    type ActionOutput = ();
+    type ClientEvent = BoardAction;
+    type ServerEvent = ();
+
+    fn settings(_: &()) -> LandSettings {
+        LandSettings {
+            tick_rate_hz: 0.0,
+            ..LandSettings::default()
+        }
+    }
+
+    fn on_create(_: &(), _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
+        Board {
+            state: BoardState {
+                cells: BTreeMap::new(),
+                list: Vec::new(),
+                seated: Vec::new(),
+            },
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    fn state(&self) -> &BoardState {
+        &self.state
+    }
+
+    /// Players with an empty hand see no `me` at all, so `me` comes and goes.
+    fn private_view(&self, player: &PlayerId) -> Option<Secret> {
+        let hand = self.secrets.get(player).filter(|hand| !hand.is_empty())?;
+        Some(Secret {
+            hand: hand.clone(),
+            total: hand.iter().sum(),
+        })
+    }
+
+    fn on_join(
+        &mut self,
+        _: &mut Ctx<'_, Self>,
+        player: &PlayerId,
+    ) -> Result<(), matchplane_runtime::JoinRejection> {
+        self.state.seated.push(player.clone());
+        Ok(())
+    }
+
+    fn on_action(
+        &mut self,
+        _: &mut Ctx<'_, Self>,
+        player: &PlayerId,
+        action: BoardAction,
+    ) -> Result<(), ActionError> {
+        match action {
+            BoardAction::Set { key, value } => {
+                self.state.cells.insert(key, value);
+            }
+            BoardAction::Remove { key } => {
+                self.state.cells.remove(&key);
+            }
+            BoardAction::Push { value } => self.state.list.push(value),
+            BoardAction::Insert { index, value } => {
+                let index = index.min(self.state.list.len());
+                self.state.list.insert(index, value);
+            }
+            BoardAction::RemoveAt { index } => {
+                if index < self.state.list.len() {
+                    self.state.list.remove(index);
+                }
+            }
+            BoardAction::Give { to, value } => self.secrets.entry(to).or_default().push(value),
+            BoardAction::Discard => {
+                self.secrets.remove(player);
+            }
+        }
+        Ok(())
+    }
+}
+
+const PLAYERS: [&str; 3] = ["ann", "bob", "cid"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Act(usize, BoardAction),
+    Snapshot(usize),
+    Reconnect(usize),
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        (-5i64..5).prop_map(Value::from),
+        "[a-c~/]{0,3}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-c~/]{0,2}", inner, 0..3)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+fn action() -> impl Strategy<Value = BoardAction> {
+    // Keys with `/` and `~` exercise JSON Pointer escaping; "" is a legal key too.
+    let key = "[ab~/]{0,2}";
+    prop_oneof![
+        3 => (key, json_value()).prop_map(|(key, value)| BoardAction::Set { key, value }),
+        1 => key.prop_map(|key| BoardAction::Remove { key }),
+        2 => (-9i64..9).prop_map(|value| BoardAction::Push { value }),
+        1 => (0usize..6, -9i64..9).prop_map(|(index, value)| BoardAction::Insert { index, value }),
+        2 => (0usize..6).prop_map(|index| BoardAction::RemoveAt { index }),
+        2 => (0usize..3, -9i64..9).prop_map(|(to, value)| BoardAction::Give { to: PLAYERS[to].to_owned(), value }),
+        1 => Just(BoardAction::Discard),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        12 => (0usize..3, action()).prop_map(|(player, action)| Step::Act(player, action)),
+        1 => (0usize..3).prop_map(Step::Snapshot),
+        1 => (0usize..3).prop_map(Step::Reconnect),
+    ]
+}
+
+fn registry() -> LandRegistry {
+    LandRegistry::new().register_with_settings::<Board>(
+        "board",
+        (),
+        LandSettings {
+            tick_rate_hz: 0.0,
+            max_players: 8,
+            dispose_after_empty: Duration::from_secs(60),
+            reconnect_grace: Duration::from_secs(60),
+        },
+    )
+}
+
+async fn run_session(steps: Vec<Step>) {
+    let server = TestServer::start(registry()).await;
+    let mut clients = Vec::new();
+    for player in PLAYERS {
+        clients.push(server.connect("board", "land", player).await);
+    }
+    let mut hands: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for step in steps {
+        match step {
+            Step::Act(player, action) => {
+                match &action {
+                    BoardAction::Give { to, value } => {
+                        let to = PLAYERS.iter().find(|p| *p == to).unwrap();
+                        hands.entry(to).or_default().push(*value);
+                    }
+                    BoardAction::Discard => {
+                        hands.remove(PLAYERS[player]);
+                    }
+                    _ => {}
+                }
+                let payload = serde_json::to_value(&action).unwrap();
+                let result = clients[player]
+                    .action(
+                        payload["name"].as_str().unwrap(),
+                        payload.get("payload").cloned().unwrap_or(Value::Null),
+                    )
+                    .await;
+                assert!(result.ok, "{result:?}");
+            }
+            Step::Snapshot(player) => {
+                let client = &mut clients[player];
+                let snapshot = client.snapshot().await;
+                assert_eq!(client.state, snapshot);
+            }
+            Step::Reconnect(player) => {
+                let old = std::mem::replace(
+                    &mut clients[player],
+                    server.connect("board", "land", PLAYERS[player]).await,
+                );
+                drop(old);
+            }
+        }
+    }
+    for (index, client) in clients.iter_mut().enumerate() {
+        client.barrier().await;
+        let mirror = client.state.clone();
+        assert_eq!(
+            mirror,
+            client.snapshot().await,
+            "{} drifted from the server",
+            PLAYERS[index]
+        );
+        let hand = hands.get(PLAYERS[index]).filter(|hand| !hand.is_empty());
+        match hand {
+            Some(hand) => assert_eq!(mirror["me"]["hand"], json!(hand)),
+            None => assert!(mirror.get("me").is_none(), "{mirror}"),
+        }
+    }
+    server.shutdown().await.unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn websocket_mirrors_match_the_server(steps in prop::collection::vec(step(), 20..120)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(run_session(steps));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The same property through the socket-free harness, which allows many more cases.
+    #[test]
+    fn harness_mirrors_match_the_server(steps in prop::collection::vec(step(), 1..80)) {
+        let mut land = LandHarness::<Board>::new((), "land");
+        let mut states: BTreeMap<&str, (Value, u64)> = BTreeMap::new();
+        for player in PLAYERS {
+            land.join(player).unwrap();
+        }
+        let fold = |land: &mut LandHarness<Board>, states: &mut BTreeMap<&str, (Value, u64)>| {
+            for player in PLAYERS {
+                for message in land.messages(player) {
+                    let entry = states.entry(player).or_insert((Value::Null, 0));
+                    match message {
+                        matchplane_contracts::game::ServerMessage::JoinOk(join) => *entry = (join.state, join.seq),
+                        matchplane_contracts::game::ServerMessage::StateSnapshot(snapshot) => {
+                            *entry = (snapshot.state, snapshot.seq);
+                        }
+                        matchplane_contracts::game::ServerMessage::StatePatch(patch) => {
+                            prop_assert_eq!(patch.seq, entry.1 + 1);
+                            let ops: json_patch::Patch = serde_json::from_value(patch.ops).unwrap();
+                            json_patch::patch(&mut entry.0, &ops).unwrap();
+                            entry.1 = patch.seq;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(())
+        };
+        fold(&mut land, &mut states)?;
+        for step in steps {
+            match step {
+                Step::Act(player, action) => {
+                    let payload = serde_json::to_value(&action).unwrap();
+                    land.action(PLAYERS[player], payload["name"].as_str().unwrap(), payload.get("payload").cloned().unwrap_or(Value::Null));
+                }
+                Step::Snapshot(player) => land.request_sync(PLAYERS[player]),
+                Step::Reconnect(player) => {
+                    land.disconnect(PLAYERS[player]);
+                    land.join(PLAYERS[player]).unwrap();
+                }
+            }
+            fold(&mut land, &mut states)?;
+        }
+        for player in PLAYERS {
+            let mirror = states[player].0.clone();
+            land.request_sync(player);
+            fold(&mut land, &mut states)?;
+            prop_assert_eq!(&mirror, &states[player].0);
+        }
+    }
+}
