@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
+use matchplane_contracts::provisioning::Capacity;
 use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
 use matchplane_runtime::counter::Counter;
 use matchplane_runtime::{
-    Authenticator, ConnectionLimits, DevAuthenticator, GameServer, GameServerConfig, LandRegistry,
+    Authenticator, ConnectionLimits, DevAuthenticator, GameServer, GameServerConfig,
+    JwksAuthenticator, JwksSettings, LandRegistry, ProvisioningAgent, ProvisioningSettings,
 };
 
 /// Land types this binary can host, in `--lands` spelling.
@@ -19,6 +21,8 @@ const BUILT_IN_LANDS: [&str; 2] = ["hero-defense", "counter"];
 pub enum AuthMode {
     /// Development only: trust `?playerId=` (and `?landId=`) from the query string.
     None,
+    /// Admit only match tokens signed by a key the control plane publishes (its JWKS).
+    Jwks,
 }
 
 #[derive(Debug, Args)]
@@ -39,9 +43,65 @@ pub struct GameServerArgs {
     #[arg(long, value_delimiter = ',', default_values_t = BUILT_IN_LANDS.map(str::to_owned))]
     pub lands: Vec<String>,
 
-    /// How players are admitted.
-    #[arg(long, value_enum, default_value_t = AuthMode::None)]
-    pub auth: AuthMode,
+    /// How players are admitted: `jwks` (default with --control-plane-url) or `none` (development).
+    #[arg(long, env = "MATCHPLANE_GAME_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// Control plane to register with and to fetch the JWKS from, e.g. http://127.0.0.1:3000.
+    #[arg(long, env = "MATCHPLANE_CONTROL_PLANE_URL")]
+    pub control_plane_url: Option<String>,
+
+    /// Client-facing host clients should connect to (e.g. the load balancer); default: the bind address.
+    #[arg(long, env = "MATCHPLANE_CONNECT_HOST")]
+    pub connect_host: Option<String>,
+
+    /// Client-facing port (e.g. the load balancer's); default: the bound port.
+    #[arg(long, env = "MATCHPLANE_CONNECT_PORT")]
+    pub connect_port: Option<u16>,
+
+    /// Client-facing scheme, `ws` or `wss`; default: `wss` on port 443, else `ws`.
+    #[arg(long, env = "MATCHPLANE_CONNECT_SCHEME")]
+    pub connect_scheme: Option<String>,
+
+    /// Path prefix the load balancer maps to this server (e.g. `/gs/1`), for several servers behind one entry.
+    #[arg(long, env = "MATCHPLANE_CONNECT_PATH_PREFIX")]
+    pub connect_path_prefix: Option<String>,
+
+    /// Region reported to the control plane.
+    #[arg(long, env = "MATCHPLANE_REGION")]
+    pub region: Option<String>,
+
+    /// Most lands this server runs at once (reported as capacity).
+    #[arg(long, env = "MATCHPLANE_MAX_LANDS", default_value_t = 1000)]
+    pub max_lands: u32,
+
+    /// Most players this server holds at once (reported as capacity).
+    #[arg(long, env = "MATCHPLANE_MAX_PLAYERS", default_value_t = 10_000)]
+    pub max_players: u32,
+
+    /// How often to heartbeat the control plane with fresh load.
+    #[arg(long, env = "MATCHPLANE_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = crate::duration::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// On SIGTERM with a control plane: how long running lands may finish before the server deregisters and exits.
+    #[arg(long, env = "MATCHPLANE_DRAIN_TIMEOUT", default_value = "30s", value_parser = crate::duration::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Expected match-token issuer (`iss`).
+    #[arg(long, env = "MATCHPLANE_ISSUER", default_value = "matchplane")]
+    pub issuer: String,
+
+    /// Expected match-token audience (`aud`).
+    #[arg(long, env = "MATCHPLANE_AUDIENCE", default_value = "matchplane-game")]
+    pub audience: String,
+
+    /// Least time between JWKS refetches caused by tokens with an unknown key id.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+    pub jwks_refetch_cooldown: Duration,
+
+    /// How often the JWKS is refreshed so rotated-out keys stop being trusted.
+    #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
+    pub jwks_refresh: Duration,
 
     /// Per land type configuration: `hero-defense=quick`, or a JSON object of overrides
     /// such as `hero-defense={"waves":3,"baseHp":5}`. Repeatable.
@@ -115,10 +175,29 @@ fn registry(args: &GameServerArgs) -> anyhow::Result<LandRegistry> {
 
 pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
     let registry = registry(&args)?;
-    let auth: Arc<dyn Authenticator> = match args.auth {
+    let auth_mode = args.auth.unwrap_or(if args.control_plane_url.is_some() {
+        AuthMode::Jwks
+    } else {
+        AuthMode::None
+    });
+    let auth: Arc<dyn Authenticator> = match auth_mode {
         AuthMode::None => {
             tracing::warn!("--auth none: anyone can join as any player; use for development only");
             Arc::new(DevAuthenticator)
+        }
+        AuthMode::Jwks => {
+            let Some(url) = &args.control_plane_url else {
+                bail!("--auth jwks needs --control-plane-url to fetch the keys from");
+            };
+            let mut settings = JwksSettings::new(url.clone());
+            settings.issuer = args.issuer.clone();
+            settings.audience = args.audience.clone();
+            settings.refetch_cooldown = args.jwks_refetch_cooldown;
+            settings.refresh_every = args.jwks_refresh;
+            let verifier = Arc::new(JwksAuthenticator::new(settings));
+            // Keys are fetched now when the control plane is up, else on the first token.
+            verifier.spawn_refresher();
+            verifier
         }
     };
     let mut config = GameServerConfig {
@@ -142,8 +221,46 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let lands: Vec<&str> = server.manager().registry().names().collect();
     tracing::info!(%addr, server_id = server.server_id(), lands = ?lands, "game server listening");
+
+    let agent = args.control_plane_url.as_ref().map(|url| {
+        Arc::new(ProvisioningAgent::new(
+            ProvisioningSettings {
+                control_plane_url: url.clone(),
+                server_id: server.server_id().to_owned(),
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                connect_host: args.connect_host.clone(),
+                connect_port: args.connect_port,
+                connect_scheme: args.connect_scheme.clone(),
+                connect_path_prefix: args.connect_path_prefix.clone(),
+                region: args.region.clone(),
+                capacity: Capacity {
+                    max_lands: Some(args.max_lands),
+                    max_players: Some(args.max_players),
+                },
+                heartbeat_interval: args.heartbeat_interval,
+            },
+            server.manager().clone(),
+        ))
+    });
+    let heartbeats = agent.as_ref().map(ProvisioningAgent::spawn);
+    let drain_timeout = args.drain_timeout;
+    // With a control plane, SIGTERM first drains (no new lands, running ones
+    // finish, then deregister); the server then closes whatever is left.
+    let shutdown = async move {
+        crate::signals::shutdown_signal().await;
+        if let Some(heartbeats) = heartbeats {
+            heartbeats.abort();
+        }
+        if let Some(agent) = agent {
+            tracing::info!(?drain_timeout, "draining before shutdown");
+            if !agent.drain(drain_timeout).await {
+                tracing::warn!("drain timeout reached with lands still running");
+            }
+        }
+    };
     server
-        .serve(listener, crate::signals::shutdown_signal())
+        .serve(listener, shutdown)
         .await
         .context("game server failed")?;
     tracing::info!("game server stopped");
@@ -171,7 +288,8 @@ mod tests {
     fn defaults_host_every_built_in_land() {
         let args = parse(&[]);
         assert_eq!(args.lands, vec!["hero-defense", "counter"]);
-        assert_eq!(args.auth, AuthMode::None);
+        assert_eq!(args.auth, None);
+        assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
         let registry = registry(&args).unwrap();
         assert_eq!(
             registry.names().collect::<Vec<_>>(),

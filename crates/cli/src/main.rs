@@ -36,7 +36,7 @@ enum Command {
     /// Run the control plane (queue, matchmaking, registry, tokens, JWKS).
     ControlPlane(Box<control_plane::ControlPlaneArgs>),
     /// Run a game server hosting the built-in lands.
-    GameServer(game_server::GameServerArgs),
+    GameServer(Box<game_server::GameServerArgs>),
     /// Run a control plane, a game server and bots playing hero-defense, in one command.
     Demo(demo::DemoArgs),
     /// Drive the real journey against a running control plane and report latencies.
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(*args).await,
-            Command::GameServer(args) => game_server::run(args).await,
+            Command::GameServer(args) => game_server::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Loadtest(args) => loadtest::run(args).await,
         }

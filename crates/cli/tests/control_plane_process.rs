@@ -2,67 +2,25 @@
 //! and restart on the same data dir), graceful SIGTERM and offline key rotation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_matchplane");
+use support::{BIN, Proc};
 
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-/// Starts the binary and waits for its "listening" log line to learn the port.
 async fn start(data_dir: &Path) -> Proc {
-    let mut child = Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "control-plane",
-            "--port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn matchplane");
-    let stderr = child.stderr.take().expect("stderr");
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut addr_tx = Some(addr_tx);
-        // Keep draining so the child never blocks on a full pipe.
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == "control plane listening"
-                && let Some(tx) = addr_tx.take()
-            {
-                let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-        .await
-        .expect("control plane logs its address in time")
-        .expect("address line");
-    assert!(
-        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
-        "bound address {addr}"
-    );
-    Proc {
-        child,
-        base: format!("http://{addr}"),
-    }
+    let args = vec![
+        "control-plane".to_owned(),
+        "--port".to_owned(),
+        "0".to_owned(),
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+    ];
+    support::spawn(&args, "control plane listening").await
 }
 
 async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
@@ -143,33 +101,33 @@ async fn register(base: &str) {
 async fn nothing_acknowledged_is_lost_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let first = start(dir.path()).await;
-    register(&first.base).await;
-    let alice = enqueue(&first.base, "hero-defense:1v1", "alice").await;
-    let bob = enqueue(&first.base, "hero-defense:1v1", "bob").await;
-    let alice_assignment = wait_assigned(&first.base, &alice).await;
-    let bob_assignment = wait_assigned(&first.base, &bob).await;
-    let jwks_before = get(&first.base, "/.well-known/jwks.json").await;
+    register(&first.http()).await;
+    let alice = enqueue(&first.http(), "hero-defense:1v1", "alice").await;
+    let bob = enqueue(&first.http(), "hero-defense:1v1", "bob").await;
+    let alice_assignment = wait_assigned(&first.http(), &alice).await;
+    let bob_assignment = wait_assigned(&first.http(), &bob).await;
+    let jwks_before = get(&first.http(), "/.well-known/jwks.json").await;
     // Waiting tickets (a 2v2 needs 4 players), acknowledged just before the crash.
     let mut waiting = Vec::new();
     for player in ["w1", "w2", "w3"] {
-        waiting.push(enqueue(&first.base, "hero-defense:2v2", player).await);
+        waiting.push(enqueue(&first.http(), "hero-defense:2v2", player).await);
     }
     let mut first = first;
     first.child.kill().await.expect("SIGKILL");
 
     let second = start(dir.path()).await;
     for ticket in &waiting {
-        let status = get(&second.base, &format!("/v1/matchmaking/status/{ticket}")).await;
+        let status = get(&second.http(), &format!("/v1/matchmaking/status/{ticket}")).await;
         assert_eq!(status["status"], "queued", "{status}");
     }
-    let again = get(&second.base, &format!("/v1/matchmaking/status/{alice}")).await;
+    let again = get(&second.http(), &format!("/v1/matchmaking/status/{alice}")).await;
     assert_eq!(again["status"], "assigned");
     assert_eq!(again["assignment"], alice_assignment);
-    let again = get(&second.base, &format!("/v1/matchmaking/status/{bob}")).await;
+    let again = get(&second.http(), &format!("/v1/matchmaking/status/{bob}")).await;
     assert_eq!(again["assignment"], bob_assignment);
 
     // Same key after restart: the old token verifies against the new process's JWKS.
-    let jwks_after = get(&second.base, "/.well-known/jwks.json").await;
+    let jwks_after = get(&second.http(), "/.well-known/jwks.json").await;
     assert_eq!(jwks_after, jwks_before);
     let claims = verify(
         &jwks_after,
@@ -178,10 +136,10 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
     assert_eq!(claims["sub"], "alice");
 
     // The queued tickets are matched after the restart (the registration survived too).
-    let fourth = enqueue(&second.base, "hero-defense:2v2", "w4").await;
-    let land = wait_assigned(&second.base, &fourth).await["landId"].clone();
+    let fourth = enqueue(&second.http(), "hero-defense:2v2", "w4").await;
+    let land = wait_assigned(&second.http(), &fourth).await["landId"].clone();
     for ticket in &waiting {
-        assert_eq!(wait_assigned(&second.base, ticket).await["landId"], land);
+        assert_eq!(wait_assigned(&second.http(), ticket).await["landId"], land);
     }
 }
 
@@ -189,20 +147,12 @@ async fn nothing_acknowledged_is_lost_across_sigkill() {
 async fn sigterm_shuts_down_gracefully_and_rotate_key_works_offline() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = start(dir.path()).await;
-    let kid_before = get(&first.base, "/health").await["currentKid"]
+    let kid_before = get(&first.http(), "/health").await["currentKid"]
         .as_str()
         .unwrap()
         .to_owned();
-    let pid = first.child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), first.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    first.sigterm();
+    let exit = first.wait_exit(Duration::from_secs(20)).await;
     assert!(exit.success(), "exit status {exit}");
 
     let output = tokio::process::Command::new(BIN)
@@ -221,10 +171,10 @@ async fn sigterm_shuts_down_gracefully_and_rotate_key_works_offline() {
 
     let second = start(dir.path()).await;
     assert_eq!(
-        get(&second.base, "/health").await["currentKid"],
+        get(&second.http(), "/health").await["currentKid"],
         new_kid.as_str()
     );
-    let kids: Vec<Value> = get(&second.base, "/.well-known/jwks.json").await["keys"]
+    let kids: Vec<Value> = get(&second.http(), "/.well-known/jwks.json").await["keys"]
         .as_array()
         .unwrap()
         .iter()

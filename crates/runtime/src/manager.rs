@@ -18,8 +18,9 @@ use crate::land::{CreateInfo, Land, LandSettings};
 
 /// Commands a keeper may have queued before connections feel backpressure.
 const KEEPER_MAILBOX: usize = 1024;
-/// How long the id of a land that closed itself is refused, so late joiners of a finished
-/// match get 4409 instead of silently starting a new game under the same id.
+/// How long the id of a land that is gone is refused, so late joiners of a finished
+/// match get 4409 instead of silently starting a new game under the same id. Longer
+/// than a match token lives (60 s by default).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 /// A join bounced by disposing lands this many times in a row is refused.
 const JOIN_ATTEMPTS: usize = 3;
@@ -153,6 +154,8 @@ impl LandStats {
 
 struct LandEntry {
     land_type: String,
+    /// Created for a match (from a match token): its id must never come back.
+    for_match: bool,
     generation: u64,
     commands: mpsc::Sender<KeeperCommand>,
     stats: Arc<LandStats>,
@@ -178,14 +181,22 @@ impl ManagerInner {
     /// and must not be removed by a stale keeper.
     pub(crate) fn remove_land(&self, land_id: &str, generation: u64, closed_by_land: bool) {
         let mut lands = self.lands.lock();
+        let mut for_match = false;
         if lands
             .live
             .get(land_id)
             .is_some_and(|entry| entry.generation == generation)
         {
-            lands.live.remove(land_id);
+            for_match = lands
+                .live
+                .remove(land_id)
+                .is_some_and(|entry| entry.for_match);
         }
-        if closed_by_land {
+        // A land that closed itself stays refused for a while, and so does any
+        // land of a match however it ended (disposed when empty, shut down):
+        // a match token names exactly one land and must not silently start a
+        // fresh game under that id. Development rooms may be reopened once empty.
+        if closed_by_land || for_match {
             let now = Instant::now();
             lands
                 .closed
@@ -453,6 +464,7 @@ impl LandManager {
             admission.land_id.clone(),
             LandEntry {
                 land_type: land_type.to_owned(),
+                for_match: admission.match_id.is_some(),
                 generation,
                 commands: commands.clone(),
                 stats,

@@ -4,9 +4,10 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, TestServer, closed, leave, test_limits};
+use common::{Client, TestServer, closed, leave, read_message, test_limits};
 use matchplane_contracts::game::{ClientMessage, Ping, ServerMessage, close_code, error_code};
 use matchplane_runtime::counter::Counter;
 use matchplane_runtime::{
@@ -440,5 +441,50 @@ async fn draining_refuses_new_players_but_keeps_lands_running() {
             .wait_until_empty(Duration::from_millis(10))
             .await
     );
+    server.shutdown().await.unwrap();
+}
+
+/// Admits like `--auth none` but marks every land as a match's (as a match
+/// token would), so its id must never be reused.
+struct MatchAuth;
+
+#[async_trait::async_trait]
+impl matchplane_runtime::Authenticator for MatchAuth {
+    async fn authenticate(
+        &self,
+        request: &matchplane_runtime::AdmissionRequest<'_>,
+    ) -> Result<matchplane_runtime::Admission, matchplane_runtime::Rejection> {
+        let mut admission = matchplane_runtime::DevAuthenticator
+            .authenticate(request)
+            .await?;
+        admission.match_id = Some("match-1".into());
+        Ok(admission)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_match_land_that_is_gone_cannot_be_reopened() {
+    let server = TestServer::start_with_auth(
+        counter_registry(counter_settings()),
+        test_limits(),
+        Arc::new(MatchAuth),
+    )
+    .await;
+    let ann = server.connect("counter", "counter:m1", "ann").await;
+    leave(ann).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        server.server.manager().load().lands,
+        0,
+        "disposed when empty"
+    );
+    // The same land id (e.g. a still-valid token) is refused, not reopened.
+    let mut socket = Client::open(&server.url("counter", "landId=counter:m1&playerId=ann")).await;
+    let refused = read_message(&mut socket).await;
+    assert!(
+        matches!(&refused, Some(ServerMessage::Error(error)) if error.code == "land_closed"),
+        "{refused:?}"
+    );
+    assert_eq!(server.server.manager().load().lands, 0);
     server.shutdown().await.unwrap();
 }

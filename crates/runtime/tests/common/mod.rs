@@ -37,12 +37,20 @@ impl TestServer {
     }
 
     pub async fn start_with(registry: LandRegistry, limits: ConnectionLimits) -> Self {
+        Self::start_with_auth(registry, limits, Arc::new(DevAuthenticator)).await
+    }
+
+    pub async fn start_with_auth(
+        registry: LandRegistry,
+        limits: ConnectionLimits,
+        auth: Arc<dyn matchplane_runtime::Authenticator>,
+    ) -> Self {
         let config = GameServerConfig {
             server_id: "test-server".into(),
             limits,
             shutdown_timeout: Duration::from_secs(5),
         };
-        let server = GameServer::new(registry, Arc::new(DevAuthenticator), config);
+        let server = GameServer::new(registry, auth, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
