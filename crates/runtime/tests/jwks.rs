@@ -1,0 +1,145 @@
+//! The JWKS verifier against a stand-in control plane that counts fetches.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{EncodingKey, Header};
+use matchplane_runtime::{AdmissionRequest, Authenticator, JwksAuthenticator, JwksSettings};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use serde_json::{Value, json};
+
+struct Key {
+    pem: String,
+    jwk: Value,
+}
+
+fn key(kid: &str) -> Key {
+    let signing = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let point = signing.verifying_key().to_encoded_point(false);
+    Key {
+        pem: signing.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}),
+    }
+}
+
+fn token(key: &Key, kid: &str, land_id: &str) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let claims = json!({"iss": "matchplane", "aud": "matchplane-game", "sub": "p1", "playerId": "p1",
+        "members": ["p1"], "assignmentId": "a1", "landId": land_id, "landType": "counter", "serverId": "s",
+        "iat": exp - 60, "exp": exp, "jti": "a1", "matchId": "m1", "roster": [["p1"]]});
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_pem(key.pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Serves `keys` as a JWKS and counts the requests.
+async fn stand_in(keys: Arc<parking_lot::Mutex<Vec<Value>>>, hits: Arc<AtomicUsize>) -> String {
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        get(move || {
+            let keys = Arc::clone(&keys);
+            let hits = Arc::clone(&hits);
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"keys": keys.lock().clone()}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn admit(verifier: &JwksAuthenticator, token: &str, land_id: &str) -> Result<String, u16> {
+    let query = HashMap::from([("token".to_owned(), token.to_owned())]);
+    let request = AdmissionRequest {
+        land_type: "counter",
+        land_id: Some(land_id),
+        query: &query,
+    };
+    verifier
+        .authenticate(&request)
+        .await
+        .map(|admission| admission.player_id)
+        .map_err(|rejection| rejection.close_code)
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_at_most_once_per_cooldown_and_rotations_are_picked_up() {
+    let first = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![first.jwk.clone()]));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let url = stand_in(Arc::clone(&keys), Arc::clone(&hits)).await;
+    let mut settings = JwksSettings::new(url);
+    settings.refetch_cooldown = Duration::from_millis(300);
+    let verifier = JwksAuthenticator::new(settings);
+
+    // First token: cache empty → one fetch, admitted; the token's claims hold.
+    assert_eq!(
+        admit(&verifier, &token(&first, "k1", "counter:1"), "counter:1").await,
+        Ok("p1".to_owned())
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Cached: no more fetches.
+    assert_eq!(
+        admit(&verifier, &token(&first, "k1", "counter:1"), "counter:1").await,
+        Ok("p1".to_owned())
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // A flood of tokens with unknown kids costs at most one fetch per cooldown.
+    let forger = key("evil");
+    for attempt in 0..20 {
+        let kid = format!("evil-{attempt}");
+        assert_eq!(
+            admit(&verifier, &token(&forger, &kid, "counter:1"), "counter:1").await,
+            Err(4401)
+        );
+    }
+    assert!(
+        hits.load(Ordering::SeqCst) <= 2,
+        "hits: {}",
+        hits.load(Ordering::SeqCst)
+    );
+
+    // The control plane rotates: once the cooldown has passed the new kid is fetched.
+    let second = key("k2");
+    keys.lock().push(second.jwk.clone());
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        admit(&verifier, &token(&second, "k2", "counter:2"), "counter:2").await,
+        Ok("p1".to_owned())
+    );
+
+    // Keys the control plane stops publishing stop being trusted after a refresh.
+    keys.lock().retain(|jwk| jwk["kid"] == "k2");
+    verifier.refresh().await.unwrap();
+    assert_eq!(verifier.cached_keys(), 1);
+    assert_eq!(
+        admit(&verifier, &token(&first, "k1", "counter:1"), "counter:1").await,
+        Err(4401)
+    );
+    // A token for another land than the one asked for is forbidden.
+    assert_eq!(
+        admit(&verifier, &token(&second, "k2", "counter:2"), "counter:3").await,
+        Err(4403)
+    );
+}
