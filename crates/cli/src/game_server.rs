@@ -71,11 +71,11 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_REGION")]
     pub region: Option<String>,
 
-    /// Most lands this server runs at once (reported as capacity).
+    /// Most lands this server should run at once (reported as capacity; the control plane allocates no more).
     #[arg(long, env = "MATCHPLANE_MAX_LANDS", default_value_t = 1000)]
     pub max_lands: u32,
 
-    /// Most players this server holds at once (reported as capacity).
+    /// Most players this server should hold at once (reported as capacity).
     #[arg(long, env = "MATCHPLANE_MAX_PLAYERS", default_value_t = 10_000)]
     pub max_players: u32,
 
