@@ -84,7 +84,7 @@ struct ServeArgs {
     max_members: usize,
     /// A proxy (IP or CIDR) whose X-Forwarded-For names the real client; repeatable or comma-separated.
     #[arg(long = "trusted-proxy", env = "MATCHPLANE_TRUSTED_PROXY", value_delimiter = ',',
-        value_parser = matchplane_control_plane::client_ip::TrustedProxies::parse_entry)]
+        value_parser = matchplane_contracts::forwarded::TrustedProxies::parse_entry)]
     trusted_proxies: Vec<ipnet::IpNet>,
 }
 

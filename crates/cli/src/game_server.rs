@@ -99,6 +99,11 @@ pub struct GameServerArgs {
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub jwks_refetch_cooldown: Duration,
 
+    /// A load balancer (IP or CIDR) whose X-Forwarded-For names the real client; repeatable or comma-separated.
+    #[arg(long = "trusted-proxy", env = "MATCHPLANE_TRUSTED_PROXY", value_delimiter = ',',
+        value_parser = matchplane_contracts::forwarded::TrustedProxies::parse_entry)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// How often the JWKS is refreshed so rotated-out keys stop being trusted.
     #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
     pub jwks_refresh: Duration,
@@ -209,6 +214,9 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
             ..ConnectionLimits::default()
         },
         shutdown_timeout: args.shutdown_timeout,
+        trusted_proxies: matchplane_contracts::forwarded::TrustedProxies::new(
+            args.trusted_proxies.clone(),
+        ),
         ..GameServerConfig::default()
     };
     if let Some(server_id) = args.server_id.clone() {

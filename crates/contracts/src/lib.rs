@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod forwarded;
 pub mod game;
 pub mod jwks;
 pub mod matchmaking;

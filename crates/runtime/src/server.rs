@@ -6,11 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use matchplane_contracts::forwarded::TrustedProxies;
 use matchplane_contracts::game::{AdminLands, GameServerHealth};
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
 use crate::manager::{LandManager, LandRegistry};
@@ -23,6 +28,8 @@ pub struct GameServerConfig {
     pub limits: ConnectionLimits,
     /// How long shutdown waits for lands to say goodbye before the process exits anyway.
     pub shutdown_timeout: Duration,
+    /// Load balancers whose `X-Forwarded-For` names the real client (for logs).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for GameServerConfig {
@@ -31,6 +38,7 @@ impl Default for GameServerConfig {
             server_id: format!("game-{}", uuid::Uuid::new_v4().simple()),
             limits: ConnectionLimits::default(),
             shutdown_timeout: Duration::from_secs(10),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -107,7 +115,10 @@ impl GameServer {
             }
             let _ = stopped_tx.send(());
         });
-        axum::serve(listener, self.router())
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stopped_rx.await;
             })
@@ -119,13 +130,35 @@ async fn game_socket(
     State(shared): State<Arc<Shared>>,
     Path(land_type): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    extensions: Extensions,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let hard_limit = transport::hard_frame_limit(&shared.config.limits);
+    // Every log line of the connection carries the client's address (through a
+    // trusted load balancer: from X-Forwarded-For). Servers embedded without
+    // connect info log the address as unknown.
+    let client_ip = extensions.get::<ConnectInfo<SocketAddr>>().map(|info| {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok());
+        shared
+            .config
+            .trusted_proxies
+            .client_ip(info.0.ip(), forwarded)
+    });
+    let span = tracing::info_span!(
+        "game_socket",
+        client_ip = %client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
+        land_type = %land_type,
+    );
     upgrade
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| transport::serve_connection(socket, shared, land_type, query))
+        .on_upgrade(move |socket| {
+            transport::serve_connection(socket, shared, land_type, query).instrument(span)
+        })
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

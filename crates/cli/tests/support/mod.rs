@@ -71,11 +71,16 @@ impl Proc {
 /// Starts `matchplane <args>` and waits for the log line `listening_message`
 /// carrying the bound `addr`.
 pub async fn spawn(args: &[String], listening_message: &str) -> Proc {
+    spawn_logging(args, listening_message, "info").await
+}
+
+/// Like [`spawn`] with a `RUST_LOG` filter of the caller's choice.
+pub async fn spawn_logging(args: &[String], listening_message: &str, filter: &str) -> Proc {
     let mut child = Command::new(BIN)
         .arg("--log-format")
         .arg("json")
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

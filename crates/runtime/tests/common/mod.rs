@@ -49,6 +49,7 @@ impl TestServer {
             server_id: "test-server".into(),
             limits,
             shutdown_timeout: Duration::from_secs(5),
+            ..GameServerConfig::default()
         };
         let server = GameServer::new(registry, auth, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

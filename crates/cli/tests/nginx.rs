@@ -1,0 +1,351 @@
+//! Single entry through a real nginx: `/match/*` → control plane, `/gs/{n}/game/*`
+//! → the game server the control plane chose, and the seed's one-server form.
+//! Every client request goes through the load balancer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+use tokio::process::{Child, Command};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+struct Nginx {
+    _child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Nginx {
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+fn nginx_binary() -> PathBuf {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .expect("nginx is not installed; scripts/test installs it (apt-get install nginx-light)")
+}
+
+/// Renders deploy/nginx with the repository's own script and starts nginx in the foreground.
+async fn start_nginx(port: u16, render_args: &[String]) -> Nginx {
+    let dir = tempfile::tempdir().unwrap();
+    let render = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/render");
+    let mut args = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
+    args.extend_from_slice(render_args);
+    let output = std::process::Command::new(&render)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "render: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(dir.path().join("matchplane.conf"), &output.stdout).unwrap();
+    let d = dir.path().display();
+    let main = format!(
+        "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           include {d}/matchplane.conf;\n}}\n"
+    );
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, main).unwrap();
+    let child = Command::new(nginx_binary())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let nginx = Nginx {
+        _child: child,
+        dir,
+        port,
+    };
+    // Ready once the control plane answers through it.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if let Ok(response) = reqwest::get(format!("{}/match/health", nginx.base())).await
+            && response.status().is_success()
+        {
+            return nginx;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nginx never proxied /match/health"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_live(lb: &str, ids: &[&str]) {
+    wait_servers(lb, WITHIN, |servers| {
+        ids.iter().all(|id| {
+            servers
+                .iter()
+                .any(|s| s["serverId"] == *id && s["state"] == "live")
+        })
+    })
+    .await;
+}
+
+/// One player's journey through the LB: enqueue, push, join, one action.
+async fn play(lb: &Nginx, player: &str, queue: &str) -> (Value, Socket) {
+    let ticket = enqueue(
+        &format!("{}/match", lb.base()),
+        json!({"queueKey": queue, "members": [player]}),
+    )
+    .await;
+    let mut push = ws(&format!(
+        "ws://127.0.0.1:{}/match/realtime?ticketId={ticket}",
+        lb.port
+    ))
+    .await;
+    let assignment = next_of(&mut push, "match.assigned").await["data"]["assignment"].clone();
+    let url = join_url(&assignment, player);
+    assert!(
+        url.starts_with(&format!("ws://127.0.0.1:{}/", lb.port)),
+        "connectUrl points at the LB, not past it: {url}"
+    );
+    let mut game = ws(&url).await;
+    let joined = next_of(&mut game, "join.ok").await;
+    assert_eq!(joined["data"]["playerId"], player);
+    send(
+        &mut game,
+        json!({"type": "action", "v": 1, "data": {"requestId": "1", "name": "increment"}}),
+    )
+    .await;
+    let result = next_of(&mut game, "action.result").await;
+    assert_eq!(result["data"]["ok"], true);
+    (assignment, game)
+}
+
+async fn lands_on(server: &Proc) -> Vec<Value> {
+    let (status, body) = get(&format!("{}/admin/lands", server.http())).await;
+    assert_eq!(status, 200);
+    body["lands"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn several_game_servers_behind_one_entry() {
+    let cp = spawn_logging(
+        &args(&[
+            "control-plane",
+            "--port",
+            "0",
+            "--ephemeral",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ]),
+        "control plane listening",
+        "info,matchplane_control_plane::client_ip=debug",
+    )
+    .await;
+    let lb_port = free_port();
+    let port = lb_port.to_string();
+    let gs1 = game_server(
+        &cp.http(),
+        &[
+            "--server-id",
+            "gs-1",
+            "--connect-host",
+            "127.0.0.1",
+            "--connect-port",
+            &port,
+            "--connect-path-prefix",
+            "/gs/1",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    let gs2 = game_server(
+        &cp.http(),
+        &[
+            "--server-id",
+            "gs-2",
+            "--connect-host",
+            "127.0.0.1",
+            "--connect-port",
+            &port,
+            "--connect-path-prefix",
+            "/gs/2",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
+    )
+    .await;
+    let lb = start_nginx(
+        lb_port,
+        &args(&[
+            "--control-plane",
+            &cp.addr,
+            "--prefixed",
+            &format!("1={}", gs1.addr),
+            "--prefixed",
+            &format!("2={}", gs2.addr),
+        ]),
+    )
+    .await;
+    let lb_match = format!("{}/match", lb.base());
+    wait_live(&lb_match, &["gs-1", "gs-2"]).await;
+
+    // JWKS through the LB.
+    let (status, jwks) = get(&format!("{lb_match}/.well-known/jwks.json")).await;
+    assert_eq!(status, 200);
+    assert!(!jwks["keys"].as_array().unwrap().is_empty());
+
+    // Four solo matches; spread placement alternates between the two servers.
+    let mut sockets = Vec::new();
+    let mut placed = Vec::new();
+    for player in ["p1", "p2", "p3", "p4"] {
+        let (assignment, socket) = play(&lb, player, "counter").await;
+        sockets.push(socket);
+        placed.push(assignment);
+    }
+    let servers: std::collections::BTreeSet<&str> = placed
+        .iter()
+        .map(|a| a["serverId"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers.len(), 2, "both servers got lands: {servers:?}");
+    // Each player is seated on exactly the server the control plane named (asked directly).
+    for assignment in &placed {
+        let (server, prefix) = match assignment["serverId"].as_str().unwrap() {
+            "gs-1" => (&gs1, "/gs/1/"),
+            _ => (&gs2, "/gs/2/"),
+        };
+        assert!(
+            assignment["connectUrl"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{}{prefix}game/counter?", lb.port))
+        );
+        let lands = lands_on(server).await;
+        let land = lands
+            .iter()
+            .find(|l| l["landId"] == assignment["landId"])
+            .expect("land on the named server");
+        assert_eq!(land["players"], 1);
+        let other = if std::ptr::eq(server, &gs1) {
+            &gs2
+        } else {
+            &gs1
+        };
+        assert!(
+            lands_on(other)
+                .await
+                .iter()
+                .all(|l| l["landId"] != assignment["landId"])
+        );
+    }
+
+    // The LB's log shows every game socket upgraded through it under its
+    // prefix (nginx writes a socket's line when it closes).
+    drop(sockets);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let log = loop {
+        let log = lb.access_log();
+        let all_logged = placed.iter().all(|assignment| {
+            let land_id = assignment["landId"].as_str().unwrap();
+            log.lines().any(|line| {
+                line.contains(land_id) && line.contains("/gs/") && line.contains(" 101 ")
+            })
+        });
+        if all_logged {
+            break log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "game sockets missing from the access log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(log.contains("GET /match/realtime?ticketId="), "{log}");
+
+    // Unknown prefixes stop at the LB.
+    let (status, _) = get(&format!("{}/gs/9/admin/lands", lb.base())).await;
+    assert_eq!(status, 404);
+
+    // The control plane attributes requests to the client named by the trusted LB.
+    let response = reqwest::Client::new()
+        .get(format!("{lb_match}/health"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let seen = cp
+            .logs
+            .borrow()
+            .iter()
+            .any(|l| l["message"] == "request" && l["client_ip"] == "203.0.113.7");
+        if seen {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request logged with the forwarded client IP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn seed_form_one_game_server_behind_game() {
+    let cp = control_plane(&[]).await;
+    let lb_port = free_port();
+    let port = lb_port.to_string();
+    let gs = game_server(
+        &cp.http(),
+        &[
+            "--server-id",
+            "solo-gs",
+            "--connect-host",
+            "127.0.0.1",
+            "--connect-port",
+            &port,
+        ],
+    )
+    .await;
+    let lb = start_nginx(
+        lb_port,
+        &args(&["--control-plane", &cp.addr, "--game-server", &gs.addr]),
+    )
+    .await;
+    wait_live(&format!("{}/match", lb.base()), &["solo-gs"]).await;
+
+    let (assignment, _socket) = play(&lb, "only", "counter").await;
+    assert!(
+        assignment["connectUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("ws://127.0.0.1:{lb_port}/game/counter?landId=")),
+        "{assignment}"
+    );
+    let lands = lands_on(&gs).await;
+    assert!(lands.iter().any(|l| l["landId"] == assignment["landId"]));
+    // The game server's admin is reachable through the LB too.
+    let (status, body) = get(&format!("{}/admin/lands", lb.base())).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["serverId"], "solo-gs");
+}
