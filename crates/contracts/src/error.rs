@@ -33,6 +33,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     ServerIdRequired,
     InvalidServer,
+    /// The queue's profile does not allow backfill.
+    BackfillDisabled,
     ServerNotFound,
     NotFound,
     MethodNotAllowed,
@@ -64,6 +66,7 @@ impl ErrorCode {
             Self::TicketTooLarge => "TICKET_TOO_LARGE",
             Self::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             Self::ServerIdRequired => "SERVER_ID_REQUIRED",
+            Self::BackfillDisabled => "BACKFILL_DISABLED",
             Self::InvalidServer => "INVALID_SERVER",
             Self::ServerNotFound => "SERVER_NOT_FOUND",
             Self::NotFound => "NOT_FOUND",

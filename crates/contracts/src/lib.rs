@@ -8,6 +8,7 @@ pub mod admin;
 pub mod error;
 pub mod forwarded;
 pub mod game;
+pub mod internal;
 pub mod jwks;
 pub mod matchmaking;
 pub mod provisioning;

@@ -36,6 +36,61 @@ enum Command {
     Enqueued(Box<TicketRecord>),
     Removed(String),
     Waits(oneshot::Sender<BTreeMap<String, QueueWaits>>),
+    Backfill(
+        Box<BackfillJob>,
+        oneshot::Sender<Result<BackfillOutcome, BackfillError>>,
+    ),
+}
+
+/// "Land L on server S has open slots": fill them from queue Q.
+#[derive(Debug, Clone)]
+pub struct BackfillJob {
+    pub queue_key: String,
+    pub land_id: String,
+    pub server_id: String,
+    pub match_id: Option<String>,
+    /// Players already in the land, per team (the tokens' roster grows from it).
+    pub roster: Vec<Vec<String>>,
+    pub request: matchplane_matchmaker::BackfillRequest,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackfillOutcome {
+    pub placed: Vec<BackfillPlacement>,
+    pub quality: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackfillPlacement {
+    pub ticket_id: String,
+    pub members: Vec<String>,
+    pub team: u32,
+    pub assignment_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackfillError {
+    #[error("backfill is not enabled for this queue (profile [queue.backfill] enabled = true)")]
+    Disabled,
+    #[error("no such game server is registered")]
+    UnknownServer,
+    #[error("the land is not of this queue's land type on that server")]
+    WrongLand,
+    #[error("the store is unavailable: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("the matching loop has stopped")]
+    Stopped,
+}
+
+/// Where a set of assignments points.
+struct LandTarget<'a> {
+    land_id: &'a str,
+    land_type: &'a str,
+    server_id: &'a str,
+    connect_url: &'a str,
+    match_id: &'a str,
 }
 
 /// Waits per queue, in milliseconds, for the admin summary.
@@ -67,6 +122,16 @@ impl MatcherHandle {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Waits(reply)).ok()?;
         answer.await.ok()
+    }
+
+    /// Fills open slots of a running land with queued tickets that fit the
+    /// queue's profile; their assignments point at the existing land.
+    pub async fn backfill(&self, job: BackfillJob) -> Result<BackfillOutcome, BackfillError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Backfill(Box::new(job), reply))
+            .map_err(|_| BackfillError::Stopped)?;
+        answer.await.map_err(|_| BackfillError::Stopped)?
     }
 
     /// Tickets the loop currently holds in its pools.
@@ -101,6 +166,11 @@ pub struct MatchLoop {
     no_server_warned_at: HashMap<String, Millis>,
     last_housekeeping: Millis,
 }
+
+type PendingBackfill = (
+    Box<BackfillJob>,
+    oneshot::Sender<Result<BackfillOutcome, BackfillError>>,
+);
 
 /// Commands folded into one matching round, to batch store commits under load.
 const MAX_COMMANDS_PER_ROUND: usize = 4096;
@@ -175,12 +245,18 @@ impl MatchLoop {
 
     async fn handle_commands(&mut self, first: Command) {
         let mut touched = BTreeSet::new();
-        self.apply(first, &mut touched);
+        let mut backfills = Vec::new();
+        self.apply(first, &mut touched, &mut backfills);
         for _ in 1..MAX_COMMANDS_PER_ROUND {
             match self.commands.try_recv() {
-                Ok(command) => self.apply(command, &mut touched),
+                Ok(command) => self.apply(command, &mut touched, &mut backfills),
                 Err(_) => break,
             }
+        }
+        // Running lands first: filling an open slot beats waiting for a new match.
+        for (job, reply) in backfills {
+            let outcome = self.backfill(*job).await;
+            let _ = reply.send(outcome);
         }
         let now = self.clock.now_ms();
         let mut matches = Vec::new();
@@ -190,7 +266,12 @@ impl MatchLoop {
         self.place(matches, now).await;
     }
 
-    fn apply(&mut self, command: Command, touched: &mut BTreeSet<String>) {
+    fn apply(
+        &mut self,
+        command: Command,
+        touched: &mut BTreeSet<String>,
+        backfills: &mut Vec<PendingBackfill>,
+    ) {
         match command {
             Command::Enqueued(ticket) => {
                 let queue_key = ticket.queue_key.clone();
@@ -207,6 +288,7 @@ impl MatchLoop {
             Command::Waits(reply) => {
                 let _ = reply.send(self.waits());
             }
+            Command::Backfill(job, reply) => backfills.push((job, reply)),
         }
     }
 
@@ -478,8 +560,6 @@ impl MatchLoop {
         signer: &Signer,
         now: Millis,
     ) -> Result<MatchCommit, crate::tokens::TokenError> {
-        let match_id = uuid::Uuid::new_v4().to_string();
-        let expires_at = now.saturating_add(duration_ms(self.settings.assignment_ttl));
         let roster: Vec<Vec<String>> = proposed
             .teams
             .iter()
@@ -490,66 +570,202 @@ impl MatchLoop {
                     .collect()
             })
             .collect();
-        let mut assignments = Vec::new();
-        for (team_index, team) in proposed.teams.iter().enumerate() {
-            let team_number = u32::try_from(team_index).unwrap_or(u32::MAX);
-            for id in team {
-                let Some(record) = self.tickets.get(id) else {
-                    continue;
+        let placements: Vec<(TicketId, usize)> = proposed
+            .teams
+            .iter()
+            .enumerate()
+            .flat_map(|(team, ids)| ids.iter().map(move |id| (*id, team)))
+            .collect();
+        let target = LandTarget {
+            land_id: &allocation.land_id,
+            land_type,
+            server_id: &allocation.server_id,
+            connect_url: &allocation.connect_url,
+            match_id: &uuid::Uuid::new_v4().to_string(),
+        };
+        self.mint_assignments(&placements, &target, &roster, signer, now)
+    }
+
+    /// One assignment per ticket (tokens for every member) into one land.
+    fn mint_assignments(
+        &self,
+        placements: &[(TicketId, usize)],
+        target: &LandTarget<'_>,
+        roster: &[Vec<String>],
+        signer: &Signer,
+        now: Millis,
+    ) -> Result<MatchCommit, crate::tokens::TokenError> {
+        let expires_at = now.saturating_add(duration_ms(self.settings.assignment_ttl));
+        let mut assignments = Vec::with_capacity(placements.len());
+        for (id, team) in placements {
+            let Some(record) = self.tickets.get(id) else {
+                continue;
+            };
+            let team_number = u32::try_from(*team).unwrap_or(u32::MAX);
+            let assignment_id = uuid::Uuid::new_v4().to_string();
+            let mut member_tokens = BTreeMap::new();
+            for member in &record.members {
+                let claims = MatchClaims {
+                    iss: self.issuer.issuer.clone(),
+                    aud: self.issuer.audience.clone(),
+                    sub: member.clone(),
+                    player_id: member.clone(),
+                    members: record.members.clone(),
+                    assignment_id: assignment_id.clone(),
+                    land_id: target.land_id.to_owned(),
+                    land_type: target.land_type.to_owned(),
+                    server_id: target.server_id.to_owned(),
+                    iat: now / 1000,
+                    exp: expires_at / 1000,
+                    jti: assignment_id.clone(),
+                    match_id: Some(target.match_id.to_owned()),
+                    team: Some(team_number),
+                    roster: roster.to_vec(),
+                    queue_key: Some(record.queue_key.clone()),
                 };
-                let assignment_id = uuid::Uuid::new_v4().to_string();
-                let mut member_tokens = BTreeMap::new();
-                for member in &record.members {
-                    let claims = MatchClaims {
-                        iss: self.issuer.issuer.clone(),
-                        aud: self.issuer.audience.clone(),
-                        sub: member.clone(),
-                        player_id: member.clone(),
-                        members: record.members.clone(),
-                        assignment_id: assignment_id.clone(),
-                        land_id: allocation.land_id.clone(),
-                        land_type: land_type.to_owned(),
-                        server_id: allocation.server_id.clone(),
-                        iat: now / 1000,
-                        exp: expires_at / 1000,
-                        jti: assignment_id.clone(),
-                        match_id: Some(match_id.clone()),
-                        team: Some(team_number),
-                        roster: roster.clone(),
-                        queue_key: Some(record.queue_key.clone()),
-                    };
-                    member_tokens.insert(member.clone(), signer.sign(&claims)?);
-                }
-                let match_token = record
-                    .members
-                    .first()
-                    .and_then(|first| member_tokens.get(first))
-                    .cloned()
-                    .unwrap_or_default();
-                if record.members.len() < 2 {
-                    // A solo ticket's only token is already `matchToken`.
-                    member_tokens.clear();
-                }
-                assignments.push((
-                    record.ticket_id.clone(),
-                    Assignment {
-                        assignment_id,
-                        match_token,
-                        connect_url: allocation.connect_url.clone(),
-                        land_id: allocation.land_id.clone(),
-                        server_id: allocation.server_id.clone(),
-                        expires_at: format_rfc3339(expires_at),
-                        member_tokens,
-                        match_id: Some(match_id.clone()),
-                        team: Some(team_number),
-                    },
-                ));
+                member_tokens.insert(member.clone(), signer.sign(&claims)?);
             }
+            let match_token = record
+                .members
+                .first()
+                .and_then(|first| member_tokens.get(first))
+                .cloned()
+                .unwrap_or_default();
+            if record.members.len() < 2 {
+                // A solo ticket's only token is already `matchToken`.
+                member_tokens.clear();
+            }
+            assignments.push((
+                record.ticket_id.clone(),
+                Assignment {
+                    assignment_id,
+                    match_token,
+                    connect_url: target.connect_url.to_owned(),
+                    land_id: target.land_id.to_owned(),
+                    server_id: target.server_id.to_owned(),
+                    expires_at: format_rfc3339(expires_at),
+                    member_tokens,
+                    match_id: Some(target.match_id.to_owned()),
+                    team: Some(team_number),
+                },
+            ));
         }
         Ok(MatchCommit {
             assignments,
             assignment_expires_at: expires_at,
         })
+    }
+
+    /// Fills open slots of a running land from the queue (see [`MatcherHandle::backfill`]).
+    async fn backfill(&mut self, job: BackfillJob) -> Result<BackfillOutcome, BackfillError> {
+        let now = self.clock.now_ms();
+        let enabled = self
+            .engine
+            .profile(&job.queue_key)
+            .is_some_and(|profile| profile.backfill.enabled);
+        if !enabled {
+            return Err(BackfillError::Disabled);
+        }
+        let server = self
+            .registry
+            .get(&job.server_id)
+            .ok_or(BackfillError::UnknownServer)?;
+        let land_type = self.engine.land_type(&job.queue_key);
+        if !job.land_id.starts_with(&format!("{land_type}:"))
+            || !server.land_types.contains(&land_type)
+        {
+            return Err(BackfillError::WrongLand);
+        }
+        let Some(found) = self.engine.backfill(&job.queue_key, &job.request, now) else {
+            return Ok(BackfillOutcome::default());
+        };
+        let mut roster = job.roster.clone();
+        for (id, team) in &found.tickets {
+            if let Some(record) = self.tickets.get(id) {
+                if roster.len() <= *team {
+                    roster.resize(team + 1, Vec::new());
+                }
+                roster[*team].extend(record.members.iter().cloned());
+            }
+        }
+        let connect_url = crate::registry::connect_url(&server, &land_type, &job.land_id);
+        let match_id = job
+            .match_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let target = LandTarget {
+            land_id: &job.land_id,
+            land_type: &land_type,
+            server_id: &job.server_id,
+            connect_url: &connect_url,
+            match_id: &match_id,
+        };
+        let signer = self.issuer.signer();
+        let ids: Vec<TicketId> = found.tickets.iter().map(|(id, _)| *id).collect();
+        let requeue_all = |this: &mut Self| {
+            for id in &ids {
+                this.requeue(*id);
+            }
+        };
+        let commit = match self.mint_assignments(&found.tickets, &target, &roster, &signer, now) {
+            Ok(commit) => commit,
+            Err(err) => {
+                requeue_all(self);
+                return Err(BackfillError::Internal(err.to_string()));
+            }
+        };
+        match self.store.commit_matches(vec![commit], now).await {
+            Ok(mut outcomes) => match outcomes.pop() {
+                Some(CommitOutcome::Applied(records)) => {
+                    let mut placed = Vec::with_capacity(records.len());
+                    for (id, _) in &found.tickets {
+                        self.untrack(*id);
+                    }
+                    for record in records {
+                        if let Some(assignment) = record.assignment {
+                            placed.push(BackfillPlacement {
+                                ticket_id: record.ticket_id.clone(),
+                                members: record.members.clone(),
+                                team: assignment.team.unwrap_or_default(),
+                                assignment_id: assignment.assignment_id.clone(),
+                            });
+                            self.events.publish(TicketEvent::Assigned {
+                                ticket_id: record.ticket_id,
+                                assignment: Box::new(assignment),
+                            });
+                        }
+                    }
+                    tracing::info!(land_id = %job.land_id, tickets = placed.len(), "land backfilled");
+                    Ok(BackfillOutcome {
+                        placed,
+                        quality: found.quality,
+                    })
+                }
+                Some(CommitOutcome::Rejected { not_queued }) => {
+                    for id in &ids {
+                        let gone = self
+                            .tickets
+                            .get(id)
+                            .is_none_or(|record| not_queued.contains(&record.ticket_id));
+                        if gone {
+                            self.untrack(*id);
+                        } else {
+                            self.requeue(*id);
+                        }
+                    }
+                    Ok(BackfillOutcome::default())
+                }
+                None => {
+                    requeue_all(self);
+                    Ok(BackfillOutcome::default())
+                }
+            },
+            Err(err) => {
+                metrics::inc(&self.metrics.store_errors);
+                requeue_all(self);
+                Err(BackfillError::Store(err.to_string()))
+            }
+        }
     }
 }
 

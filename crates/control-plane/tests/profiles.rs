@@ -206,3 +206,96 @@ async fn sixty_tickets_in_a_3v3_skill_queue_match_by_the_profile() {
         "every ticket ends assigned ({all} matches); left: {left:?}"
     );
 }
+
+const BACKFILL_PROFILE: &str = r#"
+[[queue]]
+key = "hero-defense:3v3-backfill"
+teams = 2
+team_size = 3
+[queue.skill]
+attribute = "skill"
+window = 100
+widen_per_second = 0
+max_window = 100
+[queue.backfill]
+enabled = true
+"#;
+
+#[tokio::test]
+async fn backfill_fills_open_slots_of_a_running_land() {
+    let mut config = Config::ephemeral_for_tests();
+    config.engine = EngineConfig::from_toml_str(&format!("{PROFILE}\n{BACKFILL_PROFILE}")).unwrap();
+    let h = Harness::start_with(config).await;
+    h.register_server("game-1", "hero-defense").await;
+    let queue = "hero-defense:3v3-backfill";
+    let near_a = h
+        .enqueue(json!({"queueKey": queue, "members": ["n1"], "attributes": {"skill": 1500}}))
+        .await;
+    let near_b = h
+        .enqueue(json!({"queueKey": queue, "members": ["n2"], "attributes": {"skill": 1520}}))
+        .await;
+    let far = h
+        .enqueue(json!({"queueKey": queue, "members": ["f1"], "attributes": {"skill": 2500}}))
+        .await;
+
+    let request = json!({
+        "queueKey": queue, "landId": "hero-defense:running-1", "serverId": "game-1", "matchId": "m-1",
+        "openSlots": [1, 1], "roster": [["a", "b"], ["c", "d"]], "teamSkills": [[1500, 1510], [1490, 1505]]
+    });
+    let (status, reply) = h.post("/v1/internal/backfill", request.clone()).await;
+    assert_eq!(status, 200, "{reply}");
+    let placed = reply["placed"].as_array().unwrap();
+    assert_eq!(placed.len(), 2, "{reply}");
+    let teams: BTreeSet<u64> = placed.iter().map(|p| p["team"].as_u64().unwrap()).collect();
+    assert_eq!(teams, BTreeSet::from([0, 1]), "one per open slot");
+
+    for ticket in [&near_a, &near_b] {
+        let assignment = h.wait_for(ticket, "assigned").await["assignment"].clone();
+        assert_eq!(assignment["landId"], "hero-defense:running-1");
+        assert_eq!(assignment["matchId"], "m-1");
+        assert_eq!(assignment["serverId"], "game-1");
+        assert_eq!(
+            assignment["connectUrl"],
+            "ws://127.0.0.1:9000/game/hero-defense?landId=hero-defense:running-1"
+        );
+        let claims = h.verify(assignment["matchToken"].as_str().unwrap()).await;
+        let roster: BTreeSet<String> = claims.roster.iter().flatten().cloned().collect();
+        let expected: BTreeSet<String> = ["a", "b", "c", "d", "n1", "n2"]
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        assert_eq!(roster, expected, "the roster grows from the land's");
+    }
+    assert_eq!(
+        h.status(&far).await["status"],
+        "queued",
+        "outside the skill window"
+    );
+
+    // Nothing left that fits: an empty answer, not an error.
+    let (status, reply) = h.post("/v1/internal/backfill", request).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["placed"], json!([]));
+
+    let (status, reply) = h
+        .post(
+            "/v1/internal/backfill",
+            json!({"queueKey": "hero-defense:3v3-ranked", "landId": "hero-defense:x", "serverId": "game-1", "openSlots": [1]}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(reply["error"]["code"], "BACKFILL_DISABLED");
+    let (status, reply) = h
+        .post(
+            "/v1/internal/backfill",
+            json!({"queueKey": queue, "landId": "hero-defense:x", "serverId": "ghost", "openSlots": [1]}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(reply["error"]["code"], "SERVER_NOT_FOUND");
+    let (status, reply) = h
+        .post("/v1/internal/backfill", json!({"queueKey": queue}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(reply["error"]["code"], "INVALID_REQUEST");
+}

@@ -10,8 +10,12 @@ use matchplane_contracts::admin::{
 use matchplane_contracts::jwks::JwkSet;
 use serde::Serialize;
 
+use matchplane_contracts::ErrorCode;
+use matchplane_contracts::internal::{BackfillPlaced, BackfillRequest, BackfillResponse};
+
 use super::{ApiError, AppState};
 use crate::clock::duration_ms;
+use crate::matcher::{BackfillError, BackfillJob};
 
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let now = state.clock.now_ms();
@@ -112,6 +116,86 @@ pub async fn queue_summary(State(state): State<AppState>) -> Result<Json<QueueSu
     }))
 }
 
+/// `POST /v1/internal/backfill`: fill open slots of a running land.
+pub async fn backfill(
+    State(state): State<AppState>,
+    body: super::ApiJson<BackfillRequest>,
+) -> Result<Json<BackfillResponse>, ApiError> {
+    let body = body.into_inner();
+    let required = |value: Option<String>, field: &str| {
+        value.filter(|value| !value.is_empty()).ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidRequest, format!("{field} is required"))
+        })
+    };
+    let queue_key = required(body.queue_key, "queueKey")?;
+    let land_id = required(body.land_id, "landId")?;
+    let server_id = required(body.server_id, "serverId")?;
+    if body.open_slots.iter().all(|slots| *slots == 0) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "openSlots must offer at least one slot",
+        ));
+    }
+    if body
+        .team_skills
+        .iter()
+        .flatten()
+        .any(|skill| !skill.is_finite())
+    {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidAttribute,
+            "teamSkills must be finite numbers",
+        ));
+    }
+    let job = BackfillJob {
+        queue_key,
+        land_id: land_id.clone(),
+        server_id,
+        match_id: body.match_id,
+        roster: body.roster,
+        request: matchplane_matchmaker::BackfillRequest {
+            land_id: land_id.clone(),
+            open_slots: body.open_slots,
+            team_skills: body.team_skills,
+            string_args: body.string_args,
+            region: body.region,
+        },
+    };
+    let outcome = state.matcher.backfill(job).await.map_err(|err| match err {
+        BackfillError::Disabled => ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::BackfillDisabled,
+            err.to_string(),
+        ),
+        BackfillError::UnknownServer => {
+            ApiError::not_found(ErrorCode::ServerNotFound, err.to_string())
+        }
+        BackfillError::WrongLand => {
+            ApiError::bad_request(ErrorCode::InvalidRequest, err.to_string())
+        }
+        BackfillError::Store(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            "the ticket store is unavailable; retry shortly",
+        ),
+        BackfillError::Internal(_) | BackfillError::Stopped => ApiError::internal(err.to_string()),
+    })?;
+    Ok(Json(BackfillResponse {
+        land_id,
+        quality: outcome.quality,
+        placed: outcome
+            .placed
+            .into_iter()
+            .map(|placed| BackfillPlaced {
+                ticket_id: placed.ticket_id,
+                members: placed.members,
+                team: placed.team,
+                assignment_id: placed.assignment_id,
+            })
+            .collect(),
+    }))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rotated {
@@ -129,7 +213,7 @@ pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<Rotated>, 
         .map_err(|err| {
             ApiError::new(
                 StatusCode::CONFLICT,
-                matchplane_contracts::ErrorCode::InvalidRequest,
+                ErrorCode::InvalidRequest,
                 err.to_string(),
             )
         })?;

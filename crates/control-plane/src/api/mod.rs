@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/servers", get(admin::servers))
         .route("/v1/admin/queue/summary", get(admin::queue_summary))
         .route("/v1/admin/keys/rotate", post(admin::rotate_key))
+        .route("/v1/internal/backfill", post(admin::backfill))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
