@@ -22,6 +22,9 @@ const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
 /// groupId → ticketId of the group's most recent ticket (for dedup).
 const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("groups");
 const SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("servers");
+/// Finished tickets by `{updated_at:020}:{ticket_id}`, so purging past the
+/// retention is a range scan instead of a walk over every ticket.
+const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("finished");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const SCHEMA_VERSION: u64 = 1;
@@ -119,6 +122,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(TICKETS).map_err(unavailable)?;
         txn.open_table(GROUPS).map_err(unavailable)?;
         txn.open_table(SERVERS).map_err(unavailable)?;
+        txn.open_table(FINISHED).map_err(unavailable)?;
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let version = meta
             .get("schema_version")
@@ -182,6 +186,7 @@ fn apply_batch(
             tickets: txn.open_table(TICKETS).map_err(unavailable)?,
             groups: txn.open_table(GROUPS).map_err(unavailable)?,
             servers: txn.open_table(SERVERS).map_err(unavailable)?,
+            finished: txn.open_table(FINISHED).map_err(unavailable)?,
         };
         for job in batch.iter_mut() {
             // Ops are moved out; a placeholder stays behind that is never read again.
@@ -197,6 +202,11 @@ struct Tables<'txn> {
     tickets: Table<'txn, &'static str, &'static [u8]>,
     groups: Table<'txn, &'static str, &'static str>,
     servers: Table<'txn, &'static str, &'static [u8]>,
+    finished: Table<'txn, &'static str, ()>,
+}
+
+fn finished_key(updated_at: Millis, ticket_id: &str) -> String {
+    format!("{updated_at:020}:{ticket_id}")
 }
 
 impl Tables<'_> {
@@ -245,6 +255,15 @@ impl Tables<'_> {
         self.tickets
             .insert(ticket.ticket_id.as_str(), bytes.as_slice())
             .map_err(unavailable)?;
+        // Tickets only ever leave `queued` once, so each is indexed once.
+        if ticket.status != TicketStatus::Queued {
+            self.finished
+                .insert(
+                    finished_key(ticket.updated_at, &ticket.ticket_id).as_str(),
+                    (),
+                )
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 
@@ -324,25 +343,30 @@ impl Tables<'_> {
     }
 
     fn purge(&mut self, before: Millis) -> Result<u64, StoreError> {
+        let upper = finished_key(before, "");
         let mut doomed = Vec::new();
-        for entry in self.tickets.iter().map_err(unavailable)? {
-            let (key, value) = entry.map_err(unavailable)?;
-            let ticket: TicketRecord = decode(key.value(), value.value())?;
-            if ticket.status != TicketStatus::Queued && ticket.updated_at < before {
-                doomed.push((ticket.ticket_id, ticket.group_id));
-            }
+        for entry in self.finished.range(..upper.as_str()).map_err(unavailable)? {
+            let (key, _) = entry.map_err(unavailable)?;
+            doomed.push(key.value().to_owned());
         }
-        for (ticket_id, group_id) in &doomed {
-            self.tickets
-                .remove(ticket_id.as_str())
-                .map_err(unavailable)?;
+        for key in &doomed {
+            self.finished.remove(key.as_str()).map_err(unavailable)?;
+            let Some((_, ticket_id)) = key.split_once(':') else {
+                continue;
+            };
+            let Some(ticket) = self.get_ticket(ticket_id)? else {
+                continue;
+            };
+            self.tickets.remove(ticket_id).map_err(unavailable)?;
             let group_points_here = self
                 .groups
-                .get(group_id.as_str())
+                .get(ticket.group_id.as_str())
                 .map_err(unavailable)?
                 .is_some_and(|id| id.value() == ticket_id);
             if group_points_here {
-                self.groups.remove(group_id.as_str()).map_err(unavailable)?;
+                self.groups
+                    .remove(ticket.group_id.as_str())
+                    .map_err(unavailable)?;
             }
         }
         Ok(doomed.len() as u64)
@@ -534,5 +558,59 @@ impl Store for RedbStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|db| db.begin_read().map(|_| ()).map_err(unavailable))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(id: &str, group: &str, now: Millis) -> TicketRecord {
+        TicketRecord {
+            ticket_id: id.to_owned(),
+            queue_key: "q".to_owned(),
+            group_id: group.to_owned(),
+            members: vec![format!("{id}-player")],
+            region: None,
+            constraints: None,
+            attributes: BTreeMap::new(),
+            tags: Vec::new(),
+            string_args: BTreeMap::new(),
+            latencies: BTreeMap::new(),
+            status: TicketStatus::Queued,
+            enqueued_at: now,
+            expires_at: now + 600_000,
+            updated_at: now,
+            assignment: None,
+            assignment_expires_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn purge_removes_only_finished_tickets_past_retention() {
+        let store = RedbStore::in_memory().unwrap();
+        for (id, group) in [("old", "g1"), ("recent", "g2"), ("waiting", "g3")] {
+            store
+                .create_ticket(ticket(id, group, 1_000), 1_000)
+                .await
+                .unwrap();
+        }
+        store.cancel_ticket("old", 2_000).await.unwrap();
+        store.cancel_ticket("recent", 9_000).await.unwrap();
+
+        assert_eq!(store.purge_finished(5_000).await.unwrap(), 1);
+        assert!(store.ticket("old").await.unwrap().is_none());
+        assert!(store.ticket("recent").await.unwrap().is_some());
+        assert!(
+            store.ticket("waiting").await.unwrap().is_some(),
+            "queued tickets are never purged"
+        );
+        // The purged ticket's group is free again; a purge with nothing due is a no-op.
+        let again = store
+            .create_ticket(ticket("new", "g1", 10_000), 10_000)
+            .await
+            .unwrap();
+        assert!(matches!(again, CreateOutcome::Created(_)));
+        assert_eq!(store.purge_finished(5_000).await.unwrap(), 0);
     }
 }
