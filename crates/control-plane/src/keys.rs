@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use std::sync::Arc;
+
+use jsonwebtoken::Algorithm;
 use matchplane_contracts::jwks::{Jwk, JwkSet};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use parking_lot::RwLock;
@@ -66,8 +68,6 @@ pub enum KeyError {
         "the signing key PEM is neither a P-256 (ES256) nor an Ed25519 (EdDSA) PKCS#8/SEC1 private key"
     )]
     UnsupportedPem,
-    #[error("cannot use the signing key: {0}")]
-    Jwt(#[from] jsonwebtoken::errors::Error),
     #[error("cannot encode the signing key: {0}")]
     Encode(String),
     #[error("a key given with --signing-key cannot be rotated here; rotate it where it is managed")]
@@ -94,8 +94,29 @@ struct StoredKeyring {
 
 struct LoadedKey {
     stored: StoredKey,
-    encoding: EncodingKey,
+    material: Arc<SigningMaterial>,
     jwk: Jwk,
+}
+
+/// A parsed private key, kept parsed: re-reading PKCS#8 for every token
+/// dominated the cost of minting (see benches/tokens.rs).
+pub enum SigningMaterial {
+    Es256(p256::ecdsa::SigningKey),
+    EdDsa(ed25519_dalek::SigningKey),
+}
+
+impl SigningMaterial {
+    /// The JWS signature of `input` (ES256: `r || s`, 64 bytes; EdDSA: 64 bytes).
+    pub fn sign(&self, input: &[u8]) -> Vec<u8> {
+        use p256::ecdsa::signature::Signer as _;
+        match self {
+            Self::Es256(key) => {
+                let signature: p256::ecdsa::Signature = key.sign(input);
+                signature.to_bytes().to_vec()
+            }
+            Self::EdDsa(key) => key.sign(input).to_bytes().to_vec(),
+        }
+    }
 }
 
 /// The key used to sign new tokens, plus the keys whose tokens may still be live.
@@ -117,7 +138,7 @@ struct Ring {
 pub struct CurrentKey {
     pub kid: String,
     pub algorithm: Algorithm,
-    pub encoding: EncodingKey,
+    pub material: Arc<SigningMaterial>,
 }
 
 const KEYRING_FILE: &str = "keyring.json";
@@ -200,7 +221,7 @@ impl Keyring {
         CurrentKey {
             kid: ring.current.stored.kid.clone(),
             algorithm: ring.current.stored.alg.jwt_algorithm(),
-            encoding: ring.current.encoding.clone(),
+            material: Arc::clone(&ring.current.material),
         }
     }
 
@@ -374,7 +395,7 @@ fn encode_p256(key: &p256::ecdsa::SigningKey) -> Result<String, KeyError> {
 }
 
 fn load_key(mut stored: StoredKey) -> Result<LoadedKey, KeyError> {
-    let (kty, crv, x, y) = match stored.alg {
+    let (kty, crv, x, y, material) = match stored.alg {
         SigningAlgorithm::Es256 => {
             let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&stored.private_pem)
                 .map_err(|_| KeyError::UnsupportedPem)?;
@@ -387,6 +408,7 @@ fn load_key(mut stored: StoredKey) -> Result<LoadedKey, KeyError> {
                 "P-256",
                 URL_SAFE_NO_PAD.encode(x),
                 Some(URL_SAFE_NO_PAD.encode(y)),
+                SigningMaterial::Es256(key),
             )
         }
         SigningAlgorithm::EdDsa => {
@@ -397,16 +419,13 @@ fn load_key(mut stored: StoredKey) -> Result<LoadedKey, KeyError> {
                 "Ed25519",
                 URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
                 None,
+                SigningMaterial::EdDsa(key),
             )
         }
     };
     if stored.kid.is_empty() {
         stored.kid = thumbprint(kty, crv, &x, y.as_deref());
     }
-    let encoding = match stored.alg {
-        SigningAlgorithm::Es256 => EncodingKey::from_ec_pem(stored.private_pem.as_bytes())?,
-        SigningAlgorithm::EdDsa => EncodingKey::from_ed_pem(stored.private_pem.as_bytes())?,
-    };
     let jwk = Jwk {
         kty: kty.to_owned(),
         crv: crv.to_owned(),
@@ -418,7 +437,7 @@ fn load_key(mut stored: StoredKey) -> Result<LoadedKey, KeyError> {
     };
     Ok(LoadedKey {
         stored,
-        encoding,
+        material: Arc::new(material),
         jwk,
     })
 }

@@ -1,15 +1,19 @@
-//! Minting match tokens (JWT) with the keyring's current key.
+//! Minting match tokens (compact JWS / JWT) with the keyring's current key.
+//!
+//! The header and signature are produced here with the parsed key kept by the
+//! keyring; verifiers (the game server, the tests) use `jsonwebtoken`.
 
 use std::sync::Arc;
 
-use jsonwebtoken::Header;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use matchplane_contracts::token::MatchClaims;
 
 use crate::keys::{CurrentKey, Keyring};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot sign a match token: {0}")]
-pub struct TokenError(#[from] jsonwebtoken::errors::Error);
+#[error("cannot encode match-token claims: {0}")]
+pub struct TokenError(#[from] serde_json::Error);
 
 pub struct TokenIssuer {
     keyring: Arc<Keyring>,
@@ -21,7 +25,8 @@ pub struct TokenIssuer {
 /// cannot give one match tokens from two keys.
 pub struct Signer {
     key: CurrentKey,
-    header: Header,
+    /// `base64url(header) + "."`, the same for every token of this key.
+    encoded_header: String,
 }
 
 impl TokenIssuer {
@@ -39,19 +44,25 @@ impl TokenIssuer {
 
     pub fn signer(&self) -> Signer {
         let key = self.keyring.current();
-        let mut header = Header::new(key.algorithm);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some("JWT".to_owned());
-        Signer { key, header }
+        let alg = match key.algorithm {
+            jsonwebtoken::Algorithm::EdDSA => "EdDSA",
+            _ => "ES256",
+        };
+        let header = serde_json::json!({"alg": alg, "kid": key.kid, "typ": "JWT"});
+        let encoded_header = format!("{}.", URL_SAFE_NO_PAD.encode(header.to_string()));
+        Signer { key, encoded_header }
     }
 }
 
 impl Signer {
     pub fn sign(&self, claims: &MatchClaims) -> Result<String, TokenError> {
-        Ok(jsonwebtoken::encode(
-            &self.header,
-            claims,
-            &self.key.encoding,
-        )?)
+        let payload = serde_json::to_vec(claims)?;
+        let mut token = String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 100);
+        token.push_str(&self.encoded_header);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self.key.material.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 }
