@@ -25,6 +25,8 @@ pub enum ErrorCode {
     TooManyFields,
     InvalidAttribute,
     InvalidLatency,
+    /// The queue's profile has region rules and the ticket reports neither latencies nor a region.
+    RegionRequired,
     TicketIdRequired,
     TicketNotFound,
     /// The queue key names a queue whose party size this ticket can never fit.
@@ -61,6 +63,7 @@ impl ErrorCode {
             Self::TooManyFields => "TOO_MANY_FIELDS",
             Self::InvalidAttribute => "INVALID_ATTRIBUTE",
             Self::InvalidLatency => "INVALID_LATENCY",
+            Self::RegionRequired => "REGION_REQUIRED",
             Self::TicketIdRequired => "TICKET_ID_REQUIRED",
             Self::TicketNotFound => "TICKET_NOT_FOUND",
             Self::TicketTooLarge => "TICKET_TOO_LARGE",

@@ -25,22 +25,26 @@ fn claims() -> MatchClaims {
         jti: "0b7c6f0e-6a44-4c1b-9d9b-4b1f6f0c2a11".into(),
         match_id: Some("m".into()),
         team: Some(0),
-        roster: vec![vec!["player-1".into(), "player-2".into(), "player-3".into()], vec![
-            "player-4".into(),
-            "player-5".into(),
-            "player-6".into(),
-        ]],
+        roster: vec![
+            vec!["player-1".into(), "player-2".into(), "player-3".into()],
+            vec!["player-4".into(), "player-5".into(), "player-6".into()],
+        ],
         queue_key: Some("hero-defense:3v3".into()),
     }
 }
 
 fn mint(c: &mut Criterion) {
-    for (name, algorithm) in [("es256", SigningAlgorithm::Es256), ("eddsa", SigningAlgorithm::EdDsa)] {
+    for (name, algorithm) in [
+        ("es256", SigningAlgorithm::Es256),
+        ("eddsa", SigningAlgorithm::EdDsa),
+    ] {
         let keyring = Arc::new(Keyring::in_memory(algorithm, 0).unwrap());
         let issuer = TokenIssuer::new(keyring, "matchplane".into(), "matchplane-game".into());
         let signer = issuer.signer();
         let claims = claims();
-        c.bench_function(&format!("mint_token_{name}"), |b| b.iter(|| signer.sign(&claims).unwrap()));
+        c.bench_function(&format!("mint_token_{name}"), |b| {
+            b.iter(|| signer.sign(&claims).unwrap())
+        });
     }
 }
 

@@ -769,7 +769,7 @@ impl MatchLoop {
     }
 }
 
-fn engine_ticket(id: TicketId, record: &TicketRecord) -> Ticket {
+pub(crate) fn engine_ticket(id: TicketId, record: &TicketRecord) -> Ticket {
     Ticket {
         id,
         size: u32::try_from(record.members.len()).unwrap_or(u32::MAX),

@@ -81,6 +81,8 @@ impl Builder {
         ));
         let engine = Engine::new(config.engine.clone())
             .map_err(|err| StartError::Engine(err.to_string()))?;
+        let ticket_rules = Engine::new(config.engine.clone())
+            .map_err(|err| StartError::Engine(err.to_string()))?;
 
         let registry = Arc::new(Registry::new(duration_ms(config.server_ttl)));
         for server in store.servers().await? {
@@ -136,6 +138,7 @@ impl Builder {
             clock,
             started_at: now,
             metrics,
+            ticket_rules: Arc::new(parking_lot::Mutex::new(ticket_rules)),
             shutdown: shutdown_rx.clone(),
         };
         let app = api::router(state.clone());

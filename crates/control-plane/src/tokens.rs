@@ -50,14 +50,18 @@ impl TokenIssuer {
         };
         let header = serde_json::json!({"alg": alg, "kid": key.kid, "typ": "JWT"});
         let encoded_header = format!("{}.", URL_SAFE_NO_PAD.encode(header.to_string()));
-        Signer { key, encoded_header }
+        Signer {
+            key,
+            encoded_header,
+        }
     }
 }
 
 impl Signer {
     pub fn sign(&self, claims: &MatchClaims) -> Result<String, TokenError> {
         let payload = serde_json::to_vec(claims)?;
-        let mut token = String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 100);
+        let mut token =
+            String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 100);
         token.push_str(&self.encoded_header);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let signature = self.key.material.sign(token.as_bytes());

@@ -117,6 +117,15 @@ async fn matchmaking_validation_errors_have_codes() {
         (json!({"queueKey": 42, "members": ["a"]}), "INVALID_REQUEST"),
         (json!({"queueKey": "q", "members": "a"}), "INVALID_REQUEST"),
         (json!(["not", "an", "object"]), "INVALID_REQUEST"),
+        // A party of 2 can never fit a team of 1.
+        (
+            json!({"queueKey": "hero-defense:1v1", "members": ["a", "b"]}),
+            "TICKET_TOO_LARGE",
+        ),
+        (
+            json!({"queueKey": "hero-defense:3", "members": ["a", "b", "c", "d"]}),
+            "TICKET_TOO_LARGE",
+        ),
     ];
     for (body, code) in cases {
         assert_error(&h, h.post(enqueue, body).await, 400, code).await;

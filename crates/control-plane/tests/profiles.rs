@@ -157,6 +157,24 @@ async fn sixty_tickets_in_a_3v3_skill_queue_match_by_the_profile() {
     let h = Harness::start_with(config).await;
     h.register_server("game-1", "hero-defense").await;
 
+    // The profile needs a skill: a ticket without one is refused before it is stored.
+    let (status, reply) = h
+        .post(
+            "/v1/matchmaking/enqueue",
+            json!({"queueKey": "hero-defense:3v3-ranked", "members": ["x"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], "INVALID_ATTRIBUTE");
+    let (status, reply) = h
+        .post(
+            "/v1/matchmaking/enqueue",
+            json!({"queueKey": "hero-defense:3v3-ranked", "members": ["a", "b", "c", "d"], "attributes": {"skill": 1}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"]["code"], "TICKET_TOO_LARGE");
+
     let mut rng = Lcg(7);
     let mut tickets = Vec::new();
     // 20 solos, 20 duos, 20 trios: 120 players, exactly 20 full 3v3 matches.

@@ -31,11 +31,12 @@
 mod backfill;
 mod config;
 mod function;
+mod hash;
 mod intern;
 mod pool;
 mod search;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,7 @@ pub use config::{
 pub use function::{CommitError, MatchFunction, ProfileMatcher, QueuePool, TicketView};
 
 use config::{Spec, land_type_of_key};
+use hash::FastMap;
 use intern::Interner;
 use pool::{Loc, Queue};
 
@@ -177,6 +179,9 @@ pub enum InsertError {
     /// The profile has region rules but the ticket names no region.
     #[error("ticket reports no latencies and no region")]
     NoRegion,
+    /// More than 65,535 attributes, latencies, string args or tags.
+    #[error("ticket has too many attributes, latencies, string args or tags")]
+    TooManyEntries,
 }
 
 /// The matchmaking engine: every queue's pool, profiles and match functions.
@@ -187,8 +192,9 @@ pub struct Engine {
     queues: Vec<Option<Queue>>,
     queue_free: Vec<u32>,
     queue_ids: BTreeMap<String, u32>,
-    index: HashMap<TicketId, Loc>,
+    index: FastMap<TicketId, Loc>,
     interner: Interner,
+    skip_unchanged: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -224,9 +230,17 @@ impl Engine {
             queues: Vec::new(),
             queue_free: Vec::new(),
             queue_ids: BTreeMap::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             interner: Interner::default(),
+            skip_unchanged: true,
         })
+    }
+
+    /// Turns off skipping of anchors whose last failed search cannot have
+    /// changed. Only for tests that check the skipping changes no result.
+    #[doc(hidden)]
+    pub fn set_skip_unchanged_anchors(&mut self, on: bool) {
+        self.skip_unchanged = on;
     }
 
     /// The profile for a key, if one is configured.
@@ -253,14 +267,19 @@ impl Engine {
         self.queues.get(id as usize).and_then(Option::as_ref)
     }
 
-    /// Queues a ticket. Re-inserting an unplaced match's tickets with their
-    /// original `enqueued_at` puts them back in age order.
-    pub fn insert(&mut self, queue_key: &str, ticket: Ticket) -> Result<(), InsertError> {
-        if self.index.contains_key(&ticket.id) {
-            return Err(InsertError::Duplicate(ticket.id));
-        }
+    /// Whether `insert` would accept this ticket for this queue, without
+    /// queueing it (duplicate ids aside). Lets an API refuse a ticket that can
+    /// never be matched before it is stored.
+    pub fn check(&self, queue_key: &str, ticket: &Ticket) -> Result<(), InsertError> {
         if ticket.size == 0 {
             return Err(InsertError::EmptyTicket);
+        }
+        if ticket.attributes.len() > pool::MAX_ENTRIES
+            || ticket.latencies.len() > pool::MAX_ENTRIES
+            || ticket.string_args.len() > pool::MAX_ENTRIES
+            || ticket.tags.len() > pool::MAX_ENTRIES
+        {
+            return Err(InsertError::TooManyEntries);
         }
         let spec = self.spec_for(queue_key);
         if let Some(max) = spec.max_party()
@@ -283,6 +302,17 @@ impl Engine {
         if spec.region.is_some() && ticket.latencies.is_empty() && ticket.region.is_none() {
             return Err(InsertError::NoRegion);
         }
+        Ok(())
+    }
+
+    /// Queues a ticket. Re-inserting an unplaced match's tickets with their
+    /// original `enqueued_at` puts them back in age order.
+    pub fn insert(&mut self, queue_key: &str, ticket: Ticket) -> Result<(), InsertError> {
+        if self.index.contains_key(&ticket.id) {
+            return Err(InsertError::Duplicate(ticket.id));
+        }
+        self.check(queue_key, &ticket)?;
+        let spec = self.spec_for(queue_key);
         let queue_id = match self.queue_ids.get(queue_key) {
             Some(&id) => id,
             None => {
@@ -380,12 +410,14 @@ impl Engine {
             interner: &mut self.interner,
             index: &mut self.index,
             out: Vec::new(),
+            skip_unchanged: self.skip_unchanged,
         };
         match self.functions.get_mut(queue_key) {
             Some(function) => function.find_matches(&mut pool, now),
             None => ProfileMatcher.find_matches(&mut pool, now),
         }
         let out = pool.out;
+        queue.finish_run(now);
         self.drop_if_empty(queue_id);
         out
     }
@@ -464,5 +496,61 @@ impl Engine {
     /// No ticket queued.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn engine_is_send() {
+        assert_send::<Engine>();
+    }
+
+    #[test]
+    fn strings_and_queues_are_released() {
+        let config = EngineConfig::from_toml_str(
+            "[[queue]]\nkey = \"q\"\nteam_size = 1\n[queue.filters]\nstring_args = [\"map\"]\n\
+             [queue.region]\nmax_latency_ms = 50\n",
+        )
+        .unwrap();
+        let mut engine = Engine::new(config).unwrap();
+        for i in 0..4u64 {
+            let mut t = Ticket {
+                id: TicketId(i),
+                size: 1,
+                enqueued_at: i,
+                ..Ticket::default()
+            };
+            t.latencies.insert(format!("r{}", i % 2), 10);
+            t.string_args.insert("map".into(), format!("m{}", i % 2));
+            t.tags.push(format!("tag{i}"));
+            t.attributes.insert("x".into(), 1.0);
+            engine.insert("q", t).unwrap();
+        }
+        engine
+            .insert(
+                "other:1v1",
+                Ticket {
+                    id: TicketId(9),
+                    size: 1,
+                    ..Ticket::default()
+                },
+            )
+            .unwrap();
+        assert!(engine.interner.live() > 0);
+        let matches = engine.find_matches("q", 10);
+        assert_eq!(matches.len(), 2);
+        assert!(engine.remove(TicketId(9)).is_some());
+        assert!(engine.is_empty());
+        assert_eq!(
+            engine.interner.live(),
+            0,
+            "no interned string outlives its tickets"
+        );
+        assert!(engine.queue_ids.is_empty(), "empty queues are dropped");
     }
 }

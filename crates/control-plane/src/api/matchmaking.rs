@@ -7,10 +7,12 @@ use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::{
     CancelRequest, CancelResponse, EnqueueRequest, EnqueueResponse, StatusResponse, TicketStatus,
 };
+use matchplane_matchmaker::{InsertError, TicketId};
 
 use super::{ApiError, ApiJson, AppState};
 use crate::clock::{duration_ms, format_rfc3339};
 use crate::events::TicketEvent;
+use crate::matcher::engine_ticket;
 use crate::metrics;
 use crate::store::{CancelOutcome, CreateOutcome, TicketRecord};
 use crate::validate;
@@ -60,6 +62,13 @@ pub(crate) async fn enqueue_ticket(
         assignment: None,
         assignment_expires_at: None,
     };
+    let fits = state
+        .ticket_rules
+        .lock()
+        .check(&record.queue_key, &engine_ticket(TicketId(0), &record));
+    if let Err(refused) = fits {
+        return Err(refused_by_queue(refused));
+    }
     // Durable before acknowledged: the 201 promises the ticket survives a crash.
     let ticket = match state.store.create_ticket(record, now).await? {
         CreateOutcome::Created(ticket) => {
@@ -74,6 +83,23 @@ pub(crate) async fn enqueue_ticket(
         }
     };
     Ok(ticket)
+}
+
+fn refused_by_queue(refused: InsertError) -> ApiError {
+    let code = match refused {
+        InsertError::TooLarge { .. } => ErrorCode::TicketTooLarge,
+        InsertError::MissingAttribute(_) | InsertError::InvalidAttribute(_) => {
+            ErrorCode::InvalidAttribute
+        }
+        InsertError::NoRegion => ErrorCode::RegionRequired,
+        InsertError::TooManyEntries => ErrorCode::TooManyFields,
+        InsertError::EmptyTicket => ErrorCode::MembersRequired,
+        InsertError::Duplicate(_) => ErrorCode::InvalidRequest,
+    };
+    ApiError::bad_request(
+        code,
+        format!("this queue cannot take the ticket: {refused}"),
+    )
 }
 
 pub async fn status(

@@ -36,6 +36,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub started_at: Millis,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// An engine with the same profiles but no pools: checks a ticket can ever
+    /// be matched in its queue before it is stored (the matcher owns the real one).
+    pub ticket_rules: Arc<parking_lot::Mutex<matchplane_matchmaker::Engine>>,
     /// Flips to `true` when the server shuts down; long-lived sockets close on it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
