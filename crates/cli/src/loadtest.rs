@@ -1,10 +1,664 @@
-//! `matchplane loadtest` (placeholder wiring; implemented by the issue-6 work).
+//! `matchplane loadtest`: drives the real player journey against running planes and
+//! reports how fast it is.
+//!
+//! Arrivals are open-loop: ticket `i` is due at `start + i / rate` whatever happened to
+//! earlier ones, and every latency is measured from that due time, so a slow server
+//! shows up as latency instead of silently lowering the offered rate (no coordinated
+//! omission).
 
+mod pool;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
 use clap::Args;
+use matchplane_client::contracts::matchmaking::{Assignment, EnqueueRequest};
+use matchplane_client::{
+    ActionError, ConnectOptions, LandConnection, LandError, MatchmakingClient, MatchmakingError,
+};
+use rand::Rng as _;
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use self::pool::{PushPool, Pushed};
+use self::stats::{Latency, LatencySummary};
+use crate::duration::parse_duration;
 
 #[derive(Debug, Args)]
-pub struct LoadtestArgs {}
+pub struct LoadtestArgs {
+    /// Control plane base URL (an LB prefix such as `http://lb/match` works too).
+    #[arg(
+        long,
+        env = "MATCHPLANE_CONTROL_PLANE_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub control_plane: String,
 
-pub async fn run(_args: LoadtestArgs) -> anyhow::Result<()> {
-    anyhow::bail!("loadtest is not built yet")
+    /// Players to send through the journey.
+    #[arg(long, default_value_t = 1000)]
+    pub players: u64,
+
+    /// Tickets per second, open-loop.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+
+    /// Players per ticket (a party shares one ticket and one team).
+    #[arg(long, default_value_t = 1)]
+    pub party_size: u32,
+
+    #[arg(long, default_value = "hero-defense:3v3")]
+    pub queue: String,
+
+    /// Width of the uniform skill distribution around 1500 (`skill` attribute); 0 sends none.
+    #[arg(long, default_value_t = 0.0)]
+    pub skill_spread: f64,
+
+    /// Seconds each player stays in its land after `join.ok`, moving once a second;
+    /// 0 leaves right after `join.ok`.
+    #[arg(long, default_value_t = 0.0)]
+    pub play_seconds: f64,
+
+    /// Matchmaking only: do not connect to game servers.
+    #[arg(long)]
+    pub no_join: bool,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// A ticket not assigned this long after its due time counts as `match_timeout`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub match_timeout: Duration,
+
+    /// Connect + `join.ok` limit per player.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+
+    /// Prefix of generated player ids (default: random per run, so runs never collide).
+    #[arg(long)]
+    pub player_prefix: Option<String>,
+}
+
+/// Counters and histograms shared by every simulated player.
+#[derive(Debug)]
+pub struct Recorder {
+    start: Instant,
+    enqueue: Mutex<Latency>,
+    time_to_match: Mutex<Latency>,
+    assigned_to_join: Mutex<Latency>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    issued: AtomicU64,
+    enqueued: AtomicU64,
+    matched: AtomicU64,
+    joined: AtomicU64,
+    in_land: AtomicI64,
+    done: AtomicU64,
+    closed_early: AtomicU64,
+    polled: AtomicU64,
+    /// Nanoseconds since `start` of the last event of each kind (throughput windows).
+    last_enqueue_ns: AtomicU64,
+    last_match_ns: AtomicU64,
+    last_join_ns: AtomicU64,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Recorder {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            enqueue: Mutex::default(),
+            time_to_match: Mutex::default(),
+            assigned_to_join: Mutex::default(),
+            errors: Mutex::default(),
+            issued: AtomicU64::new(0),
+            enqueued: AtomicU64::new(0),
+            matched: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+            in_land: AtomicI64::new(0),
+            done: AtomicU64::new(0),
+            closed_early: AtomicU64::new(0),
+            polled: AtomicU64::new(0),
+            last_enqueue_ns: AtomicU64::new(0),
+            last_match_ns: AtomicU64::new(0),
+            last_join_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn error(&self, kind: &str) {
+        *locked(&self.errors).entry(kind.to_owned()).or_default() += 1;
+    }
+
+    fn mark(&self, last: &AtomicU64, at: Instant) {
+        let nanos =
+            u64::try_from(at.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn errors_total(&self) -> u64 {
+        locked(&self.errors).values().sum()
+    }
+}
+
+fn matchmaking_error_kind(stage: &str, err: &MatchmakingError) -> String {
+    match err {
+        MatchmakingError::Transport { .. } => format!("{stage}_transport"),
+        MatchmakingError::Api {
+            code: Some(code), ..
+        } => format!("{stage}_{code}"),
+        MatchmakingError::Api { status, .. } => format!("{stage}_http_{status}"),
+        MatchmakingError::Decode(_) => format!("{stage}_decode"),
+        MatchmakingError::Timeout { .. } => "match_timeout".to_owned(),
+        MatchmakingError::Cancelled { .. } => "ticket_cancelled".to_owned(),
+        MatchmakingError::Expired { .. } => "ticket_expired".to_owned(),
+        MatchmakingError::Realtime { code, .. } => format!("realtime_{code}"),
+        MatchmakingError::RealtimeClosed => "realtime_closed".to_owned(),
+    }
+}
+
+fn land_error_kind(err: &LandError) -> String {
+    match err {
+        LandError::NoToken { .. } => "join_no_token".to_owned(),
+        LandError::Connect { .. } => "join_connect".to_owned(),
+        LandError::Rejected { code, .. } => format!("join_rejected_{code}"),
+        LandError::JoinTimeout(_) => "join_timeout".to_owned(),
+        LandError::Protocol(_) => "join_protocol".to_owned(),
+        LandError::Disconnected => "join_disconnected".to_owned(),
+        LandError::Closed(_) => "join_land_closed".to_owned(),
+        LandError::StateTimeout(_) => "join_state_timeout".to_owned(),
+    }
+}
+
+struct Plan {
+    client: MatchmakingClient,
+    pool: PushPool,
+    recorder: Arc<Recorder>,
+    queue: String,
+    party_size: u32,
+    skill_spread: f64,
+    play: Duration,
+    join: bool,
+    match_timeout: Duration,
+    join_timeout: Duration,
+    prefix: String,
+}
+
+impl Plan {
+    async fn ticket(self: Arc<Self>, index: u64, due: Instant) {
+        self.journey(index, due).await;
+        self.recorder.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn journey(&self, index: u64, due: Instant) {
+        let recorder = &self.recorder;
+        recorder.issued.fetch_add(1, Ordering::Relaxed);
+        let members: Vec<String> = if self.party_size == 1 {
+            vec![format!("{}-{index}", self.prefix)]
+        } else {
+            (0..self.party_size)
+                .map(|member| format!("{}-{index}-{member}", self.prefix))
+                .collect()
+        };
+        let mut request = EnqueueRequest {
+            queue_key: Some(self.queue.clone()),
+            members: Some(members.clone()),
+            ..EnqueueRequest::default()
+        };
+        if self.skill_spread > 0.0 {
+            let offset = rand::thread_rng().gen_range(-0.5..=0.5) * self.skill_spread;
+            request
+                .attributes
+                .insert("skill".to_owned(), 1500.0 + offset);
+        }
+        let ticket = match self.client.enqueue(&request).await {
+            Ok(ticket) => ticket,
+            Err(err) => return recorder.error(&matchmaking_error_kind("enqueue", &err)),
+        };
+        let enqueued_at = Instant::now();
+        locked(&recorder.enqueue).record(enqueued_at - due);
+        recorder.enqueued.fetch_add(1, Ordering::Relaxed);
+        recorder.mark(&recorder.last_enqueue_ns, enqueued_at);
+
+        let Some((assignment, assigned_at)) = self.await_assignment(&ticket.ticket_id, due).await
+        else {
+            return;
+        };
+        locked(&recorder.time_to_match).record(assigned_at.saturating_duration_since(due));
+        recorder.matched.fetch_add(1, Ordering::Relaxed);
+        recorder.mark(&recorder.last_match_ns, assigned_at);
+        if !self.join {
+            return;
+        }
+        let joins = members
+            .iter()
+            .map(|member| self.join_and_play(&assignment, member, assigned_at));
+        futures_util::future::join_all(joins).await;
+    }
+
+    async fn await_assignment(
+        &self,
+        ticket_id: &str,
+        due: Instant,
+    ) -> Option<(Assignment, Instant)> {
+        let recorder = &self.recorder;
+        let deadline = due + self.match_timeout;
+        let pushed = match self.pool.watch(ticket_id).await {
+            Ok(receiver) => match tokio::time::timeout_at(deadline, receiver).await {
+                Ok(Ok(pushed)) => Some(pushed),
+                // The socket died: poll instead.
+                Ok(Err(_)) => None,
+                Err(_) => {
+                    self.pool.forget(ticket_id).await;
+                    recorder.error("match_timeout");
+                    return None;
+                }
+            },
+            Err(err) => {
+                recorder.error(&matchmaking_error_kind("realtime", &err));
+                None
+            }
+        };
+        match pushed {
+            Some(Pushed::Assigned(assignment, at)) => Some((*assignment, at)),
+            Some(Pushed::Cancelled) => {
+                recorder.error("ticket_cancelled");
+                None
+            }
+            Some(Pushed::Expired) => {
+                recorder.error("ticket_expired");
+                None
+            }
+            None => {
+                recorder.polled.fetch_add(1, Ordering::Relaxed);
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self
+                    .client
+                    .clone()
+                    .with_push(false)
+                    .wait_for_assignment(ticket_id, remaining)
+                    .await
+                {
+                    Ok(assignment) => Some((assignment, Instant::now())),
+                    Err(err) => {
+                        recorder.error(&matchmaking_error_kind("status", &err));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    async fn join_and_play(&self, assignment: &Assignment, player: &str, assigned_at: Instant) {
+        let recorder = &self.recorder;
+        let options = ConnectOptions {
+            join_timeout: self.join_timeout,
+            ..ConnectOptions::lightweight()
+        };
+        let land = match LandConnection::connect_with(assignment, player, options).await {
+            Ok(land) => land,
+            Err(err) => return recorder.error(&land_error_kind(&err)),
+        };
+        let joined_at = Instant::now();
+        locked(&recorder.assigned_to_join).record(joined_at - assigned_at);
+        recorder.joined.fetch_add(1, Ordering::Relaxed);
+        recorder.mark(&recorder.last_join_ns, joined_at);
+        recorder.in_land.fetch_add(1, Ordering::Relaxed);
+        if !self.play.is_zero() {
+            self.play(&land).await;
+        }
+        recorder.in_land.fetch_sub(1, Ordering::Relaxed);
+        land.leave().await;
+    }
+
+    /// Moves once a second until the play time is over or the land ends.
+    async fn play(&self, land: &LandConnection) {
+        let until = Instant::now() + self.play;
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        while Instant::now() < until {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = tokio::time::sleep_until(until) => break,
+            }
+            let (x, y) = {
+                let mut rng = rand::thread_rng();
+                (rng.gen_range(30.0..70.0_f64), rng.gen_range(30.0..70.0_f64))
+            };
+            let moved = land
+                .action(
+                    "move",
+                    json!({"x": (x * 10.0).round() / 10.0, "y": (y * 10.0).round() / 10.0}),
+                )
+                .await;
+            match moved {
+                Ok(_) => {}
+                Err(ActionError::LandClosed) => {
+                    self.recorder.closed_early.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(ActionError::Failed { code, .. }) => {
+                    self.recorder.error(&format!("action_{code}"));
+                }
+                Err(ActionError::Timeout(_)) => self.recorder.error("action_timeout"),
+                Err(ActionError::Disconnected) => {
+                    if land.closed().is_some() {
+                        self.recorder.closed_early.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.recorder.error("play_disconnected");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_matches_are_sent() {
+        assert_eq!(whole_matches("hero-defense:3v3", 1, 10_000).unwrap(), 9_996);
+        assert_eq!(whole_matches("hero-defense:3v3", 3, 10_000).unwrap(), 3_332);
+        assert_eq!(whole_matches("hero-defense:1v1", 1, 301).unwrap(), 300);
+        assert_eq!(whole_matches("counter", 1, 7).unwrap(), 7);
+        assert!(whole_matches("hero-defense:3v3", 1, 5).is_err());
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub control_plane: String,
+    pub queue: String,
+    pub players: u64,
+    pub tickets: u64,
+    pub party_size: u32,
+    pub rate: f64,
+    pub play_seconds: f64,
+    pub join: bool,
+    pub duration_secs: f64,
+    pub enqueued: u64,
+    /// Tickets assigned (one assignment per ticket).
+    pub matched: u64,
+    /// Players that received `join.ok`.
+    pub joined: u64,
+    /// Tickets whose status was found by polling because the push socket failed.
+    pub polled: u64,
+    /// Players whose land closed before their play time was over.
+    pub closed_early: u64,
+    pub throughput: Throughput,
+    pub latency_ms: Latencies,
+    pub errors: BTreeMap<String, u64>,
+    pub errors_total: u64,
+    /// Every ticket was enqueued, assigned and (unless `--no-join`) every player joined.
+    pub complete: bool,
+}
+
+/// Per second, each over the window from the first due time to the last such event.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Throughput {
+    pub offered_tickets: f64,
+    pub enqueued_tickets: f64,
+    pub assignments: f64,
+    pub joins: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latencies {
+    /// Due time → 201 of `enqueue`.
+    pub enqueue: LatencySummary,
+    /// Due time → `match.assigned` push (includes the enqueue itself).
+    pub time_to_match: LatencySummary,
+    /// `match.assigned` → `join.ok`.
+    pub assigned_to_join: LatencySummary,
+}
+
+fn per_second(count: u64, window_ns: u64) -> f64 {
+    if window_ns == 0 {
+        return 0.0;
+    }
+    let rate = count as f64 / (window_ns as f64 / 1e9);
+    (rate * 10.0).round() / 10.0
+}
+
+pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number of tickets per second");
+    }
+    if args.party_size == 0 {
+        bail!("--party-size must be at least 1");
+    }
+    if !(args.play_seconds.is_finite() && args.play_seconds >= 0.0) {
+        bail!("--play-seconds must be 0 or more");
+    }
+    let tickets = whole_matches(&args.queue, args.party_size, args.players)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let client = MatchmakingClient::with_http_client(http, &args.control_plane);
+    let prefix = args
+        .player_prefix
+        .clone()
+        .unwrap_or_else(|| format!("lt{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32)));
+    // Fail fast with a clear message when nothing listens there.
+    let health = format!("{}/health", client.base_url());
+    reqwest::get(&health)
+        .await
+        .with_context(|| format!("no control plane at {}", args.control_plane))?;
+
+    println!(
+        "loadtest: {} players ({tickets} tickets of {}) at {}/s on {} → {}{}",
+        tickets * u64::from(args.party_size),
+        args.party_size,
+        args.rate,
+        args.queue,
+        args.control_plane,
+        if args.no_join {
+            " (matchmaking only)".to_owned()
+        } else {
+            format!(", play {}s", args.play_seconds)
+        }
+    );
+    // A short lead so the first tickets are not late because of start-up work.
+    let start = Instant::now() + Duration::from_millis(50);
+    let recorder = Arc::new(Recorder::new(start));
+    let plan = Arc::new(Plan {
+        pool: PushPool::new(client.clone(), Arc::clone(&recorder)),
+        client,
+        recorder: Arc::clone(&recorder),
+        queue: args.queue.clone(),
+        party_size: args.party_size,
+        skill_spread: args.skill_spread,
+        play: Duration::from_secs_f64(args.play_seconds),
+        join: !args.no_join,
+        match_timeout: args.match_timeout,
+        join_timeout: args.join_timeout,
+        prefix,
+    });
+    let progress = tokio::spawn(report_progress(Arc::clone(&plan), tickets));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..tickets {
+        let due = start + Duration::from_secs_f64(index as f64 / args.rate);
+        tokio::time::sleep_until(due).await;
+        tasks.spawn(Arc::clone(&plan).ticket(index, due));
+        // Reap finished tasks as we go so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    progress.abort();
+    let elapsed = start.elapsed();
+
+    let report = build_report(&args, tickets, &recorder, elapsed);
+    println!("{}", render(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if report.errors_total > 0 || !report.complete {
+        bail!("{} errors; see the report", report.errors_total);
+    }
+    Ok(())
+}
+
+/// Tickets to send: only as many as fill whole matches of `queue` (default queue
+/// semantics, e.g. `3v3` = 6 players), since leftovers could never be matched.
+fn whole_matches(queue: &str, party_size: u32, players: u64) -> anyhow::Result<u64> {
+    let party = u64::from(party_size);
+    let tickets = players / party;
+    if tickets == 0 {
+        bail!("--players must be at least --party-size");
+    }
+    let Some(teams) = matchplane_matchmaker::default_teams_for_key(queue) else {
+        return Ok(tickets);
+    };
+    if teams.iter().any(|&size| u64::from(size) % party != 0) {
+        eprintln!(
+            "note: parties of {party} cannot fill the teams of {queue} exactly; tickets may stay unmatched"
+        );
+        return Ok(tickets);
+    }
+    let per_match: u64 = teams.iter().map(|&size| u64::from(size) / party).sum();
+    let whole = tickets / per_match * per_match;
+    if whole == 0 {
+        bail!(
+            "{queue} needs at least {} players per match",
+            per_match * party
+        );
+    }
+    if whole != tickets {
+        eprintln!(
+            "note: sending {} players ({whole} tickets) so that every match of {queue} is full",
+            whole * party
+        );
+    }
+    Ok(whole)
+}
+
+fn build_report(
+    args: &LoadtestArgs,
+    tickets: u64,
+    recorder: &Recorder,
+    elapsed: Duration,
+) -> Report {
+    let enqueued = recorder.enqueued.load(Ordering::Relaxed);
+    let matched = recorder.matched.load(Ordering::Relaxed);
+    let joined = recorder.joined.load(Ordering::Relaxed);
+    let players = tickets * u64::from(args.party_size);
+    let errors = locked(&recorder.errors).clone();
+    let errors_total = errors.values().sum();
+    let offered_window = ((tickets.saturating_sub(1)) as f64 / args.rate * 1e9) as u64;
+    Report {
+        control_plane: args.control_plane.clone(),
+        queue: args.queue.clone(),
+        players,
+        tickets,
+        party_size: args.party_size,
+        rate: args.rate,
+        play_seconds: args.play_seconds,
+        join: !args.no_join,
+        duration_secs: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        enqueued,
+        matched,
+        joined,
+        polled: recorder.polled.load(Ordering::Relaxed),
+        closed_early: recorder.closed_early.load(Ordering::Relaxed),
+        throughput: Throughput {
+            offered_tickets: per_second(tickets.saturating_sub(1), offered_window),
+            enqueued_tickets: per_second(
+                enqueued,
+                recorder.last_enqueue_ns.load(Ordering::Relaxed),
+            ),
+            assignments: per_second(matched, recorder.last_match_ns.load(Ordering::Relaxed)),
+            joins: per_second(joined, recorder.last_join_ns.load(Ordering::Relaxed)),
+        },
+        latency_ms: Latencies {
+            enqueue: locked(&recorder.enqueue).summary(),
+            time_to_match: locked(&recorder.time_to_match).summary(),
+            assigned_to_join: locked(&recorder.assigned_to_join).summary(),
+        },
+        errors,
+        errors_total,
+        complete: errors_total == 0
+            && enqueued == tickets
+            && matched == tickets
+            && (args.no_join || joined == players),
+    }
+}
+
+fn render(report: &Report) -> String {
+    let mut lines = vec![
+        String::new(),
+        format!(
+            "done in {:.1}s: {} enqueued · {} assigned · {} joined{}",
+            report.duration_secs,
+            report.enqueued,
+            report.matched,
+            report.joined,
+            if report.polled > 0 {
+                format!(" · {} found by polling", report.polled)
+            } else {
+                String::new()
+            }
+        ),
+        format!(
+            "throughput (per s): offered {} · enqueued {} · assignments {} · joins {}",
+            report.throughput.offered_tickets,
+            report.throughput.enqueued_tickets,
+            report.throughput.assignments,
+            report.throughput.joins
+        ),
+        LatencySummary::header(),
+        report.latency_ms.enqueue.row("enqueue"),
+        report.latency_ms.time_to_match.row("time to match"),
+        report.latency_ms.assigned_to_join.row("assigned → join.ok"),
+    ];
+    if report.errors.is_empty() {
+        lines.push("errors: none".to_owned());
+    } else {
+        lines.push(format!("errors: {}", report.errors_total));
+        for (kind, count) in &report.errors {
+            lines.push(format!("  {kind:<32} {count}"));
+        }
+    }
+    lines.join("\n")
+}
+
+async fn report_progress(plan: Arc<Plan>, tickets: u64) {
+    let recorder = &plan.recorder;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.tick().await;
+    let mut previous = 0u64;
+    loop {
+        every.tick().await;
+        let issued = recorder.issued.load(Ordering::Relaxed);
+        let enqueued = recorder.enqueued.load(Ordering::Relaxed);
+        let matched = recorder.matched.load(Ordering::Relaxed);
+        eprintln!(
+            "[{:>4.0}s] issued {issued}/{tickets} ({}/s) · enqueued {enqueued} · waiting {} · assigned {matched} · joined {} · in lands {} · done {} · sockets {} · errors {}",
+            recorder.start.elapsed().as_secs_f64(),
+            issued - previous,
+            enqueued.saturating_sub(matched),
+            recorder.joined.load(Ordering::Relaxed),
+            recorder.in_land.load(Ordering::Relaxed),
+            recorder.done.load(Ordering::Relaxed),
+            plan.pool.open_sockets().await,
+            recorder.errors_total(),
+        );
+        previous = issued;
+    }
 }

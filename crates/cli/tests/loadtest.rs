@@ -1,0 +1,137 @@
+//! `matchplane loadtest` against real planes: a control plane and a game server, each
+//! its own `matchplane` process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+async fn loadtest(control_plane: &str, report: &Path, extra: &[&str]) -> Output {
+    let run = tokio::process::Command::new(support::BIN)
+        .args(["loadtest", "--control-plane", control_plane, "--json"])
+        .arg(report)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the loadtest finishes by itself")
+        .expect("the loadtest runs")
+}
+
+fn read_report(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn assert_latency(report: &Value, name: &str, count: u64) {
+    let summary = &report["latencyMs"][name];
+    assert_eq!(summary["count"], count, "{name}: {summary}");
+    let value = |key: &str| {
+        summary[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}.{key}"))
+    };
+    assert!(value("p50") > 0.0, "{name}: {summary}");
+    assert!(value("p50") <= value("p90"), "{name}: {summary}");
+    assert!(value("p90") <= value("p99"), "{name}: {summary}");
+    assert!(value("p99") <= value("max"), "{name}: {summary}");
+}
+
+#[tokio::test]
+async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() {
+    let mut cp = support::control_plane(&[]).await;
+    let mut game = support::game_server(
+        &cp.http(),
+        &["--lands", "hero-defense", "--drain-timeout", "1s"],
+    )
+    .await;
+    support::wait_servers(&cp.http(), Duration::from_secs(10), |servers| {
+        servers.iter().any(|server| server["state"] == "live")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = dir.path().join("journey.json");
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--players",
+            "300",
+            "--rate",
+            "400",
+            "--queue",
+            "hero-defense:3v3",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("assigned → join.ok"), "{stdout}");
+    let report = read_report(&path);
+    assert_eq!(report["players"], 300);
+    assert_eq!(report["tickets"], 300);
+    assert_eq!(report["enqueued"], 300);
+    assert_eq!(report["matched"], 300);
+    assert_eq!(report["joined"], 300);
+    assert_eq!(report["errorsTotal"], 0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}));
+    assert_eq!(report["complete"], true);
+    assert_latency(&report, "enqueue", 300);
+    assert_latency(&report, "timeToMatch", 300);
+    assert_latency(&report, "assignedToJoin", 300);
+    for key in ["offeredTickets", "enqueuedTickets", "assignments", "joins"] {
+        assert!(
+            report["throughput"][key].as_f64().unwrap() > 0.0,
+            "{key}: {report}"
+        );
+    }
+
+    // Parties of three fill a team each; no game server involved.
+    let path = dir.path().join("matchmaking.json");
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--players",
+            "120",
+            "--party-size",
+            "3",
+            "--rate",
+            "200",
+            "--queue",
+            "hero-defense:3v3",
+            "--skill-spread",
+            "400",
+            "--no-join",
+        ],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&path);
+    assert_eq!(report["tickets"], 40);
+    assert_eq!(report["matched"], 40);
+    assert_eq!(report["joined"], 0);
+    assert_eq!(report["join"], false);
+    assert_eq!(report["complete"], true);
+    assert_latency(&report, "timeToMatch", 40);
+    assert_eq!(report["latencyMs"]["assignedToJoin"]["count"], 0);
+
+    game.sigterm();
+    cp.sigterm();
+    assert!(game.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}

@@ -1,0 +1,33 @@
+//! Rust client SDK for matchplane: the player's journey from the queue to a land.
+//!
+//! 1. [`MatchmakingClient`] talks to the control plane: [`enqueue`](MatchmakingClient::enqueue),
+//!    [`status`](MatchmakingClient::status), [`cancel`](MatchmakingClient::cancel) and
+//!    [`wait_for_assignment`](MatchmakingClient::wait_for_assignment), which listens on the
+//!    `/realtime` push socket and falls back to polling with backoff when the socket is
+//!    unavailable or drops. [`RealtimeWatch`] multiplexes many tickets on one socket.
+//! 2. [`LandConnection`] joins the land named by an assignment, keeps a local mirror of
+//!    the player's view (`join.ok` + RFC 6902 patches, `sync.request` on a sequence gap),
+//!    sends actions and awaits their `action.result`, streams events, and reconnects
+//!    within the land's reconnect grace.
+//!
+//! Every failure is a typed error: [`MatchmakingError`], [`LandError`], [`ActionError`].
+//! `docs/client.md` walks through the journey with examples.
+#![forbid(unsafe_code)]
+
+mod error;
+mod land;
+mod matchmaking;
+mod realtime;
+mod url;
+
+pub use error::{ActionError, LandError, MatchmakingError};
+pub use land::{
+    ConnectOptions, ConnectionStats, LandConnection, LandEvent, LandEvents, LandHandle,
+    ReconnectPolicy,
+};
+pub use matchmaking::{Delivery, MatchmakingClient, PollBackoff};
+pub use realtime::{MAX_TICKETS_PER_SOCKET, RealtimeSubscriber, RealtimeWatch};
+pub use url::{assignment_url, dev_land_url, percent_encode};
+
+/// The wire types, re-exported so SDK users need no second dependency.
+pub use matchplane_contracts as contracts;

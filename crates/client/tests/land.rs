@@ -1,0 +1,402 @@
+//! The land half of the SDK: mirror, actions, events, gaps, reconnects, closes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CuttableProxy, Game, Planes, fast_hero_defense, init_tracing};
+use futures_util::{SinkExt as _, StreamExt as _};
+use matchplane_client::contracts::game::{ClientMessage, ServerMessage, close_code};
+use matchplane_client::{
+    ActionError, ConnectOptions, LandConnection, LandError, LandEvent, MatchmakingClient,
+    dev_land_url,
+};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn dev_connect(game: &Game, land_type: &str, land: &str, player: &str) -> LandConnection {
+    let url = dev_land_url(&game.http_url(), land_type, Some(land), player);
+    LandConnection::connect_url(&url, ConnectOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn actions_resolve_by_request_id_and_failures_are_typed() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let ann = dev_connect(&game, "counter", "room-a", "ann").await;
+    // Many actions in flight at once: each caller gets its own result.
+    let handles: Vec<_> = (1..=20)
+        .map(|amount| {
+            let land = ann.handle();
+            tokio::spawn(async move { land.action("add", json!({ "amount": amount })).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for handle in handles {
+        counts.push(handle.await.unwrap().unwrap()["count"].as_i64().unwrap());
+    }
+    counts.sort_unstable();
+    counts.dedup();
+    assert_eq!(counts.len(), 20, "every result is distinct: {counts:?}");
+    // The result arrives after the patch carrying its effect.
+    let result = ann.action("increment", Value::Null).await.unwrap();
+    assert_eq!(ann.state()["count"], result["count"]);
+    assert_eq!(result["count"], 211);
+
+    let err = ann
+        .action("add", json!({"amount": 5000}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("amount_out_of_range"));
+    let err = ann.action("dance", Value::Null).await.unwrap_err();
+    assert!(
+        matches!(&err, ActionError::Failed { code, .. } if code == "unknown_action"),
+        "{err:?}"
+    );
+    ann.leave().await;
+    game.stop().await;
+}
+
+#[tokio::test]
+async fn the_mirror_matches_the_servers_view() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let mut ann = dev_connect(&game, "counter", "room-m", "ann").await;
+    let bob = dev_connect(&game, "counter", "room-m", "bob").await;
+    let (a, b) = (ann.handle(), bob.handle());
+    let ann_task = tokio::spawn(async move {
+        for _ in 0..30 {
+            a.action("increment", Value::Null).await.unwrap();
+        }
+    });
+    let bob_task = tokio::spawn(async move {
+        for i in 0..30 {
+            b.action("add", json!({"amount": i})).await.unwrap();
+        }
+    });
+    ann_task.await.unwrap();
+    bob_task.await.unwrap();
+    bob.send_event("shout", json!({"text": "hi"})).unwrap();
+    let expected = 30 + (0..30).sum::<i64>();
+    ann.wait_for_state(|state| state["count"] == expected, WAIT)
+        .await
+        .unwrap();
+
+    // A fresh join.ok is the server's current view; the patched mirrors must equal it.
+    let carol = dev_connect(&game, "counter", "room-m", "carol").await;
+    let server_view = carol.state();
+    assert_eq!(server_view["players"]["ann"], 30);
+    assert_eq!(server_view["players"]["bob"], 30);
+    for mirror in [&ann, &bob] {
+        let mirrored = mirror
+            .wait_for_state(|state| state["players"]["carol"].is_number(), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(mirrored, server_view);
+        assert_eq!(mirror.stats().gaps, 0);
+        assert!(mirror.stats().patches_applied >= 30);
+    }
+    // Events arrive on the stream.
+    let mut shouted = None;
+    for _ in 0..10 {
+        match tokio::time::timeout(WAIT, ann.next_event()).await.unwrap() {
+            Some(LandEvent::Event(event)) if event.name == "shouted" => {
+                shouted = Some(event.payload);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(shouted, Some(json!({"from": "bob", "text": "hi"})));
+    for land in [ann, bob, carol] {
+        land.leave().await;
+    }
+    game.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticking_land_ends_with_a_mirror_matching_its_result() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let mut ann = dev_connect(&game, "hero-defense", "hd-1", "ann").await;
+    let moved = ann
+        .action("move", json!({"x": 50.0, "y": 40.0}))
+        .await
+        .unwrap();
+    assert_eq!(moved, json!({"x": 50.0, "y": 40.0}));
+    let err = ann
+        .action("upgrade", json!({"stat": "damage"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("not_enough_gold"));
+
+    let closed = ann.wait_closed(Duration::from_secs(30)).await.unwrap();
+    let result = closed.result.clone().unwrap();
+    assert!(["victory", "defeat"].contains(&closed.reason.as_str()));
+    // The final patch precedes land.closed, so the mirror shows the end of the game.
+    let state = ann.state();
+    assert_eq!(state["phase"], result["outcome"]);
+    assert_eq!(state["kills"], result["kills"]);
+    assert_eq!(state["base"]["hp"], result["baseHp"]);
+    assert_eq!(state["me"]["gold"], result["players"]["ann"]["gold"]);
+    assert_eq!(ann.stats().gaps, 0);
+    assert!(ann.stats().patches_applied > 5);
+
+    let mut saw_wave = false;
+    let mut saw_closed = false;
+    while let Some(event) = tokio::time::timeout(WAIT, ann.next_event()).await.unwrap() {
+        match event {
+            LandEvent::Event(event) if event.name == "wave_started" => saw_wave = true,
+            LandEvent::Closed(event) => {
+                assert_eq!(event, closed);
+                saw_closed = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(saw_wave && saw_closed);
+    assert!(ann.is_ended());
+    assert_eq!(
+        ann.action("move", json!({"x": 1, "y": 1}))
+            .await
+            .unwrap_err(),
+        ActionError::LandClosed
+    );
+    // A finished land refuses late joiners with a typed rejection.
+    let url = dev_land_url(&game.http_url(), "hero-defense", Some("hd-1"), "late");
+    let err = LandConnection::connect_url(&url, ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LandError::Rejected {
+                close_code: Some(close_code::LAND_FULL_OR_CLOSED),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    game.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_are_typed() {
+    init_tracing();
+    let planes = Planes::start(fast_hero_defense()).await;
+    let url = format!("ws://{}/game/counter?landId=x", planes.game.addr);
+    let err = LandConnection::connect_url(&url, ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LandError::Rejected { close_code: Some(close_code::UNAUTHENTICATED), code, .. } if code == "unauthenticated"),
+        "{err:?}"
+    );
+    let err =
+        LandConnection::connect_url("ws://127.0.0.1:1/game/counter", ConnectOptions::default())
+            .await
+            .unwrap_err();
+    assert!(matches!(err, LandError::Connect { .. }), "{err:?}");
+    planes.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_comes_back_with_the_same_token() {
+    init_tracing();
+    let planes = Planes::start(fast_hero_defense()).await;
+    let proxy = CuttableProxy::start(planes.game.addr).await;
+    let client = MatchmakingClient::new(planes.cp_url());
+    let ann = client.enqueue_solo("counter:1v1", "ann").await.unwrap();
+    let bob = client.enqueue_solo("counter:1v1", "bob").await.unwrap();
+    let mut ann_assignment = client
+        .wait_for_assignment(&ann.ticket_id, WAIT)
+        .await
+        .unwrap();
+    let bob_assignment = client
+        .wait_for_assignment(&bob.ticket_id, WAIT)
+        .await
+        .unwrap();
+    // Ann reaches the game server through a link that will break.
+    ann_assignment.connect_url = ann_assignment.connect_url.replace(
+        &format!(":{}/", planes.game.addr.port()),
+        &format!(":{}/", proxy.addr.port()),
+    );
+    let mut ann_land = LandConnection::connect(&ann_assignment, "ann")
+        .await
+        .unwrap();
+    let bob_land = LandConnection::connect(&bob_assignment, "bob")
+        .await
+        .unwrap();
+    ann_land.action("increment", Value::Null).await.unwrap();
+
+    proxy.cut();
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        let event = tokio::time::timeout(WAIT, ann_land.next_event())
+            .await
+            .unwrap()
+            .unwrap();
+        let reconnected = matches!(event, LandEvent::Reconnected { .. });
+        events.push(event);
+        if reconnected {
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            events.first(),
+            Some(LandEvent::Disconnected {
+                will_reconnect: true,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(LandEvent::Reconnected { .. })),
+        "{events:?}"
+    );
+    assert_eq!(ann_land.stats().reconnects, 1);
+
+    // The seat was kept (ann's change count survives) and the land goes on.
+    bob_land.action("add", json!({"amount": 10})).await.unwrap();
+    let state = ann_land
+        .wait_for_state(|state| state["count"] == 11, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(state["players"]["ann"], 1);
+    assert_eq!(
+        ann_land.action("increment", Value::Null).await.unwrap(),
+        json!({"count": 12})
+    );
+    bob_land
+        .wait_for_state(|state| state["count"] == 12, WAIT)
+        .await
+        .unwrap();
+    ann_land.leave().await;
+    bob_land.leave().await;
+    planes.stop().await;
+}
+
+type ServerSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn send_frame(socket: &mut ServerSocket, kind: &str, data: Value) {
+    let frame = json!({"type": kind, "v": 1, "data": data});
+    assert!(ServerMessage::decode(&frame.to_string()).is_ok(), "{frame}");
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+async fn expect_sync_request(socket: &mut ServerSocket) {
+    loop {
+        if let Message::Text(text) = socket.next().await.unwrap().unwrap() {
+            assert_eq!(
+                ClientMessage::decode(text.as_str()).unwrap(),
+                ClientMessage::SyncRequest
+            );
+            return;
+        }
+    }
+}
+
+/// A scripted server that skips a sequence number and sends a patch that does not apply.
+#[tokio::test]
+async fn sequence_gaps_and_bad_patches_are_repaired_with_snapshots() {
+    init_tracing();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let s = &mut socket;
+        send_frame(
+            s,
+            "join.ok",
+            json!({"landId": "l", "playerId": "p", "seq": 0, "state": {"a": 1}}),
+        )
+        .await;
+        send_frame(
+            s,
+            "state.patch",
+            json!({"seq": 1, "ops": [{"op": "replace", "path": "/a", "value": 2}]}),
+        )
+        .await;
+        send_frame(
+            s,
+            "state.patch",
+            json!({"seq": 3, "ops": [{"op": "replace", "path": "/a", "value": 4}]}),
+        )
+        .await;
+        expect_sync_request(s).await;
+        // Ignored: it arrives before the snapshot that answers the sync.request.
+        send_frame(
+            s,
+            "state.patch",
+            json!({"seq": 4, "ops": [{"op": "add", "path": "/x", "value": 0}]}),
+        )
+        .await;
+        send_frame(
+            s,
+            "state.snapshot",
+            json!({"seq": 4, "state": {"a": 4, "b": true}}),
+        )
+        .await;
+        send_frame(
+            s,
+            "state.patch",
+            json!({"seq": 5, "ops": [{"op": "add", "path": "/c", "value": 1}]}),
+        )
+        .await;
+        send_frame(
+            s,
+            "state.patch",
+            json!({"seq": 6, "ops": [{"op": "remove", "path": "/missing"}]}),
+        )
+        .await;
+        expect_sync_request(s).await;
+        send_frame(s, "state.snapshot", json!({"seq": 6, "state": {"a": 6}})).await;
+        // Keep the socket open until the client leaves.
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+
+    let options = ConnectOptions {
+        reconnect: None,
+        ..ConnectOptions::default()
+    };
+    let mut land = LandConnection::connect_url(&format!("ws://{addr}/game/x"), options)
+        .await
+        .unwrap();
+    let state = land
+        .wait_for_state(|state| state == &json!({"a": 6}), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(state, json!({"a": 6}));
+    assert_eq!(land.seq(), 6);
+    let stats = land.stats();
+    assert_eq!(stats.gaps, 2);
+    assert_eq!(stats.resyncs, 2);
+    assert_eq!(stats.patches_applied, 2, "seq 1 and seq 5");
+    let mut resynced = Vec::new();
+    while resynced.len() < 2 {
+        match tokio::time::timeout(WAIT, land.next_event()).await.unwrap() {
+            Some(LandEvent::Resynced { seq }) => resynced.push(seq),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(resynced, vec![4, 6]);
+    land.leave().await;
+    server.await.unwrap();
+}
