@@ -85,6 +85,9 @@ pub struct HeartbeatAck {
 pub struct RealtimeError {
     pub code: ErrorCode,
     pub message: String,
+    /// The ticket the error is about, when it is about one (a socket may watch many).
+    #[serde(default, rename = "ticketId", skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<String>,
 }
 
 /// Client → server: `{"action": "enqueue" | "subscribe" | "heartbeat", ...}`.

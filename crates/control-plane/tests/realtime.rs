@@ -191,6 +191,7 @@ async fn invalid_messages_get_error_envelopes_then_a_close() {
     let error = next(&mut socket).await;
     assert_eq!(error["type"], "error");
     assert_eq!(error["data"]["code"], "TICKET_NOT_FOUND");
+    assert_eq!(error["data"]["ticketId"], "missing");
 
     socket.send(Message::Text("not json".into())).await.unwrap();
     assert_eq!(next(&mut socket).await["data"]["code"], "INVALID_JSON");

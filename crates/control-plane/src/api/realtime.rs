@@ -138,9 +138,19 @@ impl Session {
     }
 
     async fn error(&mut self, code: ErrorCode, message: impl Into<String>) -> Flow {
+        self.error_about(None, code, message).await
+    }
+
+    async fn error_about(
+        &mut self,
+        ticket_id: Option<&str>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Flow {
         self.send(RealtimeEvent::Error(RealtimeError {
             code,
             message: message.into(),
+            ticket_id: ticket_id.map(str::to_owned),
         }))
         .await
     }
@@ -246,14 +256,19 @@ impl Session {
             Ok(None) => {
                 self.watcher.forget(&ticket_id);
                 return self
-                    .error(ErrorCode::TicketNotFound, format!("no ticket {ticket_id}"))
+                    .error_about(
+                        Some(&ticket_id),
+                        ErrorCode::TicketNotFound,
+                        format!("no ticket {ticket_id}"),
+                    )
                     .await;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "realtime status read failed");
                 self.watcher.forget(&ticket_id);
                 return self
-                    .error(
+                    .error_about(
+                        Some(&ticket_id),
                         ErrorCode::StoreUnavailable,
                         "the ticket store is unavailable; retry shortly",
                     )
