@@ -5,7 +5,7 @@
 //! out since each server's last heartbeat, so a burst cannot overfill a server
 //! whose reported load is still stale.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use matchplane_contracts::admin::ServerView;
 use parking_lot::Mutex;
@@ -22,9 +22,8 @@ pub struct Registry {
 
 struct Entry {
     record: ServerRecord,
-    /// Lands allocated here that the server has not yet reported as open,
-    /// with the time their assignments expire.
-    pending: BTreeMap<String, Millis>,
+    /// Lands allocated here that the server has not yet reported as open.
+    pending: PendingLands,
     /// Allocated lands nobody joined before their assignments expired.
     abandoned: u64,
 }
@@ -78,24 +77,16 @@ impl Registry {
             .unwrap_or_default();
         match &record.land_ids {
             Some(open) => {
-                let open: std::collections::HashSet<&str> =
-                    open.iter().map(String::as_str).collect();
-                pending.retain(|land_id, expires_at| {
-                    if open.contains(land_id.as_str()) {
-                        return false;
-                    }
-                    if now >= *expires_at {
-                        tracing::warn!(server_id = %record.server_id, land_id = %land_id,
-                            "allocated land was never joined before its assignment expired");
-                        abandoned += 1;
-                        self.abandoned_total
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return false;
-                    }
-                    true
-                });
+                let open: HashSet<&str> = open.iter().map(String::as_str).collect();
+                for land_id in pending.reconcile(&open, now) {
+                    tracing::warn!(server_id = %record.server_id, land_id = %land_id,
+                        "allocated land was never joined before its assignment expired");
+                    abandoned += 1;
+                    self.abandoned_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            None => pending.clear(),
+            None => pending = PendingLands::default(),
         }
         servers.insert(
             record.server_id.clone(),
@@ -155,6 +146,9 @@ impl Registry {
         placement: Placement,
     ) -> Option<Allocation> {
         let mut servers = self.servers.lock();
+        for entry in servers.values_mut() {
+            entry.pending.advance(now);
+        }
         let chosen = servers
             .values()
             .filter(|entry| self.state(&entry.record, now) == ServerState::Live)
@@ -165,10 +159,10 @@ impl Registry {
                     .iter()
                     .any(|hosted| hosted == land_type)
             })
-            .filter(|entry| entry.has_room(now))
+            .filter(|entry| entry.has_room())
             // Ties broken by server id so allocation is deterministic.
             .min_by(|a, b| {
-                let order = a.fill_ratio(now).total_cmp(&b.fill_ratio(now));
+                let order = a.fill_ratio().total_cmp(&b.fill_ratio());
                 let order = match placement {
                     Placement::Spread => order,
                     Placement::Pack => order.reverse(),
@@ -226,9 +220,9 @@ impl Registry {
                     connect_base_url: connect_base(record),
                     capacity: record.capacity,
                     load: record.load,
-                    allocated_since_heartbeat: u32::try_from(entry.pending_count(now))
+                    allocated_since_heartbeat: u32::try_from(entry.pending.count_at(now))
                         .unwrap_or(u32::MAX),
-                    pending_land_ids: entry.pending.keys().cloned().collect(),
+                    pending_land_ids: entry.pending.land_ids(),
                     abandoned_lands: entry.abandoned,
                     open_lands: record.land_ids.as_ref().map(|ids| ids.len() as u64),
                     draining: record.draining,
@@ -243,33 +237,102 @@ impl Registry {
 }
 
 impl Entry {
-    /// Allocations still expected to open (their assignments have not expired).
-    fn pending_count(&self, now: Millis) -> usize {
-        self.pending
-            .values()
-            .filter(|expires_at| now < **expires_at)
-            .count()
-    }
-
-    fn lands_in_use(&self, now: Millis) -> u32 {
+    fn lands_in_use(&self) -> u32 {
         let reported = self.record.load.map_or(0, |load| load.lands);
-        reported.saturating_add(u32::try_from(self.pending_count(now)).unwrap_or(u32::MAX))
+        reported.saturating_add(u32::try_from(self.pending.count()).unwrap_or(u32::MAX))
     }
 
-    fn has_room(&self, now: Millis) -> bool {
+    fn has_room(&self) -> bool {
         match self.record.capacity.and_then(|capacity| capacity.max_lands) {
-            Some(max_lands) => self.lands_in_use(now) < max_lands,
+            Some(max_lands) => self.lands_in_use() < max_lands,
             None => true,
         }
     }
 
     /// How full the server is: a fraction of capacity when known, else a raw land count.
-    fn fill_ratio(&self, now: Millis) -> f64 {
-        let in_use = f64::from(self.lands_in_use(now));
+    fn fill_ratio(&self) -> f64 {
+        let in_use = f64::from(self.lands_in_use());
         match self.record.capacity.and_then(|capacity| capacity.max_lands) {
             Some(max_lands) if max_lands > 0 => in_use / f64::from(max_lands),
             _ => in_use,
         }
+    }
+}
+
+/// Allocations a server has not reported open yet. Counting them must be O(1)
+/// because allocation consults every candidate server for every match.
+#[derive(Debug, Default)]
+struct PendingLands {
+    /// Still within their assignment's lifetime: these count against capacity.
+    live: HashMap<String, Millis>,
+    /// Past it but not yet reconciled with a heartbeat.
+    expired: HashSet<String>,
+    /// `(expires_at, land_id)` in allocation order; expiry times never decrease
+    /// (now + a fixed TTL), so the front is always the next to expire.
+    by_expiry: VecDeque<(Millis, String)>,
+}
+
+impl PendingLands {
+    fn insert(&mut self, land_id: String, expires_at: Millis) {
+        self.by_expiry.push_back((expires_at, land_id.clone()));
+        self.live.insert(land_id, expires_at);
+    }
+
+    fn remove(&mut self, land_id: &str) {
+        self.live.remove(land_id);
+        self.expired.remove(land_id);
+    }
+
+    /// Moves allocations whose assignments expired out of the live count.
+    fn advance(&mut self, now: Millis) {
+        while let Some((expires_at, _)) = self.by_expiry.front() {
+            if *expires_at > now {
+                break;
+            }
+            if let Some((_, land_id)) = self.by_expiry.pop_front()
+                && self.live.remove(&land_id).is_some()
+            {
+                self.expired.insert(land_id);
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Live count as of `now`, for read-only views that cannot advance.
+    fn count_at(&self, now: Millis) -> usize {
+        self.live
+            .values()
+            .filter(|expires_at| now < **expires_at)
+            .count()
+    }
+
+    fn land_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .live
+            .keys()
+            .chain(self.expired.iter())
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Applies a heartbeat's open land ids: reported lands are confirmed, and
+    /// expired ones still missing are returned as abandoned.
+    fn reconcile(&mut self, open: &HashSet<&str>, now: Millis) -> Vec<String> {
+        self.advance(now);
+        self.live
+            .retain(|land_id, _| !open.contains(land_id.as_str()));
+        let mut abandoned: Vec<String> = self
+            .expired
+            .drain()
+            .filter(|land_id| !open.contains(land_id.as_str()))
+            .collect();
+        abandoned.sort();
+        abandoned
     }
 }
 
