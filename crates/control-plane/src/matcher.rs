@@ -423,8 +423,7 @@ impl MatchLoop {
         if matches.is_empty() {
             return;
         }
-        let signer = self.issuer.signer();
-        let mut commits = Vec::with_capacity(matches.len());
+        let mut unsigned = Vec::with_capacity(matches.len());
         let mut placed: Vec<(Match, Allocation)> = Vec::with_capacity(matches.len());
         for proposed in matches {
             let land_type = self.engine.land_type(&proposed.queue_key);
@@ -438,21 +437,24 @@ impl MatchLoop {
                 self.requeue_match(&proposed);
                 continue;
             };
-            match self.build_commit(&proposed, &allocation, &land_type, &signer, now) {
-                Ok(commit) => {
-                    commits.push(commit);
-                    placed.push((proposed, allocation));
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot mint match tokens");
+            unsigned.push(self.build_commit(&proposed, &allocation, &land_type, now));
+            placed.push((proposed, allocation));
+        }
+        if unsigned.is_empty() {
+            return;
+        }
+        let commits = match sign_commits(Arc::new(self.issuer.signer()), unsigned).await {
+            Ok(commits) => commits,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot mint match tokens; tickets return to their queues");
+                for (proposed, allocation) in placed {
                     self.registry.release(&allocation);
                     self.requeue_match(&proposed);
                 }
+                return;
             }
-        }
-        if commits.is_empty() {
-            return;
-        }
+        };
+
         match self.store.commit_matches(commits, now).await {
             Ok(outcomes) => {
                 for ((proposed, allocation), outcome) in placed.into_iter().zip(outcomes) {
@@ -557,9 +559,8 @@ impl MatchLoop {
         proposed: &Match,
         allocation: &Allocation,
         land_type: &str,
-        signer: &Signer,
         now: Millis,
-    ) -> Result<MatchCommit, crate::tokens::TokenError> {
+    ) -> UnsignedCommit {
         let roster: Vec<Vec<String>> = proposed
             .teams
             .iter()
@@ -583,77 +584,72 @@ impl MatchLoop {
             connect_url: &allocation.connect_url,
             match_id: &uuid::Uuid::new_v4().to_string(),
         };
-        self.mint_assignments(&placements, &target, &roster, signer, now)
+        self.plan_assignments(&placements, &target, &roster, now)
     }
 
-    /// One assignment per ticket (tokens for every member) into one land.
-    fn mint_assignments(
+    /// One assignment per ticket into one land, with the claims of every
+    /// member's token still to be signed (see [`sign_commits`]).
+    fn plan_assignments(
         &self,
         placements: &[(TicketId, usize)],
         target: &LandTarget<'_>,
         roster: &[Vec<String>],
-        signer: &Signer,
         now: Millis,
-    ) -> Result<MatchCommit, crate::tokens::TokenError> {
+    ) -> UnsignedCommit {
         let expires_at = now.saturating_add(duration_ms(self.settings.assignment_ttl));
         let mut assignments = Vec::with_capacity(placements.len());
+        let mut claims = Vec::with_capacity(placements.len());
         for (id, team) in placements {
             let Some(record) = self.tickets.get(id) else {
                 continue;
             };
             let team_number = u32::try_from(*team).unwrap_or(u32::MAX);
             let assignment_id = uuid::Uuid::new_v4().to_string();
-            let mut member_tokens = BTreeMap::new();
             for member in &record.members {
-                let claims = MatchClaims {
-                    iss: self.issuer.issuer.clone(),
-                    aud: self.issuer.audience.clone(),
-                    sub: member.clone(),
-                    player_id: member.clone(),
-                    members: record.members.clone(),
-                    assignment_id: assignment_id.clone(),
-                    land_id: target.land_id.to_owned(),
-                    land_type: target.land_type.to_owned(),
-                    server_id: target.server_id.to_owned(),
-                    iat: now / 1000,
-                    exp: expires_at / 1000,
-                    jti: assignment_id.clone(),
-                    match_id: Some(target.match_id.to_owned()),
-                    team: Some(team_number),
-                    roster: roster.to_vec(),
-                    queue_key: Some(record.queue_key.clone()),
-                };
-                member_tokens.insert(member.clone(), signer.sign(&claims)?);
-            }
-            let match_token = record
-                .members
-                .first()
-                .and_then(|first| member_tokens.get(first))
-                .cloned()
-                .unwrap_or_default();
-            if record.members.len() < 2 {
-                // A solo ticket's only token is already `matchToken`.
-                member_tokens.clear();
+                claims.push((
+                    assignments.len(),
+                    MatchClaims {
+                        iss: self.issuer.issuer.clone(),
+                        aud: self.issuer.audience.clone(),
+                        sub: member.clone(),
+                        player_id: member.clone(),
+                        members: record.members.clone(),
+                        assignment_id: assignment_id.clone(),
+                        land_id: target.land_id.to_owned(),
+                        land_type: target.land_type.to_owned(),
+                        server_id: target.server_id.to_owned(),
+                        iat: now / 1000,
+                        exp: expires_at / 1000,
+                        jti: assignment_id.clone(),
+                        match_id: Some(target.match_id.to_owned()),
+                        team: Some(team_number),
+                        roster: roster.to_vec(),
+                        queue_key: Some(record.queue_key.clone()),
+                    },
+                ));
             }
             assignments.push((
                 record.ticket_id.clone(),
                 Assignment {
                     assignment_id,
-                    match_token,
+                    match_token: String::new(),
                     connect_url: target.connect_url.to_owned(),
                     land_id: target.land_id.to_owned(),
                     server_id: target.server_id.to_owned(),
                     expires_at: format_rfc3339(expires_at),
-                    member_tokens,
+                    member_tokens: BTreeMap::new(),
                     match_id: Some(target.match_id.to_owned()),
                     team: Some(team_number),
                 },
             ));
         }
-        Ok(MatchCommit {
-            assignments,
-            assignment_expires_at: expires_at,
-        })
+        UnsignedCommit {
+            commit: MatchCommit {
+                assignments,
+                assignment_expires_at: expires_at,
+            },
+            claims,
+        }
     }
 
     /// Fills open slots of a running land from the queue (see [`MatcherHandle::backfill`]).
@@ -700,15 +696,18 @@ impl MatchLoop {
             connect_url: &connect_url,
             match_id: &match_id,
         };
-        let signer = self.issuer.signer();
         let ids: Vec<TicketId> = found.tickets.iter().map(|(id, _)| *id).collect();
         let requeue_all = |this: &mut Self| {
             for id in &ids {
                 this.requeue(*id);
             }
         };
-        let commit = match self.mint_assignments(&found.tickets, &target, &roster, &signer, now) {
-            Ok(commit) => commit,
+        let unsigned = self.plan_assignments(&found.tickets, &target, &roster, now);
+        let commit = match sign_commits(Arc::new(self.issuer.signer()), vec![unsigned]).await {
+            Ok(mut commits) => commits.pop().unwrap_or(MatchCommit {
+                assignments: Vec::new(),
+                assignment_expires_at: now,
+            }),
             Err(err) => {
                 requeue_all(self);
                 return Err(BackfillError::Internal(err.to_string()));
@@ -767,6 +766,91 @@ impl MatchLoop {
             }
         }
     }
+}
+
+/// A commit whose tokens are still to be signed: `(assignment index, claims)`.
+struct UnsignedCommit {
+    commit: MatchCommit,
+    claims: Vec<(usize, MatchClaims)>,
+}
+
+/// Below this many tokens the hand-off to a second thread costs more than it saves.
+const PARALLEL_SIGNING_FROM: usize = 16;
+
+/// Signs every token of a batch, on two threads when the batch is large
+/// (signing dominates the matching loop's CPU), and puts the tokens in place:
+/// each member's in `memberTokens` (parties), the first member's as `matchToken`.
+async fn sign_commits(
+    signer: Arc<Signer>,
+    unsigned: Vec<UnsignedCommit>,
+) -> Result<Vec<MatchCommit>, crate::tokens::TokenError> {
+    let mut claims: Vec<(usize, usize, MatchClaims)> = Vec::new();
+    let mut commits = Vec::with_capacity(unsigned.len());
+    for (
+        commit_index,
+        UnsignedCommit {
+            commit,
+            claims: planned,
+        },
+    ) in unsigned.into_iter().enumerate()
+    {
+        claims.extend(
+            planned
+                .into_iter()
+                .map(|(assignment, claim)| (commit_index, assignment, claim)),
+        );
+        commits.push(commit);
+    }
+    let tokens: Vec<String> = if claims.len() < PARALLEL_SIGNING_FROM {
+        claims
+            .iter()
+            .map(|(_, _, claim)| signer.sign(claim))
+            .collect::<Result<_, _>>()?
+    } else {
+        let second_half = claims.split_off(claims.len() / 2);
+        let background_signer = Arc::clone(&signer);
+        let background = tokio::task::spawn_blocking(move || {
+            let tokens: Result<Vec<String>, _> = second_half
+                .iter()
+                .map(|(_, _, claim)| background_signer.sign(claim))
+                .collect();
+            (second_half, tokens)
+        });
+        let mut tokens: Vec<String> = claims
+            .iter()
+            .map(|(_, _, claim)| signer.sign(claim))
+            .collect::<Result<_, _>>()?;
+        match background.await {
+            Ok((second_half, rest)) => {
+                tokens.extend(rest?);
+                claims.extend(second_half);
+            }
+            Err(join_error) => {
+                // The blocking task panicked or was cancelled; the batch goes back to the queue.
+                tracing::warn!(error = %join_error, "background signing failed; signing inline");
+                return Err(crate::tokens::TokenError::Background(
+                    join_error.to_string(),
+                ));
+            }
+        }
+        tokens
+    };
+    for ((commit_index, assignment_index, claim), token) in claims.into_iter().zip(tokens) {
+        let Some((_, assignment)) = commits
+            .get_mut(commit_index)
+            .and_then(|commit| commit.assignments.get_mut(assignment_index))
+        else {
+            continue;
+        };
+        if claim.members.first() == Some(&claim.sub) {
+            assignment.match_token.clone_from(&token);
+        }
+        // A solo ticket's only token is already `matchToken`.
+        if claim.members.len() > 1 {
+            assignment.member_tokens.insert(claim.sub, token);
+        }
+    }
+    Ok(commits)
 }
 
 pub(crate) fn engine_ticket(id: TicketId, record: &TicketRecord) -> Ticket {

@@ -12,8 +12,12 @@ use matchplane_contracts::token::MatchClaims;
 use crate::keys::{CurrentKey, Keyring};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot encode match-token claims: {0}")]
-pub struct TokenError(#[from] serde_json::Error);
+pub enum TokenError {
+    #[error("cannot encode match-token claims: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("token signing thread failed: {0}")]
+    Background(String),
+}
 
 pub struct TokenIssuer {
     keyring: Arc<Keyring>,
