@@ -17,6 +17,8 @@ pub enum TokenError {
     Encode(#[from] serde_json::Error),
     #[error("token signing thread failed: {0}")]
     Background(String),
+    #[error(transparent)]
+    Sign(#[from] crate::keys::SignError),
 }
 
 pub struct TokenIssuer {
@@ -68,7 +70,7 @@ impl Signer {
             String::with_capacity(self.encoded_header.len() + payload.len() * 4 / 3 + 100);
         token.push_str(&self.encoded_header);
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self.key.material.sign(token.as_bytes());
+        let signature = self.key.material.sign(token.as_bytes())?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
