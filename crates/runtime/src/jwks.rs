@@ -67,7 +67,13 @@ struct CachedKey {
 struct Cache {
     keys: HashMap<String, Arc<CachedKey>>,
     last_fetch_attempt: Option<Instant>,
+    /// Whether that attempt succeeded: after a failure (control plane not up
+    /// yet) the next try comes sooner than the full cooldown.
+    last_fetch_ok: bool,
 }
+
+/// Least time between fetches while the control plane could not be reached.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(250);
 
 pub struct JwksAuthenticator {
     settings: JwksSettings,
@@ -103,7 +109,11 @@ impl JwksAuthenticator {
     }
 
     async fn fetch_locked(&self) -> Result<usize, JwksError> {
-        self.cache.write().last_fetch_attempt = Some(Instant::now());
+        {
+            let mut cache = self.cache.write();
+            cache.last_fetch_attempt = Some(Instant::now());
+            cache.last_fetch_ok = false;
+        }
         let url = self.settings.jwks_url();
         let fetch_error = |message: String| JwksError::Fetch {
             url: url.clone(),
@@ -134,7 +144,11 @@ impl JwksAuthenticator {
             }
         }
         let count = keys.len();
-        self.cache.write().keys = keys;
+        {
+            let mut cache = self.cache.write();
+            cache.keys = keys;
+            cache.last_fetch_ok = true;
+        }
         tracing::debug!(keys = count, "JWKS refreshed");
         Ok(count)
     }
@@ -150,9 +164,14 @@ impl JwksAuthenticator {
             if let Some(key) = cache.keys.get(kid) {
                 return Some(Arc::clone(key));
             }
+            let cooldown = if cache.last_fetch_ok {
+                self.settings.refetch_cooldown
+            } else {
+                self.settings.refetch_cooldown.min(RETRY_AFTER_FAILURE)
+            };
             cache
                 .last_fetch_attempt
-                .is_some_and(|at| at.elapsed() < self.settings.refetch_cooldown)
+                .is_some_and(|at| at.elapsed() < cooldown)
         };
         if recently {
             return None;
@@ -167,11 +186,20 @@ impl JwksAuthenticator {
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(this.settings.refresh_every);
+            // Until the first success (the control plane may start after the
+            // game server) retry with backoff; then refresh periodically.
+            let mut backoff = Duration::from_millis(200);
             loop {
-                ticker.tick().await;
-                if let Err(err) = this.refresh().await {
-                    tracing::warn!(error = %err, "periodic JWKS refresh failed; keeping cached keys");
+                match this.refresh().await {
+                    Ok(_) => {
+                        backoff = Duration::from_millis(200);
+                        tokio::time::sleep(this.settings.refresh_every).await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "JWKS refresh failed; keeping cached keys and retrying");
+                        tokio::time::sleep(backoff.min(this.settings.refresh_every)).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
         })

@@ -51,6 +51,15 @@ fn token(key: &Key, kid: &str, land_id: &str) -> String {
 
 /// Serves `keys` as a JWKS and counts the requests.
 async fn stand_in(keys: Arc<parking_lot::Mutex<Vec<Value>>>, hits: Arc<AtomicUsize>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    stand_in_on(listener, keys, hits).await
+}
+
+async fn stand_in_on(
+    listener: tokio::net::TcpListener,
+    keys: Arc<parking_lot::Mutex<Vec<Value>>>,
+    hits: Arc<AtomicUsize>,
+) -> String {
     let app = axum::Router::new().route(
         "/.well-known/jwks.json",
         get(move || {
@@ -62,7 +71,6 @@ async fn stand_in(keys: Arc<parking_lot::Mutex<Vec<Value>>>, hits: Arc<AtomicUsi
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
@@ -141,5 +149,37 @@ async fn unknown_kids_refetch_at_most_once_per_cooldown_and_rotations_are_picked
     assert_eq!(
         admit(&verifier, &token(&second, "k2", "counter:2"), "counter:3").await,
         Err(4403)
+    );
+}
+
+#[tokio::test]
+async fn a_control_plane_that_comes_up_late_is_not_shut_out_by_the_cooldown() {
+    // Reserve a port, then leave it closed: the control plane is "not up yet".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = JwksSettings::new(format!("http://127.0.0.1:{port}"));
+    settings.refetch_cooldown = Duration::from_secs(3600);
+    let verifier = JwksAuthenticator::new(settings);
+    let first = key("k1");
+    let good = token(&first, "k1", "counter:1");
+    assert_eq!(
+        admit(&verifier, &good, "counter:1").await,
+        Err(4401),
+        "nothing to verify against yet"
+    );
+
+    let keys = Arc::new(parking_lot::Mutex::new(vec![first.jwk.clone()]));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stand_in_on(listener, keys, Arc::new(AtomicUsize::new(0))).await;
+    // A failed fetch holds back the next one briefly, not for the full (1 h) cooldown.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        admit(&verifier, &good, "counter:1").await,
+        Ok("p1".to_owned())
     );
 }
