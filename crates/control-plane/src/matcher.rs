@@ -522,17 +522,24 @@ impl MatchLoop {
                 tracing::info!(land_id = %allocation.land_id, gone = not_queued.len(),
                     "match dropped: tickets changed meanwhile; the rest return to the queue");
                 self.registry.release(allocation);
-                for id in proposed.teams.iter().flatten() {
-                    let gone = self
-                        .tickets
-                        .get(id)
-                        .is_none_or(|record| not_queued.contains(&record.ticket_id));
-                    if gone {
-                        self.untrack(*id);
-                    } else {
-                        self.requeue(*id);
-                    }
-                }
+                let ids: Vec<TicketId> = proposed.teams.iter().flatten().copied().collect();
+                self.settle_rejected(&ids, &not_queued);
+            }
+        }
+    }
+
+    /// After a commit was refused: tickets that changed meanwhile (cancelled,
+    /// expired) leave the loop, the others go back to their queues.
+    fn settle_rejected(&mut self, ids: &[TicketId], not_queued: &[String]) {
+        for id in ids {
+            let gone = self
+                .tickets
+                .get(id)
+                .is_none_or(|record| not_queued.contains(&record.ticket_id));
+            if gone {
+                self.untrack(*id);
+            } else {
+                self.requeue(*id);
             }
         }
     }
@@ -741,17 +748,7 @@ impl MatchLoop {
                     })
                 }
                 Some(CommitOutcome::Rejected { not_queued }) => {
-                    for id in &ids {
-                        let gone = self
-                            .tickets
-                            .get(id)
-                            .is_none_or(|record| not_queued.contains(&record.ticket_id));
-                        if gone {
-                            self.untrack(*id);
-                        } else {
-                            self.requeue(*id);
-                        }
-                    }
+                    self.settle_rejected(&ids, &not_queued);
                     Ok(BackfillOutcome::default())
                 }
                 None => {
