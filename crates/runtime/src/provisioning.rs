@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use matchplane_contracts::ProvisioningResponse;
 use matchplane_contracts::provisioning::{Capacity, Load, RegisterRequest};
 
 use crate::manager::LandManager;
@@ -93,25 +92,8 @@ impl ProvisioningAgent {
     /// One register/heartbeat call.
     pub async fn heartbeat(&self, draining: bool) -> Result<(), ProvisioningError> {
         let url = format!("{}/v1/provisioning/servers/register", self.base());
-        let response = self
-            .http
-            .post(&url)
-            .json(&self.registration(draining))
-            .send()
-            .await
-            .map_err(|err| ProvisioningError::Unreachable {
-                url: url.clone(),
-                message: err.to_string(),
-            })?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = response.text().await.unwrap_or_default();
-        Err(ProvisioningError::Refused {
-            status: status.as_u16(),
-            body,
-        })
+        let request = self.http.post(&url).json(&self.registration(draining));
+        send(request, url, false).await
     }
 
     pub async fn deregister(&self) -> Result<(), ProvisioningError> {
@@ -120,25 +102,8 @@ impl ProvisioningAgent {
             self.base(),
             self.settings.server_id
         );
-        let response =
-            self.http
-                .delete(&url)
-                .send()
-                .await
-                .map_err(|err| ProvisioningError::Unreachable {
-                    url: url.clone(),
-                    message: err.to_string(),
-                })?;
-        let status = response.status();
         // Already gone (e.g. forgotten after a long outage) is as good as removed.
-        if status.is_success() || status.as_u16() == 404 {
-            return Ok(());
-        }
-        let body: Option<ProvisioningResponse> = response.json().await.ok();
-        Err(ProvisioningError::Refused {
-            status: status.as_u16(),
-            body: format!("{body:?}"),
-        })
+        send(self.http.delete(&url), url, true).await
     }
 
     /// Registers, then heartbeats every interval until the task is aborted.
@@ -211,4 +176,28 @@ impl ProvisioningAgent {
         }
         finished
     }
+}
+
+/// Sends one provisioning call; a non-success status is a refusal carrying
+/// the control plane's answer (404 counts as success when `not_found_is_ok`).
+async fn send(
+    request: reqwest::RequestBuilder,
+    url: String,
+    not_found_is_ok: bool,
+) -> Result<(), ProvisioningError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|err| ProvisioningError::Unreachable {
+            url,
+            message: err.to_string(),
+        })?;
+    let status = response.status();
+    if status.is_success() || (not_found_is_ok && status == reqwest::StatusCode::NOT_FOUND) {
+        return Ok(());
+    }
+    Err(ProvisioningError::Refused {
+        status: status.as_u16(),
+        body: response.text().await.unwrap_or_default(),
+    })
 }
