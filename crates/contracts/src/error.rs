@@ -40,6 +40,20 @@ pub enum ErrorCode {
     ServerNotFound,
     NotFound,
     MethodNotAllowed,
+    /// No credential, or one that does not verify (missing/forged/expired bearer token).
+    Unauthenticated,
+    /// The credential is valid but does not allow this (e.g. another server's id).
+    Forbidden,
+    /// Too many requests or new connections from this client or player; see `Retry-After`.
+    RateLimited,
+    /// Too many open connections (from this address or in total); retry later.
+    TooManyConnections,
+    /// A member of the ticket is already in another queued ticket.
+    PlayerAlreadyQueued,
+    /// Queue profiles are configured and this queue key matches none (see `--open-queues`).
+    QueueNotFound,
+    /// `constraints` is too large or too deeply nested.
+    ConstraintsTooLarge,
     /// The durable store cannot be reached or failed; retry later.
     StoreUnavailable,
     Internal,
@@ -74,6 +88,13 @@ impl ErrorCode {
             Self::ServerNotFound => "SERVER_NOT_FOUND",
             Self::NotFound => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            Self::PlayerAlreadyQueued => "PLAYER_ALREADY_QUEUED",
+            Self::QueueNotFound => "QUEUE_NOT_FOUND",
+            Self::ConstraintsTooLarge => "CONSTRAINTS_TOO_LARGE",
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -81,7 +102,10 @@ impl ErrorCode {
 
     /// Whether the same request may succeed when sent again later.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::StoreUnavailable | Self::Internal)
+        matches!(
+            self,
+            Self::StoreUnavailable | Self::Internal | Self::RateLimited | Self::TooManyConnections
+        )
     }
 }
 

@@ -29,6 +29,56 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Queue profiles for the matchmaking engine (the `[[queue]]` tables of `--config`).
     pub engine: matchplane_matchmaker::EngineConfig,
+    /// With queue profiles configured, accept queue keys that match no profile
+    /// (otherwise they get 404 `QUEUE_NOT_FOUND`).
+    pub open_queues: bool,
+    /// Bearer token for `/v1/admin/*` and the internal API.
+    pub admin_token: CredentialSource,
+    /// Bearer token game servers present to register and deregister.
+    pub registration_token: CredentialSource,
+    /// Who players are: anyone (`none`, development) or the holder of a player JWT.
+    pub player_auth: PlayerAuth,
+    /// Timeouts and connection caps of the HTTP listener.
+    pub serve_limits: matchplane_edge::serve::ServeLimits,
+    /// Requests / new sockets per second per client IP and per player (burst 2N).
+    pub rate_limit: matchplane_edge::ratelimit::RateLimit,
+    /// Serve `/metrics` on this address instead of the public listener.
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+/// Where a shared secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Given on the command line or in the environment.
+    Value(String),
+    /// Read from this file (first line, trimmed).
+    File(PathBuf),
+    /// Generated on first start into `<data-dir>/<name>` (0600), or in memory with `--ephemeral`.
+    Generate,
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret, not even in a debug dump of the config.
+        match self {
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Generate => f.write_str("Generate"),
+        }
+    }
+}
+
+/// `--player-auth none|jwt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlayerAuth {
+    /// Anyone may enqueue for any player id (the seed's development mode).
+    None,
+    /// A player JWT from the identity provider is required; its `sub` is the player.
+    Jwt {
+        jwks_url: String,
+        issuer: String,
+        audience: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -95,14 +145,26 @@ impl Config {
             placement: Placement::Spread,
             trusted_proxies: Vec::new(),
             engine: matchplane_matchmaker::EngineConfig::default(),
+            open_queues: false,
+            admin_token: CredentialSource::Generate,
+            registration_token: CredentialSource::Generate,
+            player_auth: PlayerAuth::None,
+            serve_limits: matchplane_edge::serve::ServeLimits::default(),
+            rate_limit: matchplane_edge::ratelimit::RateLimit::default(),
+            metrics_bind: None,
         }
     }
 
     /// In-memory store on 127.0.0.1 with an OS-chosen port: what tests want.
+    /// Credentials are generated in memory (`ControlPlane::admin_token` and
+    /// `registration_token` tell them); rate limits are off so tests that are
+    /// not about limits cannot trip them.
     pub fn ephemeral_for_tests() -> Self {
-        Self::new(
+        let mut config = Self::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             StorageConfig::Ephemeral,
-        )
+        );
+        config.rate_limit = matchplane_edge::ratelimit::RateLimit::Off;
+        config
     }
 }

@@ -19,6 +19,8 @@ pub mod tokens;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, Limits, Placement, SigningConfig, StorageConfig};
+pub use config::{
+    Config, CredentialSource, Limits, Placement, PlayerAuth, SigningConfig, StorageConfig,
+};
 pub use keys::SigningAlgorithm;
 pub use server::{ControlPlane, StartError};
