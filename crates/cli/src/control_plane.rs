@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use matchplane_control_plane::{
-    Config, ControlPlane, Placement, SigningAlgorithm, StorageConfig, clock::Clock as _,
+    Config, ControlPlane, CredentialSource, Placement, PlayerAuth, SigningAlgorithm,
+    StorageConfig, clock::Clock as _,
     clock::SystemClock, clock::duration_ms, keys,
 };
 
@@ -86,6 +87,71 @@ struct ServeArgs {
     #[arg(long = "trusted-proxy", env = "MATCHPLANE_TRUSTED_PROXY", value_delimiter = ',',
         value_parser = matchplane_contracts::forwarded::TrustedProxies::parse_entry)]
     trusted_proxies: Vec<ipnet::IpNet>,
+
+    #[command(flatten)]
+    credentials: CredentialArgs,
+}
+
+/// Who may call what (docs/security.md).
+#[derive(Debug, Args)]
+struct CredentialArgs {
+    /// Bearer token for /v1/admin/* and the internal API (several comma-separated are all accepted).
+    /// Without it or --admin-token-file, one is generated into <data-dir>/admin-token.
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
+    admin_token: Option<String>,
+    /// File holding the admin token(s), one per line.
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Bearer token game servers register with (several comma-separated are all accepted).
+    /// Without it or --registration-token-file, one is generated into <data-dir>/registration-token.
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true,
+        conflicts_with = "registration_token_file")]
+    registration_token: Option<String>,
+    /// File holding the registration token(s), one per line (e.g. one per game server).
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
+    registration_token_file: Option<PathBuf>,
+    /// `none`: anyone may queue for any player id (development); `jwt`: enqueue, status,
+    /// cancel and /realtime need a player JWT from your identity provider.
+    #[arg(long, env = "MATCHPLANE_PLAYER_AUTH", default_value = "none")]
+    player_auth: PlayerAuthArg,
+    /// JWKS URL of the identity provider that signs player tokens (with --player-auth jwt).
+    #[arg(long, env = "MATCHPLANE_PLAYER_JWKS_URL", required_if_eq("player_auth", "jwt"))]
+    player_jwks_url: Option<String>,
+    /// Required `iss` of player tokens.
+    #[arg(long, env = "MATCHPLANE_PLAYER_ISSUER", required_if_eq("player_auth", "jwt"))]
+    player_issuer: Option<String>,
+    /// Required `aud` of player tokens.
+    #[arg(long, env = "MATCHPLANE_PLAYER_AUDIENCE", required_if_eq("player_auth", "jwt"))]
+    player_audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlayerAuthArg {
+    None,
+    Jwt,
+}
+
+impl CredentialArgs {
+    fn apply(self, config: &mut Config) {
+        config.admin_token = source(self.admin_token, self.admin_token_file);
+        config.registration_token = source(self.registration_token, self.registration_token_file);
+        config.player_auth = match self.player_auth {
+            PlayerAuthArg::None => PlayerAuth::None,
+            PlayerAuthArg::Jwt => PlayerAuth::Jwt {
+                jwks_url: self.player_jwks_url.unwrap_or_default(),
+                issuer: self.player_issuer.unwrap_or_default(),
+                audience: self.player_audience.unwrap_or_default(),
+            },
+        };
+    }
+}
+
+fn source(value: Option<String>, file: Option<PathBuf>) -> CredentialSource {
+    match (value, file) {
+        (Some(value), _) => CredentialSource::Value(value),
+        (None, Some(file)) => CredentialSource::File(file),
+        (None, None) => CredentialSource::Generate,
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -107,6 +173,31 @@ struct RotateKeyArgs {
     /// Lifetime of tokens signed with the old key (keeps it published that long).
     #[arg(long, env = "MATCHPLANE_ASSIGNMENT_TTL", default_value = "60s", value_parser = parse_duration)]
     assignment_ttl: Duration,
+    /// Admin token for --url (default: read <data-dir>/admin-token).
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
+    admin_token: Option<String>,
+    /// File holding the admin token for --url.
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl RotateKeyArgs {
+    fn admin_token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.admin_token {
+            return Ok(token.trim().to_owned());
+        }
+        let path = self
+            .admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(matchplane_control_plane::auth::ADMIN_TOKEN_FILE));
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading the admin token from {} (pass --admin-token or --admin-token-file)",
+                path.display()
+            )
+        })?;
+        Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+    }
 }
 
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
@@ -140,6 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_members = args.max_members;
     config.trusted_proxies = args.trusted_proxies;
+    args.credentials.apply(&mut config);
     if let Some(path) = &args.signing_key {
         config.signing.key_pem = Some(
             std::fs::read_to_string(path)
@@ -165,6 +257,7 @@ async fn rotate_key(args: RotateKeyArgs) -> anyhow::Result<()> {
             let endpoint = format!("{}/v1/admin/keys/rotate", url.trim_end_matches('/'));
             let response = reqwest::Client::new()
                 .post(&endpoint)
+                .bearer_auth(args.admin_token()?)
                 .send()
                 .await
                 .with_context(|| format!("calling {endpoint}"))?;

@@ -1,12 +1,14 @@
 //! `matchplane game-server`: hosts the built-in lands (`counter`, `hero-defense`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 use matchplane_contracts::provisioning::Capacity;
+use matchplane_edge::secret::{Secret, SecretError};
 use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
 use matchplane_runtime::counter::Counter;
 use matchplane_runtime::{
@@ -51,6 +53,16 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_CONTROL_PLANE_URL")]
     pub control_plane_url: Option<String>,
 
+    /// The control plane's registration token, sent as `Authorization: Bearer` when
+    /// registering, heartbeating and deregistering (its <data-dir>/registration-token).
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true,
+        conflicts_with = "registration_token_file", value_parser = parse_registration_token)]
+    pub registration_token: Option<Secret>,
+
+    /// File whose first line is the registration token (e.g. a mounted secret).
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
+    pub registration_token_file: Option<PathBuf>,
+
     /// Client-facing host clients should connect to (e.g. the load balancer); default: the bind address.
     #[arg(long, env = "MATCHPLANE_CONNECT_HOST")]
     pub connect_host: Option<String>,
@@ -71,7 +83,8 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_REGION")]
     pub region: Option<String>,
 
-    /// Most lands this server should run at once (reported as capacity; the control plane allocates no more).
+    /// Most lands this server runs at once: reported as capacity (the control plane allocates
+    /// no more) and enforced however a land would be created (4409 `server_full` beyond it).
     #[arg(long, env = "MATCHPLANE_MAX_LANDS", default_value_t = 1000)]
     pub max_lands: u32,
 
@@ -130,6 +143,25 @@ pub struct GameServerArgs {
     pub shutdown_timeout: Duration,
 }
 
+const REGISTRATION_TOKEN: &str = "registration token";
+
+fn parse_registration_token(value: &str) -> Result<Secret, SecretError> {
+    Secret::new(value, REGISTRATION_TOKEN)
+}
+
+/// The token from the flag, or from the file (which must exist and hold one).
+fn registration_token(args: &GameServerArgs) -> anyhow::Result<Option<Secret>> {
+    if let Some(token) = &args.registration_token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &args.registration_token_file else {
+        return Ok(None);
+    };
+    Secret::from_file(path, REGISTRATION_TOKEN)
+        .map(Some)
+        .with_context(|| format!("--registration-token-file {}", path.display()))
+}
+
 fn hero_defense_config(raw: Option<&str>) -> anyhow::Result<HeroDefenseConfig> {
     let Some(raw) = raw else {
         return Ok(HeroDefenseConfig::default());
@@ -180,6 +212,19 @@ fn registry(args: &GameServerArgs) -> anyhow::Result<LandRegistry> {
 
 pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
     let registry = registry(&args)?;
+    let registration_token = registration_token(&args)?;
+    if !(args.max_messages_per_second.is_finite() && args.max_messages_per_second > 0.0) {
+        bail!(
+            "--max-messages-per-second must be a positive number, got {}",
+            args.max_messages_per_second
+        );
+    }
+    if args.control_plane_url.is_some() && registration_token.is_none() {
+        tracing::warn!(
+            "no registration token: the control plane will refuse to register this server; \
+             pass --registration-token or --registration-token-file"
+        );
+    }
     let auth_mode = args.auth.unwrap_or(if args.control_plane_url.is_some() {
         AuthMode::Jwks
     } else {
@@ -206,6 +251,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
         }
     };
     let mut config = GameServerConfig {
+        max_lands: Some(usize::try_from(args.max_lands).unwrap_or(usize::MAX)),
         limits: ConnectionLimits {
             max_message_bytes: args.max_message_bytes,
             messages_per_second: args.max_messages_per_second,
@@ -247,6 +293,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
                     max_players: Some(args.max_players),
                 },
                 heartbeat_interval: args.heartbeat_interval,
+                registration_token: registration_token.clone(),
             },
             server.manager().clone(),
         ))

@@ -45,7 +45,7 @@ pub mod close_code {
     pub const FORBIDDEN: u16 = 4403;
     /// No land type is served at this path.
     pub const UNKNOWN_LAND_TYPE: u16 = 4404;
-    /// Land is full or already closed.
+    /// Land is full or already closed, or the server runs as many lands as it may.
     pub const LAND_FULL_OR_CLOSED: u16 = 4409;
     /// A newer connection took over this seat.
     pub const SESSION_REPLACED: u16 = 4410;
@@ -69,6 +69,8 @@ pub mod error_code {
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const FORBIDDEN: &str = "forbidden";
     pub const LAND_FULL: &str = "land_full";
+    /// The game server already runs its `--max-lands` and creates no more (close 4409).
+    pub const SERVER_FULL: &str = "server_full";
     pub const DRAINING: &str = "draining";
     pub const SESSION_REPLACED: &str = "session_replaced";
 }

@@ -111,6 +111,16 @@ pub struct Limits {
     pub max_members: usize,
     pub max_string_len: usize,
     pub max_map_entries: usize,
+    /// `constraints` serialized as compact JSON; a ticket is kept in memory
+    /// while queued, so this bounds what one client can park there.
+    pub max_constraints_bytes: usize,
+    /// Nesting of arrays/objects in `constraints` (`{"a":[1]}` is 2).
+    pub max_constraints_depth: usize,
+    /// Bytes of names plus values within each of `attributes`, `stringArgs`,
+    /// `tags` and `latencies`.
+    pub max_fields_bytes: usize,
+    /// Largest magnitude of an attribute value; keeps skill sums finite.
+    pub max_attribute_magnitude: f64,
 }
 
 impl Default for Limits {
@@ -120,6 +130,10 @@ impl Default for Limits {
             max_members: 16,
             max_string_len: 128,
             max_map_entries: 32,
+            max_constraints_bytes: 4 * 1024,
+            max_constraints_depth: 8,
+            max_fields_bytes: 4 * 1024,
+            max_attribute_magnitude: matchplane_matchmaker::MAX_SKILL_MAGNITUDE,
         }
     }
 }

@@ -860,5 +860,6 @@ pub(crate) fn engine_ticket(id: TicketId, record: &TicketRecord) -> Ticket {
         region: record.region.clone(),
         string_args: record.string_args.clone(),
         tags: record.tags.clone(),
+        players: record.members.clone(),
     }
 }

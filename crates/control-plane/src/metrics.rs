@@ -20,6 +20,10 @@ pub struct Metrics {
     pub matches_dropped: AtomicU64,
     pub store_errors: AtomicU64,
     pub realtime_sockets: AtomicU64,
+    /// Requests refused for a missing or invalid credential (any kind).
+    pub auth_failures: AtomicU64,
+    /// Requests and new sockets refused by a rate limit.
+    pub rate_limited: AtomicU64,
     match_wait_buckets: [AtomicU64; MATCH_WAIT_BUCKETS_MS.len()],
     match_wait_count: AtomicU64,
     match_wait_sum_ms: AtomicU64,
@@ -95,6 +99,16 @@ impl Metrics {
                 "matchplane_store_errors_total",
                 "Failed store operations.",
                 &self.store_errors,
+            ),
+            (
+                "matchplane_auth_failures_total",
+                "Requests refused for a missing or invalid credential.",
+                &self.auth_failures,
+            ),
+            (
+                "matchplane_rate_limited_total",
+                "Requests and new sockets refused by a rate limit (429).",
+                &self.rate_limited,
             ),
         ];
         for (name, help, counter) in counters {

@@ -390,6 +390,7 @@ mod tests {
             land_ids: None,
             registered_at: 0,
             last_seen: 1_000,
+            registered_with: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot load signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("cannot set up credentials: {0}")]
+    Credentials(#[from] matchplane_edge::secret::SecretError),
     #[error("invalid matchmaking configuration: {0}")]
     Engine(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -60,6 +62,8 @@ impl Builder {
         } = self;
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let now = clock.now_ms();
+        let auth = Arc::new(crate::auth::Auth::from_config(&config)?);
+        auth.spawn_background();
         let store: Arc<dyn Store> = match store {
             Some(store) => store,
             None => match &config.storage {
@@ -107,6 +111,15 @@ impl Builder {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => {
+                let bind_error = |source| StartError::Bind { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let events = EventBus::new();
@@ -128,6 +141,8 @@ impl Builder {
             Arc::clone(&metrics),
             shutdown_rx.clone(),
         );
+        let request_limits = Arc::new(api::limits::RequestLimits::new(config.rate_limit));
+        let serve_limits = config.serve_limits.clone();
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -139,28 +154,37 @@ impl Builder {
             started_at: now,
             metrics,
             ticket_rules: Arc::new(parking_lot::Mutex::new(ticket_rules)),
+            auth,
+            request_limits,
             shutdown: shutdown_rx.clone(),
         };
-        let app = api::router(state.clone());
-        let mut serve_shutdown = shutdown_rx;
-        let server_task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    // Either a shutdown request or the handle being dropped ends serving.
-                    let _ = serve_shutdown.changed().await;
-                })
-                .await;
-            if let Err(err) = result {
-                tracing::error!(error = %err, "HTTP server failed");
+        let server_task = spawn_serve(
+            listener,
+            api::router(state.clone()),
+            serve_limits.clone(),
+            shutdown_rx.clone(),
+        );
+        let (metrics_addr, metrics_task) = match metrics_listener {
+            Some((listener, bound)) => {
+                tracing::info!(addr = %bound, "metrics listening");
+                let task = spawn_serve(
+                    listener,
+                    api::metrics_router(state.clone()),
+                    serve_limits,
+                    shutdown_rx,
+                );
+                (Some(bound), Some(task))
             }
-        });
+            None => (None, None),
+        };
         tracing::info!(addr = %local_addr, store = state.store.kind(), kid = %state.issuer.keyring().current_kid(),
             "control plane listening");
         Ok(ControlPlane {
             local_addr,
             shutdown: shutdown_tx,
             server_task,
+            metrics_addr,
+            metrics_task,
             matcher_task,
             state,
             _matcher: matcher,
@@ -168,11 +192,30 @@ impl Builder {
     }
 }
 
+fn spawn_serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: matchplane_edge::serve::ServeLimits,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stopped = async move {
+            // Either a shutdown request or the handle being dropped ends serving.
+            let _ = shutdown.changed().await;
+        };
+        if let Err(err) = matchplane_edge::serve::serve(listener, app, limits, stopped).await {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+    })
+}
+
 /// A running control plane. Dropping it does not stop it; call `shutdown`.
 pub struct ControlPlane {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     server_task: JoinHandle<()>,
+    metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<JoinHandle<()>>,
     matcher_task: JoinHandle<()>,
     state: AppState,
     _matcher: MatcherHandle,
@@ -200,14 +243,40 @@ impl ControlPlane {
         format!("http://{}", self.local_addr)
     }
 
+    /// Where `/metrics` is served when `metrics_bind` moved it off the public listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The bearer token for `/v1/admin/*` (generated in memory unless configured).
+    pub fn admin_token(&self) -> String {
+        self.state
+            .auth
+            .admin_token()
+            .map(|secret| secret.expose().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The bearer token game servers register with.
+    pub fn registration_token(&self) -> String {
+        self.state
+            .auth
+            .registration_token()
+            .map(|secret| secret.expose().to_owned())
+            .unwrap_or_default()
     }
 
     /// Stops accepting, finishes in-flight requests and stops the matching loop.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server_task.await;
+        if let Some(metrics_task) = self.metrics_task {
+            let _ = metrics_task.await;
+        }
         let _ = self.matcher_task.await;
         tracing::info!("control plane stopped");
     }

@@ -211,6 +211,7 @@ async fn malformed_oversized_and_wrong_content_type_bodies() {
     let response = h
         .http
         .post(h.url("/v1/provisioning/servers/register"))
+        .bearer_auth(h.cp.registration_token())
         .header("content-type", "application/json")
         .body("{nope")
         .send()
@@ -681,6 +682,7 @@ async fn store_outage_is_503_with_retryable_codes() {
 
     let response = http
         .post(format!("{base}/v1/provisioning/servers/register"))
+        .bearer_auth(cp.registration_token())
         .json(&json!({"serverId": "s", "host": "h", "port": 1, "landType": "t"}))
         .send()
         .await

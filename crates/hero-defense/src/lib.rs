@@ -106,7 +106,11 @@ impl HeroDefenseConfig {
     }
 
     fn enemies_in_wave(&self, wave: u32) -> u32 {
-        self.enemies_first_wave + self.enemies_growth_per_wave * wave.saturating_sub(1)
+        self.enemies_first_wave
+            .saturating_add(
+                self.enemies_growth_per_wave
+                    .saturating_mul(wave.saturating_sub(1)),
+            )
     }
 }
 
@@ -282,7 +286,13 @@ pub struct HeroDefense {
 }
 
 fn upgrade_cost(base_cost: u32, level: u32) -> Option<u32> {
-    (level < MAX_LEVEL).then(|| (level + 1) * base_cost)
+    // Saturating: a configured cost too large for u32 is simply unaffordable.
+    (level < MAX_LEVEL).then(|| (level + 1).saturating_mul(base_cost))
+}
+
+/// A duration from configured seconds; negative or NaN is zero, too large is "never".
+fn secs(value: f32) -> Duration {
+    Duration::try_from_secs_f32(value.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 fn step_towards(from: (f32, f32), to: (f32, f32), max_step: f32) -> (f32, f32) {
@@ -341,7 +351,8 @@ impl HeroDefense {
                     max_hp: hp,
                 },
             );
-            self.next_enemy_id += 1;
+            // Ids restart after 2^32 spawns, when the first enemies are long gone.
+            self.next_enemy_id = self.next_enemy_id.wrapping_add(1);
             self.to_spawn -= 1;
             self.next_spawn_at += self.config.spawn_interval_secs;
         }
@@ -401,10 +412,10 @@ impl HeroDefense {
             };
             if killed {
                 self.state.enemies.remove(&enemy_id);
-                hero.kills += 1;
-                self.state.kills += 1;
+                hero.kills = hero.kills.saturating_add(1);
+                self.state.kills = self.state.kills.saturating_add(1);
                 let gold = self.gold.entry(player.clone()).or_default();
-                *gold += config.gold_per_kill;
+                *gold = gold.saturating_add(config.gold_per_kill);
                 ctx.send_to(
                     player,
                     &HeroServerEvent::GoldEarned {
@@ -461,8 +472,8 @@ impl Land for HeroDefense {
         LandSettings {
             tick_rate_hz: config.tick_rate_hz,
             max_players: config.max_players,
-            dispose_after_empty: Duration::from_secs_f32(config.dispose_after_empty_secs.max(0.0)),
-            reconnect_grace: Duration::from_secs_f32(config.reconnect_grace_secs.max(0.0)),
+            dispose_after_empty: secs(config.dispose_after_empty_secs),
+            reconnect_grace: secs(config.reconnect_grace_secs),
         }
     }
 
@@ -668,6 +679,50 @@ mod tests {
         let error = result.error.unwrap();
         assert_eq!(error.code, "not_enough_gold");
         assert!(error.message.contains("costs 10 gold"), "{}", error.message);
+    }
+
+    #[test]
+    fn positions_beyond_f32_are_refused_and_huge_ones_clamped() {
+        let mut land = LandHarness::<HeroDefense>::new(HeroDefenseConfig::quick(), "hd-unit");
+        land.join("ann").unwrap();
+        // 1e39 does not fit an f32: it decodes as infinity, which is refused.
+        for payload in [json!({"x": 1e39, "y": 1.0}), json!({"x": 1.0, "y": -1e300})] {
+            let result = land.action("ann", "move", payload).unwrap();
+            assert_eq!(result.error.unwrap().code, "invalid_position");
+        }
+        let result = land
+            .action("ann", "move", json!({"x": 3.0e38, "y": -3.0e38}))
+            .unwrap();
+        assert_eq!(result.result, Some(json!({"x": MAP_SIZE, "y": 0.0})));
+        // Non-numbers and missing coordinates are payload errors, not crashes.
+        for payload in [json!({"x": "1", "y": 1.0}), json!({"x": 1.0})] {
+            let result = land.action("ann", "move", payload).unwrap();
+            assert!(!result.ok);
+        }
+        assert!(!land.is_closed());
+    }
+
+    #[test]
+    fn extreme_configured_numbers_saturate_instead_of_overflowing() {
+        let config = HeroDefenseConfig {
+            upgrade_base_cost: u32::MAX,
+            enemies_first_wave: u32::MAX,
+            enemies_growth_per_wave: u32::MAX,
+            dispose_after_empty_secs: f32::MAX,
+            reconnect_grace_secs: -1.0,
+            ..HeroDefenseConfig::quick()
+        };
+        let settings = HeroDefense::settings(&config);
+        assert_eq!(settings.dispose_after_empty, Duration::MAX);
+        assert_eq!(settings.reconnect_grace, Duration::ZERO);
+        assert_eq!(config.enemies_in_wave(3), u32::MAX);
+        assert_eq!(upgrade_cost(u32::MAX, 1), Some(u32::MAX));
+        let mut land = LandHarness::<HeroDefense>::new(config, "hd-unit");
+        land.join("ann").unwrap();
+        let result = land
+            .action("ann", "upgrade", json!({"stat": "range"}))
+            .unwrap();
+        assert_eq!(result.error.unwrap().code, "not_enough_gold");
     }
 
     #[test]

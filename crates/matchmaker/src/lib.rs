@@ -36,7 +36,7 @@ mod intern;
 mod pool;
 mod search;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,12 @@ pub struct Ticket {
     pub string_args: BTreeMap<String, String>,
     /// Tags, compared by profile tag filters.
     pub tags: Vec<String>,
+    /// Player ids in this ticket, when the caller knows them. A player can
+    /// wait in only one queued ticket at a time, so no match ever holds the
+    /// same player twice (see [`InsertError::PlayerQueued`]). Empty: anonymous
+    /// players, not checked. `size` stays what counts against team capacity.
+    #[serde(default)]
+    pub players: Vec<String>,
 }
 
 /// A formed match. Its tickets have left the pool.
@@ -182,7 +188,23 @@ pub enum InsertError {
     /// More than 65,535 attributes, latencies, string args or tags.
     #[error("ticket has too many attributes, latencies, string args or tags")]
     TooManyEntries,
+    /// The ticket names the same player twice.
+    #[error("player {0:?} appears twice in the ticket")]
+    DuplicatePlayer(String),
+    /// A player of the ticket already waits in another queued ticket.
+    #[error("player {player:?} is already queued in ticket {ticket:?}")]
+    PlayerQueued {
+        /// The player named twice.
+        player: String,
+        /// The queued ticket that holds the player.
+        ticket: TicketId,
+    },
 }
+
+/// Largest magnitude of the skill attribute a profile reads. Skills are
+/// multiplied by party sizes and summed per team; bounding them keeps every
+/// sum, spread and quality finite.
+pub const MAX_SKILL_MAGNITUDE: f64 = 1e12;
 
 /// The matchmaking engine: every queue's pool, profiles and match functions.
 pub struct Engine {
@@ -193,6 +215,11 @@ pub struct Engine {
     queue_free: Vec<u32>,
     queue_ids: BTreeMap<String, u32>,
     index: FastMap<TicketId, Loc>,
+    /// Player ids of queued tickets that named them.
+    players_of: FastMap<TicketId, Box<[String]>>,
+    /// Which queued ticket each named player waits in. Player ids are client
+    /// input, so this map keeps std's flood-resistant hasher.
+    queued_players: HashMap<String, TicketId>,
     interner: Interner,
     skip_unchanged: bool,
 }
@@ -231,6 +258,8 @@ impl Engine {
             queue_free: Vec::new(),
             queue_ids: BTreeMap::new(),
             index: FastMap::default(),
+            players_of: FastMap::default(),
+            queued_players: HashMap::new(),
             interner: Interner::default(),
             skip_unchanged: true,
         })
@@ -278,8 +307,13 @@ impl Engine {
             || ticket.latencies.len() > pool::MAX_ENTRIES
             || ticket.string_args.len() > pool::MAX_ENTRIES
             || ticket.tags.len() > pool::MAX_ENTRIES
+            || ticket.players.len() > pool::MAX_ENTRIES
         {
             return Err(InsertError::TooManyEntries);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = ticket.players.iter().find(|p| !seen.insert(p.as_str())) {
+            return Err(InsertError::DuplicatePlayer(twice.clone()));
         }
         let spec = self.spec_for(queue_key);
         if let Some(max) = spec.max_party()
@@ -293,7 +327,7 @@ impl Engine {
         if let Some(skill) = &spec.skill {
             match ticket.attributes.get(&skill.attribute) {
                 None => return Err(InsertError::MissingAttribute(skill.attribute.clone())),
-                Some(v) if !v.is_finite() => {
+                Some(v) if !v.is_finite() || v.abs() > MAX_SKILL_MAGNITUDE => {
                     return Err(InsertError::InvalidAttribute(skill.attribute.clone()));
                 }
                 Some(_) => {}
@@ -312,6 +346,17 @@ impl Engine {
             return Err(InsertError::Duplicate(ticket.id));
         }
         self.check(queue_key, &ticket)?;
+        // Refusing here, rather than skipping conflicts while searching, keeps
+        // the search untouched and holds for match functions too: a pool
+        // without shared players cannot yield a match with one player twice.
+        for player in &ticket.players {
+            if let Some(&holder) = self.queued_players.get(player) {
+                return Err(InsertError::PlayerQueued {
+                    player: player.clone(),
+                    ticket: holder,
+                });
+            }
+        }
         let spec = self.spec_for(queue_key);
         let queue_id = match self.queue_ids.get(queue_key) {
             Some(&id) => id,
@@ -339,6 +384,13 @@ impl Engine {
             return Ok(());
         };
         let id = ticket.id;
+        if !ticket.players.is_empty() {
+            for player in &ticket.players {
+                self.queued_players.insert(player.clone(), id);
+            }
+            self.players_of
+                .insert(id, ticket.players.clone().into_boxed_slice());
+        }
         let slot = queue.insert(&mut self.interner, ticket);
         self.index.insert(
             id,
@@ -353,10 +405,27 @@ impl Engine {
     /// Removes a queued ticket (cancel, expiry) and hands it back.
     pub fn remove(&mut self, id: TicketId) -> Option<Ticket> {
         let loc = self.index.remove(&id)?;
+        let players = self.release_players(id);
         let queue = self.queues.get_mut(loc.queue as usize)?.as_mut()?;
-        let ticket = queue.take(&mut self.interner, loc.slot, true).flatten();
+        let mut ticket = queue.take(&mut self.interner, loc.slot, true).flatten();
+        if let Some(ticket) = &mut ticket {
+            ticket.players = players;
+        }
         self.drop_if_empty(loc.queue);
         ticket
+    }
+
+    /// Frees the players of a ticket that left the pool; returns them.
+    fn release_players(&mut self, id: TicketId) -> Vec<String> {
+        let Some(players) = self.players_of.remove(&id) else {
+            return Vec::new();
+        };
+        for player in players.iter() {
+            if self.queued_players.get(player) == Some(&id) {
+                self.queued_players.remove(player);
+            }
+        }
+        players.into_vec()
     }
 
     /// Whether a ticket is queued.
@@ -368,7 +437,11 @@ impl Engine {
     pub fn get(&self, id: TicketId) -> Option<Ticket> {
         let loc = self.index.get(&id)?;
         let stored = self.queue(loc.queue)?.get(loc.slot)?;
-        Some(stored.to_ticket(&self.interner))
+        let mut ticket = stored.to_ticket(&self.interner);
+        if let Some(players) = self.players_of.get(&id) {
+            ticket.players = players.to_vec();
+        }
+        Some(ticket)
     }
 
     /// The queue a ticket waits in.
@@ -419,6 +492,11 @@ impl Engine {
         let out = pool.out;
         queue.finish_run(now);
         self.drop_if_empty(queue_id);
+        if !self.players_of.is_empty() {
+            for id in out.iter().flat_map(|m| m.teams.iter().flatten()) {
+                self.release_players(*id);
+            }
+        }
         out
     }
 
@@ -440,6 +518,20 @@ impl Engine {
         request: &BackfillRequest,
         now: Millis,
     ) -> Option<BackfillMatch> {
+        // The request comes from outside; bounding it like a profile keeps
+        // every slot sum and skill sum of the plan from overflowing.
+        let sane = request.open_slots.len() <= MAX_TEAMS as usize
+            && request.open_slots.iter().all(|&n| n <= MAX_TEAM_SIZE)
+            && request.team_skills.len() <= MAX_TEAMS as usize
+            && request.team_skills.iter().all(|team| {
+                team.len() <= MAX_TEAM_SIZE as usize
+                    && team
+                        .iter()
+                        .all(|s| s.is_finite() && s.abs() <= MAX_SKILL_MAGNITUDE)
+            });
+        if !sane {
+            return None;
+        }
         let &queue_id = self.queue_ids.get(queue_key)?;
         let queue = self.queues.get_mut(queue_id as usize)?.as_mut()?;
         if !queue.spec.backfill {
@@ -456,6 +548,9 @@ impl Engine {
             }
         }
         self.drop_if_empty(queue_id);
+        for (id, _) in &tickets {
+            self.release_players(*id);
+        }
         Some(BackfillMatch {
             land_id: request.land_id.clone(),
             tickets,
@@ -552,5 +647,83 @@ mod tests {
             "no interned string outlives its tickets"
         );
         assert!(engine.queue_ids.is_empty(), "empty queues are dropped");
+    }
+
+    fn player_ticket(id: u64, players: &[&str]) -> Ticket {
+        Ticket {
+            id: TicketId(id),
+            size: u32::try_from(players.len()).unwrap(),
+            enqueued_at: id,
+            players: players.iter().map(|p| (*p).to_owned()).collect(),
+            ..Ticket::default()
+        }
+    }
+
+    #[test]
+    fn a_player_is_queued_once_and_freed_when_its_ticket_leaves() {
+        let mut engine = Engine::new(EngineConfig::default()).unwrap();
+        engine.insert("a:1v1", player_ticket(1, &["ann"])).unwrap();
+        assert_eq!(
+            engine.insert("b:2", player_ticket(2, &["bob", "ann"])),
+            Err(InsertError::PlayerQueued {
+                player: "ann".into(),
+                ticket: TicketId(1)
+            })
+        );
+        assert_eq!(
+            engine.insert("b:2", player_ticket(3, &["cid", "cid"])),
+            Err(InsertError::DuplicatePlayer("cid".into()))
+        );
+        // A refused ticket claims nobody.
+        engine.insert("a:1v1", player_ticket(4, &["bob"])).unwrap();
+        assert_eq!(engine.get(TicketId(1)).unwrap().players, vec!["ann"]);
+        let matches = engine.find_matches("a:1v1", 10);
+        assert_eq!(matches.len(), 1);
+        // Matched: both may queue again (e.g. the caller puts the match back).
+        engine.insert("a:1v1", player_ticket(1, &["ann"])).unwrap();
+        let removed = engine.remove(TicketId(1)).unwrap();
+        assert_eq!(removed.players, vec!["ann"]);
+        engine.insert("a:1v1", player_ticket(5, &["ann"])).unwrap();
+        engine.insert("a:1v1", player_ticket(6, &["bob"])).unwrap();
+        assert!(engine.queued_players.len() == 2 && engine.players_of.len() == 2);
+        engine.find_matches("a:1v1", 10);
+        assert!(engine.queued_players.is_empty() && engine.players_of.is_empty());
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused_not_overflowed() {
+        let config = EngineConfig::from_toml_str(
+            "[[queue]]\nkey = \"r\"\nteam_size = 2\n[queue.skill]\nwindow = 100\n\
+             [queue.backfill]\nenabled = true\n",
+        )
+        .unwrap();
+        let mut engine = Engine::new(config).unwrap();
+        let mut huge = player_ticket(1, &["a"]);
+        huge.attributes.insert("skill".into(), 1e300);
+        assert_eq!(
+            engine.insert("r", huge),
+            Err(InsertError::InvalidAttribute("skill".into()))
+        );
+        let mut fine = player_ticket(2, &["b"]);
+        fine.attributes.insert("skill".into(), -MAX_SKILL_MAGNITUDE);
+        engine.insert("r", fine).unwrap();
+        for request in [
+            BackfillRequest {
+                open_slots: vec![u32::MAX, u32::MAX],
+                ..BackfillRequest::default()
+            },
+            BackfillRequest {
+                open_slots: vec![1; 100],
+                ..BackfillRequest::default()
+            },
+            BackfillRequest {
+                open_slots: vec![1, 1],
+                team_skills: vec![vec![f64::NAN], vec![f64::INFINITY]],
+                ..BackfillRequest::default()
+            },
+        ] {
+            assert_eq!(engine.backfill("r", &request, 10), None);
+        }
+        assert_eq!(engine.len(), 1);
     }
 }

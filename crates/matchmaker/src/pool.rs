@@ -217,6 +217,8 @@ impl Stored {
                 .map(|(k, v)| (s(k), s(v)))
                 .collect(),
             tags: self.extras.tags().map(s).collect(),
+            // The engine keeps player ids beside the pool (see `Engine::get`).
+            players: Vec::new(),
         }
     }
 

@@ -48,6 +48,8 @@ team_size = 2
 const QUEUES: [&str; 6] = ["ranked", "duo", "trio", "ffa:4", "bvb:1v2", "solo"];
 const REGIONS: [&str; 3] = ["eu", "us", "asia"];
 const MODES: [&str; 2] = ["ctf", "dm"];
+/// Few enough players that generated tickets often share one.
+const PLAYERS: usize = 10;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -59,6 +61,8 @@ enum Op {
         mode: Option<usize>,
         crossplay: bool,
         waited: Millis,
+        /// Player ids (indexes into a small pool); empty is anonymous.
+        players: Vec<usize>,
     },
     Remove(usize),
     Tick(Millis),
@@ -81,9 +85,10 @@ fn insert_op() -> impl Strategy<Value = Op> {
         proptest::option::of(0..MODES.len()),
         any::<bool>(),
         0u64..60_000,
+        proptest::collection::vec(0..PLAYERS, 0..4),
     )
         .prop_map(
-            |(queue, size, skill, latencies, mode, crossplay, waited)| Op::Insert {
+            |(queue, size, skill, latencies, mode, crossplay, waited, players)| Op::Insert {
                 queue,
                 size,
                 skill,
@@ -91,6 +96,7 @@ fn insert_op() -> impl Strategy<Value = Op> {
                 mode,
                 crossplay,
                 waited,
+                players,
             },
         )
 }
@@ -155,6 +161,7 @@ impl Model {
                 mode,
                 crossplay,
                 waited,
+                players,
             } => {
                 let id = TicketId(self.next_id);
                 self.next_id += 1;
@@ -177,6 +184,7 @@ impl Model {
                 if *crossplay {
                     t.tags.push("crossplay".into());
                 }
+                t.players = players.iter().map(|p| format!("p{p}")).collect();
                 let key = QUEUES[*queue];
                 let result = self.engine.insert(key, t.clone());
                 self.log.push(format!("insert {id:?} {result:?}"));
@@ -192,6 +200,17 @@ impl Model {
                     Err(InsertError::NoRegion) => {
                         assert_eq!(key, "ranked");
                         assert!(t.latencies.is_empty() && t.region.is_none());
+                    }
+                    Err(InsertError::DuplicatePlayer(player)) => {
+                        let named = t.players.iter().filter(|p| **p == player).count();
+                        assert!(named > 1, "{player} named {named} times");
+                    }
+                    Err(InsertError::PlayerQueued { player, ticket }) => {
+                        let (_, holder) = self
+                            .queued
+                            .get(&ticket)
+                            .expect("the holding ticket is queued");
+                        assert!(holder.players.contains(&player));
                     }
                     Err(e) => panic!("unexpected {e:?}"),
                 }
@@ -224,8 +243,20 @@ impl Model {
                 // back with their original enqueue time.
                 if let Some(tickets) = self.last_match.take() {
                     for (key, t) in tickets {
-                        self.engine.insert(&key, t.clone()).unwrap();
-                        self.queued.insert(t.id, (key, t));
+                        // A player may have queued again meanwhile; then the
+                        // old ticket must stay out.
+                        let held = self.holder_of_any(&t.players);
+                        let result = self.engine.insert(&key, t.clone());
+                        match held {
+                            None => {
+                                result.unwrap();
+                                self.queued.insert(t.id, (key, t));
+                            }
+                            Some(_) => assert!(
+                                matches!(result, Err(InsertError::PlayerQueued { .. })),
+                                "{result:?}"
+                            ),
+                        }
                     }
                     self.log.push("reinsert".into());
                 }
@@ -253,9 +284,28 @@ impl Model {
             }
         }
         assert_eq!(self.engine.len(), self.queued.len());
+        self.check_players_unique();
         let players: u64 = self.engine.queue_stats().iter().map(|s| s.players).sum();
         let model_players: u64 = self.queued.values().map(|(_, t)| u64::from(t.size)).sum();
         assert_eq!(players, model_players);
+    }
+
+    /// The queued ticket holding any of these players, as the model knows it.
+    fn holder_of_any(&self, players: &[String]) -> Option<TicketId> {
+        self.queued
+            .iter()
+            .find(|(_, (_, t))| t.players.iter().any(|p| players.contains(p)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Every queued player waits in exactly one queued ticket.
+    fn check_players_unique(&self) {
+        let mut seen = BTreeSet::new();
+        for (_, t) in self.queued.values() {
+            for p in &t.players {
+                assert!(seen.insert(p.clone()), "player {p} queued twice");
+            }
+        }
     }
 
     fn check_backfill(&mut self, request: &BackfillRequest, b: &BackfillMatch) {
@@ -263,6 +313,7 @@ impl Model {
         let mut room = request.open_slots.clone();
         let mut skills: Vec<f64> = Vec::new();
         let mut oldest_wait = 0;
+        let mut players = BTreeSet::new();
         for &(id, team) in &b.tickets {
             let (key, t) = self
                 .queued
@@ -270,6 +321,9 @@ impl Model {
                 .expect("backfilled ticket was queued");
             assert_eq!(key, "ranked");
             assert!(!self.engine.contains(id));
+            for p in &t.players {
+                assert!(players.insert(p.clone()), "player {p} twice in one backfill");
+            }
             assert!(room[team] >= t.size, "team {team} overfilled");
             room[team] -= t.size;
             let region = request.region.as_deref().unwrap();
@@ -288,12 +342,16 @@ impl Model {
         for m in matches {
             let mut tickets = Vec::new();
             let mut seen = BTreeSet::new();
+            let mut players = BTreeSet::new();
             for &id in m.teams.iter().flatten() {
                 assert!(seen.insert(id), "ticket twice in one match");
                 let (key, t) = self
                     .queued
                     .remove(&id)
                     .expect("matched ticket was queued (not removed, not matched before)");
+                for p in &t.players {
+                    assert!(players.insert(p.clone()), "player {p} twice in one match");
+                }
                 assert_eq!(key, m.queue_key);
                 assert!(!self.engine.contains(id));
                 tickets.push((key, t));
@@ -418,6 +476,45 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Tickets that share players, with a match function that would happily
+    /// take any tickets: no match may hold one player twice.
+    #[test]
+    fn no_player_appears_twice_in_a_match(
+        tickets in proptest::collection::vec(
+            (proptest::collection::vec(0..PLAYERS, 1..3), 0..3usize),
+            1..40,
+        ),
+    ) {
+        let mut engine = Engine::new(EngineConfig::default()).unwrap();
+        let keys = ["arena:2v2", "arena:4", "arena:1v1"];
+        let mut sent: BTreeMap<TicketId, Vec<String>> = BTreeMap::new();
+        for (i, (players, key)) in tickets.iter().enumerate() {
+            let players: Vec<String> = players.iter().map(|p| format!("p{p}")).collect();
+            let ticket = Ticket {
+                id: TicketId(i as u64),
+                size: players.len() as u32,
+                enqueued_at: i as u64,
+                players: players.clone(),
+                ..Ticket::default()
+            };
+            if engine.insert(keys[*key], ticket).is_ok() {
+                sent.insert(TicketId(i as u64), players);
+            }
+            for m in engine.find_all_matches(i as u64) {
+                let mut seen = BTreeSet::new();
+                for id in m.teams.iter().flatten() {
+                    for p in &sent[id] {
+                        prop_assert!(seen.insert(p.clone()), "player {} twice in {:?}", p, m);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn dense_pool_drains_with_invariants() {
     // A deterministic large case: many arrivals before the first tick.
@@ -439,6 +536,7 @@ fn dense_pool_drains_with_invariants() {
             mode: Some((r >> 48) as usize % 2),
             crossplay: r >> 56 & 1 == 1,
             waited: (r >> 20) % 60_000,
+            players: Vec::new(),
         });
     }
     ops.push(Op::Tick(0));

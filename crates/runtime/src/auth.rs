@@ -14,6 +14,9 @@ use crate::land::PlayerId;
 /// What the transport knows about a connection attempt.
 #[derive(Debug, Clone)]
 pub struct AdmissionRequest<'a> {
+    /// This game server's id (`--server-id`): match tokens name the server they were
+    /// allocated to, and a token for another server is refused.
+    pub server_id: &'a str,
     /// The `{landType}` of `/game/{landType}`; already known to be served.
     pub land_type: &'a str,
     /// The `landId` query parameter, if present.
@@ -80,9 +83,17 @@ const MAX_ID_LEN: usize = 128;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DevAuthenticator;
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_LEN && id.chars().all(|c| !c.is_control())
+/// Visible ASCII except what would need escaping in a URL, a JSON string or a log
+/// line: the same characters the control plane accepts in ids.
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '%' | '&' | '"' | '\\')
 }
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.chars().all(is_id_char)
+}
+
+const ID_CHARS: &str = "visible ASCII characters, none of / ? # % & \" \\";
 
 #[async_trait]
 impl Authenticator for DevAuthenticator {
@@ -92,14 +103,14 @@ impl Authenticator for DevAuthenticator {
         })?;
         if !valid_id(player_id) {
             return Err(Rejection::unauthenticated(format!(
-                "playerId must be 1..={MAX_ID_LEN} printable characters"
+                "playerId must be 1..={MAX_ID_LEN} {ID_CHARS}"
             )));
         }
         let land_id = match request.land_id {
             Some(land_id) if valid_id(land_id) => land_id.to_owned(),
             Some(_) => {
                 return Err(Rejection::forbidden(format!(
-                    "landId must be 1..={MAX_ID_LEN} printable characters"
+                    "landId must be 1..={MAX_ID_LEN} {ID_CHARS}"
                 )));
             }
             None => format!("{}:{}", request.land_type, uuid::Uuid::new_v4()),

@@ -164,6 +164,12 @@ impl<L: Land> LandCore<L> {
         &self.land
     }
 
+    /// For unit tests that start a land from an extreme state.
+    #[cfg(test)]
+    pub(crate) fn land_mut(&mut self) -> &mut L {
+        &mut self.land
+    }
+
     pub(crate) fn settings(&self) -> &LandSettings {
         &self.settings
     }
@@ -318,7 +324,8 @@ impl<L: Land> LandCore<L> {
                 if let Some(index) = self.seat_index(player) {
                     let seat = &mut self.seats[index];
                     seat.conn = None;
-                    seat.grace_deadline = Some(now + self.settings.reconnect_grace);
+                    // A grace too long to represent holds the seat until the land closes.
+                    seat.grace_deadline = now.checked_add(self.settings.reconnect_grace);
                     self.hook(now, |land, ctx| land.on_disconnect(ctx, player));
                     self.state_touched = true;
                 }
@@ -438,7 +445,7 @@ impl<L: Land> LandCore<L> {
             .min();
         let dispose = self
             .empty_since
-            .map(|since| since + self.settings.dispose_after_empty);
+            .and_then(|since| since.checked_add(self.settings.dispose_after_empty));
         match (grace, dispose) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -449,7 +456,8 @@ impl<L: Land> LandCore<L> {
         self.seats.is_empty()
             && self
                 .empty_since
-                .is_some_and(|since| since + self.settings.dispose_after_empty <= now)
+                .and_then(|since| since.checked_add(self.settings.dispose_after_empty))
+                .is_some_and(|deadline| deadline <= now)
     }
 
     /// Closes the land from outside (server shutdown).

@@ -1,13 +1,16 @@
 //! `counter`: the smallest useful land, used by the docs and tests.
 //!
 //! Everyone shares one number. Actions: `increment` (no payload) and `add {amount}`,
-//! which fails with `amount_out_of_range` beyond ±1000. Events: `shout {text}` is
+//! which fails with `amount_out_of_range` beyond ±1000 (`invalid_payload` for
+//! `i64::MIN`, which has no absolute value), and with `count_out_of_range` rather than
+//! let the count overflow. Events: `shout {text}` is
 //! broadcast to everyone as `shouted {from, text}`; `whisper {to, text}` reaches one
 //! player as `whispered {from, text}`. The land never ticks.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use matchplane_contracts::game::error_code;
 use serde::{Deserialize, Serialize};
 
 use crate::land::{ActionError, CreateInfo, Ctx, Land, LandSettings, LeaveReason, PlayerId};
@@ -101,16 +104,32 @@ impl Land for Counter {
     ) -> Result<CounterOutput, ActionError> {
         let amount = match action {
             CounterAction::Increment => 1,
-            CounterAction::Add { amount } if amount.abs() <= MAX_ADD => amount,
-            CounterAction::Add { amount } => {
-                return Err(ActionError::new(
-                    "amount_out_of_range",
-                    format!("amount {amount} is outside ±{MAX_ADD}"),
-                ));
-            }
+            CounterAction::Add { amount } => match amount.checked_abs() {
+                Some(magnitude) if magnitude <= MAX_ADD => amount,
+                Some(_) => {
+                    return Err(ActionError::new(
+                        "amount_out_of_range",
+                        format!("amount {amount} is outside ±{MAX_ADD}"),
+                    ));
+                }
+                // i64::MIN has no absolute value: not a number this land can take.
+                None => {
+                    return Err(ActionError::new(
+                        error_code::INVALID_PAYLOAD,
+                        format!("amount {amount} is not a usable number"),
+                    ));
+                }
+            },
         };
-        self.state.count = self.state.count.saturating_add(amount);
-        *self.state.players.entry(player.clone()).or_default() += 1;
+        let Some(count) = self.state.count.checked_add(amount) else {
+            return Err(ActionError::new(
+                "count_out_of_range",
+                format!("adding {amount} would take the count beyond what it can hold"),
+            ));
+        };
+        self.state.count = count;
+        let changes = self.state.players.entry(player.clone()).or_default();
+        *changes = changes.saturating_add(1);
         Ok(CounterOutput {
             count: self.state.count,
         })
@@ -130,5 +149,53 @@ impl Land for Counter {
                 },
             ),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::LandHarness;
+    use serde_json::json;
+
+    fn error_of(land: &mut LandHarness<Counter>, amount: i64) -> Option<String> {
+        let result = land
+            .action("ann", "add", json!({ "amount": amount }))
+            .unwrap();
+        result.error.map(|error| error.code)
+    }
+
+    #[test]
+    fn amounts_without_an_absolute_value_or_out_of_range_are_refused() {
+        let mut land = LandHarness::<Counter>::new((), "counter:unit");
+        land.join("ann").unwrap();
+        assert_eq!(
+            error_of(&mut land, i64::MIN).as_deref(),
+            Some(error_code::INVALID_PAYLOAD)
+        );
+        assert_eq!(
+            error_of(&mut land, i64::MAX).as_deref(),
+            Some("amount_out_of_range")
+        );
+        assert_eq!(
+            error_of(&mut land, -MAX_ADD - 1).as_deref(),
+            Some("amount_out_of_range")
+        );
+        assert_eq!(error_of(&mut land, -MAX_ADD), None);
+        assert_eq!(land.land().state.count, -MAX_ADD);
+    }
+
+    #[test]
+    fn the_count_never_overflows() {
+        let mut land = LandHarness::<Counter>::new((), "counter:unit");
+        land.join("ann").unwrap();
+        land.land_mut().state.count = i64::MAX - 1;
+        assert_eq!(error_of(&mut land, 1), None);
+        assert_eq!(
+            error_of(&mut land, 1).as_deref(),
+            Some("count_out_of_range")
+        );
+        assert_eq!(land.land().state.count, i64::MAX);
     }
 }

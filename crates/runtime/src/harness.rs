@@ -73,6 +73,11 @@ impl<L: Land> LandHarness<L> {
         self.core.land()
     }
 
+    #[cfg(test)]
+    pub(crate) fn land_mut(&mut self) -> &mut L {
+        self.core.land_mut()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.core.is_closed()
     }

@@ -262,6 +262,11 @@ impl Authenticator for JwksAuthenticator {
                 _ => Rejection::unauthenticated(format!("the token is not valid here: {err}")),
             })?
             .claims;
+        // A token is for one land on one server: honoured elsewhere, it would start a
+        // second land under the same id on another server (a split match).
+        if claims.server_id != request.server_id {
+            return Err(Rejection::forbidden("the token is for another game server"));
+        }
         if request.land_id != Some(claims.land_id.as_str()) {
             return Err(Rejection::forbidden("the token is for another land"));
         }

@@ -45,6 +45,9 @@ pub(crate) enum KeeperCommand {
     Shutdown {
         reason: LandClosed,
     },
+    /// The server started draining: an empty land goes now rather than after its
+    /// `dispose_after_empty`, so a draining server exits as soon as its games are over.
+    Draining,
 }
 
 #[derive(Debug)]
@@ -146,6 +149,10 @@ pub(crate) async fn run<L: Land>(
             tracing::info!(land_id = %params.land_id, "land empty, disposing");
             break;
         }
+        if core.seat_count() == 0 && params.manager.draining.load(Ordering::SeqCst) {
+            tracing::info!(land_id = %params.land_id, "land empty while draining, disposing");
+            break;
+        }
     }
 
     let closed = core.is_closed();
@@ -214,5 +221,7 @@ fn handle<L: Land>(core: &mut LandCore<L>, command: KeeperCommand, params: &Keep
         KeeperCommand::Shutdown { reason } => {
             core.close_from_runtime(reason, close_code::GOING_AWAY)
         }
+        // Handled by the loop's disposal check after every batch.
+        KeeperCommand::Draining => {}
     }
 }

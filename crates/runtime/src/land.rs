@@ -38,8 +38,15 @@ impl Default for LandSettings {
 
 impl LandSettings {
     pub(crate) fn tick_period(&self) -> Option<Duration> {
+        // A rate so low that its period is beyond a year never ticks (and cannot
+        // overflow the clock); above 1 kHz a land would only spin.
+        const LONGEST_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+        const SHORTEST_PERIOD: Duration = Duration::from_millis(1);
         (self.tick_rate_hz.is_finite() && self.tick_rate_hz > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / self.tick_rate_hz))
+            .then(|| Duration::try_from_secs_f64(1.0 / self.tick_rate_hz).ok())
+            .flatten()
+            .filter(|period| *period <= LONGEST_PERIOD)
+            .map(|period| period.max(SHORTEST_PERIOD))
     }
 }
 
@@ -307,4 +314,25 @@ fn encode_event<E: Serialize>(event: &E) -> Option<Utf8Bytes> {
         }
     };
     crate::frame::encode(&ServerMessage::Event(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_periods_of_odd_rates_never_panic() {
+        let period = |tick_rate_hz| {
+            LandSettings {
+                tick_rate_hz,
+                ..LandSettings::default()
+            }
+            .tick_period()
+        };
+        assert_eq!(period(20.0), Some(Duration::from_millis(50)));
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300, f64::MIN_POSITIVE] {
+            assert_eq!(period(rate), None, "{rate}");
+        }
+        assert_eq!(period(f64::MAX), Some(Duration::from_millis(1)));
+    }
 }

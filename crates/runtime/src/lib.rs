@@ -28,6 +28,8 @@ pub use land::{
     ActionError, CreateInfo, Ctx, JoinRejection, Land, LandSettings, LeaveReason, PlayerId,
 };
 pub use manager::{LandManager, LandRegistry, LoadSnapshot};
+/// The registration token type of [`ProvisioningSettings`], re-exported for embedders.
+pub use matchplane_edge::secret::Secret;
 pub use provisioning::{ProvisioningAgent, ProvisioningError, ProvisioningSettings};
 pub use server::{GameServer, GameServerConfig};
 pub use transport::ConnectionLimits;

@@ -169,6 +169,8 @@ struct Lands {
 
 pub(crate) struct ManagerInner {
     registry: LandRegistry,
+    /// Most live lands at once, however they are created (match tokens, `--auth none`).
+    max_lands: usize,
     lands: Mutex<Lands>,
     pub(crate) draining: AtomicBool,
     land_count: watch::Sender<usize>,
@@ -239,11 +241,19 @@ pub(crate) struct Seated {
 }
 
 impl LandManager {
+    /// A manager without a limit on the number of lands.
     pub fn new(registry: LandRegistry) -> Self {
+        Self::with_max_lands(registry, usize::MAX)
+    }
+
+    /// A manager that refuses to create a land beyond `max_lands` live ones (close 4409,
+    /// `server_full`); joins to existing lands are unaffected.
+    pub fn with_max_lands(registry: LandRegistry, max_lands: usize) -> Self {
         let (land_count, _) = watch::channel(0);
         Self {
             inner: Arc::new(ManagerInner {
                 registry,
+                max_lands,
                 lands: Mutex::new(Lands::default()),
                 draining: AtomicBool::new(false),
                 land_count,
@@ -262,9 +272,23 @@ impl LandManager {
     }
 
     /// Stops admitting new players and creating lands; seated players may still reconnect.
+    /// Lands that are empty (now or later) are disposed at once.
     pub fn start_draining(&self) {
-        if !self.inner.draining.swap(true, Ordering::SeqCst) {
-            tracing::info!("draining: no new players or lands");
+        if self.inner.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("draining: no new players or lands");
+        let keepers: Vec<mpsc::Sender<KeeperCommand>> = self
+            .inner
+            .lands
+            .lock()
+            .live
+            .values()
+            .map(|entry| entry.commands.clone())
+            .collect();
+        for keeper in keepers {
+            // A full mailbox wakes the keeper anyway, and it checks after every batch.
+            let _ = keeper.try_send(KeeperCommand::Draining);
         }
     }
 
@@ -431,6 +455,16 @@ impl LandManager {
                 close_code::LAND_FULL_OR_CLOSED,
                 error_code::LAND_CLOSED,
                 "land is closed",
+            ));
+        }
+        if lands.live.len() >= self.inner.max_lands {
+            return Err(Rejection::new(
+                close_code::LAND_FULL_OR_CLOSED,
+                error_code::SERVER_FULL,
+                format!(
+                    "this server already runs its maximum of {} lands",
+                    self.inner.max_lands
+                ),
             ));
         }
         let Some(kind) = self.inner.registry.types.get(land_type) else {

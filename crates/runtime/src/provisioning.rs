@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use matchplane_contracts::ProvisioningResponse;
 use matchplane_contracts::provisioning::{Capacity, Load, RegisterRequest};
+use matchplane_edge::secret::Secret;
 
 use crate::manager::LandManager;
 
@@ -24,6 +26,9 @@ pub struct ProvisioningSettings {
     pub region: Option<String>,
     pub capacity: Capacity,
     pub heartbeat_interval: Duration,
+    /// Sent as `Authorization: Bearer` on register, heartbeat and deregister; the control
+    /// plane refuses these calls without it. `Debug` shows only a fingerprint.
+    pub registration_token: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,28 @@ pub enum ProvisioningError {
     Unreachable { url: String, message: String },
     #[error("control plane refused the registration ({status}): {body}")]
     Refused { status: u16, body: String },
+    /// 401 or 403: the registration token is missing, wrong, or not the one this
+    /// server id was registered with.
+    #[error(
+        "control plane refused this server's credential ({status} {code}): {message}; \
+         pass --registration-token or --registration-token-file with the control plane's registration token"
+    )]
+    Credential {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl ProvisioningError {
+    /// Failures of the same kind are logged once, not once per heartbeat.
+    fn kind(&self) -> (&'static str, u16) {
+        match self {
+            Self::Unreachable { .. } => ("unreachable", 0),
+            Self::Refused { status, .. } => ("refused", *status),
+            Self::Credential { status, .. } => ("credential", *status),
+        }
+    }
 }
 
 pub struct ProvisioningAgent {
@@ -89,10 +116,19 @@ impl ProvisioningAgent {
         }
     }
 
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.settings.registration_token {
+            Some(token) => request.bearer_auth(token.expose()),
+            None => request,
+        }
+    }
+
     /// One register/heartbeat call.
     pub async fn heartbeat(&self, draining: bool) -> Result<(), ProvisioningError> {
         let url = format!("{}/v1/provisioning/servers/register", self.base());
-        let request = self.http.post(&url).json(&self.registration(draining));
+        let request = self
+            .authorized(self.http.post(&url))
+            .json(&self.registration(draining));
         send(request, url, false).await
     }
 
@@ -103,7 +139,7 @@ impl ProvisioningAgent {
             self.settings.server_id
         );
         // Already gone (e.g. forgotten after a long outage) is as good as removed.
-        send(self.http.delete(&url), url, true).await
+        send(self.authorized(self.http.delete(&url)), url, true).await
     }
 
     /// Registers, then heartbeats every interval until the task is aborted.
@@ -117,7 +153,7 @@ impl ProvisioningAgent {
         let interval = self.settings.heartbeat_interval;
         let mut backoff = Duration::from_millis(200);
         let mut registered = false;
-        let mut failing_since_logged = false;
+        let mut last_failure: Option<(&'static str, u16)> = None;
         loop {
             match self.heartbeat(false).await {
                 Ok(()) => {
@@ -125,17 +161,17 @@ impl ProvisioningAgent {
                         tracing::info!(server_id = %self.settings.server_id, url = %self.base(),
                             "registered with the control plane");
                         registered = true;
-                    } else if failing_since_logged {
+                    } else if last_failure.is_some() {
                         tracing::info!("control plane reachable again");
                     }
-                    failing_since_logged = false;
+                    last_failure = None;
                     backoff = Duration::from_millis(200);
                     tokio::time::sleep(interval).await;
                 }
                 Err(err) => {
-                    if !failing_since_logged {
-                        tracing::warn!(error = %err, "heartbeat failed; retrying with backoff");
-                        failing_since_logged = true;
+                    if last_failure != Some(err.kind()) {
+                        log_failure(&err, "heartbeat failed; retrying with backoff");
+                        last_failure = Some(err.kind());
                     }
                     tokio::time::sleep(backoff.min(interval)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -150,7 +186,7 @@ impl ProvisioningAgent {
     pub async fn drain(&self, drain_timeout: Duration) -> bool {
         self.manager.start_draining();
         if let Err(err) = self.heartbeat(true).await {
-            tracing::warn!(error = %err, "could not announce draining");
+            log_failure(&err, "could not announce draining");
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;
         let finished = loop {
@@ -163,18 +199,27 @@ impl ProvisioningAgent {
                 break false;
             }
             if let Err(err) = self.heartbeat(true).await {
-                tracing::warn!(error = %err, "draining heartbeat failed");
+                log_failure(&err, "draining heartbeat failed");
             }
         };
         match self.deregister().await {
             Ok(()) => {
                 tracing::info!(server_id = %self.settings.server_id, "deregistered from the control plane")
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "deregistration failed; the control plane will expire this server")
-            }
+            Err(err) => log_failure(
+                &err,
+                "deregistration failed; the control plane will expire this server",
+            ),
         }
         finished
+    }
+}
+
+/// A refused credential is an operator's mistake that retrying cannot fix: an error.
+fn log_failure(err: &ProvisioningError, what: &str) {
+    match err {
+        ProvisioningError::Credential { .. } => tracing::error!(error = %err, "{what}"),
+        _ => tracing::warn!(error = %err, "{what}"),
     }
 }
 
@@ -196,8 +241,22 @@ async fn send(
     if status.is_success() || (not_found_is_ok && status == reqwest::StatusCode::NOT_FOUND) {
         return Ok(());
     }
+    let body = response.text().await.unwrap_or_default();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        let (code, message) = match serde_json::from_str::<ProvisioningResponse>(&body) {
+            Ok(ProvisioningResponse {
+                error: Some(error), ..
+            }) => (error.code.to_string(), error.message),
+            _ => (String::new(), body.chars().take(200).collect()),
+        };
+        return Err(ProvisioningError::Credential {
+            status: status.as_u16(),
+            code,
+            message,
+        });
+    }
     Err(ProvisioningError::Refused {
         status: status.as_u16(),
-        body: response.text().await.unwrap_or_default(),
+        body,
     })
 }

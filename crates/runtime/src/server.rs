@@ -26,6 +26,8 @@ use crate::transport::{self, ConnectionLimits};
 pub struct GameServerConfig {
     pub server_id: String,
     pub limits: ConnectionLimits,
+    /// Most lands this server runs at once (`--max-lands`); `None`: no limit.
+    pub max_lands: Option<usize>,
     /// How long shutdown waits for lands to say goodbye before the process exits anyway.
     pub shutdown_timeout: Duration,
     /// Load balancers whose `X-Forwarded-For` names the real client (for logs).
@@ -37,11 +39,15 @@ impl Default for GameServerConfig {
         Self {
             server_id: format!("game-{}", uuid::Uuid::new_v4().simple()),
             limits: ConnectionLimits::default(),
+            max_lands: None,
             shutdown_timeout: Duration::from_secs(10),
             trusted_proxies: TrustedProxies::default(),
         }
     }
 }
+
+/// Read and write buffer of each WebSocket connection.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) manager: LandManager,
@@ -72,7 +78,10 @@ impl GameServer {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                manager: LandManager::new(registry),
+                manager: LandManager::with_max_lands(
+                    registry,
+                    config.max_lands.unwrap_or(usize::MAX),
+                ),
                 auth,
                 config,
             }),
@@ -153,7 +162,11 @@ async fn game_socket(
         client_ip = %client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
         land_type = %land_type,
     );
+    // Small buffers: an idle connection costs little memory, and the frame limits let a
+    // larger frame be refused (1009) from its header instead of being buffered.
     upgrade
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {

@@ -55,10 +55,17 @@ impl Default for ConnectionLimits {
 }
 
 /// Frames above the soft limit but below this are read whole, so the client can be told
-/// why it is closed; beyond it the WebSocket layer drops the connection by itself.
+/// why it is closed; beyond it the WebSocket layer refuses the frame after its header and
+/// the connection is closed with 1009 without reading the rest.
 pub(crate) fn hard_frame_limit(limits: &ConnectionLimits) -> usize {
     limits.max_message_bytes.saturating_mul(4).max(64 * 1024)
 }
+
+/// How long a connection the server closes keeps reading (and discarding) what the client
+/// still sends, waiting for its close frame. Dropping a socket with unread input makes TCP
+/// send a reset, which can destroy the close frame before the client reads it (it would see
+/// 1006 instead of the code it should act on).
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 struct TokenBucket {
     tokens: f64,
@@ -106,14 +113,33 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
-async fn refuse(mut sink: Sink, rejection: &Rejection) {
+async fn refuse(mut sink: Sink, stream: &mut Stream, rejection: &Rejection) {
     tracing::info!(close_code = rejection.close_code, error_code = %rejection.error_code, message = %rejection.message, "connection refused");
-    if let Some(frame) = frame::error(&rejection.error_code, rejection.message.clone()) {
-        let _ = sink.send(Message::Text(frame)).await;
+    let sent = tokio::time::timeout(CLOSE_LINGER, async {
+        if let Some(frame) = frame::error(&rejection.error_code, rejection.message.clone()) {
+            sink.send(Message::Text(frame)).await?;
+        }
+        sink.send(close_message(rejection.close_code, &rejection.message))
+            .await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger(stream).await;
     }
-    let _ = sink
-        .send(close_message(rejection.close_code, &rejection.message))
-        .await;
+}
+
+/// Reads and discards until the client answers the server's close frame, goes away, or
+/// [`CLOSE_LINGER`] passes; see there for why.
+async fn linger(stream: &mut Stream) {
+    if std::env::var_os("NO_LINGER").is_some() { return; }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 pub(crate) async fn serve_connection(
@@ -125,21 +151,24 @@ pub(crate) async fn serve_connection(
     let (sink, mut stream) = socket.split();
     let manager = &shared.manager;
     if !manager.registry().contains(&land_type) {
+        // The path is the client's: echo only a bounded prefix of it.
+        let shown: String = land_type.chars().take(64).collect();
         let rejection = Rejection::new(
             close_code::UNKNOWN_LAND_TYPE,
             error_code::UNKNOWN_LAND_TYPE,
-            format!("no land type {land_type:?} on this server"),
+            format!("no land type {shown:?} on this server"),
         );
-        return refuse(sink, &rejection).await;
+        return refuse(sink, &mut stream, &rejection).await;
     }
     let request = AdmissionRequest {
+        server_id: &shared.config.server_id,
         land_type: &land_type,
         land_id: query.get("landId").map(String::as_str),
         query: &query,
     };
     let admission = match shared.auth.authenticate(&request).await {
         Ok(admission) => admission,
-        Err(rejection) => return refuse(sink, &rejection).await,
+        Err(rejection) => return refuse(sink, &mut stream, &rejection).await,
     };
     let limits = &shared.config.limits;
     let conn_id = manager.next_conn_id();
@@ -150,9 +179,9 @@ pub(crate) async fn serve_connection(
         tx: outbound.clone(),
         kill: Arc::new(kill),
     };
-    let seated = match manager.join(&land_type, &admission, conn).await {
+    let seated = match manager.join(&land_type, &admission, conn.clone()).await {
         Ok(seated) => seated,
-        Err(rejection) => return refuse(sink, &rejection).await,
+        Err(rejection) => return refuse(sink, &mut stream, &rejection).await,
     };
     let player = admission.player_id;
     tracing::info!(conn_id, player_id = %player, land_id = %admission.land_id, "connection seated");
@@ -163,18 +192,22 @@ pub(crate) async fn serve_connection(
         kill_rx,
         limits.keepalive_interval,
     ));
-    let reader = Reader {
-        outbound: &outbound,
-        keeper: &seated.commands,
-        player: &player,
-        conn_id,
-        limits,
+    let end = {
+        let reader = Reader {
+            conn,
+            keeper: &seated.commands,
+            player: &player,
+            limits,
+        };
+        tokio::select! {
+            end = reader.run(&mut stream) => end,
+            // The writer stops after sending a close (land closed, takeover, slow consumer).
+            _ = &mut writer => ReadEnd { how: Disconnect::Dropped, stream_failed: false },
+        }
+        // The reader's handle on the outbound queue goes here, so the writer sees the
+        // queue end once the keeper has let go too.
     };
-    let how = tokio::select! {
-        how = reader.run(&mut stream) => how,
-        // The writer stops after sending a close (land closed, takeover, slow consumer).
-        _ = &mut writer => Disconnect::Dropped,
-    };
+    let how = end.how;
     let _ = seated
         .commands
         .send(KeeperCommand::Disconnect {
@@ -189,7 +222,32 @@ pub(crate) async fn serve_connection(
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
         writer.abort();
     }
+    if end.stream_failed {
+        // A refused frame cannot be skipped, so the input cannot be drained: keep the
+        // socket open a moment so the close frame is read before the reset.
+        if std::env::var_os("NO_LINGER").is_none() { tokio::time::sleep(CLOSE_LINGER).await; }
+    } else {
+        linger(&mut stream).await;
+    }
     tracing::debug!(conn_id, player_id = %player, how = ?how, "connection ended");
+}
+
+/// Sends the close frame, giving up after [`CLOSE_LINGER`] on a client that reads nothing.
+async fn send_close(sink: &mut Sink, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(close_message(code, reason))).await;
+}
+
+/// A pending kill request, once the kill channel changed; `None` while there is none.
+fn kill_request(
+    changed: Result<(), watch::error::RecvError>,
+    kill: &mut watch::Receiver<Option<(u16, String)>>,
+    kill_open: &mut bool,
+) -> Option<(u16, String)> {
+    if changed.is_err() {
+        *kill_open = false;
+        return None;
+    }
+    kill.borrow_and_update().clone()
 }
 
 async fn write_loop(
@@ -201,27 +259,21 @@ async fn write_loop(
     let mut kill_open = true;
     let mut pings = keepalive.map(|every| tokio::time::interval_at(Instant::now() + every, every));
     loop {
-        tokio::select! {
+        let message = tokio::select! {
             biased;
             changed = kill.changed(), if kill_open => {
-                if changed.is_err() {
-                    kill_open = false;
-                    continue;
-                }
-                let request = kill.borrow_and_update().clone();
-                if let Some((code, reason)) = request {
-                    let _ = sink.send(close_message(code, &reason)).await;
-                    break;
+                match kill_request(changed, &mut kill, &mut kill_open) {
+                    Some((code, reason)) => {
+                        send_close(&mut sink, code, &reason).await;
+                        break;
+                    }
+                    None => continue,
                 }
             }
             message = outbound.recv() => match message {
-                Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text)).await.is_err() {
-                        break;
-                    }
-                }
+                Some(Outbound::Text(text)) => Message::Text(text),
                 Some(Outbound::Close { code, reason }) => {
-                    let _ = sink.send(close_message(code, &reason)).await;
+                    send_close(&mut sink, code, &reason).await;
                     break;
                 }
                 None => break,
@@ -231,8 +283,23 @@ async fn write_loop(
                     Some(pings) => pings.tick().await,
                     None => std::future::pending().await,
                 }
-            } => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+            } => Message::Ping(Default::default()),
+        };
+        // A client that stops reading blocks this send; a kill (slow consumer, takeover)
+        // must still get through rather than wait behind it forever.
+        tokio::select! {
+            biased;
+            changed = kill.changed(), if kill_open => {
+                if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
+                    send_close(&mut sink, code, &reason).await;
+                    break;
+                }
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            sent = sink.send(message.clone()) => {
+                if sent.is_err() {
                     break;
                 }
             }
@@ -241,33 +308,73 @@ async fn write_loop(
 }
 
 struct Reader<'a> {
-    outbound: &'a mpsc::Sender<Outbound>,
+    /// This connection's own handle: its outbound queue and its kill switch.
+    conn: ConnHandle,
     keeper: &'a mpsc::Sender<KeeperCommand>,
     player: &'a str,
-    conn_id: u64,
     limits: &'a crate::transport::ConnectionLimits,
 }
 
+/// How the reader stopped.
+struct ReadEnd {
+    how: Disconnect,
+    /// The WebSocket layer refused a frame: the rest of the input cannot be read.
+    stream_failed: bool,
+}
+
+impl From<Disconnect> for ReadEnd {
+    fn from(how: Disconnect) -> Self {
+        Self {
+            how,
+            stream_failed: false,
+        }
+    }
+}
+
+/// What a failed read means for the client: a frame beyond the hard limit (1009), a
+/// WebSocket protocol violation such as invalid UTF-8 in a text frame (4400), or a
+/// connection that is simply gone.
+fn read_failure(err: axum::Error) -> Option<(u16, &'static str, String)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    let inner = err.into_inner();
+    match inner.downcast_ref::<WsError>()? {
+        // The connection dropped (a client vanishing, not misbehaving): its seat is held.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Capacity(capacity) => Some((
+            close_code::MESSAGE_TOO_BIG,
+            error_code::MESSAGE_TOO_BIG,
+            capacity.to_string(),
+        )),
+        WsError::Protocol(protocol) => Some((
+            close_code::MALFORMED,
+            error_code::MALFORMED_MESSAGE,
+            protocol.to_string(),
+        )),
+        WsError::Utf8(_) => Some((
+            close_code::MALFORMED,
+            error_code::MALFORMED_MESSAGE,
+            "text frames must be valid UTF-8".to_owned(),
+        )),
+        _ => None,
+    }
+}
+
 impl Reader<'_> {
-    /// Sends `error` then a close; the client is being removed.
-    async fn kick(&self, close: u16, code: &str, message: &str) -> Disconnect {
+    /// Queues `error` then a close; the client is being removed. Never waits on a full
+    /// queue (a client that does not read): the close then skips the queue.
+    fn kick(&self, close: u16, code: &str, message: &str) -> Disconnect {
         tracing::warn!(
-            conn_id = self.conn_id,
+            conn_id = self.conn.id,
             player_id = self.player,
             close_code = close,
             error_code = code,
             "closing abusive connection"
         );
         if let Some(frame) = frame::error(code, message) {
-            let _ = self.outbound.send(Outbound::Text(frame)).await;
+            let _ = self.conn.tx.try_send(Outbound::Text(frame));
         }
-        let _ = self
-            .outbound
-            .send(Outbound::Close {
-                code: close,
-                reason: message.to_owned(),
-            })
-            .await;
+        self.conn.close(close, message);
         Disconnect::Kicked
     }
 
@@ -275,7 +382,7 @@ impl Reader<'_> {
         self.keeper.send(command).await.is_ok()
     }
 
-    async fn run(&self, stream: &mut Stream) -> Disconnect {
+    async fn run(&self, stream: &mut Stream) -> ReadEnd {
         let mut bucket = TokenBucket::new(self.limits);
         let mut malformed = 0u32;
         loop {
@@ -283,17 +390,23 @@ impl Reader<'_> {
                 Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        let _ = self
-                            .outbound
-                            .send(Outbound::Close {
-                                code: close_code::GOING_AWAY,
-                                reason: "idle timeout".to_owned(),
-                            })
-                            .await;
-                        return Disconnect::Dropped;
+                        self.conn.close(close_code::GOING_AWAY, "idle timeout");
+                        return Disconnect::Dropped.into();
                     }
                 },
                 None => stream.next().await,
+            };
+            let next = match next {
+                Some(Err(err)) => {
+                    return match read_failure(err) {
+                        Some((close, code, message)) => ReadEnd {
+                            how: self.kick(close, code, &message),
+                            stream_failed: true,
+                        },
+                        None => Disconnect::Dropped.into(),
+                    };
+                }
+                other => other,
             };
             let text = match next {
                 Some(Ok(Message::Text(text))) => text,
@@ -303,9 +416,10 @@ impl Reader<'_> {
                     return match frame {
                         Some(frame) if frame.code == close_code::NORMAL => Disconnect::Left,
                         _ => Disconnect::Dropped,
-                    };
+                    }
+                    .into();
                 }
-                Some(Err(_)) | None => return Disconnect::Dropped,
+                Some(Err(_)) | None => return Disconnect::Dropped.into(),
             };
             if text.len() > self.limits.max_message_bytes {
                 let message = format!(
@@ -318,7 +432,7 @@ impl Reader<'_> {
                         error_code::MESSAGE_TOO_BIG,
                         &message,
                     )
-                    .await;
+                    .into();
             }
             if !bucket.take() {
                 let message = format!(
@@ -327,7 +441,7 @@ impl Reader<'_> {
                 );
                 return self
                     .kick(close_code::RATE_LIMITED, error_code::RATE_LIMITED, &message)
-                    .await;
+                    .into();
             }
             let message = match ClientMessage::decode(text.as_str()) {
                 Ok(message) => message,
@@ -340,20 +454,20 @@ impl Reader<'_> {
                                 err.code,
                                 "too many malformed messages",
                             )
-                            .await;
+                            .into();
                     }
                     if let Some(frame) = frame::error(err.code, err.message) {
-                        let _ = self.outbound.try_send(Outbound::Text(frame));
+                        let _ = self.conn.tx.try_send(Outbound::Text(frame));
                     }
                     continue;
                 }
             };
             let player = self.player.to_owned();
-            let conn_id = self.conn_id;
+            let conn_id = self.conn.id;
             let delivered = match message {
                 ClientMessage::Ping(ping) => {
                     if let Some(frame) = frame::encode(&ServerMessage::Pong(ping)) {
-                        let _ = self.outbound.try_send(Outbound::Text(frame));
+                        let _ = self.conn.tx.try_send(Outbound::Text(frame));
                     }
                     true
                 }
@@ -380,7 +494,7 @@ impl Reader<'_> {
             };
             if !delivered {
                 // The land is gone; its keeper already told the client why.
-                return Disconnect::Dropped;
+                return Disconnect::Dropped.into();
             }
         }
     }

@@ -15,6 +15,8 @@ use matchplane_runtime::{AdmissionRequest, Authenticator, JwksAuthenticator, Jwk
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use serde_json::{Value, json};
 
+mod common;
+
 struct Key {
     pem: String,
     jwk: Value,
@@ -31,6 +33,10 @@ fn key(kid: &str) -> Key {
 }
 
 fn token(key: &Key, kid: &str, land_id: &str) -> String {
+    token_for_server(key, kid, land_id, "s")
+}
+
+fn token_for_server(key: &Key, kid: &str, land_id: &str, server_id: &str) -> String {
     let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.to_owned());
     let exp = std::time::SystemTime::now()
@@ -39,7 +45,7 @@ fn token(key: &Key, kid: &str, land_id: &str) -> String {
         .as_secs()
         + 60;
     let claims = json!({"iss": "matchplane", "aud": "matchplane-game", "sub": "p1", "playerId": "p1",
-        "members": ["p1"], "assignmentId": "a1", "landId": land_id, "landType": "counter", "serverId": "s",
+        "members": ["p1"], "assignmentId": "a1", "landId": land_id, "landType": "counter", "serverId": server_id,
         "iat": exp - 60, "exp": exp, "jti": "a1", "matchId": "m1", "roster": [["p1"]]});
     jsonwebtoken::encode(
         &header,
@@ -79,6 +85,7 @@ async fn stand_in_on(
 async fn admit(verifier: &JwksAuthenticator, token: &str, land_id: &str) -> Result<String, u16> {
     let query = HashMap::from([("token".to_owned(), token.to_owned())]);
     let request = AdmissionRequest {
+        server_id: "s",
         land_type: "counter",
         land_id: Some(land_id),
         query: &query,
@@ -182,4 +189,51 @@ async fn a_control_plane_that_comes_up_late_is_not_shut_out_by_the_cooldown() {
         admit(&verifier, &good, "counter:1").await,
         Ok("p1".to_owned())
     );
+}
+
+/// A match token names the server it was allocated to: a token minted for server A must
+/// not open (a second copy of) its land on server B.
+#[tokio::test]
+async fn a_token_for_another_game_server_is_refused_with_4403() {
+    use common::{Client, TestServer, closed, test_limits};
+    use matchplane_runtime::counter::Counter;
+    use matchplane_runtime::{GameServerConfig, LandRegistry};
+
+    let signer = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![signer.jwk.clone()]));
+    let url = stand_in(keys, Arc::new(AtomicUsize::new(0))).await;
+    let start = |server_id: &'static str| {
+        let url = url.clone();
+        async move {
+            let verifier = Arc::new(JwksAuthenticator::new(JwksSettings::new(url)));
+            let config = GameServerConfig {
+                server_id: server_id.to_owned(),
+                limits: test_limits(),
+                ..GameServerConfig::default()
+            };
+            TestServer::start_with_config(
+                LandRegistry::new().register::<Counter>("counter", ()),
+                verifier,
+                config,
+            )
+            .await
+        }
+    };
+    let server_a = start("game-a").await;
+    let server_b = start("game-b").await;
+    let for_a = token_for_server(&signer, "k1", "counter:m1", "game-a");
+    let query = format!("landId=counter:m1&token={for_a}");
+
+    let mut on_b = Client::open(&server_b.url("counter", &query)).await;
+    let refused = closed(&mut on_b).await;
+    assert_eq!(refused.code, Some(4403));
+    assert_eq!(refused.errors, vec!["forbidden".to_owned()]);
+    assert_eq!(server_b.server.manager().load().lands, 0, "no land on B");
+
+    let on_a = Client::connect(&server_a.url("counter", &query)).await;
+    assert_eq!(on_a.land_id, "counter:m1");
+    assert_eq!(server_a.get_json("/health").await["lands"], 1);
+    assert_eq!(server_b.get_json("/health").await["status"], "ok");
+    server_a.shutdown().await.unwrap();
+    server_b.shutdown().await.unwrap();
 }

@@ -13,7 +13,7 @@ use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
 use matchplane_runtime::counter::Counter;
 use matchplane_runtime::{
     GameServer, GameServerConfig, JwksAuthenticator, JwksSettings, LandRegistry, ProvisioningAgent,
-    ProvisioningSettings,
+    ProvisioningSettings, Secret,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -114,6 +114,10 @@ impl EmbeddedPlanes {
                     max_players: Some(40_000),
                 },
                 heartbeat_interval: Duration::from_secs(2),
+                registration_token: Some(
+                    Secret::new(control_plane.registration_token(), "registration token")
+                        .context("the control plane has no usable registration token")?,
+                ),
             },
             game.manager().clone(),
         ));

@@ -76,11 +76,22 @@ pub async fn spawn(args: &[String], listening_message: &str) -> Proc {
 
 /// Like [`spawn`] with a `RUST_LOG` filter of the caller's choice.
 pub async fn spawn_logging(args: &[String], listening_message: &str, filter: &str) -> Proc {
+    spawn_with_env(args, listening_message, filter, &[]).await
+}
+
+/// Like [`spawn_logging`] with extra environment variables for the process.
+pub async fn spawn_with_env(
+    args: &[String],
+    listening_message: &str,
+    filter: &str,
+    env: &[(&str, &str)],
+) -> Proc {
     let mut child = Command::new(BIN)
         .arg("--log-format")
         .arg("json")
         .args(args)
         .env("RUST_LOG", filter)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -118,10 +129,23 @@ pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// The admin credential of processes started by [`control_plane`].
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The registration credential shared by [`control_plane`] and [`game_server`].
+pub const REGISTRATION_TOKEN: &str = "test-registration-token";
+
+/// Passed through the environment rather than flags so that a test can still
+/// override them with flags, and so that tests spawning through [`spawn`] see
+/// the generated-credential behaviour.
+const KNOWN_CREDENTIALS: [(&str, &str); 2] = [
+    ("MATCHPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
+    ("MATCHPLANE_REGISTRATION_TOKEN", REGISTRATION_TOKEN),
+];
+
 pub async fn control_plane(extra: &[&str]) -> Proc {
     let mut all = args(&["control-plane", "--port", "0", "--ephemeral"]);
     all.extend(args(extra));
-    spawn(&all, "control plane listening").await
+    spawn_with_env(&all, "control plane listening", "info", &KNOWN_CREDENTIALS).await
 }
 
 pub async fn game_server(control_plane_url: &str, extra: &[&str]) -> Proc {
@@ -134,6 +158,14 @@ pub async fn game_server(control_plane_url: &str, extra: &[&str]) -> Proc {
         "--heartbeat-interval",
         "1s",
     ]);
+    all.extend(args(extra));
+    spawn_with_env(&all, "game server listening", "info", &KNOWN_CREDENTIALS).await
+}
+
+/// A game server that trusts `?playerId=` (no control plane): for tests of the
+/// socket protocol itself.
+pub async fn dev_game_server(extra: &[&str]) -> Proc {
+    let mut all = args(&["game-server", "--port", "0", "--auth", "none"]);
     all.extend(args(extra));
     spawn(&all, "game server listening").await
 }
@@ -152,6 +184,78 @@ pub async fn get(url: &str) -> (u16, Value) {
     let response = reqwest::get(url).await.expect("GET");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// An HTTP answer with the headers kept (for `Retry-After` and the like).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// `error.code` of either envelope (the seed's provisioning one included).
+    pub fn error_code(&self) -> Option<&str> {
+        self.body["error"]["code"].as_str()
+    }
+}
+
+/// One request with an optional `Authorization: Bearer` credential and JSON body.
+pub async fn call(
+    method: reqwest::Method,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn admin_get(url: &str) -> (u16, Value) {
+    let reply = call(reqwest::Method::GET, url, Some(ADMIN_TOKEN), None).await;
+    (reply.status, reply.body)
+}
+
+pub async fn admin_post(url: &str, body: &Value) -> (u16, Value) {
+    let reply = call(reqwest::Method::POST, url, Some(ADMIN_TOKEN), Some(body)).await;
+    (reply.status, reply.body)
+}
+
+/// The process is still running and its `/health` answers 200.
+pub async fn assert_alive(proc: &mut Proc) {
+    assert!(
+        proc.child.try_wait().expect("try_wait").is_none(),
+        "process {} exited",
+        proc.addr
+    );
+    let (status, body) = get(&format!("{}/health", proc.http())).await;
+    assert_eq!(status, 200, "health of {}: {body}", proc.addr);
+}
+
+/// Resident memory of a running process in KiB (`VmRSS` of /proc).
+pub fn rss_kib(proc: &Proc) -> u64 {
+    let pid = proc.child.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
 }
 
 pub async fn post(url: &str, body: &Value) -> (u16, Value) {
@@ -195,7 +299,7 @@ pub async fn wait_servers(
 ) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let (_, body) = get(&format!("{base}/v1/admin/servers")).await;
+        let (_, body) = admin_get(&format!("{base}/v1/admin/servers")).await;
         let servers = body["servers"].as_array().cloned().unwrap_or_default();
         if check(&servers) {
             return servers;

@@ -133,6 +133,11 @@ impl Planes {
                     max_players: Some(10_000),
                 },
                 heartbeat_interval: Duration::from_secs(5),
+                registration_token: matchplane_runtime::Secret::new(
+                    cp.registration_token(),
+                    "registration token",
+                )
+                .ok(),
             },
             game.server.manager().clone(),
         ));

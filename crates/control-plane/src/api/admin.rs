@@ -14,6 +14,7 @@ use matchplane_contracts::ErrorCode;
 use matchplane_contracts::internal::{BackfillPlaced, BackfillRequest, BackfillResponse};
 
 use super::{ApiError, AppState};
+use crate::auth::AdminAccess;
 use crate::clock::duration_ms;
 use crate::matcher::{BackfillError, BackfillJob};
 
@@ -81,14 +82,17 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-pub async fn servers(State(state): State<AppState>) -> Json<ServerList> {
+pub async fn servers(_admin: AdminAccess, State(state): State<AppState>) -> Json<ServerList> {
     let now = state.clock.now_ms();
     Json(ServerList {
         servers: state.registry.views(now),
     })
 }
 
-pub async fn queue_summary(State(state): State<AppState>) -> Result<Json<QueueSummary>, ApiError> {
+pub async fn queue_summary(
+    _admin: AdminAccess,
+    State(state): State<AppState>,
+) -> Result<Json<QueueSummary>, ApiError> {
     let now = state.clock.now_ms();
     let counts = state.store.queue_counts().await?;
     let mut waits = state.matcher.waits().await.unwrap_or_default();
@@ -118,6 +122,7 @@ pub async fn queue_summary(State(state): State<AppState>) -> Result<Json<QueueSu
 
 /// `POST /v1/internal/backfill`: fill open slots of a running land.
 pub async fn backfill(
+    _admin: AdminAccess,
     State(state): State<AppState>,
     body: super::ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResponse>, ApiError> {
@@ -202,7 +207,10 @@ pub struct Rotated {
     kid: String,
 }
 
-pub async fn rotate_key(State(state): State<AppState>) -> Result<Json<Rotated>, ApiError> {
+pub async fn rotate_key(
+    _admin: AdminAccess,
+    State(state): State<AppState>,
+) -> Result<Json<Rotated>, ApiError> {
     let now = state.clock.now_ms();
     let keyring = std::sync::Arc::clone(state.issuer.keyring());
     let algorithm = state.config.signing.algorithm;

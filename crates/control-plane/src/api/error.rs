@@ -57,6 +57,8 @@ pub struct ApiError<E: Envelope = Plain> {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds) when set.
+    retry_after: Option<u64>,
     envelope: PhantomData<E>,
 }
 
@@ -66,6 +68,7 @@ impl<E: Envelope> std::fmt::Debug for ApiError<E> {
             .field("status", &self.status)
             .field("code", &self.code)
             .field("message", &self.message)
+            .field("retry_after", &self.retry_after)
             .finish()
     }
 }
@@ -76,8 +79,21 @@ impl<E: Envelope> ApiError<E> {
             status,
             code,
             message: message.into(),
+            retry_after: None,
             envelope: PhantomData,
         }
+    }
+
+    /// 429 `RATE_LIMITED` with `Retry-After`: the client (an address or a player)
+    /// sent more than its bucket allows.
+    pub fn rate_limited(retry_after: matchplane_edge::ratelimit::RetryAfter) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many requests; retry after the time in Retry-After",
+        );
+        error.retry_after = Some(retry_after.header_seconds());
+        error
     }
 
     pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -113,7 +129,13 @@ impl<E: Envelope> IntoResponse for ApiError<E> {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, code = %self.code, message = %self.message, "request failed");
         }
-        E::render(self.status, self.code, self.message)
+        let mut response = E::render(self.status, self.code, self.message);
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -10,6 +10,7 @@ use matchplane_contracts::matchmaking::{
 use matchplane_matchmaker::{InsertError, TicketId};
 
 use super::{ApiError, ApiJson, AppState};
+use crate::auth::{PlayerIdentity, forbidden, may_access};
 use crate::clock::{duration_ms, format_rfc3339};
 use crate::events::TicketEvent;
 use crate::matcher::engine_ticket;
@@ -18,10 +19,11 @@ use crate::store::{CancelOutcome, CreateOutcome, TicketRecord};
 use crate::validate;
 
 pub async fn enqueue(
+    player: PlayerIdentity,
     State(state): State<AppState>,
     body: ApiJson<EnqueueRequest>,
 ) -> Result<(StatusCode, Json<EnqueueResponse>), ApiError> {
-    let ticket = enqueue_ticket(&state, body.into_inner()).await?;
+    let ticket = enqueue_ticket(&state, &player, body.into_inner()).await?;
     Ok((
         StatusCode::CREATED,
         Json(EnqueueResponse {
@@ -35,19 +37,46 @@ pub async fn enqueue(
 /// group's existing live ticket instead when there is one.
 pub(crate) async fn enqueue_ticket(
     state: &AppState,
+    player: &PlayerIdentity,
     request: EnqueueRequest,
 ) -> Result<TicketRecord, ApiError> {
     let valid = validate::enqueue(request, &state.config.limits)
         .map_err(|invalid| ApiError::bad_request(invalid.code, invalid.message))?;
+    if let Some(subject) = &player.0
+        && !valid.members.iter().any(|member| member == subject)
+    {
+        return Err(forbidden(
+            "the player token's subject must be one of the ticket's members (its leader)",
+        ));
+    }
+    let known_queue = state.config.open_queues
+        || state.config.engine.queues.is_empty()
+        || state.ticket_rules.lock().profile(&valid.queue_key).is_some();
+    if !known_queue {
+        return Err(ApiError::not_found(
+            ErrorCode::QueueNotFound,
+            format!(
+                "no queue profile is configured for queueKey {}",
+                valid.queue_key
+            ),
+        ));
+    }
     let now = state.clock.now_ms();
     let ticket_id = uuid::Uuid::new_v4().to_string();
     let request = valid.request;
+    // The authenticated player owns the ticket; without player authentication
+    // the first member speaks for it.
+    let owner = match &player.0 {
+        Some(subject) => subject.clone(),
+        None => valid.members.first().cloned().unwrap_or_default(),
+    };
     let record = TicketRecord {
         group_id: valid
             .group_id
             .unwrap_or_else(|| format!("group-{ticket_id}")),
         ticket_id,
         queue_key: valid.queue_key,
+        owner,
         members: valid.members,
         region: request.region,
         constraints: request.constraints,
@@ -81,6 +110,18 @@ pub(crate) async fn enqueue_ticket(
             metrics::inc(&state.metrics.tickets_deduplicated);
             ticket
         }
+        CreateOutcome::PlayerAlreadyQueued {
+            player_id,
+            ticket_id,
+        } => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::PlayerAlreadyQueued,
+                format!(
+                    "player {player_id} is already queued in ticketId {ticket_id}; cancel it or wait for its match"
+                ),
+            ));
+        }
     };
     Ok(ticket)
 }
@@ -95,6 +136,8 @@ fn refused_by_queue(refused: InsertError) -> ApiError {
         InsertError::TooManyEntries => ErrorCode::TooManyFields,
         InsertError::EmptyTicket => ErrorCode::MembersRequired,
         InsertError::Duplicate(_) => ErrorCode::InvalidRequest,
+        InsertError::DuplicatePlayer(_) => ErrorCode::DuplicateMember,
+        InsertError::PlayerQueued { .. } => ErrorCode::PlayerAlreadyQueued,
     };
     ApiError::bad_request(
         code,
@@ -102,13 +145,28 @@ fn refused_by_queue(refused: InsertError) -> ApiError {
     )
 }
 
+/// The ticket if it exists and `player` may see it. A ticket of someone else
+/// answers exactly like a missing one, so ids cannot be probed.
+pub(crate) async fn visible_ticket(
+    state: &AppState,
+    player: &PlayerIdentity,
+    ticket_id: &str,
+) -> Result<TicketRecord, ApiError> {
+    match state.store.ticket(ticket_id).await? {
+        Some(ticket) if may_access(player, &ticket) => Ok(ticket),
+        _ => Err(ApiError::not_found(
+            ErrorCode::TicketNotFound,
+            format!("no ticket {ticket_id}"),
+        )),
+    }
+}
+
 pub async fn status(
+    player: PlayerIdentity,
     State(state): State<AppState>,
     Path(ticket_id): Path<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
-    let ticket = state.store.ticket(&ticket_id).await?.ok_or_else(|| {
-        ApiError::not_found(ErrorCode::TicketNotFound, format!("no ticket {ticket_id}"))
-    })?;
+    let ticket = visible_ticket(&state, &player, &ticket_id).await?;
     Ok(Json(StatusResponse {
         ticket_id: ticket.ticket_id,
         status: ticket.status,
@@ -119,6 +177,7 @@ pub async fn status(
 }
 
 pub async fn cancel(
+    player: PlayerIdentity,
     State(state): State<AppState>,
     body: ApiJson<CancelRequest>,
 ) -> Result<(StatusCode, Json<CancelResponse>), ApiError> {
@@ -131,6 +190,10 @@ pub async fn cancel(
             ));
         }
     };
+    if player.0.is_some() {
+        // Ownership never changes, so checking before the atomic cancel is safe.
+        visible_ticket(&state, &player, &ticket_id).await?;
+    }
     let now = state.clock.now_ms();
     let (cancelled, status) = match state.store.cancel_ticket(&ticket_id, now).await? {
         CancelOutcome::NotFound => {

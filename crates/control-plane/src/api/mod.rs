@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod error;
+pub mod limits;
 mod matchmaking;
 mod provisioning;
 mod realtime;
@@ -39,6 +40,10 @@ pub struct AppState {
     /// An engine with the same profiles but no pools: checks a ticket can ever
     /// be matched in its queue before it is stored (the matcher owns the real one).
     pub ticket_rules: Arc<parking_lot::Mutex<matchplane_matchmaker::Engine>>,
+    /// Credentials: admin, registration, player identity.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Token buckets per client address and per player (`--rate-limit`).
+    pub request_limits: Arc<limits::RequestLimits>,
     /// Flips to `true` when the server shuts down; long-lived sockets close on it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -48,17 +53,27 @@ pub fn router(state: AppState) -> Router {
     let trusted = Arc::new(crate::client_ip::TrustedProxies::new(
         state.config.trusted_proxies.clone(),
     ));
+    let request_limits = Arc::clone(&state.request_limits);
+    let per_client_ip = move || {
+        axum::middleware::from_fn_with_state(Arc::clone(&request_limits), limits::per_client_ip)
+    };
     Router::new()
         .route("/health", get(admin::health))
         .route("/.well-known/jwks.json", get(admin::jwks))
-        .route("/metrics", get(admin::metrics))
-        .route("/realtime", get(realtime::upgrade))
-        .route("/v1/matchmaking/enqueue", post(matchmaking::enqueue))
+        .merge(public_metrics(&state))
+        .route("/realtime", get(realtime::upgrade).layer(per_client_ip()))
+        .route(
+            "/v1/matchmaking/enqueue",
+            post(matchmaking::enqueue).layer(per_client_ip()),
+        )
         .route(
             "/v1/matchmaking/status/{ticket_id}",
-            get(matchmaking::status),
+            get(matchmaking::status).layer(per_client_ip()),
         )
-        .route("/v1/matchmaking/cancel", post(matchmaking::cancel))
+        .route(
+            "/v1/matchmaking/cancel",
+            post(matchmaking::cancel).layer(per_client_ip()),
+        )
         .route(
             "/v1/provisioning/servers/register",
             post(provisioning::register),
@@ -78,6 +93,24 @@ pub fn router(state: AppState) -> Router {
             trusted,
             crate::client_ip::access_log,
         ))
+        .with_state(state)
+}
+
+/// `/metrics` on the public listener, unless `--metrics-bind` moved it away.
+fn public_metrics(state: &AppState) -> Router<AppState> {
+    if state.config.metrics_bind.is_some() {
+        Router::new()
+    } else {
+        Router::new().route("/metrics", get(admin::metrics))
+    }
+}
+
+/// What the `--metrics-bind` listener serves: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(admin::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 

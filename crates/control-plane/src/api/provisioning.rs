@@ -7,6 +7,7 @@ use matchplane_contracts::ProvisioningResponse;
 use matchplane_contracts::provisioning::RegisterRequest;
 
 use super::{ApiError, ApiJson, AppState, Provisioning};
+use crate::auth::{ServerAccess, forbidden};
 use crate::store::ServerRecord;
 use crate::validate;
 
@@ -14,6 +15,7 @@ type ProvisioningResult = Result<Json<ProvisioningResponse>, ApiError<Provisioni
 
 /// Registration and heartbeat are the same call: the latest report wins.
 pub async fn register(
+    access: ServerAccess,
     State(state): State<AppState>,
     body: ApiJson<RegisterRequest, Provisioning>,
 ) -> ProvisioningResult {
@@ -21,6 +23,9 @@ pub async fn register(
         .map_err(|invalid| ApiError::bad_request(invalid.code, invalid.message))?;
     let now = state.clock.now_ms();
     let previous = state.registry.get(&valid.server_id);
+    if let Some(previous) = &previous {
+        check_owner(previous, &access)?;
+    }
     let request = valid.request;
     let record = ServerRecord {
         server_id: valid.server_id,
@@ -40,6 +45,7 @@ pub async fn register(
             .as_ref()
             .map_or(now, |previous| previous.registered_at),
         last_seen: now,
+        registered_with: Some(access.credential),
     };
     state.store.put_server(record.clone()).await?;
     if previous.is_none() {
@@ -52,9 +58,13 @@ pub async fn register(
 }
 
 pub async fn deregister(
+    access: ServerAccess,
     State(state): State<AppState>,
     Path(server_id): Path<String>,
 ) -> ProvisioningResult {
+    if let Some(previous) = state.registry.get(&server_id) {
+        check_owner(&previous, &access)?;
+    }
     let known_in_store = state.store.remove_server(&server_id).await?;
     let known_in_memory = state.registry.remove(&server_id);
     if !known_in_store && !known_in_memory {
@@ -65,4 +75,19 @@ pub async fn deregister(
     }
     tracing::info!(server_id = %server_id, "game server deregistered");
     Ok(Json(ProvisioningResponse::ok()))
+}
+
+/// A server id belongs to the credential that registered it: another game
+/// server (or a leaked second token) cannot take it over or delete it.
+fn check_owner(
+    previous: &ServerRecord,
+    access: &ServerAccess,
+) -> Result<(), ApiError<Provisioning>> {
+    match &previous.registered_with {
+        Some(owner) if *owner != access.credential => Err(forbidden(format!(
+            "server {} was registered with another credential",
+            previous.server_id
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
+use matchplane_edge::secret::bearer;
 use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::TicketStatus;
 use matchplane_contracts::realtime::{
@@ -17,14 +19,17 @@ use matchplane_contracts::realtime::{
 };
 use serde::Deserialize;
 
-use super::AppState;
 use super::matchmaking::enqueue_ticket;
+use super::{ApiError, AppState};
+use crate::auth::{PlayerIdentity, authenticate_player, may_access};
 use crate::events::{TicketEvent, Watcher};
 
 /// Tickets one socket may watch at once (a client normally watches one).
 const MAX_WATCHED_PER_SOCKET: usize = 32;
 /// Keeps idle connections open through proxies and detects dead peers.
 const PING_EVERY: Duration = Duration::from_secs(25);
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Malformed messages tolerated before the socket is closed.
 const MAX_BAD_MESSAGES: u32 = 10;
 
@@ -33,19 +38,29 @@ const MAX_BAD_MESSAGES: u32 = 10;
 pub struct RealtimeQuery {
     #[serde(default)]
     ticket_id: Option<String>,
+    /// Browsers cannot set headers on a WebSocket: the player token may come here.
+    #[serde(default, rename = "access_token")]
+    access_token: Option<String>,
 }
 
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<RealtimeQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, ApiError> {
+    // Authenticate before upgrading: a refused client gets a plain 401, not a socket.
+    let token = bearer(&headers).or(query.access_token.as_deref());
+    let player = PlayerIdentity(authenticate_player(&state, token).await?);
     let max_message = state.config.limits.max_body_bytes;
-    ws.max_message_size(max_message)
+    Ok(ws
+        .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| async move {
-            Session::new(socket, state).run(query.ticket_id).await;
-        })
+            Session::new(socket, state, player)
+                .run(query.ticket_id)
+                .await;
+        }))
 }
 
 struct Session {
@@ -57,6 +72,8 @@ struct Session {
     /// the status read and the event stream).
     finished: HashSet<String>,
     bad_messages: u32,
+    /// The verified player (jwt mode): it may only watch its own tickets.
+    player: PlayerIdentity,
 }
 
 enum Flow {
@@ -65,7 +82,7 @@ enum Flow {
 }
 
 impl Session {
-    fn new(socket: WebSocket, state: AppState) -> Self {
+    fn new(socket: WebSocket, state: AppState, player: PlayerIdentity) -> Self {
         let (watcher, events) = state.events.watcher();
         crate::metrics::inc(&state.metrics.realtime_sockets);
         Self {
@@ -75,6 +92,7 @@ impl Session {
             watcher,
             finished: HashSet::new(),
             bad_messages: 0,
+            player,
         }
     }
 
@@ -96,10 +114,7 @@ impl Session {
                 Some(event) = self.events.recv() => self.on_event(event).await,
                 _ = ping.tick() => self.send_raw(Message::Ping(Default::default())).await,
                 _ = shutdown.changed() => {
-                    let _ = self.socket.send(Message::Close(Some(CloseFrame {
-                        code: 1001,
-                        reason: Utf8Bytes::from_static("server shutting down"),
-                    }))).await;
+                    self.close(1001, "server shutting down").await;
                     Flow::Close
                 }
             };
@@ -128,6 +143,27 @@ impl Session {
                 Flow::Continue
             }
         }
+    }
+
+    /// Sends a close frame, then reads (and drops) what the client still sends
+    /// until it answers the close, for a bounded time: closing with unread data
+    /// would reset the connection and the client would see 1006, not our code.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        if self.socket.send(frame).await.is_err() {
+            return;
+        }
+        let drain = async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
     }
 
     async fn send_raw(&mut self, message: Message) -> Flow {
@@ -196,7 +232,7 @@ impl Session {
                 if self.watcher.watching() >= MAX_WATCHED_PER_SOCKET {
                     return self.too_many().await;
                 }
-                match enqueue_ticket(&self.state, *request).await {
+                match enqueue_ticket(&self.state, &self.player, *request).await {
                     Ok(ticket) => {
                         let ticket_id = ticket.ticket_id.clone();
                         let flow = self
@@ -222,13 +258,7 @@ impl Session {
             return Flow::Close;
         }
         if self.bad_messages >= MAX_BAD_MESSAGES {
-            let _ = self
-                .socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1008,
-                    reason: Utf8Bytes::from_static("too many invalid messages"),
-                })))
-                .await;
+            self.close(1008, "too many invalid messages").await;
             return Flow::Close;
         }
         Flow::Continue
@@ -252,8 +282,9 @@ impl Session {
         }
         self.watcher.watch(&ticket_id);
         let ticket = match self.state.store.ticket(&ticket_id).await {
-            Ok(Some(ticket)) => ticket,
-            Ok(None) => {
+            Ok(Some(ticket)) if may_access(&self.player, &ticket) => ticket,
+            // Someone else's ticket reads as missing, so ids cannot be probed.
+            Ok(_) => {
                 self.watcher.forget(&ticket_id);
                 return self
                     .error_about(

@@ -33,6 +33,13 @@ pub struct TicketRecord {
     pub ticket_id: String,
     pub queue_key: String,
     pub group_id: String,
+    /// Who enqueued the ticket: the authenticated player, or the first member
+    /// without player authentication. `groupId` dedup is scoped to it so one
+    /// client can never be handed another's ticket. Records written before
+    /// ownership existed decode with an empty owner, which the store replaces
+    /// with the first member (see [`TicketRecord::with_default_owner`]).
+    #[serde(default)]
+    pub owner: String,
     pub members: Vec<String>,
     #[serde(default)]
     pub region: Option<String>,
@@ -59,6 +66,21 @@ pub struct TicketRecord {
 }
 
 impl TicketRecord {
+    /// Fills in the owner of a record written before tickets had one.
+    pub fn with_default_owner(mut self) -> Self {
+        if self.owner.is_empty()
+            && let Some(first) = self.members.first()
+        {
+            self.owner.clone_from(first);
+        }
+        self
+    }
+
+    /// Whether this ticket still holds its members' places in the queue.
+    pub fn is_queued_at(&self, now: Millis) -> bool {
+        self.status == TicketStatus::Queued && now < self.expires_at
+    }
+
     /// Whether this ticket still holds its group: queued, or assigned with a
     /// usable assignment. A group may enqueue again once its ticket is no longer live.
     pub fn is_live(&self, now: Millis) -> bool {
@@ -73,8 +95,13 @@ impl TicketRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {
     Created(TicketRecord),
-    /// The group already has a live ticket; that one is returned.
+    /// The same owner's group already has a live ticket; that one is returned.
     Existing(TicketRecord),
+    /// Nothing was stored: `player_id` already waits in queued ticket `ticket_id`.
+    PlayerAlreadyQueued {
+        player_id: String,
+        ticket_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +156,10 @@ pub struct ServerRecord {
     pub land_ids: Option<Vec<String>>,
     pub registered_at: Millis,
     pub last_seen: Millis,
+    /// Which registration credential registered this id (SHA-256 of it, hex):
+    /// only the same credential may re-register or delete it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_with: Option<String>,
 }
 
 /// Per-queue counts over the tickets the store still holds.
@@ -148,7 +179,9 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for health output, e.g. `redb` or `memory`.
     fn kind(&self) -> &'static str;
 
-    /// Stores a new queued ticket unless its group already has a live one.
+    /// Stores a new queued ticket unless the same owner's group already has a
+    /// live one (returned as `Existing`) or a member already waits in another
+    /// queued ticket (`PlayerAlreadyQueued`); both checks and the write are atomic.
     async fn create_ticket(
         &self,
         ticket: TicketRecord,

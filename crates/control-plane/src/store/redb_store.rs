@@ -19,15 +19,23 @@ use super::{
 use crate::clock::Millis;
 
 const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
-/// groupId → ticketId of the group's most recent ticket (for dedup).
-const GROUPS: TableDefinition<&str, &str> = TableDefinition::new("groups");
+/// (owner, groupId) → ticketId of that owner's most recent ticket of the
+/// group (for dedup). Scoped by owner so a groupId names nothing across clients.
+const OWNER_GROUPS: TableDefinition<(&str, &str), &str> = TableDefinition::new("owner_groups");
+/// Schema 1's groupId → ticketId index, replaced by [`OWNER_GROUPS`]; only
+/// opened to delete it when upgrading a data dir.
+const LEGACY_GROUPS: TableDefinition<&str, &str> = TableDefinition::new("groups");
+/// playerId → ticketId of the queued ticket the player waits in, so "one
+/// queued ticket per player" is one lookup per member inside the write.
+const QUEUED_PLAYERS: TableDefinition<&str, &str> = TableDefinition::new("queued_players");
 const SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("servers");
 /// Finished tickets by `{updated_at:020}:{ticket_id}`, so purging past the
 /// retention is a range scan instead of a walk over every ticket.
 const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("finished");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-const SCHEMA_VERSION: u64 = 1;
+/// 2: tickets have an owner, groups are indexed per owner, queued players are indexed.
+const SCHEMA_VERSION: u64 = 2;
 /// Upper bound on requests folded into one transaction, to bound commit latency.
 const MAX_BATCH: usize = 1024;
 
@@ -120,7 +128,8 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
     {
         txn.open_table(TICKETS).map_err(unavailable)?;
-        txn.open_table(GROUPS).map_err(unavailable)?;
+        txn.open_table(OWNER_GROUPS).map_err(unavailable)?;
+        txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?;
         txn.open_table(SERVERS).map_err(unavailable)?;
         txn.open_table(FINISHED).map_err(unavailable)?;
         let mut meta = txn.open_table(META).map_err(unavailable)?;
@@ -134,6 +143,13 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
                     .map_err(unavailable)?;
             }
             Some(SCHEMA_VERSION) => {}
+            Some(1) => {
+                tracing::info!("upgrading the data dir to schema {SCHEMA_VERSION}: indexing ticket owners and queued players");
+                rebuild_indexes(&txn)?;
+                txn.delete_table(LEGACY_GROUPS).map_err(unavailable)?;
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(unavailable)?;
+            }
             Some(other) => {
                 return Err(StoreError::Unavailable(format!(
                     "data dir has schema version {other}, this build understands {SCHEMA_VERSION}"
@@ -142,6 +158,57 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         }
     }
     txn.commit().map_err(unavailable)
+}
+
+/// Rebuilds the owner-group and queued-player indexes from the tickets, for a
+/// data dir written before they existed. Where old data has a player in two
+/// queued tickets, the index keeps the older one: that is the ticket the
+/// matcher takes (it reloads oldest first) and the engine refuses the other.
+fn rebuild_indexes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut groups: BTreeMap<(String, String), (Millis, String)> = BTreeMap::new();
+    let mut players: BTreeMap<String, (Millis, String)> = BTreeMap::new();
+    {
+        let tickets = txn.open_table(TICKETS).map_err(unavailable)?;
+        for entry in tickets.iter().map_err(unavailable)? {
+            let (key, value) = entry.map_err(unavailable)?;
+            let ticket = decode_ticket(key.value(), value.value())?;
+            let newest = (ticket.enqueued_at, ticket.ticket_id.clone());
+            groups
+                .entry((ticket.owner.clone(), ticket.group_id.clone()))
+                .and_modify(|current| {
+                    if newest > *current {
+                        current.clone_from(&newest);
+                    }
+                })
+                .or_insert(newest);
+            if ticket.status == TicketStatus::Queued {
+                for member in &ticket.members {
+                    let candidate = (ticket.enqueued_at, ticket.ticket_id.clone());
+                    players
+                        .entry(member.clone())
+                        .and_modify(|current| {
+                            if candidate < *current {
+                                current.clone_from(&candidate);
+                            }
+                        })
+                        .or_insert(candidate);
+                }
+            }
+        }
+    }
+    let mut owner_groups = txn.open_table(OWNER_GROUPS).map_err(unavailable)?;
+    for ((owner, group_id), (_, ticket_id)) in &groups {
+        owner_groups
+            .insert((owner.as_str(), group_id.as_str()), ticket_id.as_str())
+            .map_err(unavailable)?;
+    }
+    let mut queued_players = txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?;
+    for (player_id, (_, ticket_id)) in &players {
+        queued_players
+            .insert(player_id.as_str(), ticket_id.as_str())
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 fn run_writer(db: &Database, jobs: &mpsc::Receiver<WriteJob>, durability: Durability) {
@@ -184,7 +251,8 @@ fn apply_batch(
     {
         let mut tables = Tables {
             tickets: txn.open_table(TICKETS).map_err(unavailable)?,
-            groups: txn.open_table(GROUPS).map_err(unavailable)?,
+            owner_groups: txn.open_table(OWNER_GROUPS).map_err(unavailable)?,
+            queued_players: txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?,
             servers: txn.open_table(SERVERS).map_err(unavailable)?,
             finished: txn.open_table(FINISHED).map_err(unavailable)?,
         };
@@ -200,7 +268,8 @@ fn apply_batch(
 
 struct Tables<'txn> {
     tickets: Table<'txn, &'static str, &'static [u8]>,
-    groups: Table<'txn, &'static str, &'static str>,
+    owner_groups: Table<'txn, (&'static str, &'static str), &'static str>,
+    queued_players: Table<'txn, &'static str, &'static str>,
     servers: Table<'txn, &'static str, &'static [u8]>,
     finished: Table<'txn, &'static str, ()>,
 }
@@ -245,7 +314,7 @@ impl Tables<'_> {
 
     fn get_ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
         match self.tickets.get(ticket_id).map_err(unavailable)? {
-            Some(bytes) => decode(ticket_id, bytes.value()).map(Some),
+            Some(bytes) => decode_ticket(ticket_id, bytes.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -263,26 +332,91 @@ impl Tables<'_> {
                     (),
                 )
                 .map_err(unavailable)?;
+            // Leaving the queue frees the members to queue again at once.
+            self.release_players(ticket)?;
         }
         Ok(())
     }
 
+    /// Drops the ticket's members from the queued-player index, except where
+    /// a newer ticket has taken the entry over.
+    fn release_players(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
+        for member in &ticket.members {
+            let points_here = self
+                .queued_players
+                .get(member.as_str())
+                .map_err(unavailable)?
+                .is_some_and(|id| id.value() == ticket.ticket_id);
+            if points_here {
+                self.queued_players
+                    .remove(member.as_str())
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first member already waiting in another queued ticket, if any.
+    fn queued_elsewhere(
+        &self,
+        members: &[String],
+        now: Millis,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        for member in members {
+            let Some(ticket_id) = self
+                .queued_players
+                .get(member.as_str())
+                .map_err(unavailable)?
+                .map(|id| id.value().to_owned())
+            else {
+                continue;
+            };
+            // A ticket past its expiry that the matcher has not marked yet no
+            // longer holds the player.
+            if self
+                .get_ticket(&ticket_id)?
+                .is_some_and(|queued| queued.is_queued_at(now))
+            {
+                return Ok(Some((member.clone(), ticket_id)));
+            }
+        }
+        Ok(None)
+    }
+
     fn create(&mut self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError> {
+        let ticket = ticket.with_default_owner();
+        let group_key = (ticket.owner.as_str(), ticket.group_id.as_str());
         let existing_id = self
-            .groups
-            .get(ticket.group_id.as_str())
+            .owner_groups
+            .get(group_key)
             .map_err(unavailable)?
             .map(|id| id.value().to_owned());
+        // Dedup first: an idempotent retry must get its ticket back, not be
+        // refused because its own members are queued (in that very ticket).
         if let Some(existing_id) = existing_id
             && let Some(existing) = self.get_ticket(&existing_id)?
             && existing.is_live(now)
         {
             return Ok(CreateOutcome::Existing(existing));
         }
+        if let Some((player_id, ticket_id)) = self.queued_elsewhere(&ticket.members, now)? {
+            return Ok(CreateOutcome::PlayerAlreadyQueued {
+                player_id,
+                ticket_id,
+            });
+        }
         self.put_ticket(&ticket)?;
-        self.groups
-            .insert(ticket.group_id.as_str(), ticket.ticket_id.as_str())
+        self.owner_groups
+            .insert(
+                (ticket.owner.as_str(), ticket.group_id.as_str()),
+                ticket.ticket_id.as_str(),
+            )
             .map_err(unavailable)?;
+        for member in &ticket.members {
+            self.queued_players
+                .insert(member.as_str(), ticket.ticket_id.as_str())
+                .map_err(unavailable)?;
+        }
         Ok(CreateOutcome::Created(ticket))
     }
 
@@ -358,16 +492,16 @@ impl Tables<'_> {
                 continue;
             };
             self.tickets.remove(ticket_id).map_err(unavailable)?;
+            let group_key = (ticket.owner.as_str(), ticket.group_id.as_str());
             let group_points_here = self
-                .groups
-                .get(ticket.group_id.as_str())
+                .owner_groups
+                .get(group_key)
                 .map_err(unavailable)?
                 .is_some_and(|id| id.value() == ticket_id);
             if group_points_here {
-                self.groups
-                    .remove(ticket.group_id.as_str())
-                    .map_err(unavailable)?;
+                self.owner_groups.remove(group_key).map_err(unavailable)?;
             }
+            self.release_players(&ticket)?;
         }
         Ok(doomed.len() as u64)
     }
@@ -382,6 +516,10 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
         key: key.to_owned(),
         reason: err.to_string(),
     })
+}
+
+fn decode_ticket(key: &str, bytes: &[u8]) -> Result<TicketRecord, StoreError> {
+    decode::<TicketRecord>(key, bytes).map(TicketRecord::with_default_owner)
 }
 
 fn unexpected(result: WriteResult) -> StoreError {
@@ -422,7 +560,7 @@ impl Store for RedbStore {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(TICKETS).map_err(unavailable)?;
             match table.get(ticket_id.as_str()).map_err(unavailable)? {
-                Some(bytes) => decode(&ticket_id, bytes.value()).map(Some),
+                Some(bytes) => decode_ticket(&ticket_id, bytes.value()).map(Some),
                 None => Ok(None),
             }
         })
@@ -472,7 +610,7 @@ impl Store for RedbStore {
             let mut queued = Vec::new();
             for entry in table.iter().map_err(unavailable)? {
                 let (key, value) = entry.map_err(unavailable)?;
-                let ticket: TicketRecord = decode(key.value(), value.value())?;
+                let ticket = decode_ticket(key.value(), value.value())?;
                 if ticket.status == TicketStatus::Queued {
                     queued.push(ticket);
                 }
@@ -529,7 +667,7 @@ impl Store for RedbStore {
             let mut counts: BTreeMap<String, QueueCounts> = BTreeMap::new();
             for entry in table.iter().map_err(unavailable)? {
                 let (key, value) = entry.map_err(unavailable)?;
-                let ticket: TicketRecord = decode(key.value(), value.value())?;
+                let ticket = decode_ticket(key.value(), value.value())?;
                 let queue = counts
                     .entry(ticket.queue_key.clone())
                     .or_insert_with(|| QueueCounts {
@@ -563,13 +701,27 @@ impl Store for RedbStore {
 
 #[cfg(test)]
 mod tests {
+    use matchplane_contracts::matchmaking::Assignment;
+
     use super::*;
+
+    /// Reopens a data dir once the previous handle's writer thread has let go of it.
+    async fn reopen(dir: &Path) -> RedbStore {
+        for _ in 0..200 {
+            if let Ok(store) = RedbStore::open(dir) {
+                return store;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        RedbStore::open(dir).unwrap()
+    }
 
     fn ticket(id: &str, group: &str, now: Millis) -> TicketRecord {
         TicketRecord {
             ticket_id: id.to_owned(),
             queue_key: "q".to_owned(),
             group_id: group.to_owned(),
+            owner: format!("{id}-player"),
             members: vec![format!("{id}-player")],
             region: None,
             constraints: None,
@@ -612,5 +764,214 @@ mod tests {
             .unwrap();
         assert!(matches!(again, CreateOutcome::Created(_)));
         assert_eq!(store.purge_finished(5_000).await.unwrap(), 0);
+    }
+
+    fn party(id: &str, owner: &str, group: &str, members: &[&str], now: Millis) -> TicketRecord {
+        TicketRecord {
+            owner: owner.to_owned(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            ..ticket(id, group, now)
+        }
+    }
+
+    fn created(outcome: CreateOutcome) -> TicketRecord {
+        match outcome {
+            CreateOutcome::Created(ticket) => ticket,
+            other => panic!("expected a new ticket, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn group_ids_are_scoped_to_their_owner() {
+        let store = RedbStore::in_memory().unwrap();
+        let alice = created(
+            store
+                .create_ticket(party("t-alice", "alice", "g", &["alice"], 1_000), 1_000)
+                .await
+                .unwrap(),
+        );
+        // Another owner reusing the groupId gets a ticket of its own.
+        let mallory = created(
+            store
+                .create_ticket(party("t-mallory", "mallory", "g", &["mallory"], 1_001), 1_001)
+                .await
+                .unwrap(),
+        );
+        assert_ne!(mallory.ticket_id, alice.ticket_id);
+        // The same owner retrying gets its own ticket back.
+        let retry = store
+            .create_ticket(party("t-retry", "alice", "g", &["alice"], 1_002), 1_002)
+            .await
+            .unwrap();
+        assert_eq!(retry, CreateOutcome::Existing(alice));
+        assert!(store.ticket("t-retry").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_player_waits_in_one_queued_ticket_at_a_time() {
+        let store = RedbStore::in_memory().unwrap();
+        store
+            .create_ticket(party("solo", "bob", "g1", &["bob"], 1_000), 1_000)
+            .await
+            .unwrap();
+        // Alone under another group, or inside someone else's party: refused.
+        for (id, owner, group, members) in [
+            ("again", "bob", "g2", vec!["bob"]),
+            ("party", "carol", "g3", vec!["carol", "bob"]),
+        ] {
+            let outcome = store
+                .create_ticket(party(id, owner, group, &members, 1_001), 1_001)
+                .await
+                .unwrap();
+            assert_eq!(
+                outcome,
+                CreateOutcome::PlayerAlreadyQueued {
+                    player_id: "bob".to_owned(),
+                    ticket_id: "solo".to_owned(),
+                }
+            );
+            assert!(store.ticket(id).await.unwrap().is_none(), "nothing stored");
+        }
+        // The refused party did not claim carol either.
+        created(
+            store
+                .create_ticket(party("carol-solo", "carol", "g4", &["carol"], 1_002), 1_002)
+                .await
+                .unwrap(),
+        );
+    }
+
+    #[tokio::test]
+    async fn players_are_free_to_queue_again_once_their_ticket_leaves_the_queue() {
+        let store = RedbStore::in_memory().unwrap();
+        for (id, player) in [("a", "pa"), ("c", "pc"), ("e", "pe")] {
+            store
+                .create_ticket(party(id, player, id, &[player], 1_000), 1_000)
+                .await
+                .unwrap();
+        }
+        let assignment = Assignment {
+            assignment_id: "as".to_owned(),
+            match_token: String::new(),
+            connect_url: "ws://127.0.0.1:1/game/q".to_owned(),
+            land_id: "q:1".to_owned(),
+            server_id: "s".to_owned(),
+            expires_at: "1970-01-01T00:01:00Z".to_owned(),
+            member_tokens: BTreeMap::new(),
+            match_id: None,
+            team: Some(0),
+        };
+        let outcomes = store
+            .commit_matches(
+                vec![MatchCommit {
+                    assignments: vec![("a".to_owned(), assignment)],
+                    assignment_expires_at: 60_000,
+                }],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(outcomes[0], CommitOutcome::Applied(_)));
+        store.cancel_ticket("c", 2_000).await.unwrap();
+        store.expire_tickets(vec!["e".to_owned()], 2_000).await.unwrap();
+        for (id, player) in [("a2", "pa"), ("c2", "pc"), ("e2", "pe")] {
+            created(
+                store
+                    .create_ticket(party(id, player, id, &[player], 2_001), 2_001)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // A queued ticket past its expiry no longer holds its player, even
+        // before the matcher marks it expired.
+        let late = 2_001 + 600_000;
+        created(
+            store
+                .create_ticket(party("a3", "pa", "a3", &["pa"], late), late)
+                .await
+                .unwrap(),
+        );
+        // Purging the old ticket must not free the player of the newer one.
+        store.purge_finished(u64::MAX).await.unwrap();
+        let refused = store
+            .create_ticket(party("a4", "pa", "a4", &["pa"], late + 1), late + 1)
+            .await
+            .unwrap();
+        assert!(matches!(
+            refused,
+            CreateOutcome::PlayerAlreadyQueued { ref ticket_id, .. } if ticket_id == "a3"
+        ));
+    }
+
+    /// A data dir written by schema 1: tickets without owners, a global
+    /// groupId index, no queued-player index.
+    fn write_schema_1(path: &Path, tickets: &[TicketRecord]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(TICKETS).unwrap();
+            let mut groups = txn.open_table(LEGACY_GROUPS).unwrap();
+            for ticket in tickets {
+                let mut json = serde_json::to_value(ticket).unwrap();
+                json.as_object_mut().unwrap().remove("owner");
+                let bytes = serde_json::to_vec(&json).unwrap();
+                table
+                    .insert(ticket.ticket_id.as_str(), bytes.as_slice())
+                    .unwrap();
+                groups
+                    .insert(ticket.group_id.as_str(), ticket.ticket_id.as_str())
+                    .unwrap();
+            }
+            txn.open_table(SERVERS).unwrap();
+            txn.open_table(FINISHED).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_data_dir_is_upgraded_with_owners_and_queued_players() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = party("old", "", "team", &["dana", "eve"], 1_000);
+        write_schema_1(&dir.path().join("matchplane.redb"), &[old]);
+
+        let store = RedbStore::open(dir.path()).unwrap();
+        let loaded = store.ticket("old").await.unwrap().unwrap();
+        assert_eq!(loaded.owner, "dana", "an old record is owned by its first member");
+        let refused = store
+            .create_ticket(party("new", "eve", "solo", &["eve"], 2_000), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused,
+            CreateOutcome::PlayerAlreadyQueued {
+                player_id: "eve".to_owned(),
+                ticket_id: "old".to_owned(),
+            }
+        );
+        // The leader's retry still finds the group's ticket; another owner does not.
+        let retry = store
+            .create_ticket(party("retry", "dana", "team", &["dana", "eve"], 2_000), 2_000)
+            .await
+            .unwrap();
+        assert!(matches!(retry, CreateOutcome::Existing(ref t) if t.ticket_id == "old"));
+        let other = store
+            .create_ticket(party("other", "frank", "team", &["frank"], 2_000), 2_000)
+            .await
+            .unwrap();
+        assert!(matches!(other, CreateOutcome::Created(_)));
+        drop(store);
+        // Reopening an upgraded dir keeps the indexes (no second migration).
+        let store = reopen(dir.path()).await;
+        assert!(matches!(
+            store
+                .create_ticket(party("new2", "eve", "solo2", &["eve"], 2_001), 2_001)
+                .await
+                .unwrap(),
+            CreateOutcome::PlayerAlreadyQueued { .. }
+        ));
     }
 }

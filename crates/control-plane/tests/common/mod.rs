@@ -42,10 +42,28 @@ impl Harness {
         format!("{}{}", self.base, path)
     }
 
+    /// The credential a legitimate caller of `path` presents: the admin token
+    /// for admin and internal routes, the registration token for provisioning.
+    pub fn credential_for(&self, path: &str) -> Option<String> {
+        if path.starts_with("/v1/admin/") || path.starts_with("/v1/internal/") {
+            Some(self.cp.admin_token())
+        } else if path.starts_with("/v1/provisioning/") {
+            Some(self.cp.registration_token())
+        } else {
+            None
+        }
+    }
+
+    fn with_credential(&self, request: reqwest::RequestBuilder, path: &str) -> reqwest::RequestBuilder {
+        match self.credential_for(path) {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
-            .http
-            .post(self.url(path))
+            .with_credential(self.http.post(self.url(path)), path)
             .json(&body)
             .send()
             .await
@@ -55,15 +73,18 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(self.url(path)).send().await.expect("request");
+        let response = self
+            .with_credential(self.http.get(self.url(path)), path)
+            .send()
+            .await
+            .expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let response = self
-            .http
-            .delete(self.url(path))
+            .with_credential(self.http.delete(self.url(path)), path)
             .send()
             .await
             .expect("request");

@@ -51,6 +51,14 @@ impl TestServer {
             shutdown_timeout: Duration::from_secs(5),
             ..GameServerConfig::default()
         };
+        Self::start_with_config(registry, auth, config).await
+    }
+
+    pub async fn start_with_config(
+        registry: LandRegistry,
+        auth: Arc<dyn matchplane_runtime::Authenticator>,
+        config: GameServerConfig,
+    ) -> Self {
         let server = GameServer::new(registry, auth, config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

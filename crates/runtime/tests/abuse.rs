@@ -1,0 +1,306 @@
+//! Abusive clients against a real game server on 127.0.0.1:0: every close the server
+//! initiates reaches the client as a close frame with its code, even while the client
+//! keeps sending; lands cannot be created beyond `max_lands`; a draining server lets
+//! empty lands go at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+
+use common::{Client, Socket, TestServer, closed, leave, test_limits};
+use futures_util::{SinkExt as _, StreamExt as _};
+use matchplane_contracts::game::{ClientMessage, Ping, ServerMessage, close_code, error_code};
+use matchplane_runtime::counter::Counter;
+use matchplane_runtime::{
+    ConnectionLimits, DevAuthenticator, GameServerConfig, LandRegistry, LandSettings,
+};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+fn counter_registry(dispose_after_empty: Duration) -> LandRegistry {
+    let settings = LandSettings {
+        tick_rate_hz: 0.0,
+        max_players: 4,
+        dispose_after_empty,
+        reconnect_grace: Duration::from_secs(10),
+    };
+    LandRegistry::new().register_with_settings::<Counter>("counter", (), settings)
+}
+
+/// What the client saw at the end: the close code (`None`: no close frame, e.g. a
+/// reset), the `error` codes before it, and how many frames it managed to send.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<u16>,
+    errors: Vec<String>,
+    sent: usize,
+}
+
+/// Sends `frame()` as fast as the connection takes it, without ever pausing to
+/// read, while another task reads until the server closes.
+async fn flood(socket: Socket, frame: impl Fn() -> Message + Send + 'static) -> Outcome {
+    let (mut sink, mut stream) = socket.split();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sink.send(frame()).await.is_ok() {
+            sent += 1;
+            if sent.is_multiple_of(64) {
+                tokio::task::yield_now().await;
+            }
+        }
+        sent
+    });
+    let mut errors = Vec::new();
+    let code = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => {
+                if let Ok(ServerMessage::Error(error)) = ServerMessage::decode(text.as_str()) {
+                    errors.push(error.code);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    // The sender stops once the close handshake (or the socket) ends.
+    let sent = tokio::time::timeout(Duration::from_secs(10), sender)
+        .await
+        .expect("the sender must stop once the server closed")
+        .unwrap();
+    Outcome { code, errors, sent }
+}
+
+async fn assert_healthy(server: &TestServer) {
+    assert_eq!(server.get_json("/health").await["status"], "ok");
+    let mut bob = server.connect("counter", "healthy", "bob").await;
+    assert!(bob.action("increment", json!({})).await.ok);
+    leave(bob).await;
+}
+
+async fn seated(server: &TestServer, player: &str) -> Socket {
+    server.connect("counter", "room", player).await.socket
+}
+
+#[tokio::test]
+async fn a_garbage_flood_receives_4400() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(5))).await;
+    for attempt in 0..3 {
+        let socket = seated(&server, &format!("ann{attempt}")).await;
+        let outcome = flood(socket, || Message::text("\u{1}garbage{{{")).await;
+        assert_eq!(outcome.code, Some(close_code::MALFORMED), "{outcome:?}");
+        assert!(outcome.sent > 4, "{outcome:?}");
+        assert!(
+            outcome
+                .errors
+                .iter()
+                .all(|code| code == error_code::MALFORMED_MESSAGE),
+            "{outcome:?}"
+        );
+    }
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_receives_4400() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(5))).await;
+    let socket = seated(&server, "ann").await;
+    let outcome = flood(socket, || {
+        Message::Frame(Frame::from_payload(
+            FrameHeader {
+                opcode: OpCode::Data(Data::Text),
+                ..FrameHeader::default()
+            },
+            Bytes::from_static(b"\xff\xfe not utf-8"),
+        ))
+    })
+    .await;
+    assert_eq!(outcome.code, Some(close_code::MALFORMED), "{outcome:?}");
+    assert_eq!(outcome.errors, vec![error_code::MALFORMED_MESSAGE]);
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+fn small_messages() -> ConnectionLimits {
+    ConnectionLimits {
+        max_message_bytes: 1024,
+        ..test_limits()
+    }
+}
+
+#[tokio::test]
+async fn oversize_messages_sent_in_a_stream_receive_1009() {
+    let server = TestServer::start_with(
+        counter_registry(Duration::from_secs(5)),
+        small_messages(),
+    )
+    .await;
+    let socket = seated(&server, "ann").await;
+    // Above the 1 KiB limit but read whole: answered with `error` then 1009.
+    let outcome = flood(socket, || Message::text("x".repeat(4000))).await;
+    assert_eq!(outcome.code, Some(close_code::MESSAGE_TOO_BIG), "{outcome:?}");
+    assert_eq!(outcome.errors, vec![error_code::MESSAGE_TOO_BIG]);
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_frame_beyond_the_hard_limit_receives_1009() {
+    let server = TestServer::start_with(
+        counter_registry(Duration::from_secs(5)),
+        small_messages(),
+    )
+    .await;
+    let socket = seated(&server, "ann").await;
+    // 200 KiB: refused from its header (the hard limit is 64 KiB), never buffered.
+    let (mut sink, mut stream) = socket.split();
+    let sender = tokio::spawn(async move {
+        let _ = sink.send(Message::text("y".repeat(200 * 1024))).await;
+    });
+    let seen = closed_split(&mut stream).await;
+    assert_eq!(seen.0, Some(close_code::MESSAGE_TOO_BIG), "{seen:?}");
+    assert_eq!(seen.1, vec![error_code::MESSAGE_TOO_BIG]);
+    let _ = tokio::time::timeout(Duration::from_secs(10), sender).await;
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+async fn closed_split(
+    stream: &mut futures_util::stream::SplitStream<Socket>,
+) -> (Option<u16>, Vec<String>) {
+    let mut errors = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => {
+                if let Ok(ServerMessage::Error(error)) = ServerMessage::decode(text.as_str()) {
+                    errors.push(error.code);
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return (frame.map(|frame| u16::from(frame.code)), errors);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return (None, errors),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_past_its_rate_limit_receives_4429() {
+    let limits = ConnectionLimits {
+        messages_per_second: 10.0,
+        burst: 20.0,
+        ..test_limits()
+    };
+    let server = TestServer::start_with(counter_registry(Duration::from_secs(5)), limits).await;
+    let socket = seated(&server, "ann").await;
+    let ping = serde_json::to_string(&ClientMessage::Ping(Ping { t: json!(0) })).unwrap();
+    let outcome = flood(socket, move || Message::text(ping.clone())).await;
+    assert_eq!(outcome.code, Some(close_code::RATE_LIMITED), "{outcome:?}");
+    assert_eq!(outcome.errors, vec![error_code::RATE_LIMITED]);
+    assert!(outcome.sent > 20, "{outcome:?}");
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_connection_that_keeps_sending_still_receives_its_close_code() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(5))).await;
+    // No playerId under --auth none: 4401, while the client floods.
+    let socket = Client::open(&server.url("counter", "landId=room")).await;
+    let outcome = flood(socket, || Message::text("hello?")).await;
+    assert_eq!(outcome.code, Some(close_code::UNAUTHENTICATED), "{outcome:?}");
+    let socket = Client::open(&server.url("chess", "playerId=ann")).await;
+    let outcome = flood(socket, || Message::text("hello?")).await;
+    assert_eq!(outcome.code, Some(close_code::UNKNOWN_LAND_TYPE), "{outcome:?}");
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ids_chosen_by_clients_are_bounded_in_length_and_charset() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(5))).await;
+    let long = "a".repeat(129);
+    for (query, code) in [
+        (format!("landId=room&playerId={long}"), close_code::UNAUTHENTICATED),
+        ("landId=room&playerId=a%20b".to_owned(), close_code::UNAUTHENTICATED),
+        ("landId=room&playerId=%C3%A9".to_owned(), close_code::UNAUTHENTICATED),
+        (format!("landId={long}&playerId=ann"), close_code::FORBIDDEN),
+        ("landId=a%2Fb&playerId=ann".to_owned(), close_code::FORBIDDEN),
+        ("landId=a%0Ab&playerId=ann".to_owned(), close_code::FORBIDDEN),
+    ] {
+        let mut socket = Client::open(&server.url("counter", &query)).await;
+        assert_eq!(closed(&mut socket).await.code, Some(code), "{query}");
+    }
+    assert_eq!(server.server.manager().load().lands, 0);
+    let ok = Client::connect(&server.url("counter", &format!("landId=room&playerId={}", "b".repeat(128)))).await;
+    assert_eq!(ok.land_id, "room");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lands_beyond_max_lands_are_refused_with_4409_however_they_are_created() {
+    let config = GameServerConfig {
+        server_id: "small".into(),
+        limits: test_limits(),
+        max_lands: Some(2),
+        ..GameServerConfig::default()
+    };
+    let server = TestServer::start_with_config(
+        counter_registry(Duration::from_secs(60)),
+        Arc::new(DevAuthenticator),
+        config,
+    )
+    .await;
+    let _first = server.connect("counter", "one", "ann").await;
+    // Without landId, --auth none names a fresh land: it counts too.
+    let _second = Client::connect(&server.url("counter", "playerId=ann")).await;
+    for query in ["landId=three&playerId=bob", "playerId=bob"] {
+        let mut socket = Client::open(&server.url("counter", query)).await;
+        let refused = closed(&mut socket).await;
+        assert_eq!(refused.code, Some(close_code::LAND_FULL_OR_CLOSED), "{query}");
+        assert_eq!(refused.errors, vec![error_code::SERVER_FULL], "{query}");
+    }
+    assert_eq!(server.server.manager().load().lands, 2);
+    // Existing lands still take players, and the server stays healthy.
+    let mut bob = server.connect("counter", "one", "bob").await;
+    assert!(bob.action("increment", json!({})).await.ok);
+    assert_eq!(server.get_json("/health").await["status"], "ok");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_draining_server_disposes_empty_lands_at_once() {
+    // Empty lands would otherwise live for an hour.
+    let server = TestServer::start(counter_registry(Duration::from_secs(3600))).await;
+    let manager = server.server.manager().clone();
+    let ann = server.connect("counter", "busy", "ann").await;
+    let bob = server.connect("counter", "idle", "bob").await;
+    leave(bob).await;
+    let mut quiet = manager.lands();
+    quiet.retain(|land| land.players == 0);
+    assert_eq!(quiet.len(), 1, "idle is empty but alive");
+
+    manager.start_draining();
+    // The empty land goes now; the busy one keeps running for its player.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while manager.load().lands != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the empty land is disposed when draining starts");
+    assert_eq!(manager.lands()[0].land_id, "busy");
+
+    // When its last player leaves, the land goes at once too: the server is empty.
+    leave(ann).await;
+    assert!(manager.wait_until_empty(Duration::from_secs(10)).await);
+    server.shutdown().await.unwrap();
+}
