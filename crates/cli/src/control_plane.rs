@@ -7,9 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use matchplane_control_plane::{
-    Config, ControlPlane, CredentialSource, Placement, PlayerAuth, SigningAlgorithm,
-    StorageConfig, clock::Clock as _,
-    clock::SystemClock, clock::duration_ms, keys,
+    Config, ControlPlane, CredentialSource, Placement, PlayerAuth, SigningAlgorithm, StorageConfig,
+    clock::Clock as _, clock::SystemClock, clock::duration_ms, keys,
 };
 
 use crate::duration::parse_duration;
@@ -74,6 +73,13 @@ struct ServeArgs {
     /// How long finished tickets stay readable through `status`.
     #[arg(long, env = "MATCHPLANE_RETENTION", default_value = "1h", value_parser = parse_duration)]
     retention: Duration,
+    /// Finished tickets kept at most (oldest purged first), on top of --retention.
+    #[arg(
+        long,
+        env = "MATCHPLANE_MAX_FINISHED_TICKETS",
+        default_value_t = 1_000_000
+    )]
+    max_finished_tickets: u64,
     /// Where new lands go: `spread` (least loaded) or `pack` (fullest with room).
     #[arg(long, env = "MATCHPLANE_PLACEMENT", default_value = "spread")]
     placement: PlacementArg,
@@ -87,9 +93,23 @@ struct ServeArgs {
     #[arg(long = "trusted-proxy", env = "MATCHPLANE_TRUSTED_PROXY", value_delimiter = ',',
         value_parser = matchplane_contracts::forwarded::TrustedProxies::parse_entry)]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// With queue profiles (--config), also accept queue keys that match no profile
+    /// (they run the key's default semantics) instead of answering 404 QUEUE_NOT_FOUND.
+    #[arg(long, env = "MATCHPLANE_OPEN_QUEUES")]
+    open_queues: bool,
 
     #[command(flatten)]
     credentials: CredentialArgs,
+
+    // The public listener's limits.
+    #[command(flatten)]
+    listener: crate::listener::ListenerArgs,
+    /// Close keep-alive connections with no request in flight after this long (`0` disables).
+    #[arg(long, env = "MATCHPLANE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Serve /metrics on this ADDR:PORT instead of the public listener (where it then answers 404).
+    #[arg(long, env = "MATCHPLANE_METRICS_BIND", value_name = "ADDR:PORT")]
+    metrics_bind: Option<SocketAddr>,
 }
 
 /// Who may call what (docs/security.md).
@@ -97,15 +117,14 @@ struct ServeArgs {
 struct CredentialArgs {
     /// Bearer token for /v1/admin/* and the internal API (several comma-separated are all accepted).
     /// Without it or --admin-token-file, one is generated into <data-dir>/admin-token.
-    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// File holding the admin token(s), one per line.
     #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
     /// Bearer token game servers register with (several comma-separated are all accepted).
     /// Without it or --registration-token-file, one is generated into <data-dir>/registration-token.
-    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true,
-        conflicts_with = "registration_token_file")]
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true)]
     registration_token: Option<String>,
     /// File holding the registration token(s), one per line (e.g. one per game server).
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
@@ -115,13 +134,25 @@ struct CredentialArgs {
     #[arg(long, env = "MATCHPLANE_PLAYER_AUTH", default_value = "none")]
     player_auth: PlayerAuthArg,
     /// JWKS URL of the identity provider that signs player tokens (with --player-auth jwt).
-    #[arg(long, env = "MATCHPLANE_PLAYER_JWKS_URL", required_if_eq("player_auth", "jwt"))]
+    #[arg(
+        long,
+        env = "MATCHPLANE_PLAYER_JWKS_URL",
+        required_if_eq("player_auth", "jwt")
+    )]
     player_jwks_url: Option<String>,
     /// Required `iss` of player tokens.
-    #[arg(long, env = "MATCHPLANE_PLAYER_ISSUER", required_if_eq("player_auth", "jwt"))]
+    #[arg(
+        long,
+        env = "MATCHPLANE_PLAYER_ISSUER",
+        required_if_eq("player_auth", "jwt")
+    )]
     player_issuer: Option<String>,
     /// Required `aud` of player tokens.
-    #[arg(long, env = "MATCHPLANE_PLAYER_AUDIENCE", required_if_eq("player_auth", "jwt"))]
+    #[arg(
+        long,
+        env = "MATCHPLANE_PLAYER_AUDIENCE",
+        required_if_eq("player_auth", "jwt")
+    )]
     player_audience: Option<String>,
 }
 
@@ -146,10 +177,12 @@ impl CredentialArgs {
     }
 }
 
+/// A file named on the command line wins over a value (which may come from
+/// the environment): the more specific setting is the one the operator meant.
 fn source(value: Option<String>, file: Option<PathBuf>) -> CredentialSource {
     match (value, file) {
-        (Some(value), _) => CredentialSource::Value(value),
-        (None, Some(file)) => CredentialSource::File(file),
+        (_, Some(file)) => CredentialSource::File(file),
+        (Some(value), None) => CredentialSource::Value(value),
         (None, None) => CredentialSource::Generate,
     }
 }
@@ -174,7 +207,7 @@ struct RotateKeyArgs {
     #[arg(long, env = "MATCHPLANE_ASSIGNMENT_TTL", default_value = "60s", value_parser = parse_duration)]
     assignment_ttl: Duration,
     /// Admin token for --url (default: read <data-dir>/admin-token).
-    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_token_file")]
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// File holding the admin token for --url.
     #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN_FILE")]
@@ -183,13 +216,13 @@ struct RotateKeyArgs {
 
 impl RotateKeyArgs {
     fn admin_token(&self) -> anyhow::Result<String> {
-        if let Some(token) = &self.admin_token {
+        if let (Some(token), None) = (&self.admin_token, &self.admin_token_file) {
             return Ok(token.trim().to_owned());
         }
-        let path = self
-            .admin_token_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join(matchplane_control_plane::auth::ADMIN_TOKEN_FILE));
+        let path = self.admin_token_file.clone().unwrap_or_else(|| {
+            self.data_dir
+                .join(matchplane_control_plane::auth::ADMIN_TOKEN_FILE)
+        });
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "reading the admin token from {} (pass --admin-token or --admin-token-file)",
@@ -221,6 +254,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.assignment_ttl = args.assignment_ttl;
     config.match_tick = args.match_tick;
     config.retention = args.retention;
+    config.limits.max_finished_tickets = args.max_finished_tickets;
     config.issuer = args.issuer;
     config.audience = args.audience;
     config.signing.algorithm = args.signing_alg;
@@ -231,7 +265,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_members = args.max_members;
     config.trusted_proxies = args.trusted_proxies;
+    config.open_queues = args.open_queues;
     args.credentials.apply(&mut config);
+    config.serve_limits = args.listener.serve_limits(args.idle_timeout);
+    config.rate_limit = args.listener.rate_limit;
+    config.metrics_bind = args.metrics_bind;
     if let Some(path) = &args.signing_key {
         config.signing.key_pem = Some(
             std::fs::read_to_string(path)

@@ -134,9 +134,14 @@ pub struct GameServerArgs {
     #[arg(long, default_value_t = 50.0)]
     pub max_messages_per_second: f64,
 
-    /// Close connections silent for this long (e.g. `60s`; `0` disables).
-    #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
+    /// Close connections silent for this long: WebSockets with no client message and
+    /// keep-alive HTTP connections with no request (e.g. `60s`; `0` disables).
+    #[arg(long, env = "MATCHPLANE_IDLE_TIMEOUT", default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub idle_timeout: Duration,
+
+    // The public listener's limits (rate of new game sockets, header timeout, connection caps).
+    #[command(flatten)]
+    pub listener: crate::listener::ListenerArgs,
 
     /// On SIGTERM, how long to wait for lands to say goodbye before exiting.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
@@ -263,6 +268,8 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
         trusted_proxies: matchplane_contracts::forwarded::TrustedProxies::new(
             args.trusted_proxies.clone(),
         ),
+        serve_limits: args.listener.serve_limits(args.idle_timeout),
+        rate_limit: args.listener.rate_limit,
         ..GameServerConfig::default()
     };
     if let Some(server_id) = args.server_id.clone() {
@@ -349,6 +356,41 @@ mod tests {
         assert_eq!(
             registry.names().collect::<Vec<_>>(),
             vec!["counter", "hero-defense"]
+        );
+    }
+
+    #[test]
+    fn registration_token_from_the_flag_or_the_first_line_of_a_file_and_never_shown() {
+        let token = "0123456789abcdef-registration";
+        let args = parse(&["--registration-token", token]);
+        assert_eq!(registration_token(&args).unwrap().unwrap().expose(), token);
+        assert!(!format!("{args:?}").contains(token), "Debug redacts it");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registration-token");
+        std::fs::write(&path, format!("  {token}  \nsecond line\n")).unwrap();
+        let args = parse(&["--registration-token-file", path.to_str().unwrap()]);
+        assert_eq!(registration_token(&args).unwrap().unwrap().expose(), token);
+        assert!(registration_token(&parse(&[])).unwrap().is_none());
+
+        // A missing or empty file, or a too short token, refuses to start.
+        let missing = dir.path().join("missing");
+        let args = parse(&["--registration-token-file", missing.to_str().unwrap()]);
+        let err = registration_token(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("missing"), "{err:#}");
+        std::fs::write(&path, "\n").unwrap();
+        let args = parse(&["--registration-token-file", path.to_str().unwrap()]);
+        assert!(registration_token(&args).is_err());
+        assert!(Wrapper::try_parse_from(["game-server", "--registration-token", "short"]).is_err());
+        assert!(
+            Wrapper::try_parse_from([
+                "game-server",
+                "--registration-token",
+                token,
+                "--registration-token-file",
+                "x"
+            ])
+            .is_err()
         );
     }
 

@@ -5,6 +5,7 @@ mod control_plane;
 mod demo;
 mod duration;
 mod game_server;
+mod listener;
 mod loadtest;
 mod logging;
 mod signals;

@@ -87,21 +87,32 @@ fn verify(jwks: &Value, token: &str) -> Value {
         .claims
 }
 
-async fn register(base: &str) {
-    let (status, _) = post(
-        base,
-        "/v1/provisioning/servers/register",
-        json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "hero-defense"}),
-    )
-    .await;
-    assert_eq!(status, 200);
+/// Registers with the registration token the control plane generated on first
+/// start (mode 0600 in the data dir); without it the call is refused.
+async fn register(base: &str, data_dir: &Path) {
+    let path = data_dir.join("registration-token");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    let body = json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "hero-defense"});
+    let (status, _) = post(base, "/v1/provisioning/servers/register", body.clone()).await;
+    assert_eq!(status, 401, "anonymous registration is refused");
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/provisioning/servers/register"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
 }
 
 #[tokio::test]
 async fn nothing_acknowledged_is_lost_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let first = start(dir.path()).await;
-    register(&first.http()).await;
+    register(&first.http(), dir.path()).await;
     let alice = enqueue(&first.http(), "hero-defense:1v1", "alice").await;
     let bob = enqueue(&first.http(), "hero-defense:1v1", "bob").await;
     let alice_assignment = wait_assigned(&first.http(), &alice).await;

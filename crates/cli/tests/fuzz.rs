@@ -65,6 +65,8 @@ struct Tally {
     close_codes: Counts,
     violations: std::sync::Mutex<Vec<String>>,
     violation_count: AtomicU64,
+    /// Violations grouped by the start of their description.
+    violation_kinds: Counts,
 }
 
 /// How often each answer was seen.
@@ -95,6 +97,7 @@ impl Tally {
             close_codes: Default::default(),
             violations: std::sync::Mutex::new(Vec::new()),
             violation_count: AtomicU64::new(0),
+            violation_kinds: Counts::default(),
         })
     }
 
@@ -121,6 +124,8 @@ impl Tally {
 
     fn violation(&self, what: String) {
         self.violation_count.fetch_add(1, Ordering::Relaxed);
+        self.violation_kinds
+            .add(what.chars().take(90).collect::<String>());
         let mut kept = self.violations.lock().unwrap();
         if kept.len() < 40 {
             kept.push(what);
@@ -356,6 +361,19 @@ struct Sent {
 
 /// A syntactically valid HTTP/1.1 request with fuzzed method, path, headers and body.
 fn framed_request(rng: &mut StdRng, paths: &[&str]) -> (Sent, Vec<u8>) {
+    if paths.contains(&"/v1/matchmaking/enqueue") && rng.gen_bool(0.1) {
+        // Mostly valid enqueues, to reach the store, the engine and PLAYER_ALREADY_QUEUED.
+        let body = enqueue_body(rng).to_string();
+        let head = format!(
+            "POST /v1/matchmaking/enqueue HTTP/1.1\r\nHost: fuzz\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let sent = Sent {
+            method: "POST",
+            path: "/v1/matchmaking/enqueue".to_owned(),
+        };
+        return (sent, [head.into_bytes(), body.into_bytes()].concat());
+    }
     let method = pick(
         rng,
         &[
@@ -781,6 +799,21 @@ enum Ending {
     Abrupt(String),
 }
 
+/// What a session sent, in words, for the report of a bad ending.
+fn frame_kinds(frames: &[Message]) -> std::collections::BTreeSet<&'static str> {
+    frames
+        .iter()
+        .map(|frame| match frame {
+            Message::Frame(_) => "invalid UTF-8",
+            Message::Binary(_) => "binary",
+            Message::Text(text) if text.len() > 16 * 1024 => "oversize",
+            Message::Text(text) if serde_json::from_str::<Value>(text).is_err() => "not JSON",
+            Message::Text(_) => "JSON",
+            _ => "control",
+        })
+        .collect()
+}
+
 /// Opens a socket, sends `frames` while reading, then closes with 1000 unless
 /// the server closed first; judges how it ended.
 async fn socket_session(
@@ -791,6 +824,7 @@ async fn socket_session(
     label: &str,
 ) {
     tally.sockets.fetch_add(1, Ordering::Relaxed);
+    let kinds = frame_kinds(&frames);
     let connect = tokio::time::timeout(HANG, tokio_tungstenite::connect_async(url)).await;
     let socket = match connect {
         Err(_) => return tally.violation(format!("{label}: upgrade hung")),
@@ -810,6 +844,7 @@ async fn socket_session(
     tally.count(&tally.http_requests, 1);
     let (mut sink, mut stream) = socket.split();
     let sent = Arc::new(AtomicU64::new(0));
+    let closing = std::sync::atomic::AtomicBool::new(false);
     let reader = async {
         while let Some(message) = stream.next().await {
             match message {
@@ -832,6 +867,7 @@ async fn socket_session(
         }
         sent.fetch_add(wrote, Ordering::Relaxed);
         // Our own close: the server's reply ends the reader.
+        closing.store(true, Ordering::Relaxed);
         let _ = sink.close().await;
     };
     let (ending, ()) =
@@ -841,8 +877,9 @@ async fn socket_session(
         };
     tally.count(&tally.frames, sent.load(Ordering::Relaxed));
     let ending = match ending {
-        // Our close crossed theirs: the echo of 1000 is ours.
+        // Our close crossed theirs: the echo of 1000 (or of our empty close) is ours.
         Ending::ServerClose(Some(1000)) => Ending::ClientClose,
+        Ending::ServerClose(None) if closing.load(Ordering::Relaxed) => Ending::ClientClose,
         other => other,
     };
     match ending {
@@ -856,10 +893,16 @@ async fn socket_session(
                 tally.violation(format!("{label}: server closed with {code:?}"));
             }
         }
+        // Not a close the server initiated: reported, not judged.
+        Ending::Abrupt(_) if closing.load(Ordering::Relaxed) => {
+            tally
+                .close_codes
+                .add(format!("{label} our close unanswered"));
+        }
         Ending::Abrupt(how) => {
             tally.close_codes.add(format!("{label} abrupt"));
             tally.violation(format!(
-                "{label}: connection dropped without a close frame ({how})"
+                "{label}: connection dropped without a close frame ({how}) after sending {kinds:?}"
             ));
         }
     }
@@ -883,6 +926,18 @@ async fn game_socket_worker(tally: Arc<Tally>, addr: String, mut rng: StdRng) {
     }
 }
 
+/// Everything but unreserved characters as `%XX`, so any string fits in a query.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 /// Joins on a server that verifies match tokens, with every kind of bad token.
 async fn token_socket_worker(tally: Arc<Tally>, addr: String, mut rng: StdRng) {
     while !tally.done() {
@@ -898,7 +953,7 @@ async fn token_socket_worker(tally: Arc<Tally>, addr: String, mut rng: StdRng) {
             "ws://{addr}/game/{}?landId=counter:t{}&token={}&playerId=admin",
             pick(&mut rng, &["counter", "hero-defense", "x"]),
             rng.gen_range(0..10),
-            token.replace([' ', '#', '&'], "")
+            percent_encode(&token)
         );
         let frames = (0..rng.gen_range(0..4))
             .map(|_| game_frame(&mut rng))
@@ -929,15 +984,17 @@ struct Planes {
 }
 
 impl Planes {
-    async fn start(_rate_limit: &str, messages_per_second: &str) -> Self {
+    async fn start(rate_limit: &str, messages_per_second: &str) -> Self {
         let control =
-            control_plane(&["--trusted-proxy", "127.0.0.1"]).await;
+            control_plane(&["--rate-limit", rate_limit, "--trusted-proxy", "127.0.0.1"]).await;
         let token_game = game_server(
             &control.http(),
-            &["--server-id", "fuzz-gs"],
+            &["--server-id", "fuzz-gs", "--rate-limit", rate_limit],
         )
         .await;
         let dev_game = dev_game_server(&[
+            "--rate-limit",
+            rate_limit,
             "--max-messages-per-second",
             messages_per_second,
         ])
@@ -1049,9 +1106,10 @@ fn assert_clean(tally: &Tally, seed: u64) {
     let violations = tally.violations.lock().unwrap();
     assert!(
         violations.is_empty(),
-        "[{}] {} violations (seed {seed}); first ones:\n{}",
+        "[{}] {} violations (seed {seed}); by kind: {:#?}\nfirst ones:\n{}",
         tally.phase,
         tally.violation_count.load(Ordering::Relaxed),
+        tally.violation_kinds.snapshot(),
         violations.join("\n")
     );
 }
@@ -1062,16 +1120,42 @@ async fn assert_planes_serve(planes: &mut Planes) {
         assert_alive(proc).await;
     }
     let player = format!("after-fuzz-{}", rand::random::<u32>());
-    enqueue(
-        &planes.control.http(),
-        json!({"queueKey": "counter:2", "members": [player]}),
-    )
-    .await;
-    let mut socket = ws(&format!(
+    let url = format!("{}/v1/matchmaking/enqueue", planes.control.http());
+    let body = json!({"queueKey": "counter:2", "members": [player]});
+    // After the limited phase this address may still owe its bucket: a client
+    // that honours Retry-After gets through.
+    let mut reply = call(reqwest::Method::POST, &url, None, Some(&body)).await;
+    for _ in 0..5 {
+        if reply.status != 429 {
+            break;
+        }
+        let wait: u64 = reply.headers[reqwest::header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        reply = call(reqwest::Method::POST, &url, None, Some(&body)).await;
+    }
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    let url = format!(
         "ws://{}/game/counter?landId=counter:after-fuzz&playerId={player}",
         planes.dev_game.addr
-    ))
-    .await;
+    );
+    let mut attempt = 0;
+    let mut socket = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((socket, _)) => break socket,
+            // New game sockets are rate limited too; the bucket refills within seconds.
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status().as_u16() == 429 && attempt < 5 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => panic!("game socket after the fuzz: {err}"),
+        }
+    };
     next_of(&mut socket, "join.ok").await;
 }
 

@@ -315,7 +315,10 @@ async fn rotated_keys_are_picked_up_without_restarting_the_game_server() {
     let assignment = poll_assignment(&cp.http(), &before, SECONDS_30).await;
     assert_eq!(join(assignment, "early").await["data"]["playerId"], "early");
 
-    let (status, rotated) = post(&format!("{}/v1/admin/keys/rotate", cp.http()), &json!({})).await;
+    let (status, _) = post(&format!("{}/v1/admin/keys/rotate", cp.http()), &json!({})).await;
+    assert_eq!(status, 401, "rotation needs the admin token");
+    let (status, rotated) =
+        admin_post(&format!("{}/v1/admin/keys/rotate", cp.http()), &json!({})).await;
     assert_eq!(status, 200);
     let after = enqueue(
         &cp.http(),
@@ -337,11 +340,7 @@ async fn game_server_started_first_registers_once_the_control_plane_is_up() {
     let url = format!("http://127.0.0.1:{port}");
     let _gs = game_server(&url, &["--server-id", "early-bird"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cp = spawn(
-        &args(&["control-plane", "--ephemeral", "--port", &port.to_string()]),
-        "control plane listening",
-    )
-    .await;
+    let cp = control_plane_on(port).await;
     live(&cp, "early-bird").await;
 }
 

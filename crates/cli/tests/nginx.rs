@@ -154,6 +154,10 @@ async fn several_game_servers_behind_one_entry() {
             "--ephemeral",
             "--trusted-proxy",
             "127.0.0.1",
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--registration-token",
+            REGISTRATION_TOKEN,
         ]),
         "control plane listening",
         "info,matchplane_control_plane::client_ip=debug",
@@ -212,6 +216,9 @@ async fn several_game_servers_behind_one_entry() {
     let (status, jwks) = get(&format!("{lb_match}/.well-known/jwks.json")).await;
     assert_eq!(status, 200);
     assert!(!jwks["keys"].as_array().unwrap().is_empty());
+    // Metrics are not part of the public entry; the control plane itself still serves them.
+    let (status, _) = get(&format!("{lb_match}/metrics")).await;
+    assert_eq!(status, 404);
 
     // Four solo matches; spread placement alternates between the two servers.
     let mut sockets = Vec::new();

@@ -247,14 +247,17 @@ pub struct AdminAccess;
 impl FromRequestParts<AppState> for AdminAccess {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match bearer(&parts.headers) {
-            Some(token) if state.auth.admin_allows(token) => Ok(Self),
-            Some(_) => Err(unauthenticated("the admin token is not valid")),
-            None => Err(unauthenticated(
-                "this endpoint needs Authorization: Bearer <admin token>",
-            )),
-        }
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let refusal = match bearer(&parts.headers) {
+            Some(token) if state.auth.admin_allows(token) => return Ok(Self),
+            Some(_) => "the admin token is not valid",
+            None => "this endpoint needs Authorization: Bearer <admin token>",
+        };
+        crate::metrics::inc(&state.metrics.auth_failures);
+        Err(unauthenticated(refusal))
     }
 }
 
@@ -267,18 +270,23 @@ pub struct ServerAccess {
 impl FromRequestParts<AppState> for ServerAccess {
     type Rejection = ApiError<Provisioning>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(token) = bearer(&parts.headers) else {
-            return Err(unauthenticated(
-                "provisioning needs Authorization: Bearer <registration token>",
-            ));
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let refusal = match bearer(&parts.headers) {
+            Some(token) => match state.auth.registration_match(token) {
+                Some(secret) => {
+                    return Ok(Self {
+                        credential: credential_id(secret),
+                    });
+                }
+                None => "the registration token is not valid",
+            },
+            None => "provisioning needs Authorization: Bearer <registration token>",
         };
-        match state.auth.registration_match(token) {
-            Some(secret) => Ok(Self {
-                credential: credential_id(secret),
-            }),
-            None => Err(unauthenticated("the registration token is not valid")),
-        }
+        crate::metrics::inc(&state.metrics.auth_failures);
+        Err(unauthenticated(refusal))
     }
 }
 
@@ -298,7 +306,10 @@ pub struct PlayerIdentity(pub Option<String>);
 impl FromRequestParts<AppState> for PlayerIdentity {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if !state.auth.players_authenticated() {
             return Ok(Self(None));
         }
@@ -322,7 +333,14 @@ pub async fn authenticate_player(
         ));
     };
     match state.auth.verify_player(token).await {
-        Ok(subject) => Ok(Some(subject)),
+        Ok(subject) => {
+            // Per player, so one player cannot spread a flood over many addresses.
+            if let Err(refused) = state.request_limits.check_player(&subject) {
+                crate::metrics::inc(&state.metrics.rate_limited);
+                return Err(refused);
+            }
+            Ok(Some(subject))
+        }
         Err(rejected) => {
             crate::metrics::inc(&state.metrics.auth_failures);
             Err(unauthenticated(rejected.to_string()))

@@ -121,6 +121,10 @@ pub struct Limits {
     pub max_fields_bytes: usize,
     /// Largest magnitude of an attribute value; keeps skill sums finite.
     pub max_attribute_magnitude: f64,
+    /// Finished tickets kept for `status` at most, on top of the retention
+    /// time: the oldest go first, so a burst cannot grow the store (all in
+    /// memory with `--ephemeral`) without bound.
+    pub max_finished_tickets: u64,
 }
 
 impl Default for Limits {
@@ -134,6 +138,7 @@ impl Default for Limits {
             max_constraints_depth: 8,
             max_fields_bytes: 4 * 1024,
             max_attribute_magnitude: matchplane_matchmaker::MAX_SKILL_MAGNITUDE,
+            max_finished_tickets: 1_000_000,
         }
     }
 }

@@ -166,6 +166,16 @@ impl Keyring {
         let dir = data_dir.join("keys");
         let path = dir.join(KEYRING_FILE);
         let stored = read_keyring(&path)?;
+        // Private keys: a keyring left readable by an older version is
+        // tightened on the next start, not only when it is rewritten.
+        if path.exists() {
+            for (target, mode) in [(&dir, 0o700), (&path, 0o600)] {
+                restrict_to_owner(target, mode).map_err(|source| KeyError::Io {
+                    path: target.clone(),
+                    source,
+                })?;
+            }
+        }
         let mut keys = stored
             .keys
             .into_iter()
@@ -187,7 +197,7 @@ impl Keyring {
             }),
         };
         if keyring_was_empty {
-            std::fs::create_dir_all(&dir).map_err(|source| KeyError::Io {
+            crate::auth::create_private_dir(&dir).map_err(|source| KeyError::Io {
                 path: dir.clone(),
                 source,
             })?;
@@ -348,6 +358,9 @@ fn write_private_file_atomically(path: &Path, contents: &[u8]) -> Result<(), Key
         options.mode(0o600);
     }
     let mut file = options.open(&tmp).map_err(io_err)?;
+    // `mode` only applies when the file is created; a leftover temp file
+    // from a crash keeps whatever mode it had.
+    restrict_to_owner(&tmp, 0o600).map_err(io_err)?;
     file.write_all(contents).map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
     drop(file);
@@ -358,6 +371,23 @@ fn write_private_file_atomically(path: &Path, contents: &[u8]) -> Result<(), Key
         // Make the rename itself durable; failure here only weakens crash safety.
         let _ = dir_handle.sync_all();
     }
+    Ok(())
+}
+
+/// Sets `mode` on a file or directory that grants anything to group or
+/// others; owner-only modes are left alone. A no-op off Unix.
+pub(crate) fn restrict_to_owner(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut permissions = std::fs::metadata(path)?.permissions();
+        if permissions.mode() & 0o077 != 0 {
+            permissions.set_mode(mode);
+            std::fs::set_permissions(path, permissions)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
     Ok(())
 }
 
@@ -532,5 +562,36 @@ mod tests {
             Keyring::from_pem("nope", 1),
             Err(KeyError::UnsupportedPem)
         ));
+    }
+
+    #[cfg(unix)]
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_keyring_is_owner_only_and_loose_modes_are_tightened() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let keys_dir = data_dir.join("keys");
+        let keyring = keys_dir.join(KEYRING_FILE);
+        let first = Keyring::open_dir(&data_dir, SigningAlgorithm::Es256, 1_000).unwrap();
+        assert_eq!(mode_of(&keys_dir), 0o700);
+        assert_eq!(mode_of(&keyring), 0o600);
+        first
+            .rotate(SigningAlgorithm::Es256, 2_000, 60_000)
+            .unwrap();
+        assert_eq!(mode_of(&keyring), 0o600, "a rewrite stays private");
+        drop(first);
+
+        // A keyring left readable (e.g. by an older version) is tightened on open.
+        std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Keyring::open_dir(&data_dir, SigningAlgorithm::Es256, 3_000).unwrap();
+        assert_eq!(mode_of(&keys_dir), 0o700);
+        assert_eq!(mode_of(&keyring), 0o600);
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use matchplane_contracts::matchmaking::Assignment;
 use matchplane_contracts::token::MatchClaims;
-use matchplane_matchmaker::{Engine, Match, Ticket, TicketId};
+use matchplane_matchmaker::{Engine, InsertError, Match, Ticket, TicketId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
@@ -144,6 +144,8 @@ pub struct MatcherSettings {
     pub tick: Duration,
     pub assignment_ttl: Duration,
     pub retention: Duration,
+    /// Finished tickets the store keeps at most (see `Limits::max_finished_tickets`).
+    pub max_finished_tickets: u64,
     pub placement: Placement,
 }
 
@@ -162,9 +164,39 @@ pub struct MatchLoop {
     clock: Arc<dyn Clock>,
     settings: MatcherSettings,
     metrics: Arc<Metrics>,
-    recent_waits: HashMap<String, VecDeque<u64>>,
+    recent_waits: HashMap<String, RecentWaits>,
     no_server_warned_at: HashMap<String, Millis>,
     last_housekeeping: Millis,
+}
+
+/// Assignment waits of one queue, and when it last had one.
+#[derive(Debug, Default)]
+struct RecentWaits {
+    waits: VecDeque<u64>,
+    last_at: Millis,
+}
+
+/// Queues whose recent waits are remembered. Queue keys are client input
+/// (any key without profiles, or with `--open-queues`), so the map is capped
+/// as well as aged out with the retention.
+const QUEUES_WITH_RECENT_WAITS: usize = 4096;
+/// How long a "no game server" warning silences the next one for a land type.
+const NO_SERVER_WARNING_EVERY_MS: Millis = 10_000;
+
+/// Drops the waits of queues without an assignment since `cutoff`, then the
+/// least recently assigned queues beyond `cap`.
+fn prune_recent_waits(recent: &mut HashMap<String, RecentWaits>, cutoff: Millis, cap: usize) {
+    recent.retain(|_, queue| queue.last_at >= cutoff);
+    if recent.len() > cap {
+        let mut by_age: Vec<(Millis, String)> = recent
+            .iter()
+            .map(|(key, queue)| (queue.last_at, key.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, key) in by_age.into_iter().take(recent.len() - cap) {
+            recent.remove(&key);
+        }
+    }
 }
 
 type PendingBackfill = (
@@ -304,7 +336,7 @@ impl MatchLoop {
         }
         for (queue_key, recent) in &self.recent_waits {
             waits.entry(queue_key.clone()).or_default().recent_matched =
-                recent.iter().copied().collect();
+                recent.waits.iter().copied().collect();
         }
         waits
     }
@@ -316,10 +348,27 @@ impl MatchLoop {
         }
         let id = TicketId(self.next_id);
         self.next_id += 1;
-        if let Err(err) = self
-            .engine
-            .insert(&record.queue_key, engine_ticket(id, &record))
-        {
+        let ticket = engine_ticket(id, &record);
+        let mut inserted = self.engine.insert(&record.queue_key, ticket.clone());
+        // The store lets a player queue again once the old ticket's expiry has
+        // passed, which can be just before the tick that marks it expired. That
+        // ticket leaves the pool now (the tick still marks it in the store),
+        // so the new one is not stuck behind it. One round per member at most.
+        for _ in 0..record.members.len() {
+            let Err(InsertError::PlayerQueued { ticket: holder, .. }) = inserted else {
+                break;
+            };
+            let holder_expired = self
+                .tickets
+                .get(&holder)
+                .is_some_and(|held| held.expires_at <= self.clock.now_ms());
+            if !holder_expired {
+                break;
+            }
+            self.engine.remove(holder);
+            inserted = self.engine.insert(&record.queue_key, ticket.clone());
+        }
+        if let Err(err) = inserted {
             tracing::error!(ticket_id = %record.ticket_id, queue_key = %record.queue_key, error = %err,
                 "matchmaking engine refused a stored ticket; it will expire");
             return false;
@@ -402,15 +451,24 @@ impl MatchLoop {
 
     async fn housekeeping(&mut self, now: Millis) {
         let retention = duration_ms(self.settings.retention);
+        let cutoff = now.saturating_sub(retention);
         match self
             .store
-            .purge_finished(now.saturating_sub(retention))
+            .purge_finished(cutoff, self.settings.max_finished_tickets)
             .await
         {
             Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "purged finished tickets past retention"),
+            Ok(purged) => {
+                tracing::info!(
+                    purged,
+                    "purged finished tickets past retention or the count cap"
+                )
+            }
             Err(err) => tracing::warn!(error = %err, "cannot purge finished tickets"),
         }
+        prune_recent_waits(&mut self.recent_waits, cutoff, QUEUES_WITH_RECENT_WAITS);
+        self.no_server_warned_at
+            .retain(|_, at| now.saturating_sub(*at) < NO_SERVER_WARNING_EVERY_MS);
         for server_id in self.registry.prune(now, FORGET_SERVERS_AFTER_MS) {
             tracing::info!(server_id = %server_id, "forgetting long-silent game server");
             if let Err(err) = self.store.remove_server(&server_id).await {
@@ -489,13 +547,14 @@ impl MatchLoop {
                     .recent_waits
                     .entry(proposed.queue_key.clone())
                     .or_default();
+                recent.last_at = now;
                 for record in &records {
                     let wait = now.saturating_sub(record.enqueued_at);
                     self.metrics.observe_match_wait(wait);
-                    if recent.len() == RECENT_WAITS_PER_QUEUE {
-                        recent.pop_front();
+                    if recent.waits.len() == RECENT_WAITS_PER_QUEUE {
+                        recent.waits.pop_front();
                     }
-                    recent.push_back(wait);
+                    recent.waits.push_back(wait);
                 }
                 tracing::info!(
                     queue_key = %proposed.queue_key,
@@ -552,7 +611,7 @@ impl MatchLoop {
 
     fn warn_no_server(&mut self, land_type: &str, now: Millis) {
         let last = self.no_server_warned_at.get(land_type).copied();
-        if last.is_none_or(|at| now.saturating_sub(at) >= 10_000) {
+        if last.is_none_or(|at| now.saturating_sub(at) >= NO_SERVER_WARNING_EVERY_MS) {
             tracing::warn!(
                 land_type,
                 "no game server can take a new land; tickets stay queued"
@@ -861,5 +920,30 @@ pub(crate) fn engine_ticket(id: TicketId, record: &TicketRecord) -> Ticket {
         string_args: record.string_args.clone(),
         tags: record.tags.clone(),
         players: record.members.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_waits_age_out_and_stay_under_the_cap() {
+        let mut recent: HashMap<String, RecentWaits> = (0..10u64)
+            .map(|i| {
+                let queue = RecentWaits {
+                    waits: VecDeque::from([i]),
+                    last_at: 1_000 + i,
+                };
+                (format!("q{i}"), queue)
+            })
+            .collect();
+        // q0 and q1 had no assignment since the cutoff; then the cap keeps the 5 newest.
+        prune_recent_waits(&mut recent, 1_002, 5);
+        let mut kept: Vec<&str> = recent.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["q5", "q6", "q7", "q8", "q9"]);
+        prune_recent_waits(&mut recent, 0, 5);
+        assert_eq!(recent.len(), 5);
     }
 }

@@ -115,6 +115,11 @@ impl Registry {
         self.servers.lock().remove(server_id).is_some()
     }
 
+    /// Whether the server has not been heard from within the TTL.
+    pub fn is_expired(&self, record: &ServerRecord, now: Millis) -> bool {
+        self.state(record, now) == ServerState::Expired
+    }
+
     fn state(&self, record: &ServerRecord, now: Millis) -> ServerState {
         if now >= record.last_seen.saturating_add(self.ttl_ms) {
             ServerState::Expired

@@ -136,6 +136,7 @@ impl Builder {
                 tick: config.match_tick,
                 assignment_ttl: config.assignment_ttl,
                 retention: config.retention,
+                max_finished_tickets: config.limits.max_finished_tickets,
                 placement: config.placement,
             },
             Arc::clone(&metrics),

@@ -634,7 +634,7 @@ impl Store for BrokenStore {
     async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
         Ok(Vec::new())
     }
-    async fn purge_finished(&self, _: u64) -> Result<u64, StoreError> {
+    async fn purge_finished(&self, _: u64, _: u64) -> Result<u64, StoreError> {
         gone()
     }
     async fn put_server(&self, _: ServerRecord) -> Result<(), StoreError> {
@@ -757,4 +757,260 @@ async fn capacity_one_servers_take_one_match_each_and_a_third_waits() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.status(&tickets[4]).await["status"], "queued");
     assert_eq!(h.status(&tickets[5]).await["status"], "queued");
+}
+
+#[tokio::test]
+async fn a_player_waits_in_one_queued_ticket_at_a_time() {
+    let h = Harness::start().await;
+    let enqueue = "/v1/matchmaking/enqueue";
+    let queue = "hero-defense:5v5";
+    let first = h
+        .enqueue(json!({"queueKey": queue, "groupId": "solo-p1", "members": ["p1"]}))
+        .await;
+    // Alone under another group, or inside someone else's party: 409 naming the ticket.
+    for body in [
+        json!({"queueKey": queue, "members": ["p1"]}),
+        json!({"queueKey": "hero-defense:3v3", "groupId": "other", "members": ["p1"]}),
+        json!({"queueKey": queue, "groupId": "party", "members": ["p2", "p1"]}),
+    ] {
+        let (status, reply) = h.post(enqueue, body.clone()).await;
+        assert_error(&h, (status, reply.clone()), 409, "PLAYER_ALREADY_QUEUED").await;
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("p1") && message.contains(&first),
+            "{message}"
+        );
+    }
+    // The refused party claimed nobody: p2 may queue on its own.
+    h.enqueue(json!({"queueKey": queue, "members": ["p2"]}))
+        .await;
+    // An idempotent retry of the original request still gets its ticket.
+    let retry = h
+        .enqueue(json!({"queueKey": queue, "groupId": "solo-p1", "members": ["p1"]}))
+        .await;
+    assert_eq!(retry, first);
+    // Cancelled: the player may queue again straight away.
+    h.post("/v1/matchmaking/cancel", json!({"ticketId": first}))
+        .await;
+    let again = h
+        .enqueue(json!({"queueKey": queue, "members": ["p1"]}))
+        .await;
+    assert_ne!(again, first);
+}
+
+#[tokio::test]
+async fn a_matched_player_can_requeue_at_once_and_is_never_matched_against_itself() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "hero-defense").await;
+    let queue = "hero-defense:1v1";
+    let a = h
+        .enqueue(json!({"queueKey": queue, "members": ["me"]}))
+        .await;
+    // The issue's self-match: the same player twice in a 1v1 queue.
+    let (status, reply) = h
+        .post(
+            "/v1/matchmaking/enqueue",
+            json!({"queueKey": queue, "members": ["me"]}),
+        )
+        .await;
+    assert_error(&h, (status, reply), 409, "PLAYER_ALREADY_QUEUED").await;
+    let b = h
+        .enqueue(json!({"queueKey": queue, "members": ["you"]}))
+        .await;
+    let assigned = h.wait_for(&a, "assigned").await;
+    h.wait_for(&b, "assigned").await;
+    let claims = h
+        .verify(assigned["assignment"]["matchToken"].as_str().unwrap())
+        .await;
+    let roster: Vec<String> = claims.roster.concat();
+    assert_eq!(roster.len(), 2);
+    assert!(roster.contains(&"me".to_owned()) && roster.contains(&"you".to_owned()));
+    // Assigned is no longer queued: the player requeues straight after the match.
+    let next = h
+        .enqueue(json!({"queueKey": queue, "members": ["me"]}))
+        .await;
+    assert_ne!(next, a);
+}
+
+#[tokio::test]
+async fn another_owner_reusing_a_group_id_gets_its_own_ticket() {
+    let h = Harness::start().await;
+    let queue = "hero-defense:5v5";
+    let alice = h
+        .enqueue(json!({"queueKey": queue, "groupId": "party-1", "members": ["alice"]}))
+        .await;
+    let mallory = h
+        .enqueue(json!({"queueKey": queue, "groupId": "party-1", "members": ["mallory"]}))
+        .await;
+    assert_ne!(
+        mallory, alice,
+        "a groupId never hands out another owner's ticket"
+    );
+    // Both tickets are queued, each with its own members.
+    assert_eq!(h.status(&alice).await["status"], "queued");
+    assert_eq!(h.status(&mallory).await["status"], "queued");
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    assert_eq!(summary["queues"][0]["queued"], 2);
+}
+
+const ONE_PROFILE: &str = r#"
+[[queue]]
+key = "hero-defense:ranked"
+teams = 2
+team_size = 1
+"#;
+
+#[tokio::test]
+async fn unknown_queue_keys_are_404_when_profiles_are_configured() {
+    let mut config = Config::ephemeral_for_tests();
+    config.engine = matchplane_matchmaker::EngineConfig::from_toml_str(ONE_PROFILE).unwrap();
+    let h = Harness::start_with(config.clone()).await;
+    h.enqueue(json!({"queueKey": "hero-defense:ranked", "members": ["a"]}))
+        .await;
+    for key in ["hero-defense:3v3", "hero-defense:ranked:eu", "hero-defense"] {
+        assert_error(
+            &h,
+            h.post(
+                "/v1/matchmaking/enqueue",
+                json!({"queueKey": key, "members": ["b"]}),
+            )
+            .await,
+            404,
+            "QUEUE_NOT_FOUND",
+        )
+        .await;
+    }
+
+    config.open_queues = true;
+    let open = Harness::start_with(config).await;
+    open.enqueue(json!({"queueKey": "hero-defense:3v3", "members": ["b"]}))
+        .await;
+    // Without profiles every key is open, as before.
+    let plain = Harness::start().await;
+    plain
+        .enqueue(json!({"queueKey": "anything:2v2", "members": ["c"]}))
+        .await;
+}
+
+#[tokio::test]
+async fn oversized_constraints_and_fields_are_refused_before_they_are_stored() {
+    let h = Harness::start().await;
+    let enqueue = "/v1/matchmaking/enqueue";
+    let deep = (0..9).fold(json!(1), |inner, _| json!([inner]));
+    let many_bytes: serde_json::Map<String, Value> = (0..32)
+        .map(|i| (format!("{i:0100}"), json!("v".repeat(100))))
+        .collect();
+    let cases = [
+        // The issue's 63 KB constraints: under the body limit, over the constraints cap.
+        (
+            json!({"queueKey": "q", "members": ["a"], "constraints": {"blob": "x".repeat(63 * 1024)}}),
+            "CONSTRAINTS_TOO_LARGE",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a"], "constraints": deep}),
+            "CONSTRAINTS_TOO_LARGE",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a"], "stringArgs": many_bytes}),
+            "FIELD_TOO_LONG",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a"], "tags": (0..33).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "TOO_MANY_FIELDS",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a"], "attributes": {"skill": 1e13}}),
+            "INVALID_ATTRIBUTE",
+        ),
+        (
+            json!({"queueKey": "q", "members": ["a"], "attributes": {"skill": -1e300}}),
+            "INVALID_ATTRIBUTE",
+        ),
+    ];
+    for (body, code) in cases {
+        assert_error(&h, h.post(enqueue, body).await, 400, code).await;
+    }
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    assert_eq!(
+        summary["queues"].as_array().map_or(0, Vec::len),
+        0,
+        "nothing was stored: {summary}"
+    );
+    // At the bounds it is accepted.
+    let at_depth = (0..8).fold(json!(1), |inner, _| json!([inner]));
+    h.enqueue(json!({"queueKey": "q", "members": ["a"], "constraints": at_depth, "attributes": {"skill": 1e12}}))
+        .await;
+}
+
+#[tokio::test]
+async fn finished_tickets_are_purged_past_a_count_cap_as_well_as_the_retention() {
+    let mut config = Config::ephemeral_for_tests();
+    config.limits.max_finished_tickets = 2;
+    let h = Harness::start_with(config).await;
+    let mut cancelled = Vec::new();
+    for player in ["f1", "f2", "f3", "f4"] {
+        let id = h
+            .enqueue(json!({"queueKey": "hero-defense:5v5", "members": [player]}))
+            .await;
+        h.post("/v1/matchmaking/cancel", json!({"ticketId": id}))
+            .await;
+        h.clock.advance(Duration::from_millis(10));
+        cancelled.push(id);
+    }
+    let waiting = h
+        .enqueue(json!({"queueKey": "hero-defense:5v5", "members": ["w"]}))
+        .await;
+    // Well inside the 1 h retention, but past the housekeeping interval.
+    h.clock.advance(Duration::from_secs(31));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = h
+            .get(&format!("/v1/matchmaking/status/{}", cancelled[1]))
+            .await;
+        if status == 404 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.get(&format!("/v1/matchmaking/status/{}", cancelled[0]))
+            .await
+            .0,
+        404
+    );
+    for kept in &cancelled[2..] {
+        assert_eq!(h.status(kept).await["status"], "cancelled");
+    }
+    assert_eq!(h.status(&waiting).await["status"], "queued");
+}
+
+#[tokio::test]
+async fn a_player_whose_ticket_just_expired_is_matched_in_a_new_one_before_the_expiry_tick() {
+    let mut config = Config::ephemeral_for_tests();
+    // No periodic tick during the test: the old ticket is past its expiry but
+    // not yet marked expired, the window the store already lets the player through.
+    config.match_tick = Duration::from_secs(3600);
+    let h = Harness::start_with(config).await;
+    let queue = "hero-defense:1v1";
+    let old = h
+        .enqueue(json!({"queueKey": queue, "members": ["late"]}))
+        .await;
+    h.clock.advance(Duration::from_secs(601));
+    h.register_server("game-1", "hero-defense").await;
+    assert_eq!(h.status(&old).await["status"], "queued");
+    let fresh = h
+        .enqueue(json!({"queueKey": queue, "members": ["late"]}))
+        .await;
+    assert_ne!(fresh, old);
+    let rival = h
+        .enqueue(json!({"queueKey": queue, "members": ["rival"]}))
+        .await;
+    let assigned = h.wait_for(&fresh, "assigned").await;
+    h.wait_for(&rival, "assigned").await;
+    let claims = h
+        .verify(assigned["assignment"]["matchToken"].as_str().unwrap())
+        .await;
+    assert_eq!(claims.roster.concat().len(), 2);
+    assert_ne!(h.status(&old).await["status"], "assigned");
 }

@@ -43,7 +43,11 @@ async fn admin_routes_need_the_admin_token() {
     let routes = [
         (reqwest::Method::GET, "/v1/admin/servers", None),
         (reqwest::Method::GET, "/v1/admin/queue/summary", None),
-        (reqwest::Method::POST, "/v1/admin/keys/rotate", Some(json!({}))),
+        (
+            reqwest::Method::POST,
+            "/v1/admin/keys/rotate",
+            Some(json!({})),
+        ),
         (
             reqwest::Method::POST,
             "/v1/internal/backfill",
@@ -60,7 +64,14 @@ async fn admin_routes_need_the_admin_token() {
     }
     // Nothing happened: no rotation took place.
     assert_eq!(h.jwks().await.keys.len(), kid_before);
-    let (status, _) = call(&h, reqwest::Method::GET, "/v1/admin/servers", Some(&admin), None).await;
+    let (status, _) = call(
+        &h,
+        reqwest::Method::GET,
+        "/v1/admin/servers",
+        Some(&admin),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     // Open routes stay open.
     for path in ["/health", "/.well-known/jwks.json", "/metrics"] {
@@ -78,32 +89,87 @@ async fn provisioning_needs_a_registration_token_and_ids_stay_with_their_credent
     let body = json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "t"});
 
     for bearer in [None, Some("wrong-registration-token-xxxx")] {
-        let (status, reply) = call(&h, reqwest::Method::POST, register, bearer, Some(body.clone())).await;
+        let (status, reply) = call(
+            &h,
+            reqwest::Method::POST,
+            register,
+            bearer,
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, 401, "{reply}");
         assert_eq!(reply["success"], false);
         assert_eq!(reply["error"]["code"], "UNAUTHENTICATED");
         assert_eq!(reply["error"]["retryable"], false);
     }
-    let (status, reply) = call(&h, reqwest::Method::DELETE, "/v1/provisioning/servers/game-1", None, None).await;
-    assert_eq!((status, reply["error"]["code"].clone()), (401, json!("UNAUTHENTICATED")));
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::DELETE,
+        "/v1/provisioning/servers/game-1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (401, json!("UNAUTHENTICATED"))
+    );
 
-    let (status, _) = call(&h, reqwest::Method::POST, register, Some(TOKEN_A), Some(body.clone())).await;
+    let (status, _) = call(
+        &h,
+        reqwest::Method::POST,
+        register,
+        Some(TOKEN_A),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, 200);
     // Another accepted credential cannot take the id over or delete it.
     let hijack = json!({"serverId": "game-1", "host": "10.6.6.6", "port": 1, "landType": "t",
         "capacity": {"maxLands": 100000}});
-    let (status, reply) = call(&h, reqwest::Method::POST, register, Some(TOKEN_B), Some(hijack)).await;
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::POST,
+        register,
+        Some(TOKEN_B),
+        Some(hijack),
+    )
+    .await;
     assert_eq!(status, 403, "{reply}");
     assert_eq!(reply["error"]["code"], "FORBIDDEN");
-    let (status, reply) = call(&h, reqwest::Method::DELETE, "/v1/provisioning/servers/game-1", Some(TOKEN_B), None).await;
-    assert_eq!((status, reply["error"]["code"].clone()), (403, json!("FORBIDDEN")));
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::DELETE,
+        "/v1/provisioning/servers/game-1",
+        Some(TOKEN_B),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (403, json!("FORBIDDEN"))
+    );
     let (_, servers) = h.get("/v1/admin/servers").await;
     assert_eq!(servers["servers"][0]["host"], "127.0.0.1", "{servers}");
 
     // The owner heartbeats and deregisters as before.
-    let (status, _) = call(&h, reqwest::Method::POST, register, Some(TOKEN_A), Some(body)).await;
+    let (status, _) = call(
+        &h,
+        reqwest::Method::POST,
+        register,
+        Some(TOKEN_A),
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _) = call(&h, reqwest::Method::DELETE, "/v1/provisioning/servers/game-1", Some(TOKEN_A), None).await;
+    let (status, _) = call(
+        &h,
+        reqwest::Method::DELETE,
+        "/v1/provisioning/servers/game-1",
+        Some(TOKEN_A),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -123,12 +189,19 @@ async fn generated_credentials_live_in_private_files_and_survive_restarts() {
     let cp = ControlPlane::start(config()).await.unwrap();
     let (admin, registration) = (cp.admin_token(), cp.registration_token());
     cp.shutdown().await;
-    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data_dir), 0o700);
-    for (file, token) in [("admin-token", &admin), ("registration-token", &registration)] {
+    for (file, token) in [
+        ("admin-token", &admin),
+        ("registration-token", &registration),
+    ] {
         let path = data_dir.join(file);
         assert_eq!(mode(&path), 0o600, "{file}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token.as_str());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().trim(),
+            token.as_str()
+        );
     }
     assert_ne!(admin, registration);
     assert!(admin.len() >= 32);
@@ -184,7 +257,10 @@ impl IdentityProvider {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 async fn jwt_harness(idp: &IdentityProvider) -> Harness {
@@ -205,26 +281,58 @@ async fn player_tokens_are_required_and_checked() {
     let body = json!({"queueKey": "q:1v1", "members": ["alice"]});
 
     let forger = IdentityProvider::start().await; // same kid, another key
-    let refused = [
-        None,
-        Some("not-a-jwt".to_owned()),
-        Some(forger.token("alice")),
-        Some(idp.token_with(json!({"sub": "alice", "iss": "idp", "aud": "game", "exp": now() - 3600}))),
-        Some(idp.token_with(json!({"sub": "alice", "iss": "idp", "aud": "other-game", "exp": now() + 600}))),
-        Some(idp.token_with(json!({"sub": "alice", "iss": "someone-else", "aud": "game", "exp": now() + 600}))),
-        Some(idp.token_with(json!({"iss": "idp", "aud": "game", "exp": now() + 600}))),
-    ];
+    let refused =
+        [
+            None,
+            Some("not-a-jwt".to_owned()),
+            Some(forger.token("alice")),
+            Some(idp.token_with(
+                json!({"sub": "alice", "iss": "idp", "aud": "game", "exp": now() - 3600}),
+            )),
+            Some(idp.token_with(
+                json!({"sub": "alice", "iss": "idp", "aud": "other-game", "exp": now() + 600}),
+            )),
+            Some(idp.token_with(
+                json!({"sub": "alice", "iss": "someone-else", "aud": "game", "exp": now() + 600}),
+            )),
+            Some(idp.token_with(json!({"iss": "idp", "aud": "game", "exp": now() + 600}))),
+        ];
     for token in &refused {
-        let (status, reply) = call(&h, reqwest::Method::POST, enqueue, token.as_deref(), Some(body.clone())).await;
+        let (status, reply) = call(
+            &h,
+            reqwest::Method::POST,
+            enqueue,
+            token.as_deref(),
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, 401, "{token:?}: {reply}");
         assert_eq!(reply["error"]["code"], "UNAUTHENTICATED");
     }
     // The subject must be a member (the party leader).
-    let (status, reply) = call(&h, reqwest::Method::POST, enqueue, Some(&idp.token("mallory")), Some(body.clone())).await;
-    assert_eq!((status, reply["error"]["code"].clone()), (403, json!("FORBIDDEN")), "{reply}");
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::POST,
+        enqueue,
+        Some(&idp.token("mallory")),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (403, json!("FORBIDDEN")),
+        "{reply}"
+    );
 
     let alice = idp.token("alice");
-    let (status, reply) = call(&h, reqwest::Method::POST, enqueue, Some(&alice), Some(body.clone())).await;
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::POST,
+        enqueue,
+        Some(&alice),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, 201, "{reply}");
     let ticket = reply["ticketId"].as_str().unwrap().to_owned();
     let status_path = format!("/v1/matchmaking/status/{ticket}");
@@ -234,12 +342,28 @@ async fn player_tokens_are_required_and_checked() {
     // Another player cannot read or cancel it, and cannot tell it exists.
     let bob = idp.token("bob");
     let (status, reply) = call(&h, reqwest::Method::GET, &status_path, Some(&bob), None).await;
-    assert_eq!((status, reply["error"]["code"].clone()), (404, json!("TICKET_NOT_FOUND")));
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (404, json!("TICKET_NOT_FOUND"))
+    );
     let (status, reply) = call(&h, reqwest::Method::GET, &status_path, None, None).await;
-    assert_eq!((status, reply["error"]["code"].clone()), (401, json!("UNAUTHENTICATED")));
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (401, json!("UNAUTHENTICATED"))
+    );
     let cancel = json!({"ticketId": ticket});
-    let (status, reply) = call(&h, reqwest::Method::POST, "/v1/matchmaking/cancel", Some(&bob), Some(cancel.clone())).await;
-    assert_eq!((status, reply["error"]["code"].clone()), (404, json!("TICKET_NOT_FOUND")));
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::POST,
+        "/v1/matchmaking/cancel",
+        Some(&bob),
+        Some(cancel.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["error"]["code"].clone()),
+        (404, json!("TICKET_NOT_FOUND"))
+    );
     let (_, reply) = call(&h, reqwest::Method::GET, &status_path, Some(&alice), None).await;
     assert_eq!(reply["status"], "queued", "bob's cancel changed nothing");
 
@@ -258,20 +382,30 @@ async fn player_tokens_are_required_and_checked() {
     assert_eq!(event["type"], "error", "{event}");
     assert_eq!(event["data"]["code"], "TICKET_NOT_FOUND", "{event}");
     // Alice's own socket (token in the header) sees her cancel.
-    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws).unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws).unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {alice}").parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(next_text(&mut socket).await["type"], "subscribed");
-    let (status, reply) = call(&h, reqwest::Method::POST, "/v1/matchmaking/cancel", Some(&alice), Some(cancel)).await;
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::POST,
+        "/v1/matchmaking/cancel",
+        Some(&alice),
+        Some(cancel),
+    )
+    .await;
     assert_eq!((status, reply["cancelled"].clone()), (201, json!(true)));
     assert_eq!(next_text(&mut socket).await["type"], "ticket.cancelled");
     socket.send(Message::Close(None)).await.ok();
 }
 
 async fn next_text(
-    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 ) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())

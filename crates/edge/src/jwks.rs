@@ -305,10 +305,7 @@ impl JwksCache {
     ) -> Result<C, TokenRejected> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejected::Malformed)?;
         let kid = header.kid.ok_or(TokenRejected::NoKeyId)?;
-        let key = self
-            .key_for(&kid)
-            .await
-            .ok_or(TokenRejected::UnknownKey)?;
+        let key = self.key_for(&kid).await.ok_or(TokenRejected::UnknownKey)?;
         // The key decides the algorithm, never the token (no alg=none, no HS256-with-public-key).
         if header.alg != key.algorithm {
             return Err(TokenRejected::AlgorithmMismatch);

@@ -124,7 +124,10 @@ impl Secret {
 
     /// A short, non-reversible id of the secret for logs ("which token was it").
     pub fn fingerprint(&self) -> String {
-        self.digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+        self.digest[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The SHA-256 of the secret, for storing "who registered this" without the secret.

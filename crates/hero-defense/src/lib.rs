@@ -106,11 +106,10 @@ impl HeroDefenseConfig {
     }
 
     fn enemies_in_wave(&self, wave: u32) -> u32 {
-        self.enemies_first_wave
-            .saturating_add(
-                self.enemies_growth_per_wave
-                    .saturating_mul(wave.saturating_sub(1)),
-            )
+        self.enemies_first_wave.saturating_add(
+            self.enemies_growth_per_wave
+                .saturating_mul(wave.saturating_sub(1)),
+        )
     }
 }
 

@@ -322,7 +322,10 @@ impl Model {
             assert_eq!(key, "ranked");
             assert!(!self.engine.contains(id));
             for p in &t.players {
-                assert!(players.insert(p.clone()), "player {p} twice in one backfill");
+                assert!(
+                    players.insert(p.clone()),
+                    "player {p} twice in one backfill"
+                );
             }
             assert!(room[team] >= t.size, "team {team} overfilled");
             room[team] -= t.size;

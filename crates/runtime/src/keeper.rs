@@ -66,6 +66,10 @@ pub(crate) struct KeeperParams {
     pub(crate) manager: Arc<ManagerInner>,
 }
 
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 async fn next_tick(ticker: &mut Option<Interval>) -> Instant {
     match ticker {
         Some(ticker) => ticker.tick().await,
@@ -113,9 +117,9 @@ pub(crate) async fn run<L: Land>(
                 params.stats.record_tick(cost);
                 if let Some(period) = period {
                     if cost > period {
-                        tracing::warn!(land_id = %params.land_id, cost_us = cost.as_micros() as u64, period_us = period.as_micros() as u64, "slow tick");
+                        tracing::warn!(land_id = %params.land_id, cost_us = micros(cost), period_us = micros(period), "slow tick");
                     } else if dt > period + period / 2 {
-                        tracing::debug!(land_id = %params.land_id, dt_us = dt.as_micros() as u64, "late tick; simulating the longer dt");
+                        tracing::debug!(land_id = %params.land_id, dt_us = micros(dt), "late tick; simulating the longer dt");
                     }
                 }
             }

@@ -330,7 +330,14 @@ mod tests {
             .tick_period()
         };
         assert_eq!(period(20.0), Some(Duration::from_millis(50)));
-        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300, f64::MIN_POSITIVE] {
+        for rate in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e-300,
+            f64::MIN_POSITIVE,
+        ] {
             assert_eq!(period(rate), None, "{rate}");
         }
         assert_eq!(period(f64::MAX), Some(Duration::from_millis(1)));

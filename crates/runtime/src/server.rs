@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
-use axum::http::{Extensions, HeaderMap};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use matchplane_contracts::forwarded::TrustedProxies;
 use matchplane_contracts::game::{AdminLands, GameServerHealth};
+use matchplane_contracts::{ErrorBody, ErrorCode, ErrorDetail};
+use matchplane_edge::ratelimit::{KeyedLimiter, RateLimit, RetryAfter};
+use matchplane_edge::serve::ServeLimits;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
@@ -30,8 +33,12 @@ pub struct GameServerConfig {
     pub max_lands: Option<usize>,
     /// How long shutdown waits for lands to say goodbye before the process exits anyway.
     pub shutdown_timeout: Duration,
-    /// Load balancers whose `X-Forwarded-For` names the real client (for logs).
+    /// Load balancers whose `X-Forwarded-For` names the real client (for logs and limits).
     pub trusted_proxies: TrustedProxies,
+    /// Header/idle timeouts and connection caps of the HTTP listener.
+    pub serve_limits: ServeLimits,
+    /// New game sockets per second per client address (burst 2N).
+    pub rate_limit: RateLimit,
 }
 
 impl Default for GameServerConfig {
@@ -42,6 +49,8 @@ impl Default for GameServerConfig {
             max_lands: None,
             shutdown_timeout: Duration::from_secs(10),
             trusted_proxies: TrustedProxies::default(),
+            serve_limits: ServeLimits::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -53,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) manager: LandManager,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) config: GameServerConfig,
+    /// Buckets of new game sockets per client address.
+    pub(crate) new_sockets: KeyedLimiter<IpAddr>,
 }
 
 /// Hosts the registered land types at `/game/{landType}`.
@@ -83,6 +94,7 @@ impl GameServer {
                     config.max_lands.unwrap_or(usize::MAX),
                 ),
                 auth,
+                new_sockets: KeyedLimiter::new(config.rate_limit),
                 config,
             }),
         }
@@ -124,14 +136,11 @@ impl GameServer {
             }
             let _ = stopped_tx.send(());
         });
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped_rx.await;
-            })
-            .await
+        let limits = self.shared.config.serve_limits.clone();
+        matchplane_edge::serve::serve(listener, self.router(), limits, async move {
+            let _ = stopped_rx.await;
+        })
+        .await
     }
 }
 
@@ -157,6 +166,12 @@ async fn game_socket(
             .trusted_proxies
             .client_ip(info.0.ip(), forwarded)
     });
+    if let Some(client_ip) = client_ip
+        && let Err(retry_after) = shared.new_sockets.check(&client_ip)
+    {
+        tracing::debug!(%client_ip, %land_type, "new game socket rate limited");
+        return rate_limited(retry_after);
+    }
     let span = tracing::info_span!(
         "game_socket",
         client_ip = %client_ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string()),
@@ -172,6 +187,22 @@ async fn game_socket(
         .on_upgrade(move |socket| {
             transport::serve_connection(socket, shared, land_type, query).instrument(span)
         })
+}
+
+/// 429 `RATE_LIMITED` with `Retry-After`, answered before the upgrade.
+fn rate_limited(retry_after: RetryAfter) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: ErrorCode::RateLimited,
+            message: "too many new connections from this address; see Retry-After".to_owned(),
+        },
+    };
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after.header_seconds())],
+        Json(body),
+    )
+        .into_response()
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

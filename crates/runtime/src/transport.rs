@@ -131,7 +131,6 @@ async fn refuse(mut sink: Sink, stream: &mut Stream, rejection: &Rejection) {
 /// Reads and discards until the client answers the server's close frame, goes away, or
 /// [`CLOSE_LINGER`] passes; see there for why.
 async fn linger(stream: &mut Stream) {
-    if std::env::var_os("NO_LINGER").is_some() { return; }
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
@@ -225,7 +224,7 @@ pub(crate) async fn serve_connection(
     if end.stream_failed {
         // A refused frame cannot be skipped, so the input cannot be drained: keep the
         // socket open a moment so the close frame is read before the reset.
-        if std::env::var_os("NO_LINGER").is_none() { tokio::time::sleep(CLOSE_LINGER).await; }
+        tokio::time::sleep(CLOSE_LINGER).await;
     } else {
         linger(&mut stream).await;
     }

@@ -10,7 +10,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use common::{Client, Socket, TestServer, closed, leave, test_limits};
 use futures_util::{SinkExt as _, StreamExt as _};
 use matchplane_contracts::game::{ClientMessage, Ping, ServerMessage, close_code, error_code};
@@ -19,9 +18,9 @@ use matchplane_runtime::{
     ConnectionLimits, DevAuthenticator, GameServerConfig, LandRegistry, LandSettings,
 };
 use serde_json::json;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 fn counter_registry(dispose_after_empty: Duration) -> LandRegistry {
     let settings = LandSettings {
@@ -137,15 +136,16 @@ fn small_messages() -> ConnectionLimits {
 
 #[tokio::test]
 async fn oversize_messages_sent_in_a_stream_receive_1009() {
-    let server = TestServer::start_with(
-        counter_registry(Duration::from_secs(5)),
-        small_messages(),
-    )
-    .await;
+    let server =
+        TestServer::start_with(counter_registry(Duration::from_secs(5)), small_messages()).await;
     let socket = seated(&server, "ann").await;
     // Above the 1 KiB limit but read whole: answered with `error` then 1009.
     let outcome = flood(socket, || Message::text("x".repeat(4000))).await;
-    assert_eq!(outcome.code, Some(close_code::MESSAGE_TOO_BIG), "{outcome:?}");
+    assert_eq!(
+        outcome.code,
+        Some(close_code::MESSAGE_TOO_BIG),
+        "{outcome:?}"
+    );
     assert_eq!(outcome.errors, vec![error_code::MESSAGE_TOO_BIG]);
     assert_healthy(&server).await;
     server.shutdown().await.unwrap();
@@ -153,11 +153,8 @@ async fn oversize_messages_sent_in_a_stream_receive_1009() {
 
 #[tokio::test]
 async fn a_frame_beyond_the_hard_limit_receives_1009() {
-    let server = TestServer::start_with(
-        counter_registry(Duration::from_secs(5)),
-        small_messages(),
-    )
-    .await;
+    let server =
+        TestServer::start_with(counter_registry(Duration::from_secs(5)), small_messages()).await;
     let socket = seated(&server, "ann").await;
     // 200 KiB: refused from its header (the hard limit is 64 KiB), never buffered.
     let (mut sink, mut stream) = socket.split();
@@ -216,10 +213,18 @@ async fn a_refused_connection_that_keeps_sending_still_receives_its_close_code()
     // No playerId under --auth none: 4401, while the client floods.
     let socket = Client::open(&server.url("counter", "landId=room")).await;
     let outcome = flood(socket, || Message::text("hello?")).await;
-    assert_eq!(outcome.code, Some(close_code::UNAUTHENTICATED), "{outcome:?}");
+    assert_eq!(
+        outcome.code,
+        Some(close_code::UNAUTHENTICATED),
+        "{outcome:?}"
+    );
     let socket = Client::open(&server.url("chess", "playerId=ann")).await;
     let outcome = flood(socket, || Message::text("hello?")).await;
-    assert_eq!(outcome.code, Some(close_code::UNKNOWN_LAND_TYPE), "{outcome:?}");
+    assert_eq!(
+        outcome.code,
+        Some(close_code::UNKNOWN_LAND_TYPE),
+        "{outcome:?}"
+    );
     assert_healthy(&server).await;
     server.shutdown().await.unwrap();
 }
@@ -229,18 +234,37 @@ async fn ids_chosen_by_clients_are_bounded_in_length_and_charset() {
     let server = TestServer::start(counter_registry(Duration::from_secs(5))).await;
     let long = "a".repeat(129);
     for (query, code) in [
-        (format!("landId=room&playerId={long}"), close_code::UNAUTHENTICATED),
-        ("landId=room&playerId=a%20b".to_owned(), close_code::UNAUTHENTICATED),
-        ("landId=room&playerId=%C3%A9".to_owned(), close_code::UNAUTHENTICATED),
+        (
+            format!("landId=room&playerId={long}"),
+            close_code::UNAUTHENTICATED,
+        ),
+        (
+            "landId=room&playerId=a%20b".to_owned(),
+            close_code::UNAUTHENTICATED,
+        ),
+        (
+            "landId=room&playerId=%C3%A9".to_owned(),
+            close_code::UNAUTHENTICATED,
+        ),
         (format!("landId={long}&playerId=ann"), close_code::FORBIDDEN),
-        ("landId=a%2Fb&playerId=ann".to_owned(), close_code::FORBIDDEN),
-        ("landId=a%0Ab&playerId=ann".to_owned(), close_code::FORBIDDEN),
+        (
+            "landId=a%2Fb&playerId=ann".to_owned(),
+            close_code::FORBIDDEN,
+        ),
+        (
+            "landId=a%0Ab&playerId=ann".to_owned(),
+            close_code::FORBIDDEN,
+        ),
     ] {
         let mut socket = Client::open(&server.url("counter", &query)).await;
         assert_eq!(closed(&mut socket).await.code, Some(code), "{query}");
     }
     assert_eq!(server.server.manager().load().lands, 0);
-    let ok = Client::connect(&server.url("counter", &format!("landId=room&playerId={}", "b".repeat(128)))).await;
+    let ok = Client::connect(&server.url(
+        "counter",
+        &format!("landId=room&playerId={}", "b".repeat(128)),
+    ))
+    .await;
     assert_eq!(ok.land_id, "room");
     server.shutdown().await.unwrap();
 }
@@ -265,7 +289,11 @@ async fn lands_beyond_max_lands_are_refused_with_4409_however_they_are_created()
     for query in ["landId=three&playerId=bob", "playerId=bob"] {
         let mut socket = Client::open(&server.url("counter", query)).await;
         let refused = closed(&mut socket).await;
-        assert_eq!(refused.code, Some(close_code::LAND_FULL_OR_CLOSED), "{query}");
+        assert_eq!(
+            refused.code,
+            Some(close_code::LAND_FULL_OR_CLOSED),
+            "{query}"
+        );
         assert_eq!(refused.errors, vec![error_code::SERVER_FULL], "{query}");
     }
     assert_eq!(server.server.manager().load().lands, 2);

@@ -60,6 +60,8 @@ impl EmbeddedPlanes {
         );
         // Rounds are short; a snappier re-match tick keeps lone leftovers from waiting.
         config.match_tick = Duration::from_millis(50);
+        // Every bot comes from 127.0.0.1: per-address limits would throttle the demo itself.
+        config.rate_limit = matchplane_edge::ratelimit::RateLimit::Off;
         let control_plane = ControlPlane::start(config)
             .await
             .context("cannot start the control plane")?;
@@ -82,6 +84,7 @@ impl EmbeddedPlanes {
             GameServerConfig {
                 server_id: options.server_id.clone(),
                 shutdown_timeout: Duration::from_secs(5),
+                rate_limit: matchplane_edge::ratelimit::RateLimit::Off,
                 ..GameServerConfig::default()
             },
         );

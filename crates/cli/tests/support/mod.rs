@@ -148,6 +148,12 @@ pub async fn control_plane(extra: &[&str]) -> Proc {
     spawn_with_env(&all, "control plane listening", "info", &KNOWN_CREDENTIALS).await
 }
 
+/// Like [`control_plane`], on a port chosen before it starts.
+pub async fn control_plane_on(port: u16) -> Proc {
+    let all = args(&["control-plane", "--port", &port.to_string(), "--ephemeral"]);
+    spawn_with_env(&all, "control plane listening", "info", &KNOWN_CREDENTIALS).await
+}
+
 pub async fn game_server(control_plane_url: &str, extra: &[&str]) -> Proc {
     let mut all = args(&[
         "game-server",

@@ -129,13 +129,53 @@ impl<E: Envelope> IntoResponse for ApiError<E> {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, code = %self.code, message = %self.message, "request failed");
         }
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
         let mut response = E::render(self.status, self.code, self.message);
+        if unauthorized {
+            // RFC 6750: tell the client which scheme the endpoint wants.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
+    }
+}
+
+/// A path parameter whose rejection (e.g. invalid UTF-8 after percent-decoding)
+/// is answered in the endpoint's envelope instead of axum's plain text.
+pub struct ApiPath<T, E: Envelope = Plain>(pub T, PhantomData<E>);
+
+impl<T, E: Envelope> ApiPath<T, E> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<S, T, E> axum::extract::FromRequestParts<S> for ApiPath<T, E>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+    E: Envelope,
+{
+    type Rejection = ApiError<E>;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value, PhantomData)),
+            Err(rejection) => Err(ApiError::bad_request(
+                ErrorCode::InvalidRequest,
+                format!("invalid path: {}", rejection.body_text()),
+            )),
+        }
     }
 }
 

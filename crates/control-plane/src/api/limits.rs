@@ -101,7 +101,11 @@ mod tests {
     fn off_never_refuses() {
         let limits = RequestLimits::new(RateLimit::Off);
         for _ in 0..1000 {
-            assert!(limits.check_client_ip::<Plain>([192, 0, 2, 1].into()).is_ok());
+            assert!(
+                limits
+                    .check_client_ip::<Plain>([192, 0, 2, 1].into())
+                    .is_ok()
+            );
             assert!(limits.check_player::<Plain>("p1").is_ok());
         }
     }

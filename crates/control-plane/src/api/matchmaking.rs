@@ -1,7 +1,7 @@
 //! `/v1/matchmaking/*`: enqueue, status, cancel.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::{
@@ -9,7 +9,7 @@ use matchplane_contracts::matchmaking::{
 };
 use matchplane_matchmaker::{InsertError, TicketId};
 
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::auth::{PlayerIdentity, forbidden, may_access};
 use crate::clock::{duration_ms, format_rfc3339};
 use crate::events::TicketEvent;
@@ -51,7 +51,11 @@ pub(crate) async fn enqueue_ticket(
     }
     let known_queue = state.config.open_queues
         || state.config.engine.queues.is_empty()
-        || state.ticket_rules.lock().profile(&valid.queue_key).is_some();
+        || state
+            .ticket_rules
+            .lock()
+            .profile(&valid.queue_key)
+            .is_some();
     if !known_queue {
         return Err(ApiError::not_found(
             ErrorCode::QueueNotFound,
@@ -164,8 +168,9 @@ pub(crate) async fn visible_ticket(
 pub async fn status(
     player: PlayerIdentity,
     State(state): State<AppState>,
-    Path(ticket_id): Path<String>,
+    ticket_id: ApiPath<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
+    let ticket_id = ticket_id.into_inner();
     let ticket = visible_ticket(&state, &player, &ticket_id).await?;
     Ok(Json(StatusResponse {
         ticket_id: ticket.ticket_id,

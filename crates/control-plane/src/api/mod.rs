@@ -23,7 +23,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::tokens::TokenIssuer;
 
-pub use error::{ApiError, ApiJson, Plain, Provisioning};
+pub use error::{ApiError, ApiJson, ApiPath, Plain, Provisioning};
 
 /// Everything a request handler may touch.
 #[derive(Clone)]

@@ -1,12 +1,12 @@
 //! `/v1/provisioning/servers/*`: game servers register, heartbeat, deregister.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use matchplane_contracts::ErrorCode;
 use matchplane_contracts::ProvisioningResponse;
 use matchplane_contracts::provisioning::RegisterRequest;
 
-use super::{ApiError, ApiJson, AppState, Provisioning};
+use super::{ApiError, ApiJson, ApiPath, AppState, Provisioning};
 use crate::auth::{ServerAccess, forbidden};
 use crate::store::ServerRecord;
 use crate::validate;
@@ -23,7 +23,9 @@ pub async fn register(
         .map_err(|invalid| ApiError::bad_request(invalid.code, invalid.message))?;
     let now = state.clock.now_ms();
     let previous = state.registry.get(&valid.server_id);
-    if let Some(previous) = &previous {
+    if let Some(previous) = &previous
+        && !state.registry.is_expired(previous, now)
+    {
         check_owner(previous, &access)?;
     }
     let request = valid.request;
@@ -60,8 +62,9 @@ pub async fn register(
 pub async fn deregister(
     access: ServerAccess,
     State(state): State<AppState>,
-    Path(server_id): Path<String>,
+    server_id: ApiPath<String, Provisioning>,
 ) -> ProvisioningResult {
+    let server_id = server_id.into_inner();
     if let Some(previous) = state.registry.get(&server_id) {
         check_owner(&previous, &access)?;
     }
@@ -78,7 +81,9 @@ pub async fn deregister(
 }
 
 /// A server id belongs to the credential that registered it: another game
-/// server (or a leaked second token) cannot take it over or delete it.
+/// server (or a leaked second token) cannot take it over or delete it. On
+/// register the claim lapses with the server's TTL, so a crashed server can come
+/// back under a new credential once it is considered gone.
 fn check_owner(
     previous: &ServerRecord,
     access: &ServerAccess,

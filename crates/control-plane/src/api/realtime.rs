@@ -6,17 +6,20 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use matchplane_edge::secret::bearer;
 use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::TicketStatus;
 use matchplane_contracts::realtime::{
     Enqueued, HeartbeatAck, MatchAssigned, RealtimeAction, RealtimeEnvelope, RealtimeError,
     RealtimeEvent, Subscribed, TicketRef,
 };
+use matchplane_edge::secret::bearer;
+use matchplane_edge::ws::ReadFailure;
 use serde::Deserialize;
 
 use super::matchmaking::enqueue_ticket;
@@ -45,22 +48,54 @@ pub struct RealtimeQuery {
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(query): Query<RealtimeQuery>,
+    query: Result<Query<RealtimeQuery>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            format!("invalid query: {}", rejection.body_text()),
+        )
+    })?;
+    let ws = ws.map_err(upgrade_refused)?;
     // Authenticate before upgrading: a refused client gets a plain 401, not a socket.
     let token = bearer(&headers).or(query.access_token.as_deref());
     let player = PlayerIdentity(authenticate_player(&state, token).await?);
-    let max_message = state.config.limits.max_body_bytes;
+    let hard_limit = hard_message_limit(state.config.limits.max_body_bytes);
     Ok(ws
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
         .on_upgrade(move |socket| async move {
             Session::new(socket, state, player)
                 .run(query.ticket_id)
                 .await;
         }))
+}
+
+/// A plain HTTP request to the socket endpoint gets the error envelope, not axum's text.
+fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> ApiError {
+    let (status, code) = match rejection.status() {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
+        }
+        _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
+    };
+    ApiError::new(
+        status,
+        code,
+        format!(
+            "/realtime is a WebSocket endpoint: {}",
+            rejection.body_text()
+        ),
+    )
+}
+
+/// Messages above the body limit but below this are read whole and answered with
+/// close 1009 after a clean handshake; beyond it the WebSocket layer refuses the
+/// frame after its header, so the rest cannot be drained (see [`Session::abort`]).
+fn hard_message_limit(max_body_bytes: usize) -> usize {
+    max_body_bytes.saturating_mul(4).max(64 * 1024)
 }
 
 struct Session {
@@ -109,7 +144,11 @@ impl Session {
             let flow = tokio::select! {
                 incoming = self.socket.recv() => match incoming {
                     Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(_)) | None => Flow::Close,
+                    Some(Err(err)) => {
+                        self.on_read_error(err).await;
+                        Flow::Close
+                    }
+                    None => Flow::Close,
                 },
                 Some(event) = self.events.recv() => self.on_event(event).await,
                 _ = ping.tick() => self.send_raw(Message::Ping(Default::default())).await,
@@ -153,8 +192,10 @@ impl Session {
             code,
             reason: Utf8Bytes::from_static(reason),
         }));
-        if self.socket.send(frame).await.is_err() {
-            return;
+        // A client that reads nothing must not hold the task forever.
+        match tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, self.socket.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
         let drain = async {
             while let Some(Ok(message)) = self.socket.recv().await {
@@ -164,6 +205,38 @@ impl Session {
             }
         };
         let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, drain).await;
+    }
+
+    /// The client closed: reading once more lets the WebSocket layer send its
+    /// close reply, so the client sees a completed handshake, not a dropped socket.
+    async fn answer_close(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, self.socket.recv()).await;
+    }
+
+    /// A read failed: a frame beyond the hard limit (1009), a protocol violation
+    /// such as invalid UTF-8 (1008) — or the client is simply gone.
+    async fn on_read_error(&mut self, err: axum::Error) {
+        match matchplane_edge::ws::classify_read_error(err) {
+            ReadFailure::Gone => {}
+            ReadFailure::TooBig(_) => self.abort(1009, "message too big").await,
+            ReadFailure::Malformed(_) => self.abort(1008, "malformed frame").await,
+        }
+    }
+
+    /// Closes after a read error: the unread input cannot be skipped, so instead of
+    /// draining it the socket stays open a moment, letting the client read the close
+    /// frame before the kernel resets the connection.
+    async fn abort(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, self.socket.send(frame))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(CLOSE_HANDSHAKE_TIMEOUT).await;
+        }
     }
 
     async fn send_raw(&mut self, message: Message) -> Flow {
@@ -194,7 +267,10 @@ impl Session {
     async fn on_message(&mut self, message: Message) -> Flow {
         let text = match message {
             Message::Text(text) => text,
-            Message::Close(_) => return Flow::Close,
+            Message::Close(_) => {
+                self.answer_close().await;
+                return Flow::Close;
+            }
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
             Message::Binary(_) => {
                 return self
@@ -202,6 +278,10 @@ impl Session {
                     .await;
             }
         };
+        if text.len() > self.state.config.limits.max_body_bytes {
+            self.close(1009, "message too big").await;
+            return Flow::Close;
+        }
         let action = match serde_json::from_str::<RealtimeAction>(text.as_str()) {
             Ok(action) => action,
             Err(err) => {

@@ -213,8 +213,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every queued ticket, oldest first (to rebuild the matcher after a restart).
     async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError>;
 
-    /// Deletes finished tickets last updated before `before`; returns how many.
-    async fn purge_finished(&self, before: Millis) -> Result<u64, StoreError>;
+    /// Deletes finished tickets last updated before `before`, then the
+    /// oldest finished ones beyond `keep_at_most`; returns how many.
+    async fn purge_finished(&self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError>;
 
     async fn put_server(&self, server: ServerRecord) -> Result<(), StoreError>;
 

@@ -9,7 +9,10 @@ use std::sync::mpsc;
 
 use async_trait::async_trait;
 use matchplane_contracts::matchmaking::TicketStatus;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
+};
 use tokio::sync::oneshot;
 
 use super::{
@@ -44,7 +47,7 @@ enum WriteOp {
     Cancel(String, Millis),
     Commit(Vec<MatchCommit>, Millis),
     Expire(Vec<String>, Millis),
-    Purge(Millis),
+    Purge(Millis, u64),
     PutServer(Box<ServerRecord>),
     RemoveServer(String),
 }
@@ -76,9 +79,12 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
 
 impl RedbStore {
     /// Opens (or creates) `data_dir/matchplane.redb`; every commit is fsynced.
+    /// The dir is owner-only (0700) and the file 0600: tickets name players.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(unavailable)?;
-        let db = Database::create(data_dir.join("matchplane.redb")).map_err(unavailable)?;
+        crate::auth::create_private_dir(data_dir).map_err(unavailable)?;
+        let path = data_dir.join("matchplane.redb");
+        create_private_file(&path).map_err(unavailable)?;
+        let db = Database::create(&path).map_err(unavailable)?;
         Self::start(db, Durability::Immediate, "redb")
     }
 
@@ -124,6 +130,20 @@ impl RedbStore {
     }
 }
 
+/// Creates `path` empty with mode 0600 unless it exists (redb initialises
+/// an empty file as a new database), and tightens an existing one.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    drop(options.open(path)?);
+    crate::keys::restrict_to_owner(path, 0o600)
+}
+
 fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
     {
@@ -144,7 +164,9 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
             }
             Some(SCHEMA_VERSION) => {}
             Some(1) => {
-                tracing::info!("upgrading the data dir to schema {SCHEMA_VERSION}: indexing ticket owners and queued players");
+                tracing::info!(
+                    "upgrading the data dir to schema {SCHEMA_VERSION}: indexing ticket owners and queued players"
+                );
                 rebuild_indexes(&txn)?;
                 txn.delete_table(LEGACY_GROUPS).map_err(unavailable)?;
                 meta.insert("schema_version", SCHEMA_VERSION)
@@ -258,7 +280,7 @@ fn apply_batch(
         };
         for job in batch.iter_mut() {
             // Ops are moved out; a placeholder stays behind that is never read again.
-            let op = std::mem::replace(&mut job.op, WriteOp::Purge(0));
+            let op = std::mem::replace(&mut job.op, WriteOp::Purge(0, u64::MAX));
             results.push(tables.apply(op)?);
         }
     }
@@ -295,7 +317,9 @@ impl Tables<'_> {
             WriteOp::Expire(ticket_ids, now) => {
                 WriteResult::Expired(self.expire(&ticket_ids, now)?)
             }
-            WriteOp::Purge(before) => WriteResult::Purged(self.purge(before)?),
+            WriteOp::Purge(before, keep_at_most) => {
+                WriteResult::Purged(self.purge(before, keep_at_most)?)
+            }
             WriteOp::PutServer(server) => {
                 let bytes = encode(&*server)?;
                 self.servers
@@ -476,12 +500,20 @@ impl Tables<'_> {
         Ok(expired)
     }
 
-    fn purge(&mut self, before: Millis) -> Result<u64, StoreError> {
+    fn purge(&mut self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError> {
         let upper = finished_key(before, "");
+        let finished = self.finished.len().map_err(unavailable)?;
+        // Oldest first: everything past the retention, then as many more as
+        // it takes to get down to the cap.
+        let over_cap = finished.saturating_sub(keep_at_most);
         let mut doomed = Vec::new();
-        for entry in self.finished.range(..upper.as_str()).map_err(unavailable)? {
+        for entry in self.finished.iter().map_err(unavailable)? {
             let (key, _) = entry.map_err(unavailable)?;
-            doomed.push(key.value().to_owned());
+            let key = key.value();
+            if key >= upper.as_str() && doomed.len() as u64 >= over_cap {
+                break;
+            }
+            doomed.push(key.to_owned());
         }
         for key in &doomed {
             self.finished.remove(key.as_str()).map_err(unavailable)?;
@@ -622,8 +654,8 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn purge_finished(&self, before: Millis) -> Result<u64, StoreError> {
-        match self.write(WriteOp::Purge(before)).await? {
+    async fn purge_finished(&self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError> {
+        match self.write(WriteOp::Purge(before, keep_at_most)).await? {
             WriteResult::Purged(count) => Ok(count),
             other => Err(unexpected(other)),
         }
@@ -750,7 +782,7 @@ mod tests {
         store.cancel_ticket("old", 2_000).await.unwrap();
         store.cancel_ticket("recent", 9_000).await.unwrap();
 
-        assert_eq!(store.purge_finished(5_000).await.unwrap(), 1);
+        assert_eq!(store.purge_finished(5_000, u64::MAX).await.unwrap(), 1);
         assert!(store.ticket("old").await.unwrap().is_none());
         assert!(store.ticket("recent").await.unwrap().is_some());
         assert!(
@@ -763,7 +795,36 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(again, CreateOutcome::Created(_)));
-        assert_eq!(store.purge_finished(5_000).await.unwrap(), 0);
+        assert_eq!(store.purge_finished(5_000, u64::MAX).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_also_keeps_finished_tickets_under_a_count_cap() {
+        let store = RedbStore::in_memory().unwrap();
+        for i in 0..5u64 {
+            let id = format!("t{i}");
+            store
+                .create_ticket(ticket(&id, &id, 1_000), 1_000)
+                .await
+                .unwrap();
+            store.cancel_ticket(&id, 2_000 + i).await.unwrap();
+        }
+        store
+            .create_ticket(ticket("waiting", "w", 1_000), 1_000)
+            .await
+            .unwrap();
+        // Nothing is past the retention, but only the 2 newest may stay.
+        assert_eq!(store.purge_finished(0, 2).await.unwrap(), 3);
+        for (id, kept) in [
+            ("t0", false),
+            ("t2", false),
+            ("t3", true),
+            ("t4", true),
+            ("waiting", true),
+        ] {
+            assert_eq!(store.ticket(id).await.unwrap().is_some(), kept, "{id}");
+        }
+        assert_eq!(store.purge_finished(0, 2).await.unwrap(), 0);
     }
 
     fn party(id: &str, owner: &str, group: &str, members: &[&str], now: Millis) -> TicketRecord {
@@ -793,7 +854,10 @@ mod tests {
         // Another owner reusing the groupId gets a ticket of its own.
         let mallory = created(
             store
-                .create_ticket(party("t-mallory", "mallory", "g", &["mallory"], 1_001), 1_001)
+                .create_ticket(
+                    party("t-mallory", "mallory", "g", &["mallory"], 1_001),
+                    1_001,
+                )
                 .await
                 .unwrap(),
         );
@@ -873,7 +937,10 @@ mod tests {
             .unwrap();
         assert!(matches!(outcomes[0], CommitOutcome::Applied(_)));
         store.cancel_ticket("c", 2_000).await.unwrap();
-        store.expire_tickets(vec!["e".to_owned()], 2_000).await.unwrap();
+        store
+            .expire_tickets(vec!["e".to_owned()], 2_000)
+            .await
+            .unwrap();
         for (id, player) in [("a2", "pa"), ("c2", "pc"), ("e2", "pe")] {
             created(
                 store
@@ -892,7 +959,7 @@ mod tests {
                 .unwrap(),
         );
         // Purging the old ticket must not free the player of the newer one.
-        store.purge_finished(u64::MAX).await.unwrap();
+        store.purge_finished(u64::MAX, u64::MAX).await.unwrap();
         let refused = store
             .create_ticket(party("a4", "pa", "a4", &["pa"], late + 1), late + 1)
             .await
@@ -940,7 +1007,10 @@ mod tests {
 
         let store = RedbStore::open(dir.path()).unwrap();
         let loaded = store.ticket("old").await.unwrap().unwrap();
-        assert_eq!(loaded.owner, "dana", "an old record is owned by its first member");
+        assert_eq!(
+            loaded.owner, "dana",
+            "an old record is owned by its first member"
+        );
         let refused = store
             .create_ticket(party("new", "eve", "solo", &["eve"], 2_000), 2_000)
             .await
@@ -954,7 +1024,10 @@ mod tests {
         );
         // The leader's retry still finds the group's ticket; another owner does not.
         let retry = store
-            .create_ticket(party("retry", "dana", "team", &["dana", "eve"], 2_000), 2_000)
+            .create_ticket(
+                party("retry", "dana", "team", &["dana", "eve"], 2_000),
+                2_000,
+            )
             .await
             .unwrap();
         assert!(matches!(retry, CreateOutcome::Existing(ref t) if t.ticket_id == "old"));
@@ -973,5 +1046,37 @@ mod tests {
                 .unwrap(),
             CreateOutcome::PlayerAlreadyQueued { .. }
         ));
+    }
+
+    #[cfg(unix)]
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_dir_and_store_file_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("fresh").join("data");
+        let file = data_dir.join("matchplane.redb");
+        let store = RedbStore::open(&data_dir).unwrap();
+        assert_eq!(mode_of(&data_dir), 0o700);
+        assert_eq!(mode_of(&file), 0o600);
+        store
+            .create_ticket(ticket("t", "g", 1_000), 1_000)
+            .await
+            .unwrap();
+        drop(store);
+
+        // A dir and file left open to others (an older version, a umask of
+        // 022) are tightened on the next start, and the data is still there.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = reopen(&data_dir).await;
+        assert_eq!(mode_of(&data_dir), 0o700);
+        assert_eq!(mode_of(&file), 0o600);
+        assert!(store.ticket("t").await.unwrap().is_some());
     }
 }

@@ -54,7 +54,11 @@ impl Harness {
         }
     }
 
-    fn with_credential(&self, request: reqwest::RequestBuilder, path: &str) -> reqwest::RequestBuilder {
+    fn with_credential(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         match self.credential_for(path) {
             Some(token) => request.bearer_auth(token),
             None => request,
