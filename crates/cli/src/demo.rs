@@ -344,5 +344,8 @@ fn print_try_it(planes: &EmbeddedPlanes, queue: &str) {
         "    curl -s -X POST {cp}/v1/matchmaking/enqueue -H 'content-type: application/json' -d '{{\"queueKey\":\"{queue}\",\"members\":[\"you\"]}}'"
     );
     println!("    curl -s {cp}/v1/matchmaking/status/TICKET_ID");
-    println!("    curl -s {}/admin/lands", planes.game_url());
+    println!(
+        "    curl -s {}/admin/lands   # from this host; a game server with --admin-token needs -H 'authorization: Bearer <admin token>'",
+        planes.game_url()
+    );
 }

@@ -63,6 +63,16 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
     pub registration_token_file: Option<PathBuf>,
 
+    /// Bearer token for this server's `/admin/*` (several comma-separated are all accepted).
+    /// Without it or --admin-token-file, admin answers only to clients on this host (loopback).
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN", hide_env_values = true,
+        value_parser = parse_admin_tokens)]
+    pub admin_token: Option<AdminTokens>,
+
+    /// File holding the admin token(s), one per line; wins over --admin-token.
+    #[arg(long, env = "MATCHPLANE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Client-facing host clients should connect to (e.g. the load balancer); default: the bind address.
     #[arg(long, env = "MATCHPLANE_CONNECT_HOST")]
     pub connect_host: Option<String>,
@@ -167,6 +177,46 @@ fn registration_token(args: &GameServerArgs) -> anyhow::Result<Option<Secret>> {
         .with_context(|| format!("--registration-token-file {}", path.display()))
 }
 
+const ADMIN_TOKEN: &str = "admin token";
+
+/// Accepted admin tokens; `Debug` shows only their fingerprints.
+#[derive(Debug, Clone)]
+pub struct AdminTokens(Vec<Secret>);
+
+fn parse_admin_tokens(value: &str) -> Result<AdminTokens, SecretError> {
+    accepted_tokens(value.split(','))
+}
+
+/// Every non-blank entry must be a usable secret, and there must be one.
+fn accepted_tokens<'a>(entries: impl Iterator<Item = &'a str>) -> Result<AdminTokens, SecretError> {
+    let tokens = entries
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| Secret::new(entry, ADMIN_TOKEN))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tokens.is_empty() {
+        return Err(SecretError::Unusable {
+            what: ADMIN_TOKEN.to_owned(),
+        });
+    }
+    Ok(AdminTokens(tokens))
+}
+
+/// The tokens of the file (one per line) when one is named, else of the flag; none: loopback only.
+fn admin_tokens(args: &GameServerArgs) -> anyhow::Result<Vec<Secret>> {
+    if let Some(path) = &args.admin_token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
+        let AdminTokens(tokens) = accepted_tokens(text.lines())
+            .with_context(|| format!("--admin-token-file {}", path.display()))?;
+        return Ok(tokens);
+    }
+    Ok(args
+        .admin_token
+        .clone()
+        .map(|AdminTokens(tokens)| tokens)
+        .unwrap_or_default())
+}
+
 fn hero_defense_config(raw: Option<&str>) -> anyhow::Result<HeroDefenseConfig> {
     let Some(raw) = raw else {
         return Ok(HeroDefenseConfig::default());
@@ -218,6 +268,13 @@ fn registry(args: &GameServerArgs) -> anyhow::Result<LandRegistry> {
 pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
     let registry = registry(&args)?;
     let registration_token = registration_token(&args)?;
+    let admin_tokens = admin_tokens(&args)?;
+    if admin_tokens.is_empty() {
+        tracing::warn!(
+            "no admin token: /admin/* answers only to clients on this host (loopback, not \
+             through a proxy) until --admin-token or --admin-token-file is set"
+        );
+    }
     if !(args.max_messages_per_second.is_finite() && args.max_messages_per_second > 0.0) {
         bail!(
             "--max-messages-per-second must be a positive number, got {}",
@@ -270,6 +327,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
         ),
         serve_limits: args.listener.serve_limits(args.idle_timeout),
         rate_limit: args.listener.rate_limit,
+        admin_tokens,
         ..GameServerConfig::default()
     };
     if let Some(server_id) = args.server_id.clone() {
@@ -392,6 +450,47 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn admin_tokens_from_the_flag_or_every_line_of_a_file_which_wins_and_never_shown() {
+        let (first, second) = ("0123456789abcdef-admin", "fedcba9876543210-admin");
+        let exposed = |args: &GameServerArgs| -> Vec<String> {
+            admin_tokens(args)
+                .unwrap()
+                .iter()
+                .map(|token| token.expose().to_owned())
+                .collect()
+        };
+        assert!(
+            admin_tokens(&parse(&[])).unwrap().is_empty(),
+            "none: loopback only"
+        );
+        let args = parse(&["--admin-token", &format!("{first}, {second}")]);
+        assert_eq!(exposed(&args), [first, second]);
+        assert!(!format!("{args:?}").contains(first), "Debug redacts it");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, format!("{second}\n\n  {first}  \n")).unwrap();
+        let file = path.to_str().unwrap();
+        assert_eq!(
+            exposed(&parse(&["--admin-token-file", file])),
+            [second, first]
+        );
+        let both = parse(&["--admin-token", first, "--admin-token-file", file]);
+        assert_eq!(exposed(&both), [second, first], "the file wins");
+
+        // Unusable entries refuse to start rather than leave admin open or locked.
+        assert!(Wrapper::try_parse_from(["game-server", "--admin-token", "short"]).is_err());
+        assert!(Wrapper::try_parse_from(["game-server", "--admin-token", " , "]).is_err());
+        std::fs::write(&path, format!("{first}\nshort\n")).unwrap();
+        assert!(admin_tokens(&parse(&["--admin-token-file", file])).is_err());
+        std::fs::write(&path, "\n").unwrap();
+        assert!(admin_tokens(&parse(&["--admin-token-file", file])).is_err());
+        let missing = dir.path().join("missing");
+        let args = parse(&["--admin-token-file", missing.to_str().unwrap()]);
+        assert!(format!("{:#}", admin_tokens(&args).unwrap_err()).contains("missing"));
     }
 
     #[test]

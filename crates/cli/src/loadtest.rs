@@ -161,6 +161,13 @@ fn matchmaking_error_kind(stage: &str, err: &MatchmakingError) -> String {
         MatchmakingError::Expired { .. } => "ticket_expired".to_owned(),
         MatchmakingError::Realtime { code, .. } => format!("realtime_{code}"),
         MatchmakingError::RealtimeClosed => "realtime_closed".to_owned(),
+        MatchmakingError::Unauthenticated { .. }
+        | MatchmakingError::Forbidden { .. }
+        | MatchmakingError::PlayerAlreadyQueued { .. }
+        | MatchmakingError::RateLimited { .. } => match err.code() {
+            Some(code) => format!("{stage}_{code}"),
+            None => format!("{stage}_refused"),
+        },
     }
 }
 

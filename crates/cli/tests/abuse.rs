@@ -216,7 +216,7 @@ async fn a_token_for_server_a_is_refused_on_server_b() {
         "traveller",
         "the token still works where it was allocated"
     );
-    let (_, lands) = get(&format!("{}/admin/lands", elsewhere.http())).await;
+    let (_, lands) = admin_get(&format!("{}/admin/lands", elsewhere.http())).await;
     assert_eq!(
         lands["lands"],
         json!([]),

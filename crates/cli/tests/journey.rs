@@ -24,7 +24,7 @@ async fn live(cp: &Proc, server_id: &str) {
 }
 
 async fn admin_land_ids(gs: &Proc) -> Vec<String> {
-    let (status, body) = get(&format!("{}/admin/lands", gs.http())).await;
+    let (status, body) = admin_get(&format!("{}/admin/lands", gs.http())).await;
     assert_eq!(status, 200);
     body["lands"]
         .as_array()
@@ -117,7 +117,7 @@ async fn journey_through_push_and_poll_to_join_action_and_patch() {
     assert!(seen_by_bob["data"]["seq"].as_u64().is_some());
 
     assert_eq!(admin_land_ids(&gs).await, vec![land_id.clone()]);
-    let (_, lands) = get(&format!("{}/admin/lands", gs.http())).await;
+    let (_, lands) = admin_get(&format!("{}/admin/lands", gs.http())).await;
     assert_eq!(lands["lands"][0]["players"], 2);
 
     // A second socket with the same token takes over the seat; the old one is closed.
@@ -133,7 +133,7 @@ async fn journey_through_push_and_poll_to_join_action_and_patch() {
         }
     };
     assert_eq!(replaced, Some(4410));
-    let (_, lands) = get(&format!("{}/admin/lands", gs.http())).await;
+    let (_, lands) = admin_get(&format!("{}/admin/lands", gs.http())).await;
     assert_eq!(lands["lands"][0]["players"], 2, "still two seats");
 }
 
@@ -433,4 +433,46 @@ async fn capacity_one_servers_get_one_match_each_and_the_third_waits() {
         let (_, status) = get(&format!("{}/v1/matchmaking/status/{ticket}", cp.http())).await;
         assert_eq!(status["status"], "queued");
     }
+}
+
+/// The game server's admin: a bearer from anywhere once `--admin-token` is set; without
+/// one, only clients on this host, never what a proxy forwards.
+#[tokio::test]
+async fn game_server_admin_needs_its_token_or_a_local_client() {
+    let mut with_token = dev_game_server(&["--admin-token", ADMIN_TOKEN]).await;
+    let url = format!("{}/admin/lands", with_token.http());
+    for bearer in [None, Some("wrong-admin-token-0123")] {
+        let reply = call(reqwest::Method::GET, &url, bearer, None).await;
+        assert_eq!(reply.status, 401, "{bearer:?}: {:?}", reply.body);
+        assert_eq!(reply.error_code(), Some("UNAUTHENTICATED"));
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+    }
+    let reply = call(reqwest::Method::GET, &url, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["lands"], json!([]));
+    assert_alive(&mut with_token).await;
+
+    let mut loopback_only = dev_game_server(&[]).await;
+    loopback_only
+        .wait_log(
+            "no admin token: /admin/* answers only to clients on this host (loopback, not \
+             through a proxy) until --admin-token or --admin-token-file is set",
+            Duration::from_secs(5),
+        )
+        .await;
+    let url = format!("{}/admin/lands", loopback_only.http());
+    let (status, body) = get(&url).await;
+    assert_eq!(status, 200, "from this host: {body}");
+    let proxied = reqwest::Client::new()
+        .get(&url)
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        proxied.status(),
+        401,
+        "a proxy on this host speaks for others"
+    );
+    assert_alive(&mut loopback_only).await;
 }

@@ -139,7 +139,7 @@ async fn play(lb: &Nginx, player: &str, queue: &str) -> (Value, Socket) {
 }
 
 async fn lands_on(server: &Proc) -> Vec<Value> {
-    let (status, body) = get(&format!("{}/admin/lands", server.http())).await;
+    let (status, body) = admin_get(&format!("{}/admin/lands", server.http())).await;
     assert_eq!(status, 200);
     body["lands"].as_array().unwrap().clone()
 }
@@ -351,8 +351,11 @@ async fn seed_form_one_game_server_behind_game() {
     );
     let lands = lands_on(&gs).await;
     assert!(lands.iter().any(|l| l["landId"] == assignment["landId"]));
-    // The game server's admin is reachable through the LB too.
-    let (status, body) = get(&format!("{}/admin/lands", lb.base())).await;
+    // The game server's admin is reachable through the LB too, with its token only:
+    // nginx connects from loopback, which must not stand in for the credential.
+    let (status, _) = get(&format!("{}/admin/lands", lb.base())).await;
+    assert_eq!(status, 401);
+    let (status, body) = admin_get(&format!("{}/admin/lands", lb.base())).await;
     assert_eq!(status, 200);
     assert_eq!(body["serverId"], "solo-gs");
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use matchplane_contracts::ErrorCode;
 use matchplane_contracts::game::LandClosed;
+use matchplane_contracts::{ErrorBody, ErrorCode};
 
 /// A control-plane call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -36,6 +36,25 @@ pub enum MatchmakingError {
     /// The realtime socket is closed.
     #[error("the realtime socket is closed")]
     RealtimeClosed,
+    /// 401 `UNAUTHENTICATED`: no player token, or one the control plane does not accept
+    /// (forged, expired, wrong issuer or audience). Refresh the token and try again.
+    #[error("the control plane did not accept the player token: {message}")]
+    Unauthenticated { message: String },
+    /// 403 `FORBIDDEN`: the token is valid but its subject may not do this (e.g. it is
+    /// not one of the ticket's members).
+    #[error("the player token does not allow this: {message}")]
+    Forbidden { message: String },
+    /// 409 `PLAYER_ALREADY_QUEUED`: a member already waits in another ticket.
+    /// `ticket_id` names that ticket when the control plane's message does.
+    #[error("a member is already queued{}: {message}", ticket_id.as_deref().map(|id| format!(" in ticket {id}")).unwrap_or_default())]
+    PlayerAlreadyQueued {
+        ticket_id: Option<String>,
+        message: String,
+    },
+    /// 429 `RATE_LIMITED`: wait `retry_after` (the `Retry-After` header) before the next
+    /// request.
+    #[error("rate limited by the control plane; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
 }
 
 impl MatchmakingError {
@@ -44,6 +63,10 @@ impl MatchmakingError {
         match self {
             Self::Api { code, .. } => *code,
             Self::Realtime { code, .. } => Some(*code),
+            Self::Unauthenticated { .. } => Some(ErrorCode::Unauthenticated),
+            Self::Forbidden { .. } => Some(ErrorCode::Forbidden),
+            Self::PlayerAlreadyQueued { .. } => Some(ErrorCode::PlayerAlreadyQueued),
+            Self::RateLimited { .. } => Some(ErrorCode::RateLimited),
             _ => None,
         }
     }
@@ -51,12 +74,61 @@ impl MatchmakingError {
     /// Whether sending the same request again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Transport { .. } | Self::RealtimeClosed => true,
+            Self::Transport { .. } | Self::RealtimeClosed | Self::RateLimited { .. } => true,
             Self::Api { status, code, .. } => code.map_or(*status >= 500, |code| code.retryable()),
             Self::Realtime { code, .. } => code.retryable(),
             _ => false,
         }
     }
+}
+
+/// When the control plane sends no usable `Retry-After` with a 429, the SDK waits this
+/// long; the control plane itself never asks for less than a second.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The typed error for a refusal of the control plane: the status, the `Retry-After`
+/// header and the body (an error envelope, or a proxy's page). Shared by the REST calls
+/// and the `/realtime` handshake so both refuse the same way.
+pub(crate) fn refusal(status: u16, retry_after: Option<&str>, body: &[u8]) -> MatchmakingError {
+    let envelope = serde_json::from_slice::<ErrorBody>(body).ok();
+    let code = envelope.as_ref().map(|envelope| envelope.error.code);
+    let message = match envelope {
+        Some(envelope) => envelope.error.message,
+        None => String::from_utf8_lossy(body).chars().take(200).collect(),
+    };
+    // 429 counts without an envelope too: a proxy's rate limit means the same thing.
+    if status == 429 || code == Some(ErrorCode::RateLimited) {
+        let retry_after = retry_after
+            .and_then(|seconds| seconds.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
+        return MatchmakingError::RateLimited { retry_after };
+    }
+    match code {
+        Some(ErrorCode::Unauthenticated) => MatchmakingError::Unauthenticated { message },
+        Some(ErrorCode::Forbidden) => MatchmakingError::Forbidden { message },
+        Some(ErrorCode::PlayerAlreadyQueued) => MatchmakingError::PlayerAlreadyQueued {
+            ticket_id: queued_ticket_id(&message),
+            message,
+        },
+        code => MatchmakingError::Api {
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+/// The ticket a `PLAYER_ALREADY_QUEUED` message names ("… queued in ticketId <id>; …").
+/// The envelope has no field for it, so this reads the message and gives up quietly
+/// when its wording changes.
+fn queued_ticket_id(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("ticketId ")?;
+    let id: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .collect();
+    let id = id.trim_end_matches(['.', ':']);
+    (!id.is_empty()).then(|| id.to_owned())
 }
 
 /// Connecting to a land or staying connected failed.
@@ -118,5 +190,81 @@ impl ActionError {
             Self::Failed { code, .. } => Some(code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(code: &str, message: &str) -> Vec<u8> {
+        serde_json::json!({"error": {"code": code, "message": message}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn refusals_become_typed_errors() {
+        assert_eq!(
+            refusal(429, Some("3"), &envelope("RATE_LIMITED", "slow down")),
+            MatchmakingError::RateLimited {
+                retry_after: Duration::from_secs(3)
+            }
+        );
+        assert_eq!(
+            refusal(
+                429,
+                Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+                b"<html>busy</html>"
+            ),
+            MatchmakingError::RateLimited {
+                retry_after: DEFAULT_RETRY_AFTER
+            }
+        );
+        assert!(matches!(
+            refusal(401, None, &envelope("UNAUTHENTICATED", "no token")),
+            MatchmakingError::Unauthenticated { message } if message == "no token"
+        ));
+        assert!(matches!(
+            refusal(403, None, &envelope("FORBIDDEN", "not a member")),
+            MatchmakingError::Forbidden { .. }
+        ));
+        // A proxy's 401 page is no statement about the player token.
+        assert!(matches!(
+            refusal(401, None, b"Unauthorized"),
+            MatchmakingError::Api {
+                status: 401,
+                code: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn already_queued_names_the_ticket_when_the_message_does() {
+        let message =
+            "player alice is already queued in ticketId 0b6f-42aa; cancel it or wait for its match";
+        let err = refusal(409, None, &envelope("PLAYER_ALREADY_QUEUED", message));
+        assert_eq!(
+            err,
+            MatchmakingError::PlayerAlreadyQueued {
+                ticket_id: Some("0b6f-42aa".to_owned()),
+                message: message.to_owned(),
+            }
+        );
+        assert_eq!(err.code(), Some(ErrorCode::PlayerAlreadyQueued));
+        assert!(!err.is_retryable());
+        let err = refusal(
+            400,
+            None,
+            &envelope("PLAYER_ALREADY_QUEUED", "queued elsewhere"),
+        );
+        assert!(matches!(
+            err,
+            MatchmakingError::PlayerAlreadyQueued {
+                ticket_id: None,
+                ..
+            }
+        ));
     }
 }

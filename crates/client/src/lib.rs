@@ -10,6 +10,9 @@
 //!    sends actions and awaits their `action.result`, streams events, and reconnects
 //!    within the land's reconnect grace.
 //!
+//! Against a control plane running with `--player-auth jwt`, give the client the player's
+//! JWT with [`MatchmakingClient::with_player_token`] (or a provider that refreshes it).
+//!
 //! Every failure is a typed error: [`MatchmakingError`], [`LandError`], [`ActionError`].
 //! `docs/client.md` walks through the journey with examples.
 #![forbid(unsafe_code)]
@@ -18,6 +21,7 @@ mod error;
 mod land;
 mod matchmaking;
 mod realtime;
+mod token;
 mod url;
 
 pub use error::{ActionError, LandError, MatchmakingError};

@@ -4,18 +4,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::{
     Assignment, CancelRequest, CancelResponse, EnqueueRequest, EnqueueResponse, StatusResponse,
     TicketStatus,
 };
 use matchplane_contracts::realtime::{RealtimeEnvelope, RealtimeEvent};
-use matchplane_contracts::{ErrorBody, ErrorCode};
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::error::MatchmakingError;
-use crate::realtime::RealtimeWatch;
+use crate::error::{MatchmakingError, refusal};
+use crate::realtime::{RealtimeWatch, connect_realtime};
+use crate::token::PlayerToken;
 use crate::url::{percent_encode, to_ws_scheme, with_query};
 
 /// How status polling backs off while a ticket stays queued.
@@ -52,17 +54,23 @@ pub enum Delivery {
     Poll,
 }
 
+/// 429 answers in a row that [`MatchmakingClient::enqueue`] and status polling wait out
+/// unless [`MatchmakingClient::with_rate_limit_retries`] says otherwise.
+const DEFAULT_RATE_LIMIT_RETRIES: u32 = 3;
+
 /// Client of the control plane's matchmaking API.
 ///
 /// `base_url` is where the control plane's routes live: `http://127.0.0.1:3000`, or an
 /// LB prefix such as `https://game.example.com/match`. Cloning is cheap and shares the
-/// HTTP connection pool.
+/// HTTP connection pool and the player token (see [`Self::set_player_token`]).
 #[derive(Debug, Clone)]
 pub struct MatchmakingClient {
     http: reqwest::Client,
     base: Arc<str>,
     poll: PollBackoff,
     push: bool,
+    player_token: PlayerToken,
+    rate_limit_retries: u32,
 }
 
 /// What the push socket said about a ticket.
@@ -88,7 +96,52 @@ impl MatchmakingClient {
             base: Arc::from(base_url.as_ref().trim_end_matches('/')),
             poll: PollBackoff::default(),
             push: true,
+            player_token: PlayerToken::default(),
+            rate_limit_retries: DEFAULT_RATE_LIMIT_RETRIES,
         }
+    }
+
+    /// Sends the player's JWT from the identity provider as `Authorization: Bearer` on
+    /// every REST call and on the `/realtime` handshake, as a control plane running with
+    /// `--player-auth jwt` requires. The token is never logged nor shown by `Debug`.
+    ///
+    /// Clones made afterwards share it; [`Self::set_player_token`] swaps it for all of them.
+    pub fn with_player_token(mut self, token: impl Into<String>) -> Self {
+        self.player_token = PlayerToken::fixed(token.into());
+        self
+    }
+
+    /// Asks `provider` for the token before every request (and every `/realtime`
+    /// connect), for tokens that a session refreshes on its own; `None` sends none.
+    /// The provider should return a cached token quickly: it is called on the request
+    /// path and must not block.
+    pub fn with_player_token_provider<F>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Option<String> + Send + Sync + 'static,
+    {
+        self.player_token = PlayerToken::provider(Arc::new(provider));
+        self
+    }
+
+    /// Replaces the token (or the provider) of this client and of every clone sharing
+    /// it, e.g. after a refresh; the next request sends the new one. Requests and
+    /// sockets already under way keep the token they started with.
+    pub fn set_player_token(&self, token: impl Into<String>) {
+        self.player_token.set(Some(token.into()));
+    }
+
+    /// Stops sending a player token (on this client and the clones sharing it).
+    pub fn clear_player_token(&self) {
+        self.player_token.set(None);
+    }
+
+    /// How many 429 `RATE_LIMITED` answers in a row [`Self::enqueue`] and the status
+    /// polling of [`Self::wait_for_assignment`] wait out (each for its `Retry-After`)
+    /// before returning [`MatchmakingError::RateLimited`]; 0 returns the first one.
+    /// Default 3. A 429 means the request was not processed, so repeating it is safe.
+    pub fn with_rate_limit_retries(mut self, retries: u32) -> Self {
+        self.rate_limit_retries = retries;
+        self
     }
 
     pub fn with_poll_backoff(mut self, poll: PollBackoff) -> Self {
@@ -122,11 +175,33 @@ impl MatchmakingClient {
         }
     }
 
+    /// Sends a request with the player token, if any, and decodes the answer.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, MatchmakingError> {
+        let request = match self.player_token.authorization()? {
+            Some(authorization) => request.header(AUTHORIZATION, authorization),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|err| Self::transport_error(url, &err))?;
+        Self::decode(url, response).await
+    }
+
     async fn decode<T: DeserializeOwned>(
         url: &str,
         response: reqwest::Response,
     ) -> Result<T, MatchmakingError> {
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let body = response
             .bytes()
             .await
@@ -135,34 +210,31 @@ impl MatchmakingClient {
             return serde_json::from_slice(&body)
                 .map_err(|err| MatchmakingError::Decode(format!("{url}: {err}")));
         }
-        Err(match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(envelope) => MatchmakingError::Api {
-                status: status.as_u16(),
-                code: Some(envelope.error.code),
-                message: envelope.error.message,
-            },
-            Err(_) => MatchmakingError::Api {
-                status: status.as_u16(),
-                code: None,
-                message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            },
-        })
+        Err(refusal(status.as_u16(), retry_after.as_deref(), &body))
     }
 
     /// `POST /v1/matchmaking/enqueue`. The 201 means the ticket is durably stored.
+    ///
+    /// A 429 is waited out (its `Retry-After`) and the enqueue sent again, up to
+    /// [`Self::with_rate_limit_retries`] times.
     pub async fn enqueue(
         &self,
         request: &EnqueueRequest,
     ) -> Result<EnqueueResponse, MatchmakingError> {
         let url = self.url("/v1/matchmaking/enqueue");
-        let response = self
-            .http
-            .post(&url)
-            .json(request)
-            .send()
-            .await
-            .map_err(|err| Self::transport_error(&url, &err))?;
-        Self::decode(&url, response).await
+        let mut refusals = 0;
+        loop {
+            match self.call(&url, self.http.post(&url).json(request)).await {
+                Err(MatchmakingError::RateLimited { retry_after })
+                    if refusals < self.rate_limit_retries =>
+                {
+                    refusals += 1;
+                    tracing::debug!(?retry_after, refusals, "enqueue rate limited; waiting");
+                    tokio::time::sleep(retry_after).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Enqueues one player alone.
@@ -185,35 +257,24 @@ impl MatchmakingClient {
             "/v1/matchmaking/status/{}",
             percent_encode(ticket_id)
         ));
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|err| Self::transport_error(&url, &err))?;
-        Self::decode(&url, response).await
+        self.call(&url, self.http.get(&url)).await
     }
 
     /// `POST /v1/matchmaking/cancel`: `cancelled: false` (with the status) when the ticket
     /// was no longer queued.
     pub async fn cancel(&self, ticket_id: &str) -> Result<CancelResponse, MatchmakingError> {
         let url = self.url("/v1/matchmaking/cancel");
-        let response = self
-            .http
-            .post(&url)
-            .json(&CancelRequest {
-                ticket_id: Some(ticket_id.to_owned()),
-            })
-            .send()
-            .await
-            .map_err(|err| Self::transport_error(&url, &err))?;
-        Self::decode(&url, response).await
+        let request = self.http.post(&url).json(&CancelRequest {
+            ticket_id: Some(ticket_id.to_owned()),
+        });
+        self.call(&url, request).await
     }
 
     /// Opens a `/realtime` socket that can watch up to
     /// [`crate::MAX_TICKETS_PER_SOCKET`] tickets (and enqueue over the socket).
     pub async fn watch(&self) -> Result<RealtimeWatch, MatchmakingError> {
-        RealtimeWatch::connect(&self.realtime_url()).await
+        let authorization = self.player_token.authorization()?;
+        RealtimeWatch::connect(&self.realtime_url(), authorization).await
     }
 
     /// Waits until the ticket is assigned, for at most `timeout`.
@@ -261,8 +322,18 @@ impl MatchmakingClient {
 
     async fn wait_push(&self, ticket_id: &str) -> PushOutcome {
         let url = with_query(&self.realtime_url(), "ticketId", ticket_id);
-        let mut socket = match tokio_tungstenite::connect_async(url.as_str()).await {
-            Ok((socket, _)) => socket,
+        let authorization = match self.player_token.authorization() {
+            Ok(authorization) => authorization,
+            Err(err) => return PushOutcome::Final(Err(err)),
+        };
+        let mut socket = match connect_realtime(&url, authorization, None).await {
+            Ok(socket) => socket,
+            // Polling would be refused the same way; a rate limit is left to polling,
+            // which waits it out.
+            Err(
+                err @ (MatchmakingError::Unauthenticated { .. }
+                | MatchmakingError::Forbidden { .. }),
+            ) => return PushOutcome::Final(Err(err)),
             Err(err) => return PushOutcome::Unavailable(format!("connect {url}: {err}")),
         };
         loop {
@@ -315,11 +386,29 @@ impl MatchmakingClient {
     }
 
     /// Polls until the ticket leaves `queued`; transient failures are retried with the
-    /// same backoff (the caller bounds the whole wait).
+    /// same backoff (the caller bounds the whole wait), a 429 after its `Retry-After`
+    /// up to `rate_limit_retries` times in a row.
     async fn poll_until_final(&self, ticket_id: &str) -> Result<Assignment, MatchmakingError> {
         let mut delay = self.poll.initial;
+        let mut refusals = 0;
         loop {
-            match self.status(ticket_id).await {
+            let status = self.status(ticket_id).await;
+            if let Err(MatchmakingError::RateLimited { retry_after }) = status {
+                if refusals >= self.rate_limit_retries {
+                    return Err(MatchmakingError::RateLimited { retry_after });
+                }
+                refusals += 1;
+                tracing::debug!(
+                    ticket_id,
+                    ?retry_after,
+                    refusals,
+                    "status rate limited; waiting"
+                );
+                tokio::time::sleep(retry_after.max(delay)).await;
+                continue;
+            }
+            refusals = 0;
+            match status {
                 Ok(status) => match (status.status, status.assignment) {
                     (TicketStatus::Assigned, Some(assignment)) => return Ok(assignment),
                     (TicketStatus::Cancelled, _) => {

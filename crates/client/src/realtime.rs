@@ -6,12 +6,16 @@ use matchplane_contracts::matchmaking::EnqueueRequest;
 use matchplane_contracts::realtime::{
     RealtimeAction, RealtimeEnvelope, RealtimeEvent, SubscribeAction,
 };
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::error::MatchmakingError;
+use crate::error::{MatchmakingError, refusal};
 
 /// Tickets the control plane lets one socket watch at once; a ticket stops counting
 /// once its final event (assigned, cancelled, expired) was pushed.
@@ -66,15 +70,46 @@ impl RealtimeSubscriber {
     }
 }
 
+/// Opens a `/realtime` socket, with the player token in the `Authorization` header
+/// (not `?access_token=`, which is for browsers and would put the token in URLs that
+/// proxies log). A refused handshake becomes the typed error of its status.
+pub(crate) async fn connect_realtime(
+    url: &str,
+    authorization: Option<HeaderValue>,
+    config: Option<WebSocketConfig>,
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, MatchmakingError> {
+    let transport = |message: String| MatchmakingError::Transport {
+        url: url.to_owned(),
+        message,
+    };
+    let mut request = url
+        .into_client_request()
+        .map_err(|err| transport(err.to_string()))?;
+    if let Some(authorization) = authorization {
+        request.headers_mut().insert(AUTHORIZATION, authorization);
+    }
+    match tokio_tungstenite::connect_async_with_config(request, config, true).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok());
+            let body = response.body().as_deref().unwrap_or_default();
+            Err(refusal(response.status().as_u16(), retry_after, body))
+        }
+        Err(err) => Err(transport(err.to_string())),
+    }
+}
+
 impl RealtimeWatch {
-    pub(crate) async fn connect(url: &str) -> Result<Self, MatchmakingError> {
+    pub(crate) async fn connect(
+        url: &str,
+        authorization: Option<HeaderValue>,
+    ) -> Result<Self, MatchmakingError> {
         // Realtime messages are small; see `ConnectOptions::read_buffer_bytes`.
         let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-        let (socket, _) = connect.await.map_err(|err| MatchmakingError::Transport {
-            url: url.to_owned(),
-            message: err.to_string(),
-        })?;
+        let socket = connect_realtime(url, authorization, Some(config)).await?;
         let (commands, mut command_rx) = mpsc::unbounded_channel::<String>();
         let (event_tx, events) = mpsc::unbounded_channel();
         let url = url.to_owned();

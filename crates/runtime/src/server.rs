@@ -8,14 +8,16 @@ use std::time::Duration;
 use axum::Router;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, Request, State, WebSocketUpgrade};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use matchplane_contracts::forwarded::TrustedProxies;
 use matchplane_contracts::game::{AdminLands, GameServerHealth};
 use matchplane_contracts::{ErrorBody, ErrorCode, ErrorDetail};
 use matchplane_edge::ratelimit::{KeyedLimiter, RateLimit, RetryAfter};
+use matchplane_edge::secret::{Secret, bearer};
 use matchplane_edge::serve::ServeLimits;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
@@ -39,6 +41,9 @@ pub struct GameServerConfig {
     pub serve_limits: ServeLimits,
     /// New game sockets per second per client address (burst 2N).
     pub rate_limit: RateLimit,
+    /// Bearer tokens accepted on the admin routes (`/admin/*`). Empty: the admin routes
+    /// answer only to direct loopback peers, so an unconfigured server exposes nothing.
+    pub admin_tokens: Vec<Secret>,
 }
 
 impl Default for GameServerConfig {
@@ -51,6 +56,7 @@ impl Default for GameServerConfig {
             trusted_proxies: TrustedProxies::default(),
             serve_limits: ServeLimits::default(),
             rate_limit: RateLimit::default(),
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -108,12 +114,19 @@ impl GameServer {
         &self.shared.config.server_id
     }
 
-    /// `GET /game/{landType}` (WebSocket), `GET /health`, `GET /admin/lands`.
+    /// `GET /game/{landType}` (WebSocket), `GET /health`, `GET /admin/lands` (behind
+    /// [`GameServerConfig::admin_tokens`]).
     pub fn router(&self) -> Router {
+        let admin = Router::new()
+            .route("/admin/lands", get(admin_lands))
+            .route_layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.shared),
+                require_admin,
+            ));
         Router::new()
             .route("/game/{land_type}", get(game_socket))
             .route("/health", get(health))
-            .route("/admin/lands", get(admin_lands))
+            .merge(admin)
             .with_state(Arc::clone(&self.shared))
     }
 
@@ -221,10 +234,172 @@ async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     })
 }
 
+/// Lets an admin request through, or answers 401 `UNAUTHENTICATED` with
+/// `WWW-Authenticate: Bearer`.
+async fn require_admin(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // The TCP peer, never X-Forwarded-For: a header cannot make a caller local.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    let caller = AdminCaller {
+        presented: bearer(request.headers()),
+        peer,
+        proxied: is_proxied(request.headers()),
+    };
+    match admin_refusal(&shared.config.admin_tokens, &caller) {
+        None => next.run(request).await,
+        Some(message) => unauthenticated(message),
+    }
+}
+
+/// What the admin check looks at in a request.
+struct AdminCaller<'a> {
+    presented: Option<&'a str>,
+    peer: Option<IpAddr>,
+    /// Forwarded by a proxy: its loopback address says nothing about who is behind it.
+    proxied: bool,
+}
+
+/// Why an admin request is refused, or `None` when it may proceed.
+fn admin_refusal(tokens: &[Secret], caller: &AdminCaller<'_>) -> Option<&'static str> {
+    if tokens.is_empty() {
+        let local = caller.peer.is_some_and(is_loopback) && !caller.proxied;
+        return (!local).then_some(
+            "the admin routes answer only to loopback clients until the server has an admin token",
+        );
+    }
+    match caller.presented {
+        // Check every entry so timing does not tell which one matched.
+        Some(presented) => (!tokens
+            .iter()
+            .fold(false, |found, token| token.matches(presented) | found))
+        .then_some("the admin token is not valid"),
+        None => Some("this endpoint needs Authorization: Bearer <admin token>"),
+    }
+}
+
+/// 127.0.0.0/8 and ::1, also written as IPv4-mapped IPv6 (a dual-stack listener).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// A load balancer on the same host (nginx in front of `/admin/`) connects from
+/// loopback on behalf of remote clients; it names them in these headers.
+fn is_proxied(headers: &HeaderMap) -> bool {
+    ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
+}
+
+fn unauthenticated(message: &str) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: ErrorCode::Unauthenticated,
+            message: message.to_owned(),
+        },
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(body),
+    )
+        .into_response()
+}
+
 async fn admin_lands(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(AdminLands {
         server_id: shared.config.server_id.clone(),
         draining: shared.manager.is_draining(),
         lands: shared.manager.lands(),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef-admin";
+
+    fn caller<'a>(presented: Option<&'a str>, peer: &str, proxied: bool) -> AdminCaller<'a> {
+        AdminCaller {
+            presented,
+            peer: Some(peer.parse().unwrap()),
+            proxied,
+        }
+    }
+
+    #[test]
+    fn without_a_token_only_direct_loopback_peers_are_admitted() {
+        for local in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(
+                admin_refusal(&[], &caller(None, local, false)),
+                None,
+                "{local}"
+            );
+        }
+        for remote in [
+            "10.0.0.1",
+            "192.168.1.10",
+            "203.0.113.7",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(
+                admin_refusal(&[], &caller(None, remote, false)).is_some(),
+                "{remote}"
+            );
+        }
+        // A token is no use when none is configured, and a proxy on loopback speaks for others.
+        assert!(admin_refusal(&[], &caller(Some(TOKEN), "10.0.0.1", false)).is_some());
+        assert!(admin_refusal(&[], &caller(None, "127.0.0.1", true)).is_some());
+        let unknown = AdminCaller {
+            presented: None,
+            peer: None,
+            proxied: false,
+        };
+        assert!(admin_refusal(&[], &unknown).is_some());
+    }
+
+    #[test]
+    fn with_tokens_any_of_them_is_required_from_everywhere() {
+        let tokens = [
+            Secret::new(TOKEN, "admin token").unwrap(),
+            Secret::new("fedcba9876543210-next", "admin token").unwrap(),
+        ];
+        assert!(admin_refusal(&tokens, &caller(None, "127.0.0.1", false)).is_some());
+        assert!(
+            admin_refusal(
+                &tokens,
+                &caller(Some("wrong-token-0123456"), "127.0.0.1", false)
+            )
+            .is_some()
+        );
+        assert_eq!(
+            admin_refusal(&tokens, &caller(Some(TOKEN), "203.0.113.7", true)),
+            None
+        );
+        assert_eq!(
+            admin_refusal(
+                &tokens,
+                &caller(Some("fedcba9876543210-next"), "10.0.0.1", false)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn proxy_headers_mark_a_request_as_forwarded() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_proxied(&headers));
+        headers.insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+        assert!(is_proxied(&headers));
+    }
 }

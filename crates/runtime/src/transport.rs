@@ -334,28 +334,18 @@ impl From<Disconnect> for ReadEnd {
 /// WebSocket protocol violation such as invalid UTF-8 in a text frame (4400), or a
 /// connection that is simply gone.
 fn read_failure(err: axum::Error) -> Option<(u16, &'static str, String)> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    use tokio_tungstenite::tungstenite::error::ProtocolError;
-    let inner = err.into_inner();
-    match inner.downcast_ref::<WsError>()? {
+    use matchplane_edge::ws::{ReadFailure, classify_read_error};
+    match classify_read_error(err) {
         // The connection dropped (a client vanishing, not misbehaving): its seat is held.
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Capacity(capacity) => Some((
+        ReadFailure::Gone => None,
+        ReadFailure::TooBig(detail) => Some((
             close_code::MESSAGE_TOO_BIG,
             error_code::MESSAGE_TOO_BIG,
-            capacity.to_string(),
+            detail,
         )),
-        WsError::Protocol(protocol) => Some((
-            close_code::MALFORMED,
-            error_code::MALFORMED_MESSAGE,
-            protocol.to_string(),
-        )),
-        WsError::Utf8(_) => Some((
-            close_code::MALFORMED,
-            error_code::MALFORMED_MESSAGE,
-            "text frames must be valid UTF-8".to_owned(),
-        )),
-        _ => None,
+        ReadFailure::Malformed(detail) => {
+            Some((close_code::MALFORMED, error_code::MALFORMED_MESSAGE, detail))
+        }
     }
 }
 
@@ -412,6 +402,11 @@ impl Reader<'_> {
                 Some(Ok(Message::Binary(_))) => Utf8Bytes::from_static("binary frame"),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(frame))) => {
+                    // The WebSocket layer only queues its answering close frame; it goes out
+                    // on the next write. Make that write happen now, ahead of whatever the
+                    // writer holds (the client reads nothing more), or the client would see
+                    // the socket drop without the handshake completing.
+                    self.conn.force_close(close_code::NORMAL, "");
                     return match frame {
                         Some(frame) if frame.code == close_code::NORMAL => Disconnect::Left,
                         _ => Disconnect::Dropped,

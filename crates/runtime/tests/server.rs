@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, TestServer, closed, leave, read_message, test_limits};
+use futures_util::{SinkExt as _, StreamExt as _};
 use matchplane_contracts::game::{ClientMessage, Ping, ServerMessage, close_code, error_code};
 use matchplane_runtime::counter::Counter;
 use matchplane_runtime::{
-    ActionError, ConnectionLimits, CreateInfo, Ctx, Land, LandRegistry, LandSettings,
+    ActionError, ConnectionLimits, CreateInfo, Ctx, DevAuthenticator, GameServerConfig, Land,
+    LandRegistry, LandSettings, Secret,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -486,5 +488,219 @@ async fn a_match_land_that_is_gone_cannot_be_reopened() {
         "{refused:?}"
     );
     assert_eq!(server.server.manager().load().lands, 0);
+    server.shutdown().await.unwrap();
+}
+
+/// A raw HTTP/1.1 GET: status, lower-cased head, body. Headers are `name: value` lines.
+async fn http_get(server: &TestServer, path: &str, headers: &[&str]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+const ADMIN_TOKEN: &str = "runtime-test-admin-token";
+const NEXT_ADMIN_TOKEN: &str = "runtime-test-admin-token-2";
+
+#[tokio::test]
+async fn admin_routes_need_a_configured_admin_token_and_health_stays_open() {
+    let config = GameServerConfig {
+        server_id: "test-server".into(),
+        limits: test_limits(),
+        admin_tokens: vec![
+            Secret::new(ADMIN_TOKEN, "admin token").unwrap(),
+            Secret::new(NEXT_ADMIN_TOKEN, "admin token").unwrap(),
+        ],
+        ..GameServerConfig::default()
+    };
+    let server = TestServer::start_with_config(
+        counter_registry(counter_settings()),
+        Arc::new(DevAuthenticator),
+        config,
+    )
+    .await;
+    let _ann = server.connect("counter", "room-a", "ann").await;
+    for refused in [
+        vec![],
+        vec!["Authorization: Bearer wrong-token-0123456789"],
+        vec!["Authorization: Basic cnVudGltZS10ZXN0LWFkbWluLXRva2Vu"],
+    ] {
+        // Loopback is no excuse once a token is configured.
+        let (status, head, body) = http_get(&server, "/admin/lands", &refused).await;
+        assert_eq!(status, 401, "{refused:?}: {head}\n{body}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{body}");
+        assert!(
+            !body.to_string().contains("room-a"),
+            "nothing leaks: {body}"
+        );
+    }
+    for token in [ADMIN_TOKEN, NEXT_ADMIN_TOKEN] {
+        let header = format!("Authorization: Bearer {token}");
+        let (status, _, body) = http_get(&server, "/admin/lands", &[&header]).await;
+        assert_eq!(status, 200, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["lands"][0]["landId"], "room-a");
+    }
+    let (status, _, _) = http_get(&server, "/health", &[]).await;
+    assert_eq!(status, 200, "/health needs no credential");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_an_admin_token_admin_answers_direct_loopback_clients_only() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let (status, _, body) = http_get(&server, "/admin/lands", &[]).await;
+    assert_eq!(status, 200, "a loopback peer is the operator: {body}");
+    // A proxy on this host (nginx in front of /admin/) connects from loopback for
+    // remote clients; neither its forwarding headers nor a bearer make them local.
+    for forwarded in [
+        "X-Forwarded-For: 203.0.113.7",
+        "X-Forwarded-For: 127.0.0.1",
+        "Forwarded: for=203.0.113.7",
+        "X-Real-IP: 203.0.113.7",
+    ] {
+        let (status, head, body) = http_get(&server, "/admin/lands", &[forwarded]).await;
+        assert_eq!(status, 401, "{forwarded}: {body}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        assert!(body.contains("UNAUTHENTICATED"), "{body}");
+    }
+    let (status, _, _) = http_get(&server, "/health", &["X-Forwarded-For: 203.0.113.7"]).await;
+    assert_eq!(status, 200);
+    server.shutdown().await.unwrap();
+}
+
+/// A land whose `nap` action blocks its keeper for a while: a server busy elsewhere.
+struct Sleepy {
+    state: SleepyState,
+}
+
+#[derive(Serialize)]
+struct SleepyState {
+    naps: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "name", content = "payload", rename_all = "snake_case")]
+enum SleepyAction {
+    Nap,
+}
+
+/// Longer than a client waits for its close to be answered.
+const NAP: Duration = Duration::from_secs(4);
+
+impl Land for Sleepy {
+    type Config = ();
+    type State = SleepyState;
+    type PrivateView = ();
+    type Action = SleepyAction;
+    type ActionOutput = u32;
+    type ClientEvent = SleepyAction;
+    type ServerEvent = ();
+
+    fn settings(_: &()) -> LandSettings {
+        LandSettings {
+            tick_rate_hz: 0.0,
+            ..LandSettings::default()
+        }
+    }
+
+    fn on_create(_: &(), _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
+        Sleepy {
+            state: SleepyState { naps: 0 },
+        }
+    }
+
+    fn state(&self) -> &SleepyState {
+        &self.state
+    }
+
+    fn on_action(
+        &mut self,
+        _: &mut Ctx<'_, Self>,
+        _: &String,
+        _: SleepyAction,
+    ) -> Result<u32, ActionError> {
+        std::thread::sleep(NAP);
+        self.state.naps += 1;
+        Ok(self.state.naps)
+    }
+}
+
+/// Sends Close(1000) and waits (2 s at most) for what comes back before the socket ends.
+async fn close_and_await_answer(socket: &mut common::Socket) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    socket
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => {}
+                other => return Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+    .expect("the server answers the close within 2 s");
+    let frame = answer.expect("a close frame back, not EOF or a reset");
+    frame.map(|frame| u16::from(frame.code))
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame_and_releases_the_seat() {
+    let server = TestServer::start(counter_registry(counter_settings())).await;
+    let mut bob = server.connect("counter", "room", "bob").await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    // Patches for ann pile up unread while she closes: the server is busy writing to her.
+    for _ in 0..20 {
+        bob.action("increment", json!(null)).await;
+    }
+    assert_eq!(close_and_await_answer(&mut ann.socket).await, Some(1000));
+
+    // A consented leave: the seat goes now, not after reconnect_grace (10 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        bob.barrier().await;
+        if bob.state["players"] == json!({"bob": 20}) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ann's seat is still held: {}",
+            bob.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_close_is_answered_while_its_land_is_busy() {
+    let registry = LandRegistry::new().register::<Sleepy>("sleepy", ());
+    let server = TestServer::start(registry).await;
+    let mut ann = server.connect("sleepy", "room", "ann").await;
+    // The keeper is stuck in ann's action when her close arrives.
+    ann.send(
+        &ClientMessage::decode(r#"{"type":"action","v":1,"data":{"requestId":"1","name":"nap"}}"#)
+            .unwrap(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(close_and_await_answer(&mut ann.socket).await, Some(1000));
     server.shutdown().await.unwrap();
 }

@@ -112,9 +112,17 @@ impl Planes {
     /// `connect_port`: what the control plane puts in `connectUrl` instead of the game
     /// server's own port (a proxy in front of it).
     pub async fn start_with(hero: HeroDefenseConfig, connect_port: Option<u16>) -> Self {
-        let cp = ControlPlane::start(Config::ephemeral_for_tests())
-            .await
-            .unwrap();
+        Self::start_configured(hero, Config::ephemeral_for_tests(), connect_port).await
+    }
+
+    /// Like [`Self::start_with`], with the control plane's config chosen by the test
+    /// (player auth, rate limits).
+    pub async fn start_configured(
+        hero: HeroDefenseConfig,
+        config: Config,
+        connect_port: Option<u16>,
+    ) -> Self {
+        let cp = ControlPlane::start(config).await.unwrap();
         let auth = Arc::new(JwksAuthenticator::new(JwksSettings::new(cp.base_url())));
         let game = Game::start(registry(hero), auth, "game-1").await;
         let agent = Arc::new(ProvisioningAgent::new(
