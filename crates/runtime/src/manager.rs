@@ -272,20 +272,24 @@ impl LandManager {
     }
 
     /// Stops admitting new players and creating lands; seated players may still reconnect.
+    /// The mailboxes of every live land, taken under the lock and used after it.
+    fn live_keepers(&self) -> Vec<mpsc::Sender<KeeperCommand>> {
+        self.inner
+            .lands
+            .lock()
+            .live
+            .values()
+            .map(|entry| entry.commands.clone())
+            .collect()
+    }
+
     /// Lands that are empty (now or later) are disposed at once.
     pub fn start_draining(&self) {
         if self.inner.draining.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::info!("draining: no new players or lands");
-        let keepers: Vec<mpsc::Sender<KeeperCommand>> = self
-            .inner
-            .lands
-            .lock()
-            .live
-            .values()
-            .map(|entry| entry.commands.clone())
-            .collect();
+        let keepers = self.live_keepers();
         for keeper in keepers {
             // A full mailbox wakes the keeper anyway, and it checks after every batch.
             let _ = keeper.try_send(KeeperCommand::Draining);
@@ -363,14 +367,7 @@ impl LandManager {
     /// waits up to `timeout` for the keepers to finish.
     pub async fn shutdown(&self, reason: &str, timeout: Duration) -> bool {
         self.start_draining();
-        let keepers: Vec<mpsc::Sender<KeeperCommand>> = self
-            .inner
-            .lands
-            .lock()
-            .live
-            .values()
-            .map(|entry| entry.commands.clone())
-            .collect();
+        let keepers = self.live_keepers();
         tracing::info!(lands = keepers.len(), reason, "closing all lands");
         for keeper in keepers {
             let command = KeeperCommand::Shutdown {
