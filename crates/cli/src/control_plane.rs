@@ -58,9 +58,22 @@ struct ServeArgs {
     /// Token audience (`aud`).
     #[arg(long, env = "MATCHPLANE_AUDIENCE", default_value = "matchplane-game")]
     audience: String,
-    /// Game servers not heard from within this are not allocated to.
-    #[arg(long, env = "MATCHPLANE_SERVER_TTL", default_value = "90s", value_parser = parse_duration)]
+    /// Game servers not heard from within this are lost: no new lands, and the tickets
+    /// they stranded are requeued (see --requeue-on-server-loss).
+    #[arg(long, env = "MATCHPLANE_SERVER_TTL", default_value = "6s", value_parser = parse_duration)]
     server_ttl: Duration,
+    /// Heartbeat interval game servers are told to keep (in the register answer); a server
+    /// late by more than two intervals is suspect and gets no new lands.
+    #[arg(long, env = "MATCHPLANE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// `on`: tickets stranded by a lost game server go back to their queue (original enqueue
+    /// time kept); `off`: they end as `failed` with reason `server_lost`.
+    #[arg(long, env = "MATCHPLANE_REQUEUE_ON_SERVER_LOSS", default_value = "on")]
+    requeue_on_server_loss: OnOff,
+    /// `on`: tickets whose players had joined a land on the lost server are requeued too
+    /// (after `match.lost`); `off`: they end as `failed`.
+    #[arg(long, env = "MATCHPLANE_REQUEUE_JOINED", default_value = "on")]
+    requeue_joined: OnOff,
     /// Queued tickets expire after this.
     #[arg(long, env = "MATCHPLANE_TICKET_TTL", default_value = "10m", value_parser = parse_duration)]
     ticket_ttl: Duration,
@@ -187,6 +200,12 @@ fn source(value: Option<String>, file: Option<PathBuf>) -> CredentialSource {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum PlacementArg {
     Spread,
@@ -250,6 +269,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut config = Config::new(SocketAddr::new(args.bind, args.port), storage);
     config.server_ttl = args.server_ttl;
+    config.heartbeat_interval = args.heartbeat_interval;
+    config.requeue_on_server_loss = args.requeue_on_server_loss == OnOff::On;
+    config.requeue_joined = args.requeue_joined == OnOff::On;
+    if args.server_ttl <= args.heartbeat_interval * 2 {
+        anyhow::bail!(
+            "--server-ttl ({}) must be longer than two --heartbeat-interval ({} each), or live servers would be lost between beats",
+            humantime::format_duration(args.server_ttl),
+            humantime::format_duration(args.heartbeat_interval)
+        );
+    }
     config.ticket_ttl = args.ticket_ttl;
     config.assignment_ttl = args.assignment_ttl;
     config.match_tick = args.match_tick;

@@ -102,8 +102,9 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_MAX_PLAYERS", default_value_t = 10_000)]
     pub max_players: u32,
 
-    /// How often to heartbeat the control plane with fresh load.
-    #[arg(long, env = "MATCHPLANE_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = crate::duration::parse_duration)]
+    /// How often to heartbeat the control plane with fresh load, until the control
+    /// plane's register answer names its own interval (then that one is used).
+    #[arg(long, env = "MATCHPLANE_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = crate::duration::parse_duration)]
     pub heartbeat_interval: Duration,
 
     /// On SIGTERM with a control plane: how long running lands may finish before the server deregisters and exits.
@@ -339,7 +340,8 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {}:{}", args.bind, args.port))?;
     let addr = listener.local_addr()?;
     let lands: Vec<&str> = server.manager().registry().names().collect();
-    tracing::info!(%addr, server_id = server.server_id(), lands = ?lands, "game server listening");
+    tracing::info!(%addr, server_id = server.server_id(), instance_id = server.instance_id(),
+        lands = ?lands, "game server listening");
 
     let agent = args.control_plane_url.as_ref().map(|url| {
         Arc::new(ProvisioningAgent::new(
@@ -358,6 +360,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
                     max_players: Some(args.max_players),
                 },
                 heartbeat_interval: args.heartbeat_interval,
+                instance_id: server.instance_id().to_owned(),
                 registration_token: registration_token.clone(),
             },
             server.manager().clone(),
@@ -409,7 +412,7 @@ mod tests {
         let args = parse(&[]);
         assert_eq!(args.lands, vec!["hero-defense", "counter"]);
         assert_eq!(args.auth, None);
-        assert_eq!(args.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(args.heartbeat_interval, Duration::from_secs(2));
         let registry = registry(&args).unwrap();
         assert_eq!(
             registry.names().collect::<Vec<_>>(),

@@ -19,7 +19,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use matchplane_client::contracts::matchmaking::{Assignment, EnqueueRequest};
 use matchplane_client::{
-    ActionError, ConnectOptions, LandConnection, LandError, MatchmakingClient, MatchmakingError,
+    ActionError, ConnectOptions, JoinError, LandConnection, LandError, MatchmakingClient,
+    MatchmakingError, RecoveryPolicy,
 };
 use rand::Rng as _;
 use serde::Serialize;
@@ -101,6 +102,13 @@ pub struct Recorder {
     done: AtomicU64,
     closed_early: AtomicU64,
     polled: AtomicU64,
+    /// `ticket.requeued` pushes seen (the ticket's server was lost before anyone joined).
+    pub requeued: AtomicU64,
+    /// Matches left because their land's server was lost (pushed `match.lost`, or a
+    /// dropped land followed by a new assignment).
+    pub matches_lost: AtomicU64,
+    /// Players who followed a new assignment after their land could not be reached.
+    recovered: AtomicU64,
     /// Nanoseconds since `start` of the last event of each kind (throughput windows).
     last_enqueue_ns: AtomicU64,
     last_match_ns: AtomicU64,
@@ -127,6 +135,9 @@ impl Recorder {
             done: AtomicU64::new(0),
             closed_early: AtomicU64::new(0),
             polled: AtomicU64::new(0),
+            requeued: AtomicU64::new(0),
+            matches_lost: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
             last_enqueue_ns: AtomicU64::new(0),
             last_match_ns: AtomicU64::new(0),
             last_join_ns: AtomicU64::new(0),
@@ -159,6 +170,7 @@ fn matchmaking_error_kind(stage: &str, err: &MatchmakingError) -> String {
         MatchmakingError::Timeout { .. } => "match_timeout".to_owned(),
         MatchmakingError::Cancelled { .. } => "ticket_cancelled".to_owned(),
         MatchmakingError::Expired { .. } => "ticket_expired".to_owned(),
+        MatchmakingError::Failed { .. } => "ticket_failed".to_owned(),
         MatchmakingError::Realtime { code, .. } => format!("realtime_{code}"),
         MatchmakingError::RealtimeClosed => "realtime_closed".to_owned(),
         MatchmakingError::Unauthenticated { .. }
@@ -246,7 +258,7 @@ impl Plan {
         }
         let joins = members
             .iter()
-            .map(|member| self.join_and_play(&assignment, member, assigned_at));
+            .map(|member| self.join_and_play(&ticket.ticket_id, &assignment, member, assigned_at));
         futures_util::future::join_all(joins).await;
     }
 
@@ -283,6 +295,10 @@ impl Plan {
                 recorder.error("ticket_expired");
                 None
             }
+            Some(Pushed::Failed) => {
+                recorder.error("ticket_failed");
+                None
+            }
             None => {
                 recorder.polled.fetch_add(1, Ordering::Relaxed);
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -303,31 +319,89 @@ impl Plan {
         }
     }
 
-    async fn join_and_play(&self, assignment: &Assignment, player: &str, assigned_at: Instant) {
+    /// Joins (re-checking the ticket and following a new assignment when the land cannot
+    /// be reached) and plays; a land lost while playing is left for the ticket's next one.
+    async fn join_and_play(
+        &self,
+        ticket_id: &str,
+        assignment: &Assignment,
+        player: &str,
+        assigned_at: Instant,
+    ) {
         let recorder = &self.recorder;
         let options = ConnectOptions {
             join_timeout: self.join_timeout,
             ..ConnectOptions::lightweight()
         };
-        let land = match LandConnection::connect_with(assignment, player, options).await {
-            Ok(land) => land,
-            Err(err) => return recorder.error(&land_error_kind(&err)),
+        let policy = RecoveryPolicy::default();
+        let joined = self
+            .client
+            .join_land(
+                ticket_id,
+                assignment.clone(),
+                player,
+                options.clone(),
+                &policy,
+            )
+            .await;
+        let mut joined = match joined {
+            Ok(joined) => joined,
+            Err(JoinError::Land(err)) => return recorder.error(&land_error_kind(&err)),
+            Err(JoinError::Matchmaking(err)) => {
+                return recorder.error(&matchmaking_error_kind("recheck", &err));
+            }
         };
         let joined_at = Instant::now();
         locked(&recorder.assigned_to_join).record(joined_at - assigned_at);
         recorder.joined.fetch_add(1, Ordering::Relaxed);
         recorder.mark(&recorder.last_join_ns, joined_at);
-        recorder.in_land.fetch_add(1, Ordering::Relaxed);
-        if !self.play.is_zero() {
-            self.play(&land).await;
+        let until = joined_at + self.play;
+        loop {
+            recorder
+                .recovered
+                .fetch_add(u64::from(joined.reassignments), Ordering::Relaxed);
+            recorder.in_land.fetch_add(1, Ordering::Relaxed);
+            let played = if self.play.is_zero() {
+                Played::Done
+            } else {
+                self.play(&joined.connection, until).await
+            };
+            recorder.in_land.fetch_sub(1, Ordering::Relaxed);
+            joined.connection.leave().await;
+            if !matches!(played, Played::Lost) {
+                return;
+            }
+            // The land dropped mid-play: if its server was lost, the ticket is matched
+            // again; follow it (a server that merely hiccuped leaves the ticket as it was).
+            let waited = tokio::time::timeout(
+                policy.reassignment_timeout,
+                self.client
+                    .wait_for_reassignment(ticket_id, &joined.assignment, &policy),
+            )
+            .await;
+            let next = match waited {
+                Ok(Ok(next)) => next,
+                Ok(Err(err)) => return recorder.error(&matchmaking_error_kind("recheck", &err)),
+                Err(_) => return recorder.error("play_disconnected"),
+            };
+            recorder.matches_lost.fetch_add(1, Ordering::Relaxed);
+            recorder.recovered.fetch_add(1, Ordering::Relaxed);
+            joined = match self
+                .client
+                .join_land(ticket_id, next, player, options.clone(), &policy)
+                .await
+            {
+                Ok(joined) => joined,
+                Err(JoinError::Land(err)) => return recorder.error(&land_error_kind(&err)),
+                Err(JoinError::Matchmaking(err)) => {
+                    return recorder.error(&matchmaking_error_kind("recheck", &err));
+                }
+            };
         }
-        recorder.in_land.fetch_sub(1, Ordering::Relaxed);
-        land.leave().await;
     }
 
-    /// Moves once a second until the play time is over or the land ends.
-    async fn play(&self, land: &LandConnection) {
-        let until = Instant::now() + self.play;
+    /// Moves once a second until `until` or the land ends.
+    async fn play(&self, land: &LandConnection, until: Instant) -> Played {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         while Instant::now() < until {
             tokio::select! {
@@ -348,7 +422,7 @@ impl Plan {
                 Ok(_) => {}
                 Err(ActionError::LandClosed) => {
                     self.recorder.closed_early.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return Played::Done;
                 }
                 Err(ActionError::Failed { code, .. }) => {
                     self.recorder.error(&format!("action_{code}"));
@@ -357,14 +431,22 @@ impl Plan {
                 Err(ActionError::Disconnected) => {
                     if land.closed().is_some() {
                         self.recorder.closed_early.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.recorder.error("play_disconnected");
+                        return Played::Done;
                     }
-                    return;
+                    return Played::Lost;
                 }
             }
         }
+        Played::Done
     }
+}
+
+/// How a player's time in a land ended.
+enum Played {
+    /// Play time over, or the land closed.
+    Done,
+    /// The connection dropped without `land.closed`: the land may be lost with its server.
+    Lost,
 }
 
 #[cfg(test)]
@@ -402,6 +484,12 @@ pub struct Report {
     pub polled: u64,
     /// Players whose land closed before their play time was over.
     pub closed_early: u64,
+    /// `ticket.requeued` pushes: tickets whose server was lost before anyone joined.
+    pub requeued: u64,
+    /// Matches players left because their land's server was lost mid-play.
+    pub matches_lost: u64,
+    /// Times a player followed a new assignment after its land could not be reached.
+    pub recovered: u64,
     pub throughput: Throughput,
     pub latency_ms: Latencies,
     pub errors: BTreeMap<String, u64>,
@@ -584,6 +672,9 @@ fn build_report(
         joined,
         polled: recorder.polled.load(Ordering::Relaxed),
         closed_early: recorder.closed_early.load(Ordering::Relaxed),
+        requeued: recorder.requeued.load(Ordering::Relaxed),
+        matches_lost: recorder.matches_lost.load(Ordering::Relaxed),
+        recovered: recorder.recovered.load(Ordering::Relaxed),
         throughput: Throughput {
             offered_tickets: per_second(tickets.saturating_sub(1), offered_window),
             enqueued_tickets: per_second(

@@ -346,14 +346,14 @@ async fn game_server_started_first_registers_once_the_control_plane_is_up() {
 
 #[tokio::test]
 async fn killed_game_server_expires_and_gets_no_new_lands() {
-    let cp = control_plane(&["--server-ttl", "2s"]).await;
+    let cp = control_plane(&["--server-ttl", "2s", "--heartbeat-interval", "500ms"]).await;
     let mut gs = game_server(&cp.http(), &["--server-id", "doomed"]).await;
     live(&cp, "doomed").await;
     gs.child.kill().await.unwrap(); // SIGKILL: no goodbye
     wait_servers(&cp.http(), SECONDS_30, |servers| {
         servers
             .iter()
-            .any(|s| s["serverId"] == "doomed" && s["state"] == "expired")
+            .any(|s| s["serverId"] == "doomed" && s["state"] == "lost")
     })
     .await;
     let ticket = enqueue(

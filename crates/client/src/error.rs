@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use matchplane_contracts::game::LandClosed;
+use matchplane_contracts::game::{LandClosed, error_code};
 use matchplane_contracts::{ErrorBody, ErrorCode};
 
 /// A control-plane call failed.
@@ -30,6 +30,10 @@ pub enum MatchmakingError {
     Cancelled { ticket_id: String },
     #[error("ticket {ticket_id} expired before a match was found")]
     Expired { ticket_id: String },
+    /// The ticket ended without a match it could play (`ticket.failed`, status `failed`),
+    /// e.g. its game server was lost and the control plane does not requeue.
+    #[error("ticket {ticket_id} failed: {reason}")]
+    Failed { ticket_id: String, reason: String },
     /// The realtime socket refused a request (e.g. too many subscriptions).
     #[error("realtime socket error {code}: {message}")]
     Realtime { code: ErrorCode, message: String },
@@ -165,6 +169,34 @@ pub enum LandError {
     StateTimeout(Duration),
 }
 
+impl LandError {
+    /// Whether the land may be gone with its game server (connection refused or reset,
+    /// no `join.ok` in time, an abrupt close, or 4404 `land_lost`): the ticket is worth
+    /// re-checking, since the control plane requeues the players of a lost server.
+    pub fn is_unreachable_land(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::JoinTimeout(_) => true,
+            Self::Rejected {
+                close_code, code, ..
+            } => {
+                code == error_code::LAND_LOST
+                    || (code == "closed" && matches!(close_code, None | Some(1006)))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Joining the land of a ticket failed for good: the ticket ended, or its land stayed
+/// unreachable (see [`crate::MatchmakingClient::join_land`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Matchmaking(#[from] MatchmakingError),
+    #[error(transparent)]
+    Land(#[from] LandError),
+}
+
 /// An action did not produce a successful `action.result`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ActionError {
@@ -238,6 +270,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn lost_or_unreachable_lands_are_told_from_refusals() {
+        let rejected = |close_code: Option<u16>, code: &str| LandError::Rejected {
+            close_code,
+            code: code.to_owned(),
+            message: String::new(),
+        };
+        assert!(rejected(Some(4404), "land_lost").is_unreachable_land());
+        assert!(rejected(Some(1006), "closed").is_unreachable_land());
+        assert!(rejected(None, "closed").is_unreachable_land());
+        assert!(
+            LandError::Connect {
+                url: String::new(),
+                message: "refused".to_owned()
+            }
+            .is_unreachable_land()
+        );
+        assert!(!rejected(Some(4404), "unknown_land_type").is_unreachable_land());
+        assert!(!rejected(Some(4403), "forbidden").is_unreachable_land());
+        assert!(!rejected(Some(4409), "land_full").is_unreachable_land());
     }
 
     #[test]

@@ -365,6 +365,23 @@ impl MatchmakingClient {
                 RealtimeEvent::TicketExpired(ticket) if ticket.ticket_id == ticket_id => {
                     Err(MatchmakingError::Expired { ticket_id: owner })
                 }
+                RealtimeEvent::TicketFailed(failed) if failed.ticket_id == ticket_id => {
+                    Err(MatchmakingError::Failed {
+                        ticket_id: owner,
+                        reason: failed.reason,
+                    })
+                }
+                // The ticket is queued again (its server was lost): the next
+                // `match.assigned` on this socket is the one to wait for.
+                RealtimeEvent::TicketRequeued(requeued) if requeued.ticket_id == ticket_id => {
+                    tracing::debug!(ticket_id, reason = %requeued.reason, "ticket requeued; waiting");
+                    continue;
+                }
+                RealtimeEvent::MatchLost(lost) if lost.ticket_id == ticket_id => {
+                    tracing::debug!(ticket_id, land_id = %lost.land_id, reason = %lost.reason,
+                        "match lost; waiting for the next assignment");
+                    continue;
+                }
                 RealtimeEvent::Error(error) if error.code == ErrorCode::TicketNotFound => {
                     Err(MatchmakingError::Api {
                         status: 404,
@@ -419,6 +436,12 @@ impl MatchmakingClient {
                     (TicketStatus::Expired, _) => {
                         return Err(MatchmakingError::Expired {
                             ticket_id: ticket_id.to_owned(),
+                        });
+                    }
+                    (TicketStatus::Failed, _) => {
+                        return Err(MatchmakingError::Failed {
+                            ticket_id: ticket_id.to_owned(),
+                            reason: status.reason.unwrap_or_default(),
                         });
                     }
                     (TicketStatus::Queued | TicketStatus::Assigned, _) => {}

@@ -37,7 +37,8 @@ pub struct ServerView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_lands: Option<u64>,
     pub draining: bool,
-    /// `live`, `draining` or `expired` (not heard from within the TTL).
+    /// `live`; `suspect` (heartbeat late by more than two intervals: no new lands);
+    /// `draining`; `lost` (not heard from within the TTL: its tickets were requeued).
     pub state: String,
     pub registered_at: String,
     pub last_seen_at: String,
@@ -62,6 +63,9 @@ pub struct QueueSummaryEntry {
     pub assigned: u64,
     pub cancelled: u64,
     pub expired: u64,
+    /// Additive: tickets that ended `failed` (e.g. their game server was lost).
+    #[serde(default)]
+    pub failed: u64,
     /// Current waits of queued tickets (ms): p50 / p90 / p99 / max.
     pub queued_wait: WaitPercentiles,
     /// Enqueue-to-assignment waits of the queue's last 1024 assigned tickets (ms).

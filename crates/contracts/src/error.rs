@@ -133,6 +133,14 @@ pub struct ProvisioningResponse {
     pub success: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ProvisioningError>,
+    /// Additive, on a successful register: how often the control plane expects a
+    /// heartbeat. The game server adopts it, so the two cannot drift apart.
+    #[serde(
+        default,
+        rename = "heartbeatIntervalMs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 impl ProvisioningResponse {
@@ -140,6 +148,7 @@ impl ProvisioningResponse {
         Self {
             success: true,
             error: None,
+            heartbeat_interval_ms: None,
         }
     }
 }

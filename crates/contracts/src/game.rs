@@ -43,8 +43,11 @@ pub mod close_code {
     pub const UNAUTHENTICATED: u16 = 4401;
     /// Authenticated, but not allowed in this land (wrong land, not on the roster, rejected by the land).
     pub const FORBIDDEN: u16 = 4403;
-    /// No land type is served at this path.
+    /// No land type is served at this path; or (error `land_lost`) the token was minted
+    /// for an earlier instance of this server, whose lands died with it.
     pub const UNKNOWN_LAND_TYPE: u16 = 4404;
+    /// = 4404 with error `land_lost`: the land named in the token is gone for good.
+    pub const LAND_LOST: u16 = 4404;
     /// Land is full or already closed, or the server runs as many lands as it may.
     pub const LAND_FULL_OR_CLOSED: u16 = 4409;
     /// A newer connection took over this seat.
@@ -71,6 +74,8 @@ pub mod error_code {
     pub const LAND_FULL: &str = "land_full";
     /// The game server already runs its `--max-lands` and creates no more (close 4409).
     pub const SERVER_FULL: &str = "server_full";
+    /// The token names an earlier instance of this game server (it restarted).
+    pub const LAND_LOST: &str = "land_lost";
     pub const DRAINING: &str = "draining";
     pub const SESSION_REPLACED: &str = "session_replaced";
 }

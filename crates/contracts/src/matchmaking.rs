@@ -48,6 +48,9 @@ pub enum TicketStatus {
     Assigned,
     Cancelled,
     Expired,
+    /// Additive terminal status: the ticket ended without a match it could play
+    /// (e.g. its game server was lost and requeueing is off); see `reason`.
+    Failed,
 }
 
 impl TicketStatus {
@@ -57,6 +60,7 @@ impl TicketStatus {
             Self::Assigned => "assigned",
             Self::Cancelled => "cancelled",
             Self::Expired => "expired",
+            Self::Failed => "failed",
         }
     }
 }
@@ -96,6 +100,9 @@ pub struct StatusResponse {
     /// RFC 3339 time the ticket was accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_at: Option<String>,
+    /// Why a `failed` ticket failed (e.g. `server_lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `POST /v1/matchmaking/cancel`.

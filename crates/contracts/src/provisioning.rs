@@ -40,6 +40,10 @@ pub struct RegisterRequest {
     /// Lands currently open on the server (lets the control plane spot allocations nobody joined).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub land_ids: Option<Vec<String>>,
+    /// Additive: a fresh id per game-server process. A new instance under the same
+    /// `serverId` means the previous process died with its lands; match tokens carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,18 @@ pub enum RealtimeEvent {
     TicketCancelled(TicketRef),
     #[serde(rename = "ticket.expired")]
     TicketExpired(TicketRef),
+    /// The assignment is void (its game server was lost before anyone joined); the
+    /// ticket is queued again with its original enqueue time. A new `match.assigned` follows.
+    #[serde(rename = "ticket.requeued")]
+    TicketRequeued(TicketRequeued),
+    /// The land the players were in died with its game server. Unless the control plane
+    /// runs with `--requeue-joined off`, the ticket is queued again (a new `match.assigned` follows).
+    #[serde(rename = "match.lost")]
+    MatchLost(MatchLost),
+    /// The ticket ended without a match (`--requeue-on-server-loss off`, or its
+    /// players queued elsewhere meanwhile); `reason` says why.
+    #[serde(rename = "ticket.failed")]
+    TicketFailed(TicketFailed),
     /// Answer to the `enqueue` action; the socket is then subscribed to the ticket.
     #[serde(rename = "enqueued")]
     Enqueued(Enqueued),
@@ -58,6 +70,36 @@ pub struct MatchAssigned {
 #[serde(rename_all = "camelCase")]
 pub struct TicketRef {
     pub ticket_id: String,
+}
+
+/// Why an assignment was voided or a match lost.
+pub mod reason {
+    /// The game server stopped heartbeating (crashed, partitioned) or restarted.
+    pub const SERVER_LOST: &str = "server_lost";
+    /// A member of the ticket is already queued in another ticket.
+    pub const PLAYER_QUEUED_ELSEWHERE: &str = "player_queued_elsewhere";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRequeued {
+    pub ticket_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MatchLost {
+    pub ticket_id: String,
+    pub land_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketFailed {
+    pub ticket_id: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -29,4 +29,8 @@ pub struct MatchClaims {
     pub roster: Vec<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_key: Option<String>,
+    /// The game-server process (`instanceId` of its registration) the land was
+    /// allocated on: a restarted server refuses tokens of its previous life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_instance_id: Option<String>,
 }

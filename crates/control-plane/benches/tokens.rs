@@ -30,6 +30,7 @@ fn claims() -> MatchClaims {
             vec!["player-4".into(), "player-5".into(), "player-6".into()],
         ],
         queue_key: Some("hero-defense:3v3".into()),
+        server_instance_id: None,
     }
 }
 

@@ -11,8 +11,17 @@ pub struct Config {
     pub listen: SocketAddr,
     pub storage: StorageConfig,
     pub limits: Limits,
-    /// Servers not heard from within this are not allocated to.
+    /// Servers not heard from within this are lost: no allocations, and the
+    /// tickets they stranded are requeued.
     pub server_ttl: Duration,
+    /// The heartbeat interval game servers are told to keep (in the register
+    /// answer); a server late by more than two intervals is suspect.
+    pub heartbeat_interval: Duration,
+    /// Requeue the tickets of a lost server (otherwise they end as `failed`).
+    pub requeue_on_server_loss: bool,
+    /// Also requeue tickets whose players had joined a land on the lost server
+    /// (they get `match.lost` either way).
+    pub requeue_joined: bool,
     /// Queued tickets older than this become `expired`.
     pub ticket_ttl: Duration,
     /// Lifetime of an assignment and its match tokens.
@@ -150,7 +159,10 @@ impl Config {
             listen,
             storage,
             limits: Limits::default(),
-            server_ttl: Duration::from_secs(90),
+            server_ttl: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_secs(2),
+            requeue_on_server_loss: true,
+            requeue_joined: true,
             ticket_ttl: Duration::from_secs(600),
             assignment_ttl: Duration::from_secs(60),
             match_tick: Duration::from_millis(100),

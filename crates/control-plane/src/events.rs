@@ -2,8 +2,9 @@
 //!
 //! Delivery is indexed by ticket id: publishing costs one map lookup no matter
 //! how many sockets are open, and a socket only ever receives events for the
-//! tickets it watches. Every event is terminal for its ticket (assigned,
-//! cancelled, expired), so a ticket's watchers are dropped once it is delivered.
+//! tickets it watches. Cancelled, expired and failed are terminal, so a ticket's
+//! watchers are dropped once one of those is delivered; an assignment is not (its
+//! game server may be lost, and the ticket requeued and assigned again).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,21 @@ pub enum TicketEvent {
     Expired {
         ticket_id: String,
     },
+    /// The assignment died with its game server before anyone joined; queued again.
+    Requeued {
+        ticket_id: String,
+        reason: String,
+    },
+    /// The players' land died with its game server.
+    MatchLost {
+        ticket_id: String,
+        land_id: String,
+        reason: String,
+    },
+    Failed {
+        ticket_id: String,
+        reason: String,
+    },
 }
 
 impl TicketEvent {
@@ -32,8 +48,19 @@ impl TicketEvent {
         match self {
             Self::Assigned { ticket_id, .. }
             | Self::Cancelled { ticket_id }
-            | Self::Expired { ticket_id } => ticket_id,
+            | Self::Expired { ticket_id }
+            | Self::Requeued { ticket_id, .. }
+            | Self::MatchLost { ticket_id, .. }
+            | Self::Failed { ticket_id, .. } => ticket_id,
         }
+    }
+
+    /// Nothing can follow this event for its ticket.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Cancelled { .. } | Self::Expired { .. } | Self::Failed { .. }
+        )
     }
 }
 
@@ -66,7 +93,11 @@ impl EventBus {
     }
 
     pub fn publish(&self, event: TicketEvent) {
-        let watchers = self.inner.watchers.lock().remove(event.ticket_id());
+        let watchers = if event.is_terminal() {
+            self.inner.watchers.lock().remove(event.ticket_id())
+        } else {
+            self.inner.watchers.lock().get(event.ticket_id()).cloned()
+        };
         for (_, sender) in watchers.into_iter().flatten() {
             // A closed receiver is a socket that went away; nothing to do.
             let _ = sender.send(event.clone());

@@ -13,6 +13,7 @@ pub mod events;
 pub mod keys;
 pub mod matcher;
 pub mod metrics;
+pub mod recovery;
 pub mod registry;
 pub mod server;
 pub mod store;

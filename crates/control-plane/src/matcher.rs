@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use matchplane_contracts::matchmaking::Assignment;
+use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
 use matchplane_contracts::token::MatchClaims;
 use matchplane_matchmaker::{Engine, InsertError, Match, Ticket, TicketId};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,8 +21,9 @@ use crate::clock::{Clock, Millis, duration_ms, format_rfc3339};
 use crate::config::Placement;
 use crate::events::{EventBus, TicketEvent};
 use crate::metrics::{self, Metrics};
-use crate::registry::{Allocation, Registry};
-use crate::store::{CommitOutcome, MatchCommit, Store, TicketRecord};
+use crate::recovery::{self, RecoveryPolicy};
+use crate::registry::{Allocation, LossKind, LostServer, Registry};
+use crate::store::{CommitOutcome, MatchCommit, ReleaseOutcome, Store, TicketRecord};
 use crate::tokens::{Signer, TokenIssuer};
 
 /// How the API tells the loop about tickets.
@@ -40,6 +41,8 @@ enum Command {
         Box<BackfillJob>,
         oneshot::Sender<Result<BackfillOutcome, BackfillError>>,
     ),
+    /// A server instance died (restarted under its id) or deregistered.
+    ServerGone(Box<LostServer>),
 }
 
 /// "Land L on server S has open slots": fill them from queue Q.
@@ -89,6 +92,7 @@ struct LandTarget<'a> {
     land_id: &'a str,
     land_type: &'a str,
     server_id: &'a str,
+    server_instance_id: Option<&'a str>,
     connect_url: &'a str,
     match_id: &'a str,
 }
@@ -134,6 +138,11 @@ impl MatcherHandle {
         answer.await.map_err(|_| BackfillError::Stopped)?
     }
 
+    /// A server instance is gone (restarted, or deregistered): release what it held.
+    pub fn server_gone(&self, lost: LostServer) {
+        let _ = self.commands.send(Command::ServerGone(Box::new(lost)));
+    }
+
     /// Tickets the loop currently holds in its pools.
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
@@ -147,6 +156,8 @@ pub struct MatcherSettings {
     /// Finished tickets the store keeps at most (see `Limits::max_finished_tickets`).
     pub max_finished_tickets: u64,
     pub placement: Placement,
+    /// What happens to the tickets of a lost game server.
+    pub recovery: RecoveryPolicy,
 }
 
 pub struct MatchLoop {
@@ -278,12 +289,16 @@ impl MatchLoop {
     async fn handle_commands(&mut self, first: Command) {
         let mut touched = BTreeSet::new();
         let mut backfills = Vec::new();
-        self.apply(first, &mut touched, &mut backfills);
+        let mut gone = Vec::new();
+        self.apply(first, &mut touched, &mut backfills, &mut gone);
         for _ in 1..MAX_COMMANDS_PER_ROUND {
             match self.commands.try_recv() {
-                Ok(command) => self.apply(command, &mut touched, &mut backfills),
+                Ok(command) => self.apply(command, &mut touched, &mut backfills, &mut gone),
                 Err(_) => break,
             }
+        }
+        for lost in gone {
+            touched.extend(self.release_stranded(&lost).await);
         }
         // Running lands first: filling an open slot beats waiting for a new match.
         for (job, reply) in backfills {
@@ -303,6 +318,7 @@ impl MatchLoop {
         command: Command,
         touched: &mut BTreeSet<String>,
         backfills: &mut Vec<PendingBackfill>,
+        gone: &mut Vec<LostServer>,
     ) {
         match command {
             Command::Enqueued(ticket) => {
@@ -321,6 +337,7 @@ impl MatchLoop {
                 let _ = reply.send(self.waits());
             }
             Command::Backfill(job, reply) => backfills.push((job, reply)),
+            Command::ServerGone(lost) => gone.push(*lost),
         }
     }
 
@@ -404,12 +421,99 @@ impl MatchLoop {
     async fn tick(&mut self) {
         let now = self.clock.now_ms();
         self.expire_due(now).await;
+        // Before matching: requeued tickets join this very round.
+        for lost in self.registry.newly_lost(now) {
+            self.release_stranded(&lost).await;
+        }
         let matches = self.engine.find_all_matches(now);
         self.place(matches, now).await;
         if now.saturating_sub(self.last_housekeeping) >= HOUSEKEEPING_EVERY_MS {
             self.last_housekeeping = now;
             self.housekeeping(now).await;
         }
+    }
+
+    /// Releases what a lost server instance held: stranded tickets go back to
+    /// their queues (keeping their enqueue time) or fail, per the policy; watchers
+    /// hear `ticket.requeued`, `match.lost`, `ticket.failed`. Returns the queues
+    /// that got tickets back. On a store failure the loss is retried next tick.
+    async fn release_stranded(&mut self, lost: &LostServer) -> BTreeSet<String> {
+        let now = self.clock.now_ms();
+        let server_id = &lost.record.server_id;
+        let mut touched = BTreeSet::new();
+        let assigned = match self.store.assigned_on_server(server_id).await {
+            Ok(assigned) => assigned,
+            Err(err) => {
+                metrics::inc(&self.metrics.store_errors);
+                tracing::warn!(server_id = %server_id, error = %err, "cannot read a lost server's tickets; will retry");
+                return touched;
+            }
+        };
+        let plan = recovery::plan(lost, &assigned, self.settings.recovery, now);
+        let joined: HashMap<String, String> = plan
+            .iter()
+            .filter_map(|stranded| {
+                let land = stranded.joined_land.clone()?;
+                Some((stranded.request.ticket_id.clone(), land))
+            })
+            .collect();
+        let requests = plan.into_iter().map(|stranded| stranded.request).collect();
+        let outcomes = match self.store.release_assignments(requests, now).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                metrics::inc(&self.metrics.store_errors);
+                tracing::warn!(server_id = %server_id, error = %err, "cannot release a lost server's tickets; will retry");
+                return touched;
+            }
+        };
+        if lost.why == LossKind::Silent {
+            self.registry.loss_handled(&lost.record);
+        }
+        metrics::inc(&self.metrics.servers_lost);
+        let (mut requeued, mut failed) = (0u64, 0u64);
+        let lost_lands: BTreeSet<&String> = joined.values().collect();
+        self.metrics
+            .matches_lost
+            .fetch_add(lost_lands.len() as u64, Ordering::Relaxed);
+        let reason = matchplane_contracts::realtime::reason::SERVER_LOST;
+        for outcome in outcomes {
+            let record = match outcome {
+                ReleaseOutcome::Unchanged(_) => continue,
+                ReleaseOutcome::Requeued(record) | ReleaseOutcome::Failed(record) => record,
+            };
+            let ticket_id = record.ticket_id.clone();
+            match joined.get(&ticket_id) {
+                Some(land_id) => self.events.publish(TicketEvent::MatchLost {
+                    ticket_id: ticket_id.clone(),
+                    land_id: land_id.clone(),
+                    reason: reason.to_owned(),
+                }),
+                None if record.status == TicketStatus::Queued => {
+                    self.events.publish(TicketEvent::Requeued {
+                        ticket_id: ticket_id.clone(),
+                        reason: reason.to_owned(),
+                    })
+                }
+                None => {}
+            }
+            if record.status == TicketStatus::Queued {
+                requeued += 1;
+                touched.insert(record.queue_key.clone());
+                self.track(record);
+            } else {
+                failed += 1;
+                self.events.publish(TicketEvent::Failed {
+                    ticket_id,
+                    reason: record.failure_reason.unwrap_or_default(),
+                });
+            }
+        }
+        self.metrics
+            .tickets_requeued
+            .fetch_add(requeued, Ordering::Relaxed);
+        tracing::warn!(server_id = %server_id, instance_id = ?lost.record.instance_id, why = ?lost.why,
+            requeued, failed, matches_lost = lost_lands.len(), "game server lost; its stranded tickets were released");
+        touched
     }
 
     async fn expire_due(&mut self, now: Millis) {
@@ -647,6 +751,7 @@ impl MatchLoop {
             land_id: &allocation.land_id,
             land_type,
             server_id: &allocation.server_id,
+            server_instance_id: allocation.server_instance_id.as_deref(),
             connect_url: &allocation.connect_url,
             match_id: &uuid::Uuid::new_v4().to_string(),
         };
@@ -691,6 +796,7 @@ impl MatchLoop {
                         team: Some(team_number),
                         roster: roster.to_vec(),
                         queue_key: Some(record.queue_key.clone()),
+                        server_instance_id: target.server_instance_id.map(str::to_owned),
                     },
                 ));
             }
@@ -713,6 +819,7 @@ impl MatchLoop {
             commit: MatchCommit {
                 assignments,
                 assignment_expires_at: expires_at,
+                server_instance_id: target.server_instance_id.map(str::to_owned),
             },
             claims,
         }
@@ -759,6 +866,7 @@ impl MatchLoop {
             land_id: &job.land_id,
             land_type: &land_type,
             server_id: &job.server_id,
+            server_instance_id: server.instance_id.as_deref(),
             connect_url: &connect_url,
             match_id: &match_id,
         };
@@ -773,6 +881,7 @@ impl MatchLoop {
             Ok(mut commits) => commits.pop().unwrap_or(MatchCommit {
                 assignments: Vec::new(),
                 assignment_expires_at: now,
+                server_instance_id: None,
             }),
             Err(err) => {
                 requeue_all(self);

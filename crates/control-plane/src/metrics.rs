@@ -24,6 +24,12 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Requests and new sockets refused by a rate limit.
     pub rate_limited: AtomicU64,
+    /// Game-server instances lost (silent past the TTL, restarted, or gone with allocations).
+    pub servers_lost: AtomicU64,
+    /// Tickets put back in their queue after their game server was lost.
+    pub tickets_requeued: AtomicU64,
+    /// Running lands (with joined players) lost with their game server.
+    pub matches_lost: AtomicU64,
     match_wait_buckets: [AtomicU64; MATCH_WAIT_BUCKETS_MS.len()],
     match_wait_count: AtomicU64,
     match_wait_sum_ms: AtomicU64,
@@ -109,6 +115,21 @@ impl Metrics {
                 "matchplane_rate_limited_total",
                 "Requests and new sockets refused by a rate limit (429).",
                 &self.rate_limited,
+            ),
+            (
+                "matchplane_servers_lost_total",
+                "Game-server instances lost (silent past the TTL, restarted, or deregistered holding allocations).",
+                &self.servers_lost,
+            ),
+            (
+                "matchplane_tickets_requeued_total",
+                "Tickets requeued because their game server was lost.",
+                &self.tickets_requeued,
+            ),
+            (
+                "matchplane_matches_lost_total",
+                "Lands with joined players lost with their game server.",
+                &self.matches_lost,
             ),
         ];
         for (name, help, counter) in counters {

@@ -16,6 +16,8 @@ use crate::store::ServerRecord;
 
 pub struct Registry {
     ttl_ms: Millis,
+    /// The heartbeat interval servers are told to keep; two missed ones make a server suspect.
+    heartbeat_ms: Millis,
     servers: Mutex<BTreeMap<String, Entry>>,
     abandoned_total: std::sync::atomic::AtomicU64,
 }
@@ -26,12 +28,35 @@ struct Entry {
     pending: PendingLands,
     /// Allocated lands nobody joined before their assignments expired.
     abandoned: u64,
+    /// Whether this (lost) instance's stranded tickets were dealt with, so a
+    /// loss is handled once; a heartbeat that brings the server back clears it.
+    loss_handled: bool,
+}
+
+/// A server instance whose tickets must be released: lost (silent past the
+/// TTL), replaced by a new instance under the same id, or deregistered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostServer {
+    /// The record as last heard from (its `land_ids` say which lands were open).
+    pub record: ServerRecord,
+    pub why: LossKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// No heartbeat within the TTL.
+    Silent,
+    /// Registered again with another `instanceId`: the old process died.
+    Restarted,
+    /// Deregistered while it still held allocations.
+    Deregistered,
 }
 
 /// Where a new land goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
     pub server_id: String,
+    pub server_instance_id: Option<String>,
     pub land_id: String,
     pub connect_url: String,
 }
@@ -39,24 +64,29 @@ pub struct Allocation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerState {
     Live,
+    /// Heartbeat late by more than two intervals: no new lands until it is heard again.
+    Suspect,
     Draining,
-    Expired,
+    /// Not heard from within the TTL.
+    Lost,
 }
 
 impl ServerState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Live => "live",
+            Self::Suspect => "suspect",
             Self::Draining => "draining",
-            Self::Expired => "expired",
+            Self::Lost => "lost",
         }
     }
 }
 
 impl Registry {
-    pub fn new(ttl_ms: Millis) -> Self {
+    pub fn new(ttl_ms: Millis, heartbeat_ms: Millis) -> Self {
         Self {
             ttl_ms,
+            heartbeat_ms,
             servers: Mutex::new(BTreeMap::new()),
             abandoned_total: std::sync::atomic::AtomicU64::new(0),
         }
@@ -68,13 +98,28 @@ impl Registry {
     /// reports are confirmed, and those whose assignments expired without the
     /// land ever opening are counted as abandoned (nobody joined). A server that
     /// reports no land ids only has its allocations-since-last-heartbeat reset.
-    pub fn upsert(&self, record: ServerRecord) {
+    ///
+    /// Returns the previous instance when this registration comes from a new
+    /// process under the same server id: that instance's lands died with it.
+    pub fn upsert(&self, record: ServerRecord) -> Option<LostServer> {
         let now = record.last_seen;
         let mut servers = self.servers.lock();
-        let (mut pending, mut abandoned) = servers
-            .remove(&record.server_id)
-            .map(|entry| (entry.pending, entry.abandoned))
-            .unwrap_or_default();
+        let previous = servers.remove(&record.server_id);
+        let restarted = previous.as_ref().and_then(|entry| {
+            let old = entry.record.instance_id.as_ref()?;
+            let new = record.instance_id.as_ref()?;
+            // A loss already handled (silent past the TTL) is not handled twice.
+            (old != new && !entry.loss_handled).then(|| LostServer {
+                record: entry.record.clone(),
+                why: LossKind::Restarted,
+            })
+        });
+        let (mut pending, mut abandoned) = match previous {
+            // A new instance starts with nothing pending: the old allocations died.
+            Some(entry) if restarted.is_none() => (entry.pending, entry.abandoned),
+            Some(entry) => (PendingLands::default(), entry.abandoned),
+            None => Default::default(),
+        };
         match &record.land_ids {
             Some(open) => {
                 let open: HashSet<&str> = open.iter().map(String::as_str).collect();
@@ -94,8 +139,42 @@ impl Registry {
                 record,
                 pending,
                 abandoned,
+                loss_handled: false,
             },
         );
+        restarted
+    }
+
+    /// Servers that went silent past the TTL and whose loss was not handled yet.
+    /// Cheap enough to call every matching tick: one pass, no allocation when none.
+    pub fn newly_lost(&self, now: Millis) -> Vec<LostServer> {
+        self.servers
+            .lock()
+            .values()
+            .filter(|entry| {
+                !entry.loss_handled && self.state(&entry.record, now) == ServerState::Lost
+            })
+            .map(|entry| LostServer {
+                record: entry.record.clone(),
+                why: LossKind::Silent,
+            })
+            .collect()
+    }
+
+    /// Marks a silent server's loss as handled, unless it was heard from since
+    /// (then it is live again and a later silence is a new loss).
+    pub fn loss_handled(&self, lost: &ServerRecord) {
+        if let Some(entry) = self.servers.lock().get_mut(&lost.server_id)
+            && entry.record.last_seen == lost.last_seen
+        {
+            entry.loss_handled = true;
+            entry.pending = PendingLands::default();
+        }
+    }
+
+    /// The heartbeat interval servers are asked to keep.
+    pub fn heartbeat_ms(&self) -> Millis {
+        self.heartbeat_ms
     }
 
     /// Allocated lands nobody joined, over all servers since start.
@@ -117,14 +196,17 @@ impl Registry {
 
     /// Whether the server has not been heard from within the TTL.
     pub fn is_expired(&self, record: &ServerRecord, now: Millis) -> bool {
-        self.state(record, now) == ServerState::Expired
+        self.state(record, now) == ServerState::Lost
     }
 
     fn state(&self, record: &ServerRecord, now: Millis) -> ServerState {
-        if now >= record.last_seen.saturating_add(self.ttl_ms) {
-            ServerState::Expired
+        let silent_for = now.saturating_sub(record.last_seen);
+        if silent_for >= self.ttl_ms {
+            ServerState::Lost
         } else if record.draining {
             ServerState::Draining
+        } else if silent_for > self.heartbeat_ms.saturating_mul(2) {
+            ServerState::Suspect
         } else {
             ServerState::Live
         }
@@ -183,6 +265,7 @@ impl Registry {
         let connect_url = connect_url(&entry.record, land_type, &land_id);
         Some(Allocation {
             server_id: chosen,
+            server_instance_id: entry.record.instance_id.clone(),
             land_id,
             connect_url,
         })
@@ -396,12 +479,13 @@ mod tests {
             registered_at: 0,
             last_seen: 1_000,
             registered_with: None,
+            instance_id: None,
         }
     }
 
     #[test]
     fn reported_land_ids_confirm_or_abandon_allocations() {
-        let registry = Registry::new(90_000);
+        let registry = Registry::new(90_000, 30_000);
         let mut server = server("a");
         server.capacity = Some(Capacity {
             max_lands: Some(2),
@@ -486,7 +570,7 @@ mod tests {
 
     #[test]
     fn allocation_respects_ttl_draining_capacity_and_placement() {
-        let registry = Registry::new(90_000);
+        let registry = Registry::new(90_000, 30_000);
         let mut a = server("a");
         a.capacity = Some(Capacity {
             max_lands: Some(2),
@@ -571,9 +655,53 @@ mod tests {
                 .is_none()
         );
         assert_eq!(
-            registry.live_count(1_000 + 89_999),
+            registry.live_count(1_000 + 60_000),
             2,
             "a and c are live, b drains"
         );
+        // Late by more than two heartbeat intervals: suspect, no new lands.
+        assert_eq!(registry.live_count(1_000 + 60_001), 0);
+        assert!(
+            registry
+                .allocate("hero-defense", 1_000 + 60_001, 200_000, Placement::Spread)
+                .is_none()
+        );
+        let states: Vec<String> = registry
+            .views(1_000 + 60_001)
+            .into_iter()
+            .map(|view| view.state)
+            .collect();
+        assert!(states.contains(&"suspect".to_owned()), "{states:?}");
+    }
+
+    #[test]
+    fn losses_are_reported_once_and_a_new_instance_replaces_the_old() {
+        let registry = Registry::new(6_000, 2_000);
+        let mut first = server("a");
+        first.instance_id = Some("i1".to_owned());
+        assert!(registry.upsert(first.clone()).is_none());
+        assert!(registry.newly_lost(6_999).is_empty());
+        let lost = registry.newly_lost(7_000);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].why, LossKind::Silent);
+        registry.loss_handled(&lost[0].record);
+        assert!(registry.newly_lost(8_000).is_empty(), "handled once");
+
+        // The same instance heard again is live again; a later silence is a new loss.
+        first.last_seen = 9_000;
+        assert!(registry.upsert(first.clone()).is_none());
+        assert_eq!(registry.newly_lost(15_000).len(), 1);
+
+        // A new instance under the same id: the old one is reported at once.
+        let mut second = first.clone();
+        second.instance_id = Some("i2".to_owned());
+        second.last_seen = 10_000;
+        let replaced = registry.upsert(second).unwrap();
+        assert_eq!(replaced.why, LossKind::Restarted);
+        assert_eq!(replaced.record.instance_id.as_deref(), Some("i1"));
+        let allocation = registry
+            .allocate("hero-defense", 10_001, 70_000, Placement::Spread)
+            .unwrap();
+        assert_eq!(allocation.server_instance_id.as_deref(), Some("i2"));
     }
 }

@@ -88,9 +88,17 @@ impl Builder {
         let ticket_rules = Engine::new(config.engine.clone())
             .map_err(|err| StartError::Engine(err.to_string()))?;
 
-        let registry = Arc::new(Registry::new(duration_ms(config.server_ttl)));
-        for server in store.servers().await? {
-            registry.upsert(server);
+        let registry = Arc::new(Registry::new(
+            duration_ms(config.server_ttl),
+            duration_ms(config.heartbeat_interval),
+        ));
+        for mut server in store.servers().await? {
+            // Servers kept heartbeating while this process was down, but those beats
+            // went nowhere: give each one TTL from now to be heard again before it
+            // counts as lost (and its tickets are released).
+            server.last_seen = server.last_seen.max(now);
+            // A fresh registry has no previous instance to lose.
+            let _ = registry.upsert(server);
         }
         let queued = store.queued_tickets().await?;
         if !queued.is_empty() {
@@ -138,6 +146,11 @@ impl Builder {
                 retention: config.retention,
                 max_finished_tickets: config.limits.max_finished_tickets,
                 placement: config.placement,
+                recovery: crate::recovery::RecoveryPolicy {
+                    requeue: config.requeue_on_server_loss,
+                    requeue_joined: config.requeue_joined,
+                    ticket_ttl_ms: duration_ms(config.ticket_ttl),
+                },
             },
             Arc::clone(&metrics),
             shutdown_rx.clone(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use common::Harness;
 use matchplane_control_plane::store::{
-    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ServerRecord, Store,
-    StoreError, TicketRecord,
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ReleaseOutcome,
+    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
 };
 use matchplane_control_plane::{Config, ControlPlane, SigningAlgorithm};
 use serde_json::{Value, json};
@@ -495,7 +495,7 @@ async fn expired_and_draining_servers_get_no_lands() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(h.status(&t).await["status"], "queued");
     let (_, servers) = h.get("/v1/admin/servers").await;
-    assert_eq!(servers["servers"][0]["state"], "expired");
+    assert_eq!(servers["servers"][0]["state"], "lost");
 
     h.register(json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "counter", "draining": true}))
         .await;
@@ -633,6 +633,16 @@ impl Store for BrokenStore {
     }
     async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn assigned_on_server(&self, _: &str) -> Result<Vec<TicketRecord>, StoreError> {
+        gone()
+    }
+    async fn release_assignments(
+        &self,
+        _: Vec<ReleaseRequest>,
+        _: u64,
+    ) -> Result<Vec<ReleaseOutcome>, StoreError> {
+        gone()
     }
     async fn purge_finished(&self, _: u64, _: u64) -> Result<u64, StoreError> {
         gone()

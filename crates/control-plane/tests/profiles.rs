@@ -154,6 +154,10 @@ fn match_ids(assigned: &BTreeMap<String, Value>) -> BTreeSet<String> {
 async fn sixty_tickets_in_a_3v3_skill_queue_match_by_the_profile() {
     let mut config = Config::ephemeral_for_tests();
     config.engine = EngineConfig::from_toml_str(PROFILE).unwrap();
+    // The manual clock jumps whole seconds to widen skill windows; the one game
+    // server must not go silent (suspect, lost) meanwhile.
+    config.server_ttl = Duration::from_secs(3600);
+    config.heartbeat_interval = Duration::from_secs(600);
     let h = Harness::start_with(config).await;
     h.register_server("game-1", "hero-defense").await;
 

@@ -17,6 +17,9 @@ pub struct AdmissionRequest<'a> {
     /// This game server's id (`--server-id`): match tokens name the server they were
     /// allocated to, and a token for another server is refused.
     pub server_id: &'a str,
+    /// This game-server process's instance id: a token minted for an earlier instance
+    /// (a land that died with it) is refused with `land_lost`.
+    pub server_instance_id: &'a str,
     /// The `{landType}` of `/game/{landType}`; already known to be served.
     pub land_type: &'a str,
     /// The `landId` query parameter, if present.
@@ -66,6 +69,12 @@ impl Rejection {
 
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(close_code::FORBIDDEN, error_code::FORBIDDEN, message)
+    }
+
+    /// The land is gone for good (e.g. it died with an earlier instance of this server):
+    /// the client should ask the control plane for a new match, not retry.
+    pub fn land_lost(message: impl Into<String>) -> Self {
+        Self::new(close_code::LAND_LOST, error_code::LAND_LOST, message)
     }
 }
 

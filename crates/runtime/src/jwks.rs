@@ -106,6 +106,16 @@ impl Authenticator for JwksAuthenticator {
         if claims.server_id != request.server_id {
             return Err(Rejection::forbidden("the token is for another game server"));
         }
+        // Tokens from a control plane that predates instance ids carry none: admitted as before.
+        if claims
+            .server_instance_id
+            .as_deref()
+            .is_some_and(|instance| instance != request.server_instance_id)
+        {
+            return Err(Rejection::land_lost(
+                "the land died with an earlier instance of this server; ask for a new match",
+            ));
+        }
         if request.land_id != Some(claims.land_id.as_str()) {
             return Err(Rejection::forbidden("the token is for another land"));
         }

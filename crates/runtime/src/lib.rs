@@ -30,6 +30,8 @@ pub use land::{
 pub use manager::{LandManager, LandRegistry, LoadSnapshot};
 /// The registration token type of [`ProvisioningSettings`], re-exported for embedders.
 pub use matchplane_edge::secret::Secret;
-pub use provisioning::{ProvisioningAgent, ProvisioningError, ProvisioningSettings};
+pub use provisioning::{
+    ADOPTED_HEARTBEAT_BOUNDS, ProvisioningAgent, ProvisioningError, ProvisioningSettings,
+};
 pub use server::{GameServer, GameServerConfig};
 pub use transport::ConnectionLimits;

@@ -2,7 +2,9 @@
 //! fresh load, retry with backoff while the control plane is down (the planes
 //! may start in any order), and on shutdown drain then deregister.
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use matchplane_contracts::ProvisioningResponse;
@@ -25,7 +27,11 @@ pub struct ProvisioningSettings {
     pub connect_path_prefix: Option<String>,
     pub region: Option<String>,
     pub capacity: Capacity,
+    /// Until the control plane says otherwise: a register answer's `heartbeatIntervalMs`
+    /// replaces it (see [`ProvisioningAgent::heartbeat_interval`]).
     pub heartbeat_interval: Duration,
+    /// This process's instance id (fresh per start), sent with every register/heartbeat.
+    pub instance_id: String,
     /// Sent as `Authorization: Bearer` on register, heartbeat and deregister; the control
     /// plane refuses these calls without it. `Debug` shows only a fingerprint.
     pub registration_token: Option<Secret>,
@@ -65,7 +71,14 @@ pub struct ProvisioningAgent {
     settings: ProvisioningSettings,
     manager: LandManager,
     http: reqwest::Client,
+    /// The interval in force: the flag's, until a register answer names the control plane's.
+    interval_ms: AtomicU64,
 }
+
+/// What a register answer's `heartbeatIntervalMs` may set: a broken or hostile answer
+/// must neither turn the heartbeat into a busy loop nor silence it past any TTL.
+pub const ADOPTED_HEARTBEAT_BOUNDS: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(60);
 
 /// Longest wait between two attempts while the control plane is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -76,10 +89,39 @@ impl ProvisioningAgent {
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
+        let interval_ms = AtomicU64::new(millis(settings.heartbeat_interval));
         Self {
             settings,
             manager,
             http,
+            interval_ms,
+        }
+    }
+
+    /// The heartbeat interval in force: `heartbeat_interval` of the settings until the
+    /// control plane's register answer names its own (bounded by [`ADOPTED_HEARTBEAT_BOUNDS`]).
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    fn adopt_interval(&self, answer: &ProvisioningResponse) {
+        let Some(asked_ms) = answer.heartbeat_interval_ms else {
+            return;
+        };
+        let asked = Duration::from_millis(asked_ms);
+        let adopted = asked.clamp(
+            *ADOPTED_HEARTBEAT_BOUNDS.start(),
+            *ADOPTED_HEARTBEAT_BOUNDS.end(),
+        );
+        let previous = self.interval_ms.swap(millis(adopted), Ordering::Relaxed);
+        if previous != millis(adopted) {
+            tracing::info!(
+                configured = ?self.settings.heartbeat_interval,
+                previous = ?Duration::from_millis(previous),
+                adopted = ?adopted,
+                asked = ?asked,
+                "heartbeat interval set by the control plane"
+            );
         }
     }
 
@@ -113,6 +155,7 @@ impl ProvisioningAgent {
             }),
             draining: draining || load.draining,
             land_ids: Some(load.land_ids_by_type.into_values().flatten().collect()),
+            instance_id: Some(self.settings.instance_id.clone()),
         }
     }
 
@@ -123,13 +166,16 @@ impl ProvisioningAgent {
         }
     }
 
-    /// One register/heartbeat call.
+    /// One register/heartbeat call; adopts the interval the answer names, if any.
     pub async fn heartbeat(&self, draining: bool) -> Result<(), ProvisioningError> {
         let url = format!("{}/v1/provisioning/servers/register", self.base());
         let request = self
             .authorized(self.http.post(&url))
             .json(&self.registration(draining));
-        send(request, url, false).await
+        if let Some(answer) = send(request, url, false).await? {
+            self.adopt_interval(&answer);
+        }
+        Ok(())
     }
 
     pub async fn deregister(&self) -> Result<(), ProvisioningError> {
@@ -139,7 +185,9 @@ impl ProvisioningAgent {
             self.settings.server_id
         );
         // Already gone (e.g. forgotten after a long outage) is as good as removed.
-        send(self.authorized(self.http.delete(&url)), url, true).await
+        send(self.authorized(self.http.delete(&url)), url, true)
+            .await
+            .map(drop)
     }
 
     /// Registers, then heartbeats every interval until the task is aborted.
@@ -150,7 +198,6 @@ impl ProvisioningAgent {
     }
 
     async fn heartbeat_loop(&self) {
-        let interval = self.settings.heartbeat_interval;
         let mut backoff = Duration::from_millis(200);
         let mut registered = false;
         let mut last_failure: Option<(&'static str, u16)> = None;
@@ -158,7 +205,9 @@ impl ProvisioningAgent {
             match self.heartbeat(false).await {
                 Ok(()) => {
                     if !registered {
-                        tracing::info!(server_id = %self.settings.server_id, url = %self.base(),
+                        tracing::info!(server_id = %self.settings.server_id,
+                            instance_id = %self.settings.instance_id, url = %self.base(),
+                            heartbeat_interval = ?self.heartbeat_interval(),
                             "registered with the control plane");
                         registered = true;
                     } else if last_failure.is_some() {
@@ -166,14 +215,14 @@ impl ProvisioningAgent {
                     }
                     last_failure = None;
                     backoff = Duration::from_millis(200);
-                    tokio::time::sleep(interval).await;
+                    tokio::time::sleep(self.heartbeat_interval()).await;
                 }
                 Err(err) => {
                     if last_failure != Some(err.kind()) {
                         log_failure(&err, "heartbeat failed; retrying with backoff");
                         last_failure = Some(err.kind());
                     }
-                    tokio::time::sleep(backoff.min(interval)).await;
+                    tokio::time::sleep(backoff.min(self.heartbeat_interval())).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
@@ -191,7 +240,7 @@ impl ProvisioningAgent {
         let deadline = tokio::time::Instant::now() + drain_timeout;
         let finished = loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let wait = remaining.min(self.settings.heartbeat_interval);
+            let wait = remaining.min(self.heartbeat_interval());
             if self.manager.wait_until_empty(wait).await {
                 break true;
             }
@@ -223,13 +272,18 @@ fn log_failure(err: &ProvisioningError, what: &str) {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Sends one provisioning call; a non-success status is a refusal carrying
 /// the control plane's answer (404 counts as success when `not_found_is_ok`).
+/// On success, the answer's body if it is a provisioning envelope.
 async fn send(
     request: reqwest::RequestBuilder,
     url: String,
     not_found_is_ok: bool,
-) -> Result<(), ProvisioningError> {
+) -> Result<Option<ProvisioningResponse>, ProvisioningError> {
     let response = request
         .send()
         .await
@@ -238,8 +292,13 @@ async fn send(
             message: err.to_string(),
         })?;
     let status = response.status();
-    if status.is_success() || (not_found_is_ok && status == reqwest::StatusCode::NOT_FOUND) {
-        return Ok(());
+    if status.is_success() {
+        // An answer without a body (or another shape) is still a success.
+        let body = response.bytes().await.unwrap_or_default();
+        return Ok(serde_json::from_slice(&body).ok());
+    }
+    if not_found_is_ok && status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
     }
     let body = response.text().await.unwrap_or_default();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {

@@ -30,6 +30,10 @@ use crate::transport::{self, ConnectionLimits};
 #[derive(Debug, Clone)]
 pub struct GameServerConfig {
     pub server_id: String,
+    /// Fresh per process (uuid v4 by default): sent with every registration and carried
+    /// by match tokens, so a restarted server under the same `server_id` refuses the
+    /// tokens of lands that died with its previous instance.
+    pub instance_id: String,
     pub limits: ConnectionLimits,
     /// Most lands this server runs at once (`--max-lands`); `None`: no limit.
     pub max_lands: Option<usize>,
@@ -50,6 +54,7 @@ impl Default for GameServerConfig {
     fn default() -> Self {
         Self {
             server_id: format!("game-{}", uuid::Uuid::new_v4().simple()),
+            instance_id: uuid::Uuid::new_v4().to_string(),
             limits: ConnectionLimits::default(),
             max_lands: None,
             shutdown_timeout: Duration::from_secs(10),
@@ -112,6 +117,11 @@ impl GameServer {
 
     pub fn server_id(&self) -> &str {
         &self.shared.config.server_id
+    }
+
+    /// This process's instance id ([`GameServerConfig::instance_id`]).
+    pub fn instance_id(&self) -> &str {
+        &self.shared.config.instance_id
     }
 
     /// `GET /game/{landType}` (WebSocket), `GET /health`, `GET /admin/lands` (behind

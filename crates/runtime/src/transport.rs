@@ -161,6 +161,7 @@ pub(crate) async fn serve_connection(
     }
     let request = AdmissionRequest {
         server_id: &shared.config.server_id,
+        server_instance_id: &shared.config.instance_id,
         land_type: &land_type,
         land_id: query.get("landId").map(String::as_str),
         query: &query,

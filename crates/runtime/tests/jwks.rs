@@ -37,6 +37,17 @@ fn token(key: &Key, kid: &str, land_id: &str) -> String {
 }
 
 fn token_for_server(key: &Key, kid: &str, land_id: &str, server_id: &str) -> String {
+    token_for_instance(key, kid, land_id, server_id, None)
+}
+
+/// `instance`: the `serverInstanceId` claim, absent for a control plane that predates it.
+fn token_for_instance(
+    key: &Key,
+    kid: &str,
+    land_id: &str,
+    server_id: &str,
+    instance: Option<&str>,
+) -> String {
     let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.to_owned());
     let exp = std::time::SystemTime::now()
@@ -47,6 +58,10 @@ fn token_for_server(key: &Key, kid: &str, land_id: &str, server_id: &str) -> Str
     let claims = json!({"iss": "matchplane", "aud": "matchplane-game", "sub": "p1", "playerId": "p1",
         "members": ["p1"], "assignmentId": "a1", "landId": land_id, "landType": "counter", "serverId": server_id,
         "iat": exp - 60, "exp": exp, "jti": "a1", "matchId": "m1", "roster": [["p1"]]});
+    let mut claims = claims;
+    if let Some(instance) = instance {
+        claims["serverInstanceId"] = json!(instance);
+    }
     jsonwebtoken::encode(
         &header,
         &claims,
@@ -86,6 +101,7 @@ async fn admit(verifier: &JwksAuthenticator, token: &str, land_id: &str) -> Resu
     let query = HashMap::from([("token".to_owned(), token.to_owned())]);
     let request = AdmissionRequest {
         server_id: "s",
+        server_instance_id: "instance-now",
         land_type: "counter",
         land_id: Some(land_id),
         query: &query,
@@ -236,4 +252,100 @@ async fn a_token_for_another_game_server_is_refused_with_4403() {
     assert_eq!(server_b.get_json("/health").await["status"], "ok");
     server_a.shutdown().await.unwrap();
     server_b.shutdown().await.unwrap();
+}
+
+/// A server restarted under the same `--server-id` is a new instance: the tokens of lands
+/// that died with its previous instance are refused with 4404 `land_lost`, so a requeued
+/// player cannot also rejoin the old match there; a token without the claim (an older
+/// control plane) is still admitted.
+#[tokio::test]
+async fn a_token_for_an_earlier_instance_of_this_server_is_refused_with_4404_land_lost() {
+    use common::{Client, TestServer, closed, test_limits};
+    use matchplane_runtime::counter::Counter;
+    use matchplane_runtime::{GameServerConfig, LandRegistry};
+
+    let signer = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![signer.jwk.clone()]));
+    let url = stand_in(keys, Arc::new(AtomicUsize::new(0))).await;
+    let start = |instance_id: &'static str| {
+        let url = url.clone();
+        async move {
+            let verifier = Arc::new(JwksAuthenticator::new(JwksSettings::new(url)));
+            let config = GameServerConfig {
+                server_id: "game-a".to_owned(),
+                instance_id: instance_id.to_owned(),
+                limits: test_limits(),
+                ..GameServerConfig::default()
+            };
+            TestServer::start_with_config(
+                LandRegistry::new().register::<Counter>("counter", ()),
+                verifier,
+                config,
+            )
+            .await
+        }
+    };
+    let before_restart = start("instance-1").await;
+    let after_restart = start("instance-2").await;
+    assert_eq!(after_restart.server.instance_id(), "instance-2");
+    let old = token_for_instance(&signer, "k1", "counter:m1", "game-a", Some("instance-1"));
+    let old_query = format!("landId=counter:m1&token={old}");
+
+    let mut refused = Client::open(&after_restart.url("counter", &old_query)).await;
+    let refused = closed(&mut refused).await;
+    assert_eq!(refused.code, Some(4404));
+    assert_eq!(refused.errors, vec!["land_lost".to_owned()]);
+    assert_eq!(
+        after_restart.server.manager().load().lands,
+        0,
+        "no land resurrected"
+    );
+
+    // The instance the token was minted for admits it.
+    let admitted = Client::connect(&before_restart.url("counter", &old_query)).await;
+    assert_eq!(admitted.land_id, "counter:m1");
+
+    // Tokens for the current instance, and tokens without the claim, are admitted.
+    let current = token_for_instance(&signer, "k1", "counter:m2", "game-a", Some("instance-2"));
+    let on_current = Client::connect(
+        &after_restart.url("counter", &format!("landId=counter:m2&token={current}")),
+    )
+    .await;
+    assert_eq!(on_current.land_id, "counter:m2");
+    let legacy = token_for_instance(&signer, "k1", "counter:m3", "game-a", None);
+    let on_legacy = Client::connect(
+        &after_restart.url("counter", &format!("landId=counter:m3&token={legacy}")),
+    )
+    .await;
+    assert_eq!(on_legacy.land_id, "counter:m3");
+    drop((admitted, on_current, on_legacy));
+    before_restart.shutdown().await.unwrap();
+    after_restart.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_authenticator_compares_the_instance_claim_with_the_requests_instance() {
+    let signer = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![signer.jwk.clone()]));
+    let url = stand_in(keys, Arc::new(AtomicUsize::new(0))).await;
+    let verifier = JwksAuthenticator::new(JwksSettings::new(url));
+    let for_instance =
+        |instance: Option<&str>| token_for_instance(&signer, "k1", "counter:1", "s", instance);
+    assert_eq!(
+        admit(&verifier, &for_instance(Some("instance-now")), "counter:1").await,
+        Ok("p1".to_owned())
+    );
+    assert_eq!(
+        admit(
+            &verifier,
+            &for_instance(Some("instance-before")),
+            "counter:1"
+        )
+        .await,
+        Err(4404)
+    );
+    assert_eq!(
+        admit(&verifier, &for_instance(None), "counter:1").await,
+        Ok("p1".to_owned())
+    );
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -84,6 +85,7 @@ fn settings(url: String, token: Option<&str>) -> ProvisioningSettings {
             max_players: Some(10),
         },
         heartbeat_interval: Duration::from_millis(200),
+        instance_id: "instance-1".to_owned(),
         registration_token: token.map(|token| Secret::new(token, "registration token").unwrap()),
     }
 }
@@ -161,5 +163,71 @@ async fn a_missing_or_wrong_token_is_a_credential_error_with_a_hint_and_no_secre
         }
     }
     assert_eq!(calls.lock().len(), 4);
+    server.shutdown().await.unwrap();
+}
+
+/// Answers every register with `heartbeatIntervalMs: asked` (none when 0) and records the bodies.
+async fn interval_stand_in(asked: Arc<AtomicU64>, bodies: Arc<Mutex<Vec<Value>>>) -> String {
+    let app = axum::Router::new().route(
+        "/v1/provisioning/servers/register",
+        post(move |Json(body): Json<Value>| {
+            let asked = Arc::clone(&asked);
+            let bodies = Arc::clone(&bodies);
+            async move {
+                bodies.lock().push(body);
+                match asked.load(Ordering::SeqCst) {
+                    0 => Json(json!({"success": true})),
+                    ms => Json(json!({"success": true, "heartbeatIntervalMs": ms})),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn the_agent_sends_its_instance_id_and_adopts_the_control_planes_heartbeat_interval() {
+    let asked = Arc::new(AtomicU64::new(150));
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let url = interval_stand_in(Arc::clone(&asked), Arc::clone(&bodies)).await;
+    let server = TestServer::start(registry()).await;
+    let mut configured = settings(url, None);
+    // Far longer than the test: a second heartbeat can only come from the adopted interval.
+    configured.heartbeat_interval = Duration::from_secs(600);
+    let agent = Arc::new(ProvisioningAgent::new(
+        configured,
+        server.server.manager().clone(),
+    ));
+    assert_eq!(agent.heartbeat_interval(), Duration::from_secs(600));
+
+    let heartbeats = agent.spawn();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while bodies.lock().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("heartbeats follow the control plane's 150 ms, not the flag's 10 min");
+    heartbeats.abort();
+    assert_eq!(agent.heartbeat_interval(), Duration::from_millis(150));
+    for body in bodies.lock().iter() {
+        assert_eq!(body["instanceId"], "instance-1", "{body}");
+        assert_eq!(body["serverId"], "test-server", "{body}");
+    }
+
+    // Bounded: neither a busy loop nor a silence past any TTL.
+    asked.store(1, Ordering::SeqCst);
+    agent.heartbeat(false).await.unwrap();
+    assert_eq!(agent.heartbeat_interval(), Duration::from_millis(100));
+    asked.store(3_600_000, Ordering::SeqCst);
+    agent.heartbeat(false).await.unwrap();
+    assert_eq!(agent.heartbeat_interval(), Duration::from_secs(60));
+    // An answer that names no interval (an older control plane) keeps the one in force.
+    asked.store(0, Ordering::SeqCst);
+    agent.heartbeat(false).await.unwrap();
+    assert_eq!(agent.heartbeat_interval(), Duration::from_secs(60));
     server.shutdown().await.unwrap();
 }

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use matchplane_client::contracts::game::LandClosed;
+use matchplane_client::contracts::matchmaking::Assignment;
 use matchplane_client::{
-    ActionError, ConnectOptions, LandConnection, LandEvent, MatchmakingClient, ReconnectPolicy,
+    ActionError, ConnectOptions, LandConnection, LandEvent, MatchmakingClient, MatchmakingError,
+    ReconnectPolicy, RecoveryPolicy,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -43,6 +45,8 @@ pub struct Board {
     pub time_to_match: Latency,
     pub lands: BTreeMap<String, LandRecord>,
     pub failures: Vec<String>,
+    /// Times a bot followed a new assignment because its land's server was lost.
+    pub recovered: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,6 +64,17 @@ pub struct Decision {
     payload: Value,
     /// Where a `move` heads, remembered to avoid resending it.
     target: Option<(f64, f64)>,
+}
+
+type Reassignment<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Assignment, MatchmakingError>> + Send + 'a>,
+>;
+
+/// How a stay in a land ended.
+enum Stay {
+    Closed(LandClosed),
+    /// The land's server was lost and the ticket matched again.
+    Reassigned(Assignment),
 }
 
 impl Decision {
@@ -111,16 +126,53 @@ impl Bot {
             self.client
                 .wait_for_assignment(&ticket.ticket_id, Duration::from_secs(120))
                 .await
+                .map(|assignment| (ticket.ticket_id, assignment))
                 .map_err(|err| format!("{}: no assignment: {err}", self.id))
         }
         .await;
         let assignment = {
             let mut board = self.board.lock();
             board.waiting -= 1;
-            let assignment = waited?;
+            let (ticket_id, assignment) = waited?;
             board.matched += 1;
             board.time_to_match.record(started.elapsed());
-            board
+            (ticket_id, assignment)
+        };
+        let (ticket_id, mut assignment) = assignment;
+        loop {
+            match self.stay(&ticket_id, assignment).await? {
+                Stay::Closed(_) => return Ok(()),
+                Stay::Reassigned(next) => {
+                    self.board.lock().recovered += 1;
+                    assignment = next;
+                }
+            }
+        }
+    }
+
+    /// Joins the assignment's land (following a new assignment if that land is lost
+    /// before the join) and plays until it closes or is lost.
+    async fn stay(&self, ticket_id: &str, assignment: Assignment) -> Result<Stay, String> {
+        let policy = RecoveryPolicy::default();
+        let options = ConnectOptions {
+            reconnect: Some(ReconnectPolicy {
+                grace: Duration::from_secs(15),
+                ..ReconnectPolicy::default()
+            }),
+            ..ConnectOptions::default()
+        };
+        let land_id = assignment.land_id.clone();
+        let joined = self
+            .client
+            .join_land(ticket_id, assignment, &self.id, options, &policy)
+            .await
+            .map_err(|err| format!("{}: cannot join {land_id}: {err}", self.id))?;
+        let assignment = joined.assignment;
+        let mut land = joined.connection;
+        {
+            let mut board = self.board.lock();
+            board.in_land += 1;
+            let record = board
                 .lands
                 .entry(assignment.land_id.clone())
                 .or_insert_with(|| LandRecord {
@@ -132,52 +184,74 @@ impl Bot {
                     phase: "preparing".to_owned(),
                     closed: None,
                 });
-            assignment
-        };
-        let options = ConnectOptions {
-            reconnect: Some(ReconnectPolicy {
-                grace: Duration::from_secs(15),
-                ..ReconnectPolicy::default()
-            }),
-            ..ConnectOptions::default()
-        };
-        let mut land = LandConnection::connect_with(&assignment, &self.id, options)
-            .await
-            .map_err(|err| format!("{}: cannot join {}: {err}", self.id, assignment.land_id))?;
-        {
-            let mut board = self.board.lock();
-            board.in_land += 1;
-            if let Some(record) = board.lands.get_mut(&assignment.land_id) {
-                record.players.insert(self.id.clone());
-            }
+            record.players.insert(self.id.clone());
         }
-        let outcome = self.play(&mut land, &assignment.land_id).await;
+        let outcome = self.play(&mut land, ticket_id, &assignment, &policy).await;
         let mut board = self.board.lock();
         board.in_land -= 1;
-        let closed = outcome?;
+        let stay = outcome?;
         if let Some(record) = board.lands.get_mut(&assignment.land_id)
             && record.closed.is_none()
         {
-            record.phase = closed.reason.clone();
-            record.closed = Some((closed, Instant::now()));
+            match &stay {
+                Stay::Closed(closed) => {
+                    record.phase = closed.reason.clone();
+                    record.closed = Some((closed.clone(), Instant::now()));
+                }
+                Stay::Reassigned(_) => record.phase = "lost".to_owned(),
+            }
         }
-        Ok(())
+        Ok(stay)
     }
 
-    async fn play(&self, land: &mut LandConnection, land_id: &str) -> Result<LandClosed, String> {
+    async fn play(
+        &self,
+        land: &mut LandConnection,
+        ticket_id: &str,
+        assignment: &Assignment,
+        policy: &RecoveryPolicy,
+    ) -> Result<Stay, String> {
+        let land_id = assignment.land_id.as_str();
         let mut think = tokio::time::interval(THINK_EVERY);
         let mut last_target: Option<(f64, f64)> = None;
+        // While the connection is down: whether the control plane has matched the ticket
+        // again (its server was lost), raced with the connection's own reconnect.
+        let mut reassignment: Option<Reassignment<'_>> = None;
+        let lost = |err: &dyn std::fmt::Display| format!("{}: lost {land_id}: {err}", self.id);
         loop {
             tokio::select! {
+                next = async {
+                    match reassignment.as_mut() {
+                        Some(waiting) => waiting.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    return match next {
+                        Ok(next) => Ok(Stay::Reassigned(next)),
+                        Err(err) => Err(lost(&err)),
+                    };
+                }
                 event = land.next_event() => match event {
-                    Some(LandEvent::Closed(closed)) => return Ok(closed),
+                    Some(LandEvent::Closed(closed)) => return Ok(Stay::Closed(closed)),
+                    Some(LandEvent::Disconnected { .. }) if reassignment.is_none() => {
+                        reassignment = Some(Box::pin(self.client.wait_for_reassignment(ticket_id, assignment, policy)));
+                    }
+                    Some(LandEvent::Reconnected { .. }) => reassignment = None,
                     Some(LandEvent::ReconnectFailed(err)) => {
-                        return Err(format!("{}: lost {land_id}: {err}", self.id));
+                        // The land is gone for good; the ticket may still be matched again.
+                        let waiting = reassignment.take().unwrap_or_else(|| {
+                            Box::pin(self.client.wait_for_reassignment(ticket_id, assignment, policy))
+                        });
+                        return match tokio::time::timeout(policy.reassignment_timeout, waiting).await {
+                            Ok(Ok(next)) => Ok(Stay::Reassigned(next)),
+                            _ => Err(lost(&err)),
+                        };
                     }
                     Some(_) => {}
                     None => {
                         return land
                             .closed()
+                            .map(Stay::Closed)
                             .ok_or_else(|| format!("{}: connection to {land_id} ended without land.closed", self.id));
                     }
                 },

@@ -117,6 +117,7 @@ impl EmbeddedPlanes {
                     max_players: Some(40_000),
                 },
                 heartbeat_interval: Duration::from_secs(2),
+                instance_id: game.instance_id().to_owned(),
                 registration_token: Some(
                     Secret::new(control_plane.registration_token(), "registration token")
                         .context("the control plane has no usable registration token")?,

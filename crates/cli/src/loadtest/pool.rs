@@ -3,6 +3,7 @@
 //! connections instead of ten thousand.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use matchplane_client::contracts::matchmaking::Assignment;
@@ -21,6 +22,8 @@ pub enum Pushed {
     Assigned(Box<Assignment>, Instant),
     Cancelled,
     Expired,
+    /// `ticket.failed`: the ticket ended without a match.
+    Failed,
 }
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Pushed>>>>;
@@ -77,6 +80,13 @@ impl PushPool {
                     ),
                     RealtimeEvent::TicketCancelled(ticket) => (ticket.ticket_id, Pushed::Cancelled),
                     RealtimeEvent::TicketExpired(ticket) => (ticket.ticket_id, Pushed::Expired),
+                    RealtimeEvent::TicketFailed(failed) => (failed.ticket_id, Pushed::Failed),
+                    // Queued again after its server was lost: its waiter stays for the
+                    // next `match.assigned`.
+                    RealtimeEvent::TicketRequeued(_) => {
+                        recorder.requeued.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     RealtimeEvent::Error(error) => {
                         recorder.error(&format!("realtime_{}", error.code));
                         continue;

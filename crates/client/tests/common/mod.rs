@@ -141,6 +141,7 @@ impl Planes {
                     max_players: Some(10_000),
                 },
                 heartbeat_interval: Duration::from_secs(5),
+                instance_id: game.server.instance_id().to_owned(),
                 registration_token: matchplane_runtime::Secret::new(
                     cp.registration_token(),
                     "registration token",

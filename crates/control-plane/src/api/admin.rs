@@ -115,6 +115,7 @@ pub async fn queue_summary(
                 assigned: queue.assigned,
                 cancelled: queue.cancelled,
                 expired: queue.expired,
+                failed: queue.failed,
             })
             .collect(),
     }))

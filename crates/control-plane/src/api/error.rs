@@ -48,6 +48,7 @@ impl Envelope for Provisioning {
                 message,
                 retryable: code.retryable(),
             }),
+            heartbeat_interval_ms: None,
         };
         (status, Json(body)).into_response()
     }

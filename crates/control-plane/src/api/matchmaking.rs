@@ -94,6 +94,8 @@ pub(crate) async fn enqueue_ticket(
         updated_at: now,
         assignment: None,
         assignment_expires_at: None,
+        assigned_instance: None,
+        failure_reason: None,
     };
     let fits = state
         .ticket_rules
@@ -178,6 +180,7 @@ pub async fn status(
         assignment: ticket.assignment,
         queue_key: Some(ticket.queue_key),
         enqueued_at: Some(format_rfc3339(ticket.enqueued_at)),
+        reason: ticket.failure_reason,
     }))
 }
 

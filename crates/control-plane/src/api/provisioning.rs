@@ -29,6 +29,17 @@ pub async fn register(
         check_owner(previous, &access)?;
     }
     let request = valid.request;
+    let instance_id = match request.instance_id {
+        Some(id)
+            if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidServer,
+                "instanceId must be 1..=128 visible ASCII characters",
+            ));
+        }
+        other => other,
+    };
     let record = ServerRecord {
         server_id: valid.server_id,
         host: valid.host,
@@ -48,6 +59,7 @@ pub async fn register(
             .map_or(now, |previous| previous.registered_at),
         last_seen: now,
         registered_with: Some(access.credential),
+        instance_id,
     };
     state.store.put_server(record.clone()).await?;
     if previous.is_none() {
@@ -55,8 +67,15 @@ pub async fn register(
     } else if previous.as_ref().is_some_and(|p| !p.draining) && record.draining {
         tracing::info!(server_id = %record.server_id, "game server draining");
     }
-    state.registry.upsert(record);
-    Ok(Json(ProvisioningResponse::ok()))
+    if let Some(lost) = state.registry.upsert(record) {
+        tracing::warn!(server_id = %lost.record.server_id, old_instance = ?lost.record.instance_id,
+            "game server restarted under the same id; releasing what its previous instance held");
+        state.matcher.server_gone(lost);
+    }
+    Ok(Json(ProvisioningResponse {
+        heartbeat_interval_ms: Some(state.registry.heartbeat_ms()),
+        ..ProvisioningResponse::ok()
+    }))
 }
 
 pub async fn deregister(
@@ -65,11 +84,19 @@ pub async fn deregister(
     server_id: ApiPath<String, Provisioning>,
 ) -> ProvisioningResult {
     let server_id = server_id.into_inner();
-    if let Some(previous) = state.registry.get(&server_id) {
-        check_owner(&previous, &access)?;
+    let previous = state.registry.get(&server_id);
+    if let Some(previous) = &previous {
+        check_owner(previous, &access)?;
     }
     let known_in_store = state.store.remove_server(&server_id).await?;
     let known_in_memory = state.registry.remove(&server_id);
+    if let Some(previous) = previous {
+        // Normally a draining server leaves empty; anything it still held is released.
+        state.matcher.server_gone(crate::registry::LostServer {
+            record: previous,
+            why: crate::registry::LossKind::Deregistered,
+        });
+    }
     if !known_in_store && !known_in_memory {
         return Err(ApiError::not_found(
             ErrorCode::ServerNotFound,

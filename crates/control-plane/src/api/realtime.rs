@@ -3,7 +3,7 @@
 //! `heartbeat` actions. Status polling stays the source of truth; this is the
 //! fast path.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -15,8 +15,8 @@ use axum::response::Response;
 use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::TicketStatus;
 use matchplane_contracts::realtime::{
-    Enqueued, HeartbeatAck, MatchAssigned, RealtimeAction, RealtimeEnvelope, RealtimeError,
-    RealtimeEvent, Subscribed, TicketRef,
+    Enqueued, HeartbeatAck, MatchAssigned, MatchLost, RealtimeAction, RealtimeEnvelope,
+    RealtimeError, RealtimeEvent, Subscribed, TicketFailed, TicketRef, TicketRequeued,
 };
 use matchplane_edge::secret::bearer;
 use matchplane_edge::ws::ReadFailure;
@@ -105,7 +105,12 @@ struct Session {
     watcher: Watcher,
     /// Tickets whose final state this socket was already sent (dedup between
     /// the status read and the event stream).
-    finished: HashSet<String>,
+    terminal: HashSet<String>,
+    /// Assignment ids already sent (dedup between the status read and events).
+    assignments_sent: HashSet<String>,
+    /// Watched tickets that are assigned, oldest first: still watched (their
+    /// server may be lost and the ticket requeued) but the first to make room.
+    settled: VecDeque<String>,
     bad_messages: u32,
     /// The verified player (jwt mode): it may only watch its own tickets.
     player: PlayerIdentity,
@@ -125,7 +130,9 @@ impl Session {
             events,
             state,
             watcher,
-            finished: HashSet::new(),
+            terminal: HashSet::new(),
+            assignments_sent: HashSet::new(),
+            settled: VecDeque::new(),
             bad_messages: 0,
             player,
         }
@@ -309,7 +316,7 @@ impl Session {
                 }
             },
             RealtimeAction::Enqueue(request) => {
-                if self.watcher.watching() >= MAX_WATCHED_PER_SOCKET {
+                if self.watcher.watching() >= MAX_WATCHED_PER_SOCKET && !self.make_room() {
                     return self.too_many().await;
                 }
                 match enqueue_ticket(&self.state, &self.player, *request).await {
@@ -357,6 +364,7 @@ impl Session {
     async fn subscribe(&mut self, ticket_id: String) -> Flow {
         if !self.watcher.is_watching(&ticket_id)
             && self.watcher.watching() >= MAX_WATCHED_PER_SOCKET
+            && !self.make_room()
         {
             return self.too_many().await;
         }
@@ -397,6 +405,10 @@ impl Session {
             (TicketStatus::Expired, _) => Some(TicketEvent::Expired {
                 ticket_id: ticket.ticket_id,
             }),
+            (TicketStatus::Failed, _) => Some(TicketEvent::Failed {
+                ticket_id: ticket.ticket_id,
+                reason: ticket.failure_reason.unwrap_or_default(),
+            }),
             (TicketStatus::Queued | TicketStatus::Assigned, _) => None,
         };
         match event {
@@ -411,20 +423,59 @@ impl Session {
         }
     }
 
+    /// Stops watching the oldest assigned ticket to make room for a new watch.
+    fn make_room(&mut self) -> bool {
+        match self.settled.pop_front() {
+            Some(ticket_id) => {
+                self.watcher.forget(&ticket_id);
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn on_event(&mut self, event: TicketEvent) -> Flow {
         let ticket_id = event.ticket_id().to_owned();
-        if !self.finished.insert(ticket_id.clone()) {
-            return Flow::Continue;
+        if event.is_terminal() {
+            if !self.terminal.insert(ticket_id.clone()) {
+                return Flow::Continue;
+            }
+            self.watcher.forget(&ticket_id);
+            self.settled.retain(|settled| *settled != ticket_id);
         }
-        self.watcher.forget(&ticket_id);
         let message = match event {
             TicketEvent::Assigned {
                 ticket_id,
                 assignment,
-            } => RealtimeEvent::MatchAssigned(MatchAssigned {
+            } => {
+                if !self
+                    .assignments_sent
+                    .insert(assignment.assignment_id.clone())
+                {
+                    return Flow::Continue;
+                }
+                self.settled.push_back(ticket_id.clone());
+                RealtimeEvent::MatchAssigned(MatchAssigned {
+                    ticket_id,
+                    assignment: *assignment,
+                })
+            }
+            TicketEvent::Requeued { ticket_id, reason } => {
+                self.settled.retain(|settled| *settled != ticket_id);
+                RealtimeEvent::TicketRequeued(TicketRequeued { ticket_id, reason })
+            }
+            TicketEvent::MatchLost {
                 ticket_id,
-                assignment: *assignment,
+                land_id,
+                reason,
+            } => RealtimeEvent::MatchLost(MatchLost {
+                ticket_id,
+                land_id,
+                reason,
             }),
+            TicketEvent::Failed { ticket_id, reason } => {
+                RealtimeEvent::TicketFailed(TicketFailed { ticket_id, reason })
+            }
             TicketEvent::Cancelled { ticket_id } => {
                 RealtimeEvent::TicketCancelled(TicketRef { ticket_id })
             }

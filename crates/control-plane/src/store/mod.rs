@@ -63,6 +63,13 @@ pub struct TicketRecord {
     /// `assignment.expiresAt` as a number, for liveness checks.
     #[serde(default)]
     pub assignment_expires_at: Option<Millis>,
+    /// The game-server process (registration `instanceId`) the assignment is on,
+    /// so a server's loss releases only what its lost instance held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_instance: Option<String>,
+    /// Why a `failed` ticket failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }
 
 impl TicketRecord {
@@ -87,7 +94,7 @@ impl TicketRecord {
         match self.status {
             TicketStatus::Queued => now < self.expires_at,
             TicketStatus::Assigned => self.assignment_expires_at.is_some_and(|at| now < at),
-            TicketStatus::Cancelled | TicketStatus::Expired => false,
+            TicketStatus::Cancelled | TicketStatus::Expired | TicketStatus::Failed => false,
         }
     }
 }
@@ -117,6 +124,35 @@ pub enum CancelOutcome {
 pub struct MatchCommit {
     pub assignments: Vec<(String, Assignment)>,
     pub assignment_expires_at: Millis,
+    /// The instance of the game server the land is on.
+    pub server_instance_id: Option<String>,
+}
+
+/// What becomes of a ticket whose assignment died with its game server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Release {
+    /// Back to `queued` (original `enqueued_at` kept), living until `expires_at`.
+    Requeue { expires_at: Millis },
+    /// Ends as `failed` with this reason.
+    Fail { reason: String },
+}
+
+/// Release this ticket if it still holds this assignment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRequest {
+    pub ticket_id: String,
+    pub assignment_id: String,
+    pub release: Release,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReleaseOutcome {
+    Requeued(TicketRecord),
+    /// Failed as asked, or because a member queued elsewhere meanwhile
+    /// (`failure_reason` says which).
+    Failed(TicketRecord),
+    /// The ticket no longer holds that assignment (or is gone): nothing changed.
+    Unchanged(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +196,9 @@ pub struct ServerRecord {
     /// only the same credential may re-register or delete it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_with: Option<String>,
+    /// The game-server process that sent this report (`instanceId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
 }
 
 /// Per-queue counts over the tickets the store still holds.
@@ -172,6 +211,7 @@ pub struct QueueCounts {
     pub assigned: u64,
     pub cancelled: u64,
     pub expired: u64,
+    pub failed: u64,
 }
 
 #[async_trait]
@@ -212,6 +252,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every queued ticket, oldest first (to rebuild the matcher after a restart).
     async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError>;
+
+    /// Tickets whose assignment points at this server (any instance), from an
+    /// index kept with each commit: what a lost server may have stranded.
+    async fn assigned_on_server(&self, server_id: &str) -> Result<Vec<TicketRecord>, StoreError>;
+
+    /// Voids assignments, each only if its ticket still holds exactly that
+    /// assignment (all checks and writes of one request in one transaction), so a
+    /// release and a late commit or a second release can never both win.
+    async fn release_assignments(
+        &self,
+        releases: Vec<ReleaseRequest>,
+        now: Millis,
+    ) -> Result<Vec<ReleaseOutcome>, StoreError>;
 
     /// Deletes finished tickets last updated before `before`, then the
     /// oldest finished ones beyond `keep_at_most`; returns how many.

@@ -16,8 +16,8 @@ use redb::{
 use tokio::sync::oneshot;
 
 use super::{
-    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ServerRecord, Store,
-    StoreError, TicketRecord,
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, Release, ReleaseOutcome,
+    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
 };
 use crate::clock::Millis;
 
@@ -35,10 +35,14 @@ const SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("servers");
 /// Finished tickets by `{updated_at:020}:{ticket_id}`, so purging past the
 /// retention is a range scan instead of a walk over every ticket.
 const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("finished");
+/// (server id, ticket id) of every ticket assigned to a land on that server,
+/// so a lost server's tickets are found without scanning all tickets.
+const SERVER_TICKETS: TableDefinition<(&str, &str), ()> = TableDefinition::new("server_tickets");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// 2: tickets have an owner, groups are indexed per owner, queued players are indexed.
-const SCHEMA_VERSION: u64 = 2;
+/// 3: assigned tickets are indexed by the server their land is on.
+const SCHEMA_VERSION: u64 = 3;
 /// Upper bound on requests folded into one transaction, to bound commit latency.
 const MAX_BATCH: usize = 1024;
 
@@ -47,6 +51,7 @@ enum WriteOp {
     Cancel(String, Millis),
     Commit(Vec<MatchCommit>, Millis),
     Expire(Vec<String>, Millis),
+    Release(Vec<ReleaseRequest>, Millis),
     Purge(Millis, u64),
     PutServer(Box<ServerRecord>),
     RemoveServer(String),
@@ -57,6 +62,7 @@ enum WriteResult {
     Cancelled(CancelOutcome),
     Committed(Vec<CommitOutcome>),
     Expired(Vec<TicketRecord>),
+    Released(Vec<ReleaseOutcome>),
     Purged(u64),
     ServerPut,
     ServerRemoved(bool),
@@ -152,6 +158,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?;
         txn.open_table(SERVERS).map_err(unavailable)?;
         txn.open_table(FINISHED).map_err(unavailable)?;
+        txn.open_table(SERVER_TICKETS).map_err(unavailable)?;
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let version = meta
             .get("schema_version")
@@ -165,10 +172,19 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
             Some(SCHEMA_VERSION) => {}
             Some(1) => {
                 tracing::info!(
-                    "upgrading the data dir to schema {SCHEMA_VERSION}: indexing ticket owners and queued players"
+                    "upgrading the data dir to schema {SCHEMA_VERSION}: indexing ticket owners, queued players and assigned tickets"
                 );
                 rebuild_indexes(&txn)?;
+                index_assigned_tickets(&txn)?;
                 txn.delete_table(LEGACY_GROUPS).map_err(unavailable)?;
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(unavailable)?;
+            }
+            Some(2) => {
+                tracing::info!(
+                    "upgrading the data dir to schema {SCHEMA_VERSION}: indexing assigned tickets by server"
+                );
+                index_assigned_tickets(&txn)?;
                 meta.insert("schema_version", SCHEMA_VERSION)
                     .map_err(unavailable)?;
             }
@@ -233,6 +249,30 @@ fn rebuild_indexes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Indexes every assigned ticket under its server, for a data dir written
+/// before that index existed.
+fn index_assigned_tickets(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut assigned = Vec::new();
+    {
+        let tickets = txn.open_table(TICKETS).map_err(unavailable)?;
+        for entry in tickets.iter().map_err(unavailable)? {
+            let (key, value) = entry.map_err(unavailable)?;
+            let ticket = decode_ticket(key.value(), value.value())?;
+            if let (TicketStatus::Assigned, Some(assignment)) = (ticket.status, &ticket.assignment)
+            {
+                assigned.push((assignment.server_id.clone(), ticket.ticket_id.clone()));
+            }
+        }
+    }
+    let mut index = txn.open_table(SERVER_TICKETS).map_err(unavailable)?;
+    for (server_id, ticket_id) in &assigned {
+        index
+            .insert((server_id.as_str(), ticket_id.as_str()), ())
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 fn run_writer(db: &Database, jobs: &mpsc::Receiver<WriteJob>, durability: Durability) {
     // Exits when every RedbStore handle (and so every sender) is gone.
     while let Ok(first) = jobs.recv() {
@@ -277,6 +317,7 @@ fn apply_batch(
             queued_players: txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?,
             servers: txn.open_table(SERVERS).map_err(unavailable)?,
             finished: txn.open_table(FINISHED).map_err(unavailable)?,
+            server_tickets: txn.open_table(SERVER_TICKETS).map_err(unavailable)?,
         };
         for job in batch.iter_mut() {
             // Ops are moved out; a placeholder stays behind that is never read again.
@@ -294,6 +335,7 @@ struct Tables<'txn> {
     queued_players: Table<'txn, &'static str, &'static str>,
     servers: Table<'txn, &'static str, &'static [u8]>,
     finished: Table<'txn, &'static str, ()>,
+    server_tickets: Table<'txn, (&'static str, &'static str), ()>,
 }
 
 fn finished_key(updated_at: Millis, ticket_id: &str) -> String {
@@ -316,6 +358,13 @@ impl Tables<'_> {
             }
             WriteOp::Expire(ticket_ids, now) => {
                 WriteResult::Expired(self.expire(&ticket_ids, now)?)
+            }
+            WriteOp::Release(releases, now) => {
+                let mut outcomes = Vec::with_capacity(releases.len());
+                for release in releases {
+                    outcomes.push(self.release(release, now)?);
+                }
+                WriteResult::Released(outcomes)
             }
             WriteOp::Purge(before, keep_at_most) => {
                 WriteResult::Purged(self.purge(before, keep_at_most)?)
@@ -348,7 +397,8 @@ impl Tables<'_> {
         self.tickets
             .insert(ticket.ticket_id.as_str(), bytes.as_slice())
             .map_err(unavailable)?;
-        // Tickets only ever leave `queued` once, so each is indexed once.
+        // A ticket is indexed as finished once per time it leaves `queued`
+        // (a released assignment takes its entry out again, see `release`).
         if ticket.status != TicketStatus::Queued {
             self.finished
                 .insert(
@@ -472,8 +522,17 @@ impl Tables<'_> {
         for (ticket, (_, assignment)) in tickets.iter_mut().zip(commit.assignments) {
             ticket.status = TicketStatus::Assigned;
             ticket.updated_at = now;
+            self.server_tickets
+                .insert(
+                    (assignment.server_id.as_str(), ticket.ticket_id.as_str()),
+                    (),
+                )
+                .map_err(unavailable)?;
             ticket.assignment = Some(assignment);
             ticket.assignment_expires_at = Some(commit.assignment_expires_at);
+            ticket
+                .assigned_instance
+                .clone_from(&commit.server_instance_id);
         }
         for ticket in &tickets {
             self.put_ticket(ticket)?;
@@ -500,6 +559,65 @@ impl Tables<'_> {
         Ok(expired)
     }
 
+    fn release(
+        &mut self,
+        request: ReleaseRequest,
+        now: Millis,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let Some(mut ticket) = self.get_ticket(&request.ticket_id)? else {
+            return Ok(ReleaseOutcome::Unchanged(request.ticket_id));
+        };
+        let holds_it = ticket.status == TicketStatus::Assigned
+            && ticket
+                .assignment
+                .as_ref()
+                .is_some_and(|assignment| assignment.assignment_id == request.assignment_id);
+        if !holds_it {
+            return Ok(ReleaseOutcome::Unchanged(request.ticket_id));
+        }
+        self.finished
+            .remove(finished_key(ticket.updated_at, &ticket.ticket_id).as_str())
+            .map_err(unavailable)?;
+        if let Some(assignment) = &ticket.assignment {
+            self.server_tickets
+                .remove((assignment.server_id.as_str(), ticket.ticket_id.as_str()))
+                .map_err(unavailable)?;
+        }
+        ticket.assignment = None;
+        ticket.assignment_expires_at = None;
+        ticket.assigned_instance = None;
+        ticket.updated_at = now;
+        let release = match request.release {
+            // A member who queued again meanwhile keeps that ticket; this one ends.
+            Release::Requeue { .. } if self.queued_elsewhere(&ticket.members, now)?.is_some() => {
+                Release::Fail {
+                    reason: matchplane_contracts::realtime::reason::PLAYER_QUEUED_ELSEWHERE
+                        .to_owned(),
+                }
+            }
+            release => release,
+        };
+        match release {
+            Release::Requeue { expires_at } => {
+                ticket.status = TicketStatus::Queued;
+                ticket.expires_at = expires_at;
+                self.put_ticket(&ticket)?;
+                for member in &ticket.members {
+                    self.queued_players
+                        .insert(member.as_str(), ticket.ticket_id.as_str())
+                        .map_err(unavailable)?;
+                }
+                Ok(ReleaseOutcome::Requeued(ticket))
+            }
+            Release::Fail { reason } => {
+                ticket.status = TicketStatus::Failed;
+                ticket.failure_reason = Some(reason);
+                self.put_ticket(&ticket)?;
+                Ok(ReleaseOutcome::Failed(ticket))
+            }
+        }
+    }
+
     fn purge(&mut self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError> {
         let upper = finished_key(before, "");
         let finished = self.finished.len().map_err(unavailable)?;
@@ -523,7 +641,16 @@ impl Tables<'_> {
             let Some(ticket) = self.get_ticket(ticket_id)? else {
                 continue;
             };
+            // A stale entry of a ticket that was queued again: never purge a live ticket.
+            if ticket.status == TicketStatus::Queued {
+                continue;
+            }
             self.tickets.remove(ticket_id).map_err(unavailable)?;
+            if let Some(assignment) = &ticket.assignment {
+                self.server_tickets
+                    .remove((assignment.server_id.as_str(), ticket_id))
+                    .map_err(unavailable)?;
+            }
             let group_key = (ticket.owner.as_str(), ticket.group_id.as_str());
             let group_points_here = self
                 .owner_groups
@@ -560,6 +687,7 @@ fn unexpected(result: WriteResult) -> StoreError {
         WriteResult::Cancelled(_) => "cancelled",
         WriteResult::Committed(_) => "committed",
         WriteResult::Expired(_) => "expired",
+        WriteResult::Released(_) => "released",
         WriteResult::Purged(_) => "purged",
         WriteResult::ServerPut => "server put",
         WriteResult::ServerRemoved(_) => "server removed",
@@ -654,6 +782,46 @@ impl Store for RedbStore {
         .await
     }
 
+    async fn assigned_on_server(&self, server_id: &str) -> Result<Vec<TicketRecord>, StoreError> {
+        let server_id = server_id.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_table(SERVER_TICKETS).map_err(unavailable)?;
+            let tickets = txn.open_table(TICKETS).map_err(unavailable)?;
+            let mut assigned = Vec::new();
+            let range = index
+                .range((server_id.as_str(), "")..)
+                .map_err(unavailable)?;
+            for entry in range {
+                let (key, _) = entry.map_err(unavailable)?;
+                let (server, ticket_id) = key.value();
+                if server != server_id {
+                    break;
+                }
+                let Some(bytes) = tickets.get(ticket_id).map_err(unavailable)? else {
+                    continue;
+                };
+                let ticket = decode_ticket(ticket_id, bytes.value())?;
+                if ticket.status == TicketStatus::Assigned {
+                    assigned.push(ticket);
+                }
+            }
+            Ok(assigned)
+        })
+        .await
+    }
+
+    async fn release_assignments(
+        &self,
+        releases: Vec<ReleaseRequest>,
+        now: Millis,
+    ) -> Result<Vec<ReleaseOutcome>, StoreError> {
+        match self.write(WriteOp::Release(releases, now)).await? {
+            WriteResult::Released(outcomes) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn purge_finished(&self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError> {
         match self.write(WriteOp::Purge(before, keep_at_most)).await? {
             WriteResult::Purged(count) => Ok(count),
@@ -718,6 +886,7 @@ impl Store for RedbStore {
                     TicketStatus::Assigned => queue.assigned += 1,
                     TicketStatus::Cancelled => queue.cancelled += 1,
                     TicketStatus::Expired => queue.expired += 1,
+                    TicketStatus::Failed => queue.failed += 1,
                 }
             }
             Ok(counts.into_values().collect())
@@ -767,6 +936,8 @@ mod tests {
             updated_at: now,
             assignment: None,
             assignment_expires_at: None,
+            assigned_instance: None,
+            failure_reason: None,
         }
     }
 
@@ -905,6 +1076,160 @@ mod tests {
         );
     }
 
+    fn assignment_on(server: &str, id: &str) -> Assignment {
+        Assignment {
+            assignment_id: id.to_owned(),
+            match_token: String::new(),
+            connect_url: "ws://127.0.0.1:1/game/q".to_owned(),
+            land_id: format!("q:{id}"),
+            server_id: server.to_owned(),
+            expires_at: "1970-01-01T00:01:00Z".to_owned(),
+            member_tokens: BTreeMap::new(),
+            match_id: None,
+            team: Some(0),
+        }
+    }
+
+    async fn assign(
+        store: &RedbStore,
+        ticket: &str,
+        server: &str,
+        id: &str,
+        now: Millis,
+    ) -> CommitOutcome {
+        store
+            .commit_matches(
+                vec![MatchCommit {
+                    assignments: vec![(ticket.to_owned(), assignment_on(server, id))],
+                    assignment_expires_at: now + 60_000,
+                    server_instance_id: Some("i1".to_owned()),
+                }],
+                now,
+            )
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    fn release(ticket: &str, assignment: &str, release: Release) -> ReleaseRequest {
+        ReleaseRequest {
+            ticket_id: ticket.to_owned(),
+            assignment_id: assignment.to_owned(),
+            release,
+        }
+    }
+
+    #[tokio::test]
+    async fn released_assignments_requeue_once_and_keep_every_index_right() {
+        let store = RedbStore::in_memory().unwrap();
+        created(
+            store
+                .create_ticket(party("t", "pa", "g", &["pa"], 1_000), 1_000)
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(
+            assign(&store, "t", "gs-1", "as-1", 2_000).await,
+            CommitOutcome::Applied(_)
+        ));
+        let on_server = store.assigned_on_server("gs-1").await.unwrap();
+        assert_eq!(on_server.len(), 1);
+        assert_eq!(on_server[0].assigned_instance.as_deref(), Some("i1"));
+        assert!(store.assigned_on_server("gs-2").await.unwrap().is_empty());
+
+        // Only the holder of that exact assignment is released.
+        let requeue = Release::Requeue {
+            expires_at: 700_000,
+        };
+        let outcomes = store
+            .release_assignments(vec![release("t", "as-other", requeue.clone())], 3_000)
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![ReleaseOutcome::Unchanged("t".to_owned())]);
+        let outcomes = store
+            .release_assignments(vec![release("t", "as-1", requeue.clone())], 3_000)
+            .await
+            .unwrap();
+        let ReleaseOutcome::Requeued(ticket) = &outcomes[0] else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(
+            (ticket.status, ticket.enqueued_at, ticket.expires_at),
+            (TicketStatus::Queued, 1_000, 700_000)
+        );
+        assert!(ticket.assignment.is_none());
+        // A second release of the same assignment (a retry, a late duplicate) is a no-op.
+        let outcomes = store
+            .release_assignments(vec![release("t", "as-1", requeue)], 3_001)
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![ReleaseOutcome::Unchanged("t".to_owned())]);
+        assert!(store.assigned_on_server("gs-1").await.unwrap().is_empty());
+        // Queued again: holds its player, survives purges, can be assigned again.
+        assert!(matches!(
+            store
+                .create_ticket(party("t2", "pa", "g2", &["pa"], 3_002), 3_002)
+                .await
+                .unwrap(),
+            CreateOutcome::PlayerAlreadyQueued { .. }
+        ));
+        store.purge_finished(u64::MAX, 0).await.unwrap();
+        assert_eq!(
+            store.ticket("t").await.unwrap().unwrap().status,
+            TicketStatus::Queued
+        );
+        assert!(matches!(
+            assign(&store, "t", "gs-2", "as-2", 4_000).await,
+            CommitOutcome::Applied(_)
+        ));
+        assert_eq!(store.assigned_on_server("gs-2").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_release_fails_the_ticket_when_its_player_queued_elsewhere() {
+        let store = RedbStore::in_memory().unwrap();
+        created(
+            store
+                .create_ticket(party("t", "pa", "g", &["pa"], 1_000), 1_000)
+                .await
+                .unwrap(),
+        );
+        assign(&store, "t", "gs-1", "as-1", 2_000).await;
+        // Assigned tickets free their players, who queue again meanwhile.
+        created(
+            store
+                .create_ticket(party("t2", "pa", "g2", &["pa"], 2_500), 2_500)
+                .await
+                .unwrap(),
+        );
+        let outcomes = store
+            .release_assignments(
+                vec![release(
+                    "t",
+                    "as-1",
+                    Release::Requeue {
+                        expires_at: 700_000,
+                    },
+                )],
+                3_000,
+            )
+            .await
+            .unwrap();
+        let ReleaseOutcome::Failed(ticket) = &outcomes[0] else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(
+            ticket.failure_reason.as_deref(),
+            Some("player_queued_elsewhere")
+        );
+        assert_eq!(
+            store.ticket("t2").await.unwrap().unwrap().status,
+            TicketStatus::Queued
+        );
+        let counts = store.queue_counts().await.unwrap();
+        assert_eq!(counts.iter().map(|queue| queue.failed).sum::<u64>(), 1);
+    }
+
     #[tokio::test]
     async fn players_are_free_to_queue_again_once_their_ticket_leaves_the_queue() {
         let store = RedbStore::in_memory().unwrap();
@@ -930,6 +1255,7 @@ mod tests {
                 vec![MatchCommit {
                     assignments: vec![("a".to_owned(), assignment)],
                     assignment_expires_at: 60_000,
+                    server_instance_id: None,
                 }],
                 2_000,
             )

@@ -99,7 +99,8 @@ impl Harness {
     pub async fn register(&self, body: Value) {
         let (status, reply) = self.post("/v1/provisioning/servers/register", body).await;
         assert_eq!(status, 200, "register failed: {reply}");
-        assert_eq!(reply, json!({"success": true}));
+        assert_eq!(reply["success"], true, "{reply}");
+        assert!(reply["heartbeatIntervalMs"].as_u64().is_some(), "{reply}");
     }
 
     pub async fn register_server(&self, server_id: &str, land_type: &str) {
@@ -173,4 +174,38 @@ pub fn verify_with(jwks: &JwkSet, token: &str) -> MatchClaims {
     jsonwebtoken::decode::<MatchClaims>(token, &key, &validation)
         .expect("token verifies")
         .claims
+}
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Harness {
+    /// A `/realtime` socket with this query (e.g. `?ticketId=…`).
+    pub async fn realtime(&self, query: &str) -> Socket {
+        let url = format!("ws://{}/realtime{query}", self.cp.local_addr());
+        tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect")
+            .0
+    }
+}
+
+/// Next JSON text message (skipping pings), or panic after a few seconds.
+pub async fn next_event(socket: &mut Socket) -> Value {
+    use futures_util::StreamExt as _;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no socket error");
+        match message {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                return serde_json::from_str(&text).expect("json");
+            }
+            tokio_tungstenite::tungstenite::Message::Ping(_)
+            | tokio_tungstenite::tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
 }

@@ -1,0 +1,212 @@
+//! A lost game server: suspect, lost, its stranded tickets requeued (or failed),
+//! `ticket.requeued` / `match.lost` pushed, and a restart releasing the old instance.
+//! Time is a manual clock; the matching loop ticks for real.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Harness, next_event};
+use matchplane_control_plane::Config;
+use serde_json::{Value, json};
+
+fn server(id: &str, instance: &str, open_lands: &[&str]) -> Value {
+    json!({"serverId": id, "instanceId": instance, "host": "127.0.0.1", "port": 9000,
+        "landType": "counter", "landIds": open_lands})
+}
+
+async fn pair(h: &Harness) -> (String, String) {
+    let a = h
+        .enqueue(json!({"queueKey": "counter:1v1", "members": ["alice"]}))
+        .await;
+    let b = h
+        .enqueue(json!({"queueKey": "counter:1v1", "members": ["bob"]}))
+        .await;
+    (a, b)
+}
+
+/// Every assigned ticket in the store points at a distinct assignment: no ticket
+/// (and no player) is in two live assignments.
+async fn assert_single_assignments(h: &Harness, tickets: &[&str]) {
+    let mut players: HashMap<String, String> = HashMap::new();
+    for ticket in tickets {
+        let status = h.status(ticket).await;
+        if status["status"] != "assigned" {
+            continue;
+        }
+        let land = status["assignment"]["landId"].as_str().unwrap().to_owned();
+        let claims = h
+            .verify(status["assignment"]["matchToken"].as_str().unwrap())
+            .await;
+        assert!(
+            players.insert(claims.player_id.clone(), land).is_none(),
+            "{} is in two assignments",
+            claims.player_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn unjoined_tickets_of_a_lost_server_are_requeued_then_matched_elsewhere() {
+    let h = Harness::start().await;
+    h.register(server("gs-1", "i1", &[])).await;
+    let (alice, bob) = pair(&h).await;
+    let first = h.wait_for(&alice, "assigned").await;
+    assert_eq!(first["assignment"]["serverId"], "gs-1");
+    let claims = h
+        .verify(first["assignment"]["matchToken"].as_str().unwrap())
+        .await;
+    assert_eq!(claims.server_instance_id.as_deref(), Some("i1"));
+    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
+    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+
+    // Late by more than two heartbeats: suspect (no new lands), not yet lost.
+    h.clock.advance(Duration::from_millis(4_500));
+    let (_, servers) = h.get("/v1/admin/servers").await;
+    assert_eq!(servers["servers"][0]["state"], "suspect", "{servers}");
+    assert_eq!(h.status(&alice).await["status"], "assigned");
+
+    // Past the TTL: lost. A second server is up by then.
+    h.clock.advance(Duration::from_millis(2_000));
+    h.register(server("gs-2", "j1", &[])).await;
+    let requeued = next_event(&mut socket).await;
+    assert_eq!(
+        requeued,
+        json!({"type": "ticket.requeued", "v": 1,
+            "data": {"ticketId": alice, "reason": "server_lost"}})
+    );
+    let again = next_event(&mut socket).await;
+    assert_eq!(again["type"], "match.assigned", "{again}");
+    assert_eq!(again["data"]["assignment"]["serverId"], "gs-2");
+    let status = h.wait_for(&bob, "assigned").await;
+    assert_eq!(status["assignment"]["serverId"], "gs-2");
+    // Same place in line as before: the original enqueue time is kept.
+    assert_eq!(h.status(&alice).await["enqueuedAt"], first["enqueuedAt"]);
+    assert_single_assignments(&h, &[&alice, &bob]).await;
+    let (_, servers) = h.get("/v1/admin/servers").await;
+    let gs1 = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["serverId"] == "gs-1")
+        .unwrap()
+        .clone();
+    assert_eq!(gs1["state"], "lost");
+    assert!(gs1["lastSeenAgoMs"].as_u64().unwrap() >= 6_000);
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("matchplane_tickets_requeued_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("matchplane_servers_lost_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn players_in_a_lost_land_get_match_lost_and_a_new_match() {
+    let h = Harness::start().await;
+    h.register(server("gs-1", "i1", &[])).await;
+    let (alice, bob) = pair(&h).await;
+    let first = h.wait_for(&alice, "assigned").await;
+    let land = first["assignment"]["landId"].as_str().unwrap().to_owned();
+    // The players joined: the server reports the land open.
+    h.register(server("gs-1", "i1", &[&land])).await;
+    let mut socket = h.realtime(&format!("?ticketId={bob}")).await;
+    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+
+    h.clock.advance(Duration::from_secs(7));
+    h.register(server("gs-2", "j1", &[])).await;
+    let lost = next_event(&mut socket).await;
+    assert_eq!(
+        lost,
+        json!({"type": "match.lost", "v": 1,
+            "data": {"ticketId": bob, "landId": land, "reason": "server_lost"}})
+    );
+    let again = next_event(&mut socket).await;
+    assert_eq!(again["type"], "match.assigned");
+    assert_eq!(again["data"]["assignment"]["serverId"], "gs-2");
+    assert_ne!(again["data"]["assignment"]["landId"], land.as_str());
+    h.wait_for(&alice, "assigned").await;
+    assert_single_assignments(&h, &[&alice, &bob]).await;
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("matchplane_matches_lost_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_requeueing_off_stranded_tickets_fail_with_the_reason() {
+    let mut config = Config::ephemeral_for_tests();
+    config.requeue_joined = false;
+    let h = Harness::start_with(config).await;
+    h.register(server("gs-1", "i1", &[])).await;
+    let (alice, _bob) = pair(&h).await;
+    let land = h.wait_for(&alice, "assigned").await["assignment"]["landId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.register(server("gs-1", "i1", &[&land])).await;
+    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
+    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+    h.clock.advance(Duration::from_secs(7));
+    assert_eq!(next_event(&mut socket).await["type"], "match.lost");
+    let failed = next_event(&mut socket).await;
+    assert_eq!(
+        failed,
+        json!({"type": "ticket.failed", "v": 1,
+            "data": {"ticketId": alice, "reason": "server_lost"}})
+    );
+    let status = h.status(&alice).await;
+    assert_eq!(status["status"], "failed");
+    assert_eq!(status["reason"], "server_lost");
+    // A failed ticket frees its players at once.
+    h.enqueue(json!({"queueKey": "counter:1v1", "members": ["alice"]}))
+        .await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_releases_what_its_previous_instance_held() {
+    let h = Harness::start().await;
+    h.register(server("gs-1", "i1", &[])).await;
+    let (alice, bob) = pair(&h).await;
+    let first = h.wait_for(&alice, "assigned").await;
+    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
+    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+    // Same id, new process: no TTL wait, the old instance's allocations are void.
+    h.register(server("gs-1", "i2", &[])).await;
+    assert_eq!(next_event(&mut socket).await["type"], "ticket.requeued");
+    let again = next_event(&mut socket).await;
+    assert_eq!(again["type"], "match.assigned");
+    assert_ne!(
+        again["data"]["assignment"]["landId"],
+        first["assignment"]["landId"]
+    );
+    let token = again["data"]["assignment"]["matchToken"].as_str().unwrap();
+    assert_eq!(
+        h.verify(token).await.server_instance_id.as_deref(),
+        Some("i2")
+    );
+    h.wait_for(&bob, "assigned").await;
+    assert_single_assignments(&h, &[&alice, &bob]).await;
+}
