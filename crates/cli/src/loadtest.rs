@@ -6,6 +6,7 @@
 //! shows up as latency instead of silently lowering the offered rate (no coordinated
 //! omission).
 
+mod heartbeat;
 mod pool;
 pub mod stats;
 
@@ -84,6 +85,45 @@ pub struct LoadtestArgs {
     /// Prefix of generated player ids (default: random per run, so runs never collide).
     #[arg(long)]
     pub player_prefix: Option<String>,
+
+    /// Heartbeat mode instead of the player journey: register this many fake game
+    /// servers and heartbeat each every `--heartbeat-interval` for `--duration`
+    /// (0: just watch the control plane idle, a baseline for `--pid-cp`).
+    #[arg(long, env = "MATCHPLANE_LOADTEST_HEARTBEAT_SERVERS")]
+    pub heartbeat_servers: Option<u32>,
+
+    /// Heartbeat mode: each fake server's heartbeat period (beats are spread evenly over it).
+    #[arg(long, env = "MATCHPLANE_LOADTEST_HEARTBEAT_INTERVAL", default_value = "2s",
+        value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Heartbeat mode: how long to heartbeat.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_DURATION", default_value = "60s",
+        value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Heartbeat mode: keep-alive HTTP connections the fake servers share.
+    #[arg(
+        long,
+        env = "MATCHPLANE_LOADTEST_HEARTBEAT_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub heartbeat_connections: u32,
+
+    /// Heartbeat mode: the control plane's registration token (`Authorization: Bearer`).
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true,
+        conflicts_with = "registration_token_file",
+        value_parser = heartbeat::parse_registration_token)]
+    pub registration_token: Option<matchplane_edge::secret::Secret>,
+
+    /// Heartbeat mode: file whose first line is the registration token.
+    #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
+    pub registration_token_file: Option<PathBuf>,
+
+    /// Heartbeat mode: pid of the control plane, to report its CPU time and memory
+    /// (from /proc) over the heartbeat window.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_PID_CP")]
+    pub pid_cp: Option<u32>,
 }
 
 /// Counters and histograms shared by every simulated player.
@@ -528,6 +568,9 @@ fn per_second(count: u64, window_ns: u64) -> f64 {
 }
 
 pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    if let Some(servers) = args.heartbeat_servers {
+        return heartbeat::run(&args, servers).await;
+    }
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of tickets per second");
     }

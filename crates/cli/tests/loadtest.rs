@@ -144,3 +144,119 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
     assert!(game.wait_exit(Duration::from_secs(20)).await.success());
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
 }
+
+#[tokio::test]
+async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server() {
+    let mut cp = support::control_plane(&[]).await;
+    let pid = cp.child.id().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heartbeats.json");
+    let is_fake = |server: &Value| {
+        server["serverId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("hb"))
+    };
+    let servers_url = format!("{}/v1/admin/servers", cp.http());
+    // While the load generator runs, its servers are registered and live.
+    let seen_live = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = support::admin_get(&servers_url).await;
+            assert_eq!(status, 200, "{body}");
+            let servers = body["servers"].as_array().cloned().unwrap_or_default();
+            let live = servers
+                .iter()
+                .filter(|server| is_fake(server) && server["state"] == "live")
+                .count();
+            if live == 20 {
+                return servers;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never saw 20 live fake servers: {servers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (output, servers) = tokio::join!(
+        loadtest(
+            &cp.http(),
+            &path,
+            &[
+                "--heartbeat-servers",
+                "20",
+                "--heartbeat-interval",
+                "500ms",
+                "--duration",
+                "2s",
+                "--registration-token",
+                support::REGISTRATION_TOKEN,
+                "--pid-cp",
+                &pid,
+            ],
+        ),
+        seen_live
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("µs CPU per heartbeat"), "{stdout}");
+    let fake: Vec<&Value> = servers.iter().filter(|server| is_fake(server)).collect();
+    assert_eq!(fake.len(), 20, "{servers:?}");
+    assert!(
+        fake.iter()
+            .all(|server| server["landTypes"] == serde_json::json!(["counter"])),
+        "{fake:?}"
+    );
+
+    let report = read_report(&path);
+    assert_eq!(report["servers"], 20);
+    assert_eq!(report["registered"], 20);
+    // Each server beats at its offset (< one interval) and every 500 ms after, inside 2 s.
+    assert_eq!(report["heartbeats"]["sent"], 80, "{report}");
+    assert_eq!(report["heartbeats"]["ok"], 80, "{report}");
+    assert_eq!(report["heartbeats"]["errors"], 0, "{report}");
+    assert_eq!(report["latencyMs"]["count"], 80, "{report}");
+    assert_eq!(report["deregistered"], 20, "{report}");
+    assert_eq!(report["errorsTotal"], 0, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(report["advertisedIntervalMs"].as_u64().unwrap() > 0, "{report}");
+    let cost = &report["controlPlaneProcess"];
+    assert_eq!(cost["pid"].as_u64().unwrap().to_string(), pid);
+    assert!(cost["cpuSeconds"].as_f64().unwrap() >= 0.0, "{cost}");
+    assert!(cost["cpuUsPerHeartbeat"].as_f64().is_some(), "{cost}");
+    assert!(cost["peakRssKib"].as_u64().unwrap() > 0, "{cost}");
+
+    // Deregistered on the way out: none is left behind.
+    let (_, body) = support::admin_get(&servers_url).await;
+    let left = body["servers"].as_array().unwrap();
+    assert!(!left.iter().any(is_fake), "{body}");
+
+    // Without the registration token every register is refused, and the run says so.
+    let path = dir.path().join("refused.json");
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--heartbeat-servers",
+            "3",
+            "--heartbeat-interval",
+            "500ms",
+            "--duration",
+            "500ms",
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let report = read_report(&path);
+    assert_eq!(report["registered"], 0, "{report}");
+    assert_eq!(report["heartbeats"]["ok"], 0, "{report}");
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["errors"]["register_UNAUTHENTICATED"], 3, "{report}");
+
+    cp.sigterm();
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}

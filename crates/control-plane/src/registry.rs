@@ -31,7 +31,14 @@ struct Entry {
     /// Whether this (lost) instance's stranded tickets were dealt with, so a
     /// loss is handled once; a heartbeat that brings the server back clears it.
     loss_handled: bool,
+    /// When the store last got this server's record (see `needs_persisting`).
+    persisted_at: Millis,
 }
+
+/// A heartbeat that changes nothing but load, open lands and the time is
+/// written to the store at most this often: the store copy only rebuilds the
+/// registry after a restart, and an fsync per heartbeat would compete with ticket writes.
+const PERSIST_HEARTBEATS_EVERY_MS: Millis = 30_000;
 
 /// A server instance whose tickets must be released: lost (silent past the
 /// TTL), replaced by a new instance under the same id, or deregistered.
@@ -114,6 +121,7 @@ impl Registry {
                 why: LossKind::Restarted,
             })
         });
+        let persisted_at = previous.as_ref().map_or(0, |entry| entry.persisted_at);
         let (mut pending, mut abandoned) = match previous {
             // A new instance starts with nothing pending: the old allocations died.
             Some(entry) if restarted.is_none() => (entry.pending, entry.abandoned),
@@ -140,9 +148,42 @@ impl Registry {
                 pending,
                 abandoned,
                 loss_handled: false,
+                persisted_at,
             },
         );
         restarted
+    }
+
+    /// Whether this report must be written to the store: the server is new, or
+    /// something besides its load, open lands and liveness changed, or its last
+    /// write is old.
+    pub fn needs_persisting(&self, record: &ServerRecord) -> bool {
+        let servers = self.servers.lock();
+        let Some(entry) = servers.get(&record.server_id) else {
+            return true;
+        };
+        let known = &entry.record;
+        let same_registration = known.host == record.host
+            && known.port == record.port
+            && known.land_types == record.land_types
+            && known.connect_host == record.connect_host
+            && known.connect_port == record.connect_port
+            && known.connect_scheme == record.connect_scheme
+            && known.connect_path_prefix == record.connect_path_prefix
+            && known.region == record.region
+            && known.capacity == record.capacity
+            && known.draining == record.draining
+            && known.instance_id == record.instance_id
+            && known.registered_with == record.registered_with;
+        !same_registration
+            || record.last_seen.saturating_sub(entry.persisted_at) >= PERSIST_HEARTBEATS_EVERY_MS
+    }
+
+    /// Records that the store holds this server's report as of `at`.
+    pub fn mark_persisted(&self, server_id: &str, at: Millis) {
+        if let Some(entry) = self.servers.lock().get_mut(server_id) {
+            entry.persisted_at = at;
+        }
     }
 
     /// Servers that went silent past the TTL and whose loss was not handled yet.
@@ -672,6 +713,27 @@ mod tests {
             .map(|view| view.state)
             .collect();
         assert!(states.contains(&"suspect".to_owned()), "{states:?}");
+    }
+
+    #[test]
+    fn heartbeats_reach_the_store_only_when_something_besides_load_changed() {
+        let registry = Registry::new(6_000, 2_000);
+        let mut report = server("a");
+        assert!(registry.needs_persisting(&report), "a new server");
+        registry.upsert(report.clone());
+        registry.mark_persisted("a", report.last_seen);
+        report.last_seen += 2_000;
+        report.load = Some(Load {
+            lands: 3,
+            players: 6,
+        });
+        report.land_ids = Some(vec!["hero-defense:x".to_owned()]);
+        assert!(!registry.needs_persisting(&report), "load and lands only");
+        report.draining = true;
+        assert!(registry.needs_persisting(&report), "draining is registration state");
+        report.draining = false;
+        report.last_seen += PERSIST_HEARTBEATS_EVERY_MS;
+        assert!(registry.needs_persisting(&report), "old write");
     }
 
     #[test]

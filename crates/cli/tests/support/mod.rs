@@ -155,14 +155,20 @@ pub async fn control_plane_on(port: u16) -> Proc {
 }
 
 pub async fn game_server(control_plane_url: &str, extra: &[&str]) -> Proc {
+    let mut all = vec!["--heartbeat-interval", "1s"];
+    all.extend_from_slice(extra);
+    game_server_at_default_heartbeat(control_plane_url, &all).await
+}
+
+/// Like [`game_server`] without its faster heartbeat: the server keeps the
+/// interval the control plane asks for, as in production.
+pub async fn game_server_at_default_heartbeat(control_plane_url: &str, extra: &[&str]) -> Proc {
     let mut all = args(&[
         "game-server",
         "--port",
         "0",
         "--control-plane-url",
         control_plane_url,
-        "--heartbeat-interval",
-        "1s",
     ]);
     all.extend(args(extra));
     spawn_with_env(&all, "game server listening", "info", &KNOWN_CREDENTIALS).await

@@ -61,7 +61,11 @@ pub async fn register(
         registered_with: Some(access.credential),
         instance_id,
     };
-    state.store.put_server(record.clone()).await?;
+    let persisted = state.registry.needs_persisting(&record);
+    if persisted {
+        state.store.put_server(record.clone()).await?;
+    }
+    let server_id = record.server_id.clone();
     if previous.is_none() {
         tracing::info!(server_id = %record.server_id, land_types = ?record.land_types, "game server registered");
     } else if previous.as_ref().is_some_and(|p| !p.draining) && record.draining {
@@ -71,6 +75,9 @@ pub async fn register(
         tracing::warn!(server_id = %lost.record.server_id, old_instance = ?lost.record.instance_id,
             "game server restarted under the same id; releasing what its previous instance held");
         state.matcher.server_gone(lost);
+    }
+    if persisted {
+        state.registry.mark_persisted(&server_id, now);
     }
     Ok(Json(ProvisioningResponse {
         heartbeat_interval_ms: Some(state.registry.heartbeat_ms()),
