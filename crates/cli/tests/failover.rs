@@ -242,6 +242,14 @@ fn verify(token: &str, jwks: &jsonwebtoken::jwk::JwkSet) -> MatchClaims {
     .claims
 }
 
+/// A land as the current assignments' tokens describe it.
+struct Land {
+    match_id: Option<String>,
+    roster: Vec<Vec<String>>,
+    /// Players whose ticket is assigned there.
+    holders: BTreeSet<String>,
+}
+
 /// A ticket the test created: who is in it and which socket watches it.
 struct Created {
     ticket: String,
@@ -307,7 +315,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
     pending.assigned_on(&p2b, "gs-a", SECONDS_30).await;
     clock.say(&format!(
         "pair 'pending' allocated land {} on gs-a, not joined",
-        first_p2a["landId"]
+        first_p2a["landId"].as_str().unwrap()
     ));
     for (ticket, player) in [
         (&p3a, "playing-a"),
@@ -401,7 +409,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
     );
     clock.say(&format!(
         "pair 'pending': requeued, then joined land {} on gs-b",
-        new_p2a["landId"]
+        new_p2a["landId"].as_str().unwrap()
     ));
 
     // 3. The playing pair: match.lost naming its land, a new match on gs-b, joins there.
@@ -428,7 +436,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
     );
     clock.say(&format!(
         "pair 'playing': match.lost for {old_land}, then joined land {} on gs-b",
-        new_p3a["landId"]
+        new_p3a["landId"].as_str().unwrap()
     ));
 
     // Every ticket ends assigned (the pushes say so before the store is read).
@@ -483,9 +491,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
     }
     let (_, jwks) = get(&format!("{base}/.well-known/jwks.json")).await;
     let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
-    // landId → (matchId, roster, players holding a ticket there)
-    let mut lands: BTreeMap<String, (Option<String>, Vec<Vec<String>>, BTreeSet<String>)> =
-        BTreeMap::new();
+    let mut lands: BTreeMap<String, Land> = BTreeMap::new();
     let mut gs_b_instances = BTreeSet::new();
     for entry in &created {
         let (status, body) = get(&format!("{base}/v1/matchmaking/status/{}", entry.ticket)).await;
@@ -504,7 +510,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
         );
         let claims = verify(token_of(assignment, &entry.player), &jwks);
         assert_eq!(claims.player_id, entry.player);
-        assert_eq!(claims.members, [entry.player.clone()]);
+        assert_eq!(claims.members, std::slice::from_ref(&entry.player));
         assert_eq!(
             claims.assignment_id,
             assignment["assignmentId"].as_str().unwrap()
@@ -517,24 +523,22 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
                 .server_instance_id
                 .expect("tokens carry the instance"),
         );
-        let land = lands.entry(claims.land_id.clone()).or_insert_with(|| {
-            (
-                claims.match_id.clone(),
-                claims.roster.clone(),
-                BTreeSet::new(),
-            )
+        let land = lands.entry(claims.land_id.clone()).or_insert_with(|| Land {
+            match_id: claims.match_id.clone(),
+            roster: claims.roster.clone(),
+            holders: BTreeSet::new(),
         });
         assert_eq!(
-            land.0, claims.match_id,
+            land.match_id, claims.match_id,
             "one land, one match: {}",
             claims.land_id
         );
         assert_eq!(
-            land.1, claims.roster,
+            land.roster, claims.roster,
             "one land, one roster: {}",
             claims.land_id
         );
-        assert!(land.2.insert(entry.player.clone()));
+        assert!(land.holders.insert(entry.player.clone()));
     }
     assert_eq!(
         gs_b_instances.len(),
@@ -542,10 +546,10 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
         "one gs-b process: {gs_b_instances:?}"
     );
     let mut seated = BTreeSet::new();
-    for (land_id, (_, roster, holders)) in &lands {
-        let on_roster: BTreeSet<String> = roster.iter().flatten().cloned().collect();
+    for (land_id, land) in &lands {
+        let on_roster: BTreeSet<String> = land.roster.iter().flatten().cloned().collect();
         assert_eq!(
-            &on_roster, holders,
+            on_roster, land.holders,
             "the roster of {land_id} is its tickets' players"
         );
         for player in on_roster {

@@ -178,25 +178,20 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let (output, servers) = tokio::join!(
-        loadtest(
-            &cp.http(),
-            &path,
-            &[
-                "--heartbeat-servers",
-                "20",
-                "--heartbeat-interval",
-                "500ms",
-                "--duration",
-                "2s",
-                "--registration-token",
-                support::REGISTRATION_TOKEN,
-                "--pid-cp",
-                &pid,
-            ],
-        ),
-        seen_live
-    );
+    let base = cp.http();
+    let args = [
+        "--heartbeat-servers",
+        "20",
+        "--heartbeat-interval",
+        "500ms",
+        "--duration",
+        "2s",
+        "--registration-token",
+        support::REGISTRATION_TOKEN,
+        "--pid-cp",
+        &pid,
+    ];
+    let (output, servers) = tokio::join!(loadtest(&base, &path, &args), seen_live);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -223,7 +218,10 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
     assert_eq!(report["deregistered"], 20, "{report}");
     assert_eq!(report["errorsTotal"], 0, "{report}");
     assert_eq!(report["complete"], true, "{report}");
-    assert!(report["advertisedIntervalMs"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["advertisedIntervalMs"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     let cost = &report["controlPlaneProcess"];
     assert_eq!(cost["pid"].as_u64().unwrap().to_string(), pid);
     assert!(cost["cpuSeconds"].as_f64().unwrap() >= 0.0, "{cost}");

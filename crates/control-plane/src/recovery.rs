@@ -58,7 +58,7 @@ pub fn plan(
             if assignment.server_id != lost.record.server_id {
                 return None;
             }
-            let joined = open_lands.iter().any(|land| *land == assignment.land_id);
+            let joined = open_lands.contains(&assignment.land_id);
             let live = ticket.assignment_expires_at.is_some_and(|at| now < at);
             if !joined && !live {
                 return None;

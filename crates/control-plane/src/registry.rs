@@ -730,7 +730,10 @@ mod tests {
         report.land_ids = Some(vec!["hero-defense:x".to_owned()]);
         assert!(!registry.needs_persisting(&report), "load and lands only");
         report.draining = true;
-        assert!(registry.needs_persisting(&report), "draining is registration state");
+        assert!(
+            registry.needs_persisting(&report),
+            "draining is registration state"
+        );
         report.draining = false;
         report.last_seen += PERSIST_HEARTBEATS_EVERY_MS;
         assert!(registry.needs_persisting(&report), "old write");

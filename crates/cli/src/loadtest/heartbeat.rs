@@ -318,9 +318,10 @@ impl Fleet {
             .ok()
             .and_then(|bytes| serde_json::from_slice::<ProvisioningResponse>(&bytes).ok());
         if !status.is_success() {
-            let kind = answer
-                .and_then(|answer| answer.error)
-                .map_or_else(|| format!("http_{}", status.as_u16()), |error| error.code);
+            let kind = answer.and_then(|answer| answer.error).map_or_else(
+                || format!("http_{}", status.as_u16()),
+                |error| error.code.to_string(),
+            );
             self.stats.error(format!("{stage_name}_{kind}"));
             return false;
         }
@@ -604,13 +605,19 @@ async fn report_progress(
     every.tick().await;
     loop {
         every.tick().await;
-        let cpu = match (&probe, &previous) {
-            (Some(probe), Some(last)) => probe.sample().ok().map(|now| {
-                let wall = now.at.saturating_duration_since(last.at).as_secs_f64();
-                let percent = (now.cpu_seconds - last.cpu_seconds) / wall.max(1e-9) * 100.0;
-                previous = Some(now);
-                format!(" · control plane CPU {percent:.1}% of a core")
-            }),
+        let cpu = match (&probe, previous.take()) {
+            (Some(probe), Some(last)) => match probe.sample() {
+                Ok(now) => {
+                    let wall = now.at.saturating_duration_since(last.at).as_secs_f64();
+                    let percent = (now.cpu_seconds - last.cpu_seconds) / wall.max(1e-9) * 100.0;
+                    previous = Some(now);
+                    Some(format!(" · control plane CPU {percent:.1}% of a core"))
+                }
+                Err(_) => {
+                    previous = Some(last);
+                    None
+                }
+            },
             _ => None,
         };
         let p99 = locked(&stats.latency).quantile_ms(0.99);
