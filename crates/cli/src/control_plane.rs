@@ -41,8 +41,13 @@ struct ServeArgs {
     #[arg(long, env = "MATCHPLANE_DATA_DIR", default_value = "./matchplane-data")]
     data_dir: PathBuf,
     /// Keep everything in memory (nothing survives a restart). For tests and demos.
-    #[arg(long, env = "MATCHPLANE_EPHEMERAL")]
+    #[arg(long, env = "MATCHPLANE_EPHEMERAL", conflicts_with = "redis_url")]
     ephemeral: bool,
+    /// Keep tickets, assignments and the server registry in Redis
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS) so replicas share them.
+    /// Signing keys stay in --data-dir for now: give every replica the same --signing-key.
+    #[arg(long, env = "MATCHPLANE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     /// TOML file with queue profiles (`[[queue]]` tables); see docs/matchmaking.md.
     #[arg(long, env = "MATCHPLANE_CONFIG")]
     config: Option<PathBuf>,
@@ -260,7 +265,12 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let storage = if args.ephemeral {
+    let storage = if let Some(url) = args.redis_url.clone() {
+        StorageConfig::Redis {
+            url,
+            data_dir: args.data_dir.clone(),
+        }
+    } else if args.ephemeral {
         StorageConfig::Ephemeral
     } else {
         StorageConfig::Durable {

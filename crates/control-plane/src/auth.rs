@@ -170,7 +170,7 @@ fn resolve(
             .and_then(|secrets| non_empty(secrets, what)),
         CredentialSource::File(path) => read_lines(path, what),
         CredentialSource::Generate => match storage {
-            StorageConfig::Durable { data_dir } => {
+            StorageConfig::Durable { data_dir } | StorageConfig::Redis { data_dir, .. } => {
                 create_private_dir(data_dir).map_err(|source| SecretError::Write {
                     path: data_dir.clone(),
                     source,

@@ -90,12 +90,45 @@ pub enum PlayerAuth {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum StorageConfig {
     /// redb file in this directory (created if missing); keys live beside it.
     Durable { data_dir: PathBuf },
     /// Everything in memory; lost on exit. For tests and demos.
     Ephemeral,
+    /// Tickets, assignments and the server registry in Redis, shared by every
+    /// replica on the same `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]` or
+    /// `rediss://`). Signing keys and generated credentials stay in `data_dir`
+    /// until they move to Redis: replicas must share `--signing-key`.
+    Redis { url: String, data_dir: PathBuf },
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Durable { data_dir } => f
+                .debug_struct("Durable")
+                .field("data_dir", data_dir)
+                .finish(),
+            Self::Ephemeral => f.write_str("Ephemeral"),
+            // A Redis URL may carry a password: show where, never the credentials.
+            Self::Redis { url, data_dir } => f
+                .debug_struct("Redis")
+                .field("url", &redact_url_credentials(url))
+                .field("data_dir", data_dir)
+                .finish(),
+        }
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://***@host/…`.
+pub fn redact_url_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -197,5 +230,22 @@ impl Config {
         );
         config.rate_limit = matchplane_edge::ratelimit::RateLimit::Off;
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_never_reach_debug_output() {
+        let storage = StorageConfig::Redis {
+            url: "redis://:s3cret@127.0.0.1:6379/0".to_owned(),
+            data_dir: PathBuf::from("d"),
+        };
+        let shown = format!("{storage:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("127.0.0.1:6379"), "{shown}");
+        assert_eq!(redact_url_credentials("redis://h:1"), "redis://h:1");
     }
 }

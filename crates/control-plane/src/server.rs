@@ -16,7 +16,7 @@ use crate::events::EventBus;
 use crate::keys::{KeyError, Keyring};
 use crate::matcher::{self, MatcherHandle, MatcherSettings};
 use crate::registry::Registry;
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{REDIS_DEFAULT_KEY_PREFIX, RedbStore, RedisStore, Store, StoreError};
 use crate::tokens::TokenIssuer;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,9 @@ impl Builder {
             None => match &config.storage {
                 StorageConfig::Durable { data_dir } => Arc::new(RedbStore::open(data_dir)?),
                 StorageConfig::Ephemeral => Arc::new(RedbStore::in_memory()?),
+                StorageConfig::Redis { url, .. } => {
+                    Arc::new(RedisStore::connect(url, REDIS_DEFAULT_KEY_PREFIX).await?)
+                }
             },
         };
         let keyring = match (&config.signing.key_pem, &config.storage) {
@@ -77,6 +80,13 @@ impl Builder {
                 Keyring::open_dir(data_dir, config.signing.algorithm, now)?
             }
             (None, StorageConfig::Ephemeral) => Keyring::in_memory(config.signing.algorithm, now)?,
+            (None, StorageConfig::Redis { data_dir, .. }) => {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    "signing keys are kept in the data dir, not in Redis: every replica must be given the same --signing-key, or tokens from one replica fail on the JWKS of another"
+                );
+                Keyring::open_dir(data_dir, config.signing.algorithm, now)?
+            }
         };
         let issuer = Arc::new(TokenIssuer::new(
             Arc::new(keyring),

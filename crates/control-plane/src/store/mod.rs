@@ -1,9 +1,11 @@
 //! Durable state behind a trait: tickets (with their assignments) and the
-//! server registry. The embedded implementation is redb; a Redis one can follow
-//! because every operation is a single atomic call with its own preconditions
-//! (e.g. "assign only if every ticket is still queued").
+//! server registry. The embedded implementation is redb; the Redis one lets
+//! replicas share one truth, with the same contract, because every operation
+//! is a single atomic call with its own preconditions (e.g. "assign only if
+//! every ticket is still queued").
 
 mod redb_store;
+mod redis_store;
 
 use std::collections::BTreeMap;
 
@@ -13,6 +15,7 @@ use matchplane_contracts::provisioning::{Capacity, Load};
 use serde::{Deserialize, Serialize};
 
 pub use redb_store::RedbStore;
+pub use redis_store::{DEFAULT_KEY_PREFIX as REDIS_DEFAULT_KEY_PREFIX, RedisStore};
 
 use crate::clock::Millis;
 

@@ -1,0 +1,236 @@
+//! The one way assignments are written, for new matches and backfill alike:
+//! sign every token of the batch, commit it to the store, then settle each
+//! commit (applied: the tickets leave the pool and watchers hear of it;
+//! refused: what changed leaves, the rest goes back to its queue). A failure to
+//! sign or to reach the store puts everything back as it was before the round.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use matchplane_contracts::token::MatchClaims;
+use matchplane_matchmaker::TicketId;
+
+use super::MatchLoop;
+use super::plan::{Origin, Planned, UnsignedCommit};
+use crate::clock::Millis;
+use crate::events::TicketEvent;
+use crate::metrics;
+use crate::store::{CommitOutcome, MatchCommit, StoreError, TicketRecord};
+use crate::tokens::{Signer, TokenError};
+
+/// Why a batch was not written; its tickets are back in their queues.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CommitError {
+    #[error("cannot mint match tokens: {0}")]
+    Sign(#[from] TokenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What became of one commit of a written batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settled {
+    Applied,
+    /// Refused because a ticket changed meanwhile; nothing was written.
+    Rejected,
+}
+
+impl MatchLoop {
+    /// Signs, commits and settles a batch; one outcome per planned commit, in order.
+    pub(super) async fn commit(
+        &mut self,
+        batch: Vec<Planned>,
+        now: Millis,
+    ) -> Result<Vec<Settled>, CommitError> {
+        let mut unsigned = Vec::with_capacity(batch.len());
+        let mut pending = Vec::with_capacity(batch.len());
+        for planned in batch {
+            unsigned.push(planned.unsigned);
+            pending.push((planned.origin, planned.tickets));
+        }
+        let signed = sign_commits(Arc::new(self.issuer.signer()), unsigned).await;
+        let written = match signed {
+            Ok(commits) => self
+                .store
+                .commit_matches(commits, now)
+                .await
+                .map_err(|err| {
+                    metrics::inc(&self.metrics.store_errors);
+                    CommitError::from(err)
+                }),
+            Err(err) => Err(CommitError::from(err)),
+        };
+        let outcomes = match written {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot write assignments; tickets return to their queues");
+                for (origin, tickets) in &pending {
+                    self.put_back(origin, tickets);
+                }
+                return Err(err);
+            }
+        };
+        let mut outcomes = outcomes.into_iter();
+        let mut settled = Vec::with_capacity(pending.len());
+        for (origin, tickets) in pending {
+            settled.push(match outcomes.next() {
+                Some(CommitOutcome::Applied(records)) => {
+                    self.applied(origin, &tickets, records, now);
+                    Settled::Applied
+                }
+                Some(CommitOutcome::Rejected { not_queued }) => {
+                    if let Origin::NewMatch { allocation, .. } = &origin {
+                        metrics::inc(&self.metrics.matches_dropped);
+                        self.registry.release(allocation);
+                    }
+                    tracing::info!(land_id = %origin.land_id(), gone = not_queued.len(),
+                        "assignments dropped: tickets changed meanwhile; the rest return to the queue");
+                    self.pool.settle_rejected(&tickets, &not_queued);
+                    Settled::Rejected
+                }
+                None => {
+                    tracing::error!(land_id = %origin.land_id(), "the store answered fewer commits than it was given; tickets return to their queues");
+                    self.put_back(&origin, &tickets);
+                    Settled::Rejected
+                }
+            });
+        }
+        Ok(settled)
+    }
+
+    /// Undoes a commit that was not written: its land is free again and its
+    /// tickets return to their queues, keeping their place in line.
+    fn put_back(&mut self, origin: &Origin, tickets: &[TicketId]) {
+        if let Origin::NewMatch { allocation, .. } = origin {
+            self.registry.release(allocation);
+        }
+        self.pool.requeue_all(tickets);
+    }
+
+    fn applied(
+        &mut self,
+        origin: Origin,
+        tickets: &[TicketId],
+        records: Vec<TicketRecord>,
+        now: Millis,
+    ) {
+        match origin {
+            Origin::NewMatch {
+                queue_key,
+                quality,
+                allocation,
+            } => {
+                metrics::inc(&self.metrics.matches_assigned);
+                self.metrics
+                    .tickets_assigned
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                tracing::info!(
+                    queue_key = %queue_key,
+                    land_id = %allocation.land_id,
+                    server_id = %allocation.server_id,
+                    tickets = records.len(),
+                    quality,
+                    "match assigned"
+                );
+                let recent = self.recent_waits.entry(queue_key).or_default();
+                recent.last_at = now;
+                for record in &records {
+                    let wait = now.saturating_sub(record.enqueued_at);
+                    self.metrics.observe_match_wait(wait);
+                    recent.record(wait);
+                }
+            }
+            Origin::Backfill { land_id } => {
+                tracing::info!(land_id = %land_id, tickets = records.len(), "land backfilled");
+            }
+        }
+        for id in tickets {
+            self.pool.untrack(*id);
+        }
+        for record in records {
+            if let Some(assignment) = record.assignment {
+                self.events.publish(TicketEvent::Assigned {
+                    ticket_id: record.ticket_id,
+                    assignment: Box::new(assignment),
+                });
+            }
+        }
+    }
+}
+
+/// Below this many tokens the hand-off to a second thread costs more than it saves.
+const PARALLEL_SIGNING_FROM: usize = 16;
+
+/// Signs every token of a batch, on two threads when the batch is large
+/// (signing dominates the matching loop's CPU), and puts the tokens in place:
+/// each member's in `memberTokens` (parties), the first member's as `matchToken`.
+async fn sign_commits(
+    signer: Arc<Signer>,
+    unsigned: Vec<UnsignedCommit>,
+) -> Result<Vec<MatchCommit>, TokenError> {
+    let mut claims: Vec<(usize, usize, MatchClaims)> = Vec::new();
+    let mut commits = Vec::with_capacity(unsigned.len());
+    for (
+        commit_index,
+        UnsignedCommit {
+            commit,
+            claims: planned,
+        },
+    ) in unsigned.into_iter().enumerate()
+    {
+        claims.extend(
+            planned
+                .into_iter()
+                .map(|(assignment, claim)| (commit_index, assignment, claim)),
+        );
+        commits.push(commit);
+    }
+    let tokens: Vec<String> = if claims.len() < PARALLEL_SIGNING_FROM {
+        claims
+            .iter()
+            .map(|(_, _, claim)| signer.sign(claim))
+            .collect::<Result<_, _>>()?
+    } else {
+        let second_half = claims.split_off(claims.len() / 2);
+        let background_signer = Arc::clone(&signer);
+        let background = tokio::task::spawn_blocking(move || {
+            let tokens: Result<Vec<String>, _> = second_half
+                .iter()
+                .map(|(_, _, claim)| background_signer.sign(claim))
+                .collect();
+            (second_half, tokens)
+        });
+        let mut tokens: Vec<String> = claims
+            .iter()
+            .map(|(_, _, claim)| signer.sign(claim))
+            .collect::<Result<_, _>>()?;
+        match background.await {
+            Ok((second_half, rest)) => {
+                tokens.extend(rest?);
+                claims.extend(second_half);
+            }
+            Err(join_error) => {
+                // The blocking task panicked or was cancelled; the batch goes back to the queue.
+                tracing::warn!(error = %join_error, "background signing failed");
+                return Err(TokenError::Background(join_error.to_string()));
+            }
+        }
+        tokens
+    };
+    for ((commit_index, assignment_index, claim), token) in claims.into_iter().zip(tokens) {
+        let Some((_, assignment)) = commits
+            .get_mut(commit_index)
+            .and_then(|commit| commit.assignments.get_mut(assignment_index))
+        else {
+            continue;
+        };
+        if claim.members.first() == Some(&claim.sub) {
+            assignment.match_token.clone_from(&token);
+        }
+        // A solo ticket's only token is already `matchToken`.
+        if claim.members.len() > 1 {
+            assignment.member_tokens.insert(claim.sub, token);
+        }
+    }
+    Ok(commits)
+}
