@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use matchplane_control_plane::{
-    Config, ControlPlane, CredentialSource, Placement, PlayerAuth, SigningAlgorithm, StorageConfig,
-    clock::Clock as _, clock::SystemClock, clock::duration_ms, keys,
+    Config, ControlPlane, CredentialSource, Placement, PlayerAuth, Role, SigningAlgorithm,
+    StorageConfig, clock::Clock as _, clock::SystemClock, clock::duration_ms, keys,
 };
 
 use crate::duration::parse_duration;
@@ -48,6 +48,11 @@ struct ServeArgs {
     /// Signing keys stay in --data-dir for now: give every replica the same --signing-key.
     #[arg(long, env = "MATCHPLANE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// What this replica does: `all` (API and matching), `api` (HTTP and WebSockets, never
+    /// matches) or `matcher` (matches; serves only /health and /metrics). `api` and `matcher`
+    /// need --redis-url: replicas learn each other's tickets and events from Redis.
+    #[arg(long, env = "MATCHPLANE_ROLE", default_value = "all")]
+    role: RoleArg,
     /// TOML file with queue profiles (`[[queue]]` tables); see docs/matchmaking.md.
     #[arg(long, env = "MATCHPLANE_CONFIG")]
     config: Option<PathBuf>,
@@ -115,6 +120,11 @@ struct ServeArgs {
     /// (they run the key's default semantics) instead of answering 404 QUEUE_NOT_FOUND.
     #[arg(long, env = "MATCHPLANE_OPEN_QUEUES")]
     open_queues: bool,
+    /// How a queue key without a profile becomes teams: `teams` (`standard:2v2` is two teams
+    /// of two) or `seed` (as the seed design's control plane: `standard:2v2` or `standard:2` is
+    /// one group of two players per land); see docs/matchmaking.md.
+    #[arg(long, env = "MATCHPLANE_QUEUE_KEY_RULE", default_value = "teams")]
+    queue_key_rule: QueueKeyRuleArg,
 
     #[command(flatten)]
     credentials: CredentialArgs,
@@ -209,6 +219,19 @@ fn source(value: Option<String>, file: Option<PathBuf>) -> CredentialSource {
 enum OnOff {
     On,
     Off,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum QueueKeyRuleArg {
+    Teams,
+    Seed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    All,
+    Api,
+    Matcher,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -309,6 +332,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.serve_limits = args.listener.serve_limits(args.idle_timeout);
     config.rate_limit = args.listener.rate_limit;
     config.metrics_bind = args.metrics_bind;
+    config.role = match args.role {
+        RoleArg::All => Role::All,
+        RoleArg::Api => Role::Api,
+        RoleArg::Matcher => Role::Matcher,
+    };
+    if args.role != RoleArg::All && args.redis_url.is_none() {
+        anyhow::bail!(
+            "--role api and --role matcher need --redis-url: a replica learns the others' tickets and events from Redis"
+        );
+    }
     if let Some(path) = &args.signing_key {
         config.signing.key_pem = Some(
             std::fs::read_to_string(path)
@@ -321,6 +354,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.engine = matchplane_matchmaker::EngineConfig::from_toml_str(&text)
             .with_context(|| format!("invalid queue profiles in {}", path.display()))?;
     }
+    // After the file: the rule is a flag only, and loading profiles replaces `engine`.
+    config.engine.key_rule = match args.queue_key_rule {
+        QueueKeyRuleArg::Teams => matchplane_matchmaker::QueueKeyRule::Teams,
+        QueueKeyRuleArg::Seed => matchplane_matchmaker::QueueKeyRule::Seed,
+    };
     let control_plane = ControlPlane::start(config).await?;
     control_plane
         .run_until(crate::signals::shutdown_signal())

@@ -203,3 +203,25 @@ fn bad_flags_fail_with_a_message() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid duration"));
 }
+
+#[test]
+fn a_split_role_needs_a_shared_store() {
+    for role in ["api", "matcher"] {
+        let output = std::process::Command::new(BIN)
+            .args(["control-plane", "--ephemeral", "--role", role])
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "--role {role} started without Redis"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("need --redis-url"), "{stderr}");
+    }
+    let output = std::process::Command::new(BIN)
+        .args(["control-plane", "--role", "both"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'both'"));
+}

@@ -36,7 +36,9 @@ pub struct Config {
     pub placement: Placement,
     /// Proxies whose `X-Forwarded-For` names the real client (for logs and limits).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Queue profiles for the matchmaking engine (the `[[queue]]` tables of `--config`).
+    /// Queue profiles for the matchmaking engine (the `[[queue]]` tables of `--config`)
+    /// and the rule for keys without one (`--queue-key-rule`); the matcher and the
+    /// enqueue check both run engines built from it, so they always agree.
     pub engine: matchplane_matchmaker::EngineConfig,
     /// With queue profiles configured, accept queue keys that match no profile
     /// (otherwise they get 404 `QUEUE_NOT_FOUND`).
@@ -53,6 +55,31 @@ pub struct Config {
     pub rate_limit: matchplane_edge::ratelimit::RateLimit,
     /// Serve `/metrics` on this address instead of the public listener.
     pub metrics_bind: Option<SocketAddr>,
+    /// What this process does among replicas sharing a Redis store (`--role`).
+    pub role: Role,
+}
+
+/// `--role all|api|matcher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Serves the API and matches.
+    #[default]
+    All,
+    /// Serves HTTP and WebSockets, never matches: another replica's matcher
+    /// learns its tickets from the shared store's event feed.
+    Api,
+    /// Only matches; its listener serves `/health` and `/metrics`, nothing else.
+    Matcher,
+}
+
+impl Role {
+    pub fn matches(self) -> bool {
+        matches!(self, Self::All | Self::Matcher)
+    }
+
+    pub fn serves_api(self) -> bool {
+        matches!(self, Self::All | Self::Api)
+    }
 }
 
 /// Where a shared secret comes from.
@@ -98,8 +125,8 @@ pub enum StorageConfig {
     Ephemeral,
     /// Tickets, assignments and the server registry in Redis, shared by every
     /// replica on the same `url` (`redis://[:PASSWORD@]HOST:PORT[/DB]` or
-    /// `rediss://`). Signing keys and generated credentials stay in `data_dir`
-    /// until they move to Redis: replicas must share `--signing-key`.
+    /// `rediss://`). So are the signing keys unless `--signing-key` is given;
+    /// generated credentials stay in `data_dir`.
     Redis { url: String, data_dir: PathBuf },
 }
 
@@ -216,6 +243,7 @@ impl Config {
             serve_limits: matchplane_edge::serve::ServeLimits::default(),
             rate_limit: matchplane_edge::ratelimit::RateLimit::default(),
             metrics_bind: None,
+            role: Role::All,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use matchplane_contracts::matchmaking::Assignment;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TicketEvent {
@@ -72,10 +72,22 @@ pub struct EventBus {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     watchers: Mutex<HashMap<String, Vec<Delivery>>>,
     next_watcher: AtomicU64,
+    /// Bumped when events may have been missed (the cluster feed had a gap):
+    /// every listener re-reads the state of what it watches.
+    resyncs: watch::Sender<u64>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            watchers: Mutex::default(),
+            next_watcher: AtomicU64::default(),
+            resyncs: watch::Sender::new(0),
+        }
+    }
 }
 
 /// One listener (e.g. a realtime socket) that may watch several tickets.
@@ -119,6 +131,19 @@ impl EventBus {
         )
     }
 
+    /// Tells every listener that events may have been lost: each re-reads
+    /// the state of the tickets it watches (see [`EventBus::resyncs`]).
+    pub fn resync(&self) {
+        self.inner
+            .resyncs
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// Changes whenever [`EventBus::resync`] is called.
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.inner.resyncs.subscribe()
+    }
+
     /// Tickets with at least one watcher (for metrics and tests).
     pub fn watched_tickets(&self) -> usize {
         self.inner.watchers.lock().len()
@@ -144,6 +169,11 @@ impl Watcher {
 
     pub fn watching(&self) -> usize {
         self.watching.len()
+    }
+
+    /// The tickets this listener watches.
+    pub fn watched(&self) -> &[String] {
+        &self.watching
     }
 
     pub fn is_watching(&self, ticket_id: &str) -> bool {

@@ -1,6 +1,8 @@
 //! Signing keys for match tokens: generated once and persisted in the data dir
-//! (or given as a PEM so replicas share one key), rotated without breaking
-//! tokens already handed out, and published as a JWK Set.
+//! or, for replicas on one Redis, in Redis (`shared`), or given as a PEM;
+//! rotated without breaking tokens already handed out, and published as a JWK Set.
+
+mod shared;
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +74,20 @@ pub enum KeyError {
     Encode(String),
     #[error("a key given with --signing-key cannot be rotated here; rotate it where it is managed")]
     ExternalKey,
+    #[error("signing keys in Redis: {0}")]
+    Redis(String),
+    #[error(
+        "the keyring in Redis changed under {attempts} rotation attempts in a row; retry the rotation"
+    )]
+    Contended { attempts: u32 },
+}
+
+impl KeyError {
+    /// Whether the failure is the shared keyring being unreachable (retry
+    /// later) rather than a request that cannot succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Redis(_) | Self::Contended { .. })
+    }
 }
 
 /// One key as persisted: the private half stays in the data dir only.
@@ -88,10 +104,11 @@ struct StoredKey {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StoredKeyring {
+pub(crate) struct StoredKeyring {
     keys: Vec<StoredKey>,
 }
 
+#[derive(Clone)]
 struct LoadedKey {
     stored: StoredKey,
     material: Arc<SigningMaterial>,
@@ -134,16 +151,106 @@ pub struct SignError;
 
 /// The key used to sign new tokens, plus the keys whose tokens may still be live.
 pub struct Keyring {
-    path: Option<PathBuf>,
-    external: bool,
+    backing: Backing,
     ring: RwLock<Ring>,
 }
 
+/// Where the keyring lives, which decides how it rotates.
+enum Backing {
+    /// `--ephemeral`: gone with the process.
+    Memory,
+    /// `--signing-key`: managed elsewhere, never rotated here.
+    External,
+    /// `<data-dir>/keys/keyring.json`.
+    Dir(PathBuf),
+    /// One keyring for every replica on this Redis.
+    Redis(shared::RedisKeys),
+}
+
 /// Holding the current key outside the list makes "no key to sign with" unrepresentable.
+#[derive(Clone)]
 struct Ring {
     current: LoadedKey,
     /// Older keys, newest first.
     retired: Vec<LoadedKey>,
+    /// The shared keyring's version this ring was read from or written as
+    /// (always 0 when the keyring is not shared).
+    version: u64,
+}
+
+impl Ring {
+    /// From keys stored oldest first, current last; `None` when there are none.
+    fn from_stored_order(mut keys: Vec<LoadedKey>, version: u64) -> Option<Self> {
+        let current = keys.pop()?;
+        keys.reverse();
+        Some(Self {
+            current,
+            retired: keys,
+            version,
+        })
+    }
+
+    /// Parses stored keys, reusing the already parsed material of keys `known`
+    /// holds (a reload after a rotation parses only the new key).
+    fn from_stored(
+        stored: StoredKeyring,
+        version: u64,
+        known: Option<&Ring>,
+    ) -> Result<Option<Self>, KeyError> {
+        let keys = stored
+            .keys
+            .into_iter()
+            .map(
+                |stored| match known.and_then(|ring| ring.find(&stored.kid)) {
+                    Some(key) if key.stored.private_pem == stored.private_pem => Ok(LoadedKey {
+                        stored,
+                        material: Arc::clone(&key.material),
+                        jwk: key.jwk.clone(),
+                    }),
+                    _ => load_key(stored),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_stored_order(keys, version))
+    }
+
+    fn find(&self, kid: &str) -> Option<&LoadedKey> {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .find(|key| key.stored.kid == kid)
+    }
+
+    fn fresh(current: LoadedKey) -> Self {
+        Self {
+            current,
+            retired: Vec::new(),
+            version: 0,
+        }
+    }
+
+    /// Persisted oldest first, current last.
+    fn to_stored(&self) -> StoredKeyring {
+        StoredKeyring {
+            keys: self
+                .retired
+                .iter()
+                .rev()
+                .chain(std::iter::once(&self.current))
+                .map(|key| key.stored.clone())
+                .collect(),
+        }
+    }
+
+    /// Makes `fresh` current and retires the previous one at `now`; keys
+    /// whose tokens expired long ago are forgotten.
+    fn rotate(&mut self, fresh: LoadedKey, now: Millis, token_lifetime_ms: Millis) {
+        let forget_before = now.saturating_sub(token_lifetime_ms.saturating_add(60_000));
+        self.retired
+            .retain(|key| key.stored.retired_at.is_none_or(|at| at >= forget_before));
+        let mut previous = std::mem::replace(&mut self.current, fresh);
+        previous.stored.retired_at = Some(now);
+        self.retired.insert(0, previous);
+    }
 }
 
 /// What a signer needs, cloned out of the lock.
@@ -155,6 +262,9 @@ pub struct CurrentKey {
 }
 
 const KEYRING_FILE: &str = "keyring.json";
+
+/// How often a replica checks the keyring shared through Redis for a rotation.
+pub const SHARED_KEYRING_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Keyring {
     /// Opens `data_dir/keys/keyring.json`, creating a first key if there is none.
@@ -176,25 +286,20 @@ impl Keyring {
                 })?;
             }
         }
-        let mut keys = stored
+        let keys = stored
             .keys
             .into_iter()
             .map(load_key)
             .collect::<Result<Vec<_>, _>>()?;
-        let newest = keys.pop();
-        let keyring_was_empty = newest.is_none();
-        let current = match newest {
-            Some(key) => key,
-            None => generate_key(algorithm, now)?,
+        let loaded = Ring::from_stored_order(keys, 0);
+        let keyring_was_empty = loaded.is_none();
+        let ring = match loaded {
+            Some(ring) => ring,
+            None => Ring::fresh(generate_key(algorithm, now)?),
         };
-        keys.reverse();
         let keyring = Self {
-            path: Some(path),
-            external: false,
-            ring: RwLock::new(Ring {
-                current,
-                retired: keys,
-            }),
+            backing: Backing::Dir(path),
+            ring: RwLock::new(ring),
         };
         if keyring_was_empty {
             crate::auth::create_private_dir(&dir).map_err(|source| KeyError::Io {
@@ -209,12 +314,8 @@ impl Keyring {
     /// A keyring that lives only in memory (ephemeral mode).
     pub fn in_memory(algorithm: SigningAlgorithm, now: Millis) -> Result<Self, KeyError> {
         Ok(Self {
-            path: None,
-            external: false,
-            ring: RwLock::new(Ring {
-                current: generate_key(algorithm, now)?,
-                retired: Vec::new(),
-            }),
+            backing: Backing::Memory,
+            ring: RwLock::new(Ring::fresh(generate_key(algorithm, now)?)),
         })
     }
 
@@ -230,13 +331,95 @@ impl Keyring {
             private_pem,
         })?;
         Ok(Self {
-            path: None,
-            external: true,
-            ring: RwLock::new(Ring {
-                current: key,
-                retired: Vec::new(),
-            }),
+            backing: Backing::External,
+            ring: RwLock::new(Ring::fresh(key)),
         })
+    }
+
+    /// Opens the keyring every replica on this Redis shares (`{key_prefix}:keyring`).
+    /// The first replica creates it: from `seed_dir`'s keyring when it has
+    /// one, so tokens signed before the move to Redis stay verifiable, else
+    /// with a fresh key. Call [`Keyring::spawn_refresh`] to follow rotations
+    /// made by other replicas.
+    pub async fn open_redis(
+        url: &str,
+        key_prefix: &str,
+        algorithm: SigningAlgorithm,
+        seed_dir: &Path,
+        now: Millis,
+    ) -> Result<Self, KeyError> {
+        let shared = shared::RedisKeys::connect(url, key_prefix).await?;
+        let ring = shared
+            .load_or_create(|| seed_ring(seed_dir, algorithm, now))
+            .await?;
+        Ok(Self {
+            backing: Backing::Redis(shared),
+            ring: RwLock::new(ring),
+        })
+    }
+
+    /// Reloads a keyring shared through Redis if another replica changed it;
+    /// `Ok(true)` when it did. Other keyrings have nothing to reload.
+    pub async fn refresh(&self) -> Result<bool, KeyError> {
+        match &self.backing {
+            Backing::Redis(shared) => shared.refresh(self).await,
+            Backing::Memory | Backing::External | Backing::Dir(_) => Ok(false),
+        }
+    }
+
+    /// For a keyring shared through Redis, polls it every
+    /// [`SHARED_KEYRING_POLL`] until the keyring is dropped, so a rotation
+    /// made on any replica reaches this one's signer and JWKS within that
+    /// bound. Polling rather than pub/sub: a missed message would leave a
+    /// replica on the old key, and a poll is one `HGET` a second.
+    pub fn spawn_refresh(self: &Arc<Self>) {
+        if !matches!(self.backing, Backing::Redis(_)) {
+            return;
+        }
+        let keyring = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SHARED_KEYRING_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                let Some(keyring) = keyring.upgrade() else {
+                    return;
+                };
+                match keyring.refresh().await {
+                    Ok(changed) => {
+                        if changed {
+                            tracing::info!(kid = %keyring.current_kid(), "signing keys reloaded from Redis");
+                        }
+                        if failing {
+                            tracing::info!("signing keys in Redis reachable again");
+                        }
+                        failing = false;
+                    }
+                    Err(err) => {
+                        // Once per outage: the keys in hand keep signing meanwhile.
+                        if !failing {
+                            tracing::warn!(error = %err, "cannot check the signing keys in Redis; signing with the keys in hand");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        });
+    }
+
+    fn snapshot(&self) -> Ring {
+        self.ring.read().clone()
+    }
+
+    /// Swaps the whole ring at once: a signer holds either the old current
+    /// key or the new one, never a mix.
+    fn install(&self, ring: Ring) {
+        *self.ring.write() = ring;
+    }
+
+    fn version(&self) -> u64 {
+        self.ring.read().version
     }
 
     pub fn current(&self) -> CurrentKey {
@@ -271,48 +454,53 @@ impl Keyring {
     }
 
     /// Makes a new key current; the previous one keeps being published until its
-    /// tokens have expired. Keys retired long ago are forgotten.
-    pub fn rotate(
+    /// tokens have expired. Keys retired long ago are forgotten. A keyring
+    /// shared through Redis rotates there (every replica follows within
+    /// [`SHARED_KEYRING_POLL`]); a data-dir one rewrites its file.
+    pub async fn rotate(
+        self: &Arc<Self>,
+        algorithm: SigningAlgorithm,
+        now: Millis,
+        token_lifetime_ms: Millis,
+    ) -> Result<String, KeyError> {
+        match &self.backing {
+            Backing::External => Err(KeyError::ExternalKey),
+            Backing::Redis(shared) => {
+                let fresh = generate_key(algorithm, now)?;
+                shared.rotate(self, fresh, now, token_lifetime_ms).await
+            }
+            Backing::Memory | Backing::Dir(_) => {
+                let keyring = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    keyring.rotate_locally(algorithm, now, token_lifetime_ms)
+                })
+                .await
+                .map_err(|err| KeyError::Encode(format!("rotation task failed: {err}")))?
+            }
+        }
+    }
+
+    fn rotate_locally(
         &self,
         algorithm: SigningAlgorithm,
         now: Millis,
         token_lifetime_ms: Millis,
     ) -> Result<String, KeyError> {
-        if self.external {
+        if matches!(self.backing, Backing::External) {
             return Err(KeyError::ExternalKey);
         }
         let fresh = generate_key(algorithm, now)?;
         let kid = fresh.stored.kid.clone();
-        {
-            let mut ring = self.ring.write();
-            let forget_before = now.saturating_sub(token_lifetime_ms.saturating_add(60_000));
-            ring.retired
-                .retain(|key| key.stored.retired_at.is_none_or(|at| at >= forget_before));
-            let mut previous = std::mem::replace(&mut ring.current, fresh);
-            previous.stored.retired_at = Some(now);
-            ring.retired.insert(0, previous);
-        }
+        self.ring.write().rotate(fresh, now, token_lifetime_ms);
         self.persist()?;
         Ok(kid)
     }
 
     fn persist(&self) -> Result<(), KeyError> {
-        let Some(path) = &self.path else {
+        let Backing::Dir(path) = &self.backing else {
             return Ok(());
         };
-        // Persisted oldest first, current last.
-        let stored = {
-            let ring = self.ring.read();
-            StoredKeyring {
-                keys: ring
-                    .retired
-                    .iter()
-                    .rev()
-                    .chain(std::iter::once(&ring.current))
-                    .map(|key| key.stored.clone())
-                    .collect(),
-            }
-        };
+        let stored = self.ring.read().to_stored();
         let json =
             serde_json::to_vec_pretty(&stored).map_err(|err| KeyError::Encode(err.to_string()))?;
         write_private_file_atomically(path, &json)
@@ -326,7 +514,17 @@ pub fn rotate_in_dir(
     now: Millis,
     token_lifetime_ms: Millis,
 ) -> Result<String, KeyError> {
-    Keyring::open_dir(data_dir, algorithm, now)?.rotate(algorithm, now, token_lifetime_ms)
+    Keyring::open_dir(data_dir, algorithm, now)?.rotate_locally(algorithm, now, token_lifetime_ms)
+}
+
+/// The keyring a replica publishes when Redis has none: the data dir's, if
+/// this replica had one before moving to Redis, else a fresh key.
+fn seed_ring(data_dir: &Path, algorithm: SigningAlgorithm, now: Millis) -> Result<Ring, KeyError> {
+    let stored = read_keyring(&data_dir.join("keys").join(KEYRING_FILE))?;
+    match Ring::from_stored(stored, 0, None)? {
+        Some(ring) => Ok(ring),
+        None => Ok(Ring::fresh(generate_key(algorithm, now)?)),
+    }
 }
 
 fn read_keyring(path: &Path) -> Result<StoredKeyring, KeyError> {
@@ -517,7 +715,7 @@ mod tests {
         assert_eq!(reopened.current_kid(), kid);
 
         let new_kid = reopened
-            .rotate(SigningAlgorithm::EdDsa, 3_000, 60_000)
+            .rotate_locally(SigningAlgorithm::EdDsa, 3_000, 60_000)
             .unwrap();
         assert_ne!(new_kid, kid);
         let kids: Vec<_> = reopened
@@ -551,7 +749,7 @@ mod tests {
         let b = Keyring::from_pem(&pem, 2).unwrap();
         assert_eq!(a.current_kid(), b.current_kid());
         assert!(matches!(
-            a.rotate(SigningAlgorithm::Es256, 3, 1),
+            a.rotate_locally(SigningAlgorithm::Es256, 3, 1),
             Err(KeyError::ExternalKey)
         ));
     }
@@ -582,7 +780,7 @@ mod tests {
         assert_eq!(mode_of(&keys_dir), 0o700);
         assert_eq!(mode_of(&keyring), 0o600);
         first
-            .rotate(SigningAlgorithm::Es256, 2_000, 60_000)
+            .rotate_locally(SigningAlgorithm::Es256, 2_000, 60_000)
             .unwrap();
         assert_eq!(mode_of(&keyring), 0o600, "a rewrite stays private");
         drop(first);

@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod feed;
 pub mod keys;
 pub mod matcher;
 pub mod metrics;
@@ -22,7 +23,7 @@ pub mod validate;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    Config, CredentialSource, Limits, Placement, PlayerAuth, SigningConfig, StorageConfig,
+    Config, CredentialSource, Limits, Placement, PlayerAuth, Role, SigningConfig, StorageConfig,
 };
 pub use keys::SigningAlgorithm;
 pub use server::{ControlPlane, StartError};

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub tickets_requeued: AtomicU64,
     /// Running lands (with joined players) lost with their game server.
     pub matches_lost: AtomicU64,
+    /// Cluster feed entries from other replicas delivered to this one (Redis only).
+    pub feed_entries: AtomicU64,
+    /// Sum over delivered feed entries of ms from append to delivery.
+    pub feed_lag_ms_sum: AtomicU64,
+    /// Lag of the last delivered feed entry, ms.
+    pub feed_lag_ms: AtomicU64,
+    /// Feed gaps answered by reloading state.
+    pub feed_resyncs: AtomicU64,
     match_wait_buckets: [AtomicU64; MATCH_WAIT_BUCKETS_MS.len()],
     match_wait_count: AtomicU64,
     match_wait_sum_ms: AtomicU64,
@@ -131,6 +139,21 @@ impl Metrics {
                 "Lands with joined players lost with their game server.",
                 &self.matches_lost,
             ),
+            (
+                "matchplane_feed_entries_total",
+                "Cluster feed entries from other replicas delivered here (Redis store).",
+                &self.feed_entries,
+            ),
+            (
+                "matchplane_feed_lag_milliseconds_total",
+                "Sum of ms from a feed entry's append to its delivery (divide by matchplane_feed_entries_total).",
+                &self.feed_lag_ms_sum,
+            ),
+            (
+                "matchplane_feed_resyncs_total",
+                "Cluster feed gaps answered by reloading queued tickets and socket states.",
+                &self.feed_resyncs,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -154,6 +177,11 @@ impl Metrics {
                 "matchplane_realtime_sockets",
                 "Open /realtime sockets.",
                 self.realtime_sockets.load(Ordering::Relaxed),
+            ),
+            (
+                "matchplane_feed_lag_milliseconds",
+                "Ms from append to delivery of the last cluster feed entry delivered here.",
+                self.feed_lag_ms.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in gauge_lines {

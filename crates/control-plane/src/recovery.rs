@@ -77,6 +77,7 @@ pub fn plan(
                     ticket_id: ticket.ticket_id.clone(),
                     assignment_id: assignment.assignment_id.clone(),
                     release,
+                    joined_land: joined.then(|| assignment.land_id.clone()),
                 },
                 joined_land: joined.then(|| assignment.land_id.clone()),
             })

@@ -75,21 +75,33 @@ impl Builder {
             },
         };
         let keyring = match (&config.signing.key_pem, &config.storage) {
+            (Some(pem), StorageConfig::Redis { .. }) => {
+                tracing::warn!(
+                    "--signing-key given: the signing key is not shared through Redis, so every replica must be given the same one, or tokens from one replica fail on the JWKS of another"
+                );
+                Keyring::from_pem(pem, now)?
+            }
             (Some(pem), _) => Keyring::from_pem(pem, now)?,
             (None, StorageConfig::Durable { data_dir }) => {
                 Keyring::open_dir(data_dir, config.signing.algorithm, now)?
             }
             (None, StorageConfig::Ephemeral) => Keyring::in_memory(config.signing.algorithm, now)?,
-            (None, StorageConfig::Redis { data_dir, .. }) => {
-                tracing::warn!(
-                    data_dir = %data_dir.display(),
-                    "signing keys are kept in the data dir, not in Redis: every replica must be given the same --signing-key, or tokens from one replica fail on the JWKS of another"
-                );
-                Keyring::open_dir(data_dir, config.signing.algorithm, now)?
+            (None, StorageConfig::Redis { url, data_dir }) => {
+                Keyring::open_redis(
+                    url,
+                    REDIS_DEFAULT_KEY_PREFIX,
+                    config.signing.algorithm,
+                    data_dir,
+                    now,
+                )
+                .await?
             }
         };
+        let keyring = Arc::new(keyring);
+        // Follows rotations made on other replicas (a no-op unless shared through Redis).
+        keyring.spawn_refresh();
         let issuer = Arc::new(TokenIssuer::new(
-            Arc::new(keyring),
+            keyring,
             config.issuer.clone(),
             config.audience.clone(),
         ));
@@ -110,7 +122,21 @@ impl Builder {
             // A fresh registry has no previous instance to lose.
             let _ = registry.upsert(server);
         }
-        let queued = store.queued_tickets().await?;
+        // The feed position comes before the load, so nothing another replica
+        // changes falls between the two.
+        let feed = match store.event_feed() {
+            Some(mut feed) => {
+                let position = feed.mark().await?;
+                Some((feed, position))
+            }
+            None => None,
+        };
+        let role = config.role;
+        let queued = if role.matches() {
+            store.queued_tickets().await?
+        } else {
+            Vec::new()
+        };
         if !queued.is_empty() {
             tracing::info!(
                 tickets = queued.len(),
@@ -142,29 +168,50 @@ impl Builder {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let events = EventBus::new();
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let (matcher, matcher_task) = matcher::spawn(
-            engine,
-            queued,
-            Arc::clone(&store),
-            Arc::clone(&registry),
-            Arc::clone(&issuer),
-            events.clone(),
-            Arc::clone(&clock),
-            MatcherSettings {
-                tick: config.match_tick,
-                assignment_ttl: config.assignment_ttl,
-                retention: config.retention,
-                max_finished_tickets: config.limits.max_finished_tickets,
-                placement: config.placement,
-                recovery: crate::recovery::RecoveryPolicy {
-                    requeue: config.requeue_on_server_loss,
-                    requeue_joined: config.requeue_joined,
-                    ticket_ttl_ms: duration_ms(config.ticket_ttl),
-                },
+        let matcher_settings = MatcherSettings {
+            tick: config.match_tick,
+            assignment_ttl: config.assignment_ttl,
+            retention: config.retention,
+            max_finished_tickets: config.limits.max_finished_tickets,
+            placement: config.placement,
+            recovery: crate::recovery::RecoveryPolicy {
+                requeue: config.requeue_on_server_loss,
+                requeue_joined: config.requeue_joined,
+                ticket_ttl_ms: duration_ms(config.ticket_ttl),
             },
-            Arc::clone(&metrics),
-            shutdown_rx.clone(),
-        );
+        };
+        let (matcher, matcher_task) = if !role.matches() {
+            (MatcherHandle::detached(), tokio::spawn(async {}))
+        } else {
+            matcher::spawn(
+                engine,
+                queued,
+                Arc::clone(&store),
+                Arc::clone(&registry),
+                Arc::clone(&issuer),
+                events.clone(),
+                Arc::clone(&clock),
+                matcher_settings,
+                Arc::clone(&metrics),
+                shutdown_rx.clone(),
+            )
+        };
+        let feed_paused = Arc::new(watch::Sender::new(false));
+        let feed_task = feed.map(|(feed, position)| {
+            crate::feed::spawn(
+                feed,
+                position,
+                crate::feed::FeedTargets {
+                    matcher: role.matches().then(|| matcher.clone()),
+                    events: events.clone(),
+                    store: Arc::clone(&store),
+                    clock: Arc::clone(&clock),
+                    metrics: Arc::clone(&metrics),
+                },
+                Arc::clone(&feed_paused),
+                shutdown_rx.clone(),
+            )
+        });
         let request_limits = Arc::new(api::limits::RequestLimits::new(config.rate_limit));
         let serve_limits = config.serve_limits.clone();
         let state = AppState {
@@ -210,6 +257,8 @@ impl Builder {
             metrics_addr,
             metrics_task,
             matcher_task,
+            feed_task,
+            feed_paused,
             state,
             _matcher: matcher,
         })
@@ -241,6 +290,9 @@ pub struct ControlPlane {
     metrics_addr: Option<SocketAddr>,
     metrics_task: Option<JoinHandle<()>>,
     matcher_task: JoinHandle<()>,
+    /// Reads what other replicas change (only with a shared store).
+    feed_task: Option<JoinHandle<()>>,
+    feed_paused: Arc<watch::Sender<bool>>,
     state: AppState,
     _matcher: MatcherHandle,
 }
@@ -294,6 +346,14 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// Test hook: while paused, this replica reads nothing from the cluster
+    /// event feed and holds no connection for it; on resume it catches up
+    /// from where it stopped (or resyncs if that position is gone).
+    #[doc(hidden)]
+    pub fn pause_event_feed(&self, paused: bool) {
+        self.feed_paused.send_replace(paused);
+    }
+
     /// Stops accepting, finishes in-flight requests and stops the matching loop.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -302,6 +362,9 @@ impl ControlPlane {
             let _ = metrics_task.await;
         }
         let _ = self.matcher_task.await;
+        if let Some(feed_task) = self.feed_task {
+            let _ = feed_task.await;
+        }
         tracing::info!("control plane stopped");
     }
 

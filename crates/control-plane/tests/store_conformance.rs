@@ -155,6 +155,7 @@ fn release(ticket: &str, assignment: &str, release: Release) -> ReleaseRequest {
         ticket_id: ticket.to_owned(),
         assignment_id: assignment.to_owned(),
         release,
+        joined_land: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, Millis};
+use crate::{ConfigError, InsertError, Millis};
 
 /// Largest team the engine accepts. Matches are assembled by a bounded
 /// search whose cost grows with the number of players, so absurd sizes are
@@ -23,6 +23,86 @@ pub struct EngineConfig {
     /// One profile per exact queue key.
     #[serde(default, rename = "queue")]
     pub queues: Vec<QueueProfile>,
+    /// How a queue key without a profile becomes teams. Not read from the
+    /// TOML file: the control plane takes it from `--queue-key-rule`, so one
+    /// setting cannot disagree with another.
+    #[serde(skip)]
+    pub key_rule: QueueKeyRule,
+}
+
+/// How a queue key without a `[[queue]]` profile becomes teams. Both rules
+/// read the mode: the first `:`-separated segment after the land type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKeyRule {
+    /// matchplane's own rule, see [`default_teams_for_key`]: `NvM` is two
+    /// teams of `N` and `M`, `N` one team of `N`, anything else solo.
+    #[default]
+    Teams,
+    /// The seed design's control plane, so its clients work unchanged: `NvM`
+    /// or `N` is one group of `N` players per land (`standard:2v2` → 2),
+    /// anything else solo (one ticket per land). A mode of that form with a
+    /// number outside `1..=`[`MAX_TEAM_SIZE`] is refused rather than read as
+    /// solo: the client asked for a group size, and silently giving it
+    /// another would place its players in lands of the wrong size.
+    Seed,
+}
+
+impl QueueKeyRule {
+    /// Team sizes for a queue key without a profile; `Ok(None)` is solo.
+    ///
+    /// ```
+    /// use matchplane_matchmaker::QueueKeyRule;
+    /// assert_eq!(QueueKeyRule::Teams.teams_for_key("standard:2v2"), Ok(Some(vec![2, 2])));
+    /// assert_eq!(QueueKeyRule::Seed.teams_for_key("standard:2v2"), Ok(Some(vec![2])));
+    /// assert_eq!(QueueKeyRule::Seed.teams_for_key("hero-defense:3"), Ok(Some(vec![3])));
+    /// assert_eq!(QueueKeyRule::Seed.teams_for_key("standard:ranked"), Ok(None));
+    /// assert!(QueueKeyRule::Seed.teams_for_key("standard:0").is_err());
+    /// ```
+    pub fn teams_for_key(self, key: &str) -> Result<Option<Vec<u32>>, InsertError> {
+        match self {
+            QueueKeyRule::Teams => Ok(default_teams_for_key(key)),
+            QueueKeyRule::Seed => seed_teams_for_key(key),
+        }
+    }
+
+    /// The flag value naming this rule.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKeyRule::Teams => "teams",
+            QueueKeyRule::Seed => "seed",
+        }
+    }
+}
+
+fn seed_teams_for_key(key: &str) -> Result<Option<Vec<u32>>, InsertError> {
+    let Some((_, rest)) = key.split_once(':') else {
+        return Ok(None);
+    };
+    let mode = rest.split(':').next().unwrap_or("");
+    let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let numbers: Vec<&str> = match mode.split_once('v') {
+        Some((n, m)) if is_number(n) && is_number(m) => vec![n, m],
+        None if is_number(mode) => vec![mode],
+        _ => return Ok(None),
+    };
+    // Digits too many for a u32 are out of range as well.
+    let in_range = |s: &str| {
+        s.parse::<u32>()
+            .is_ok_and(|n| (1..=MAX_TEAM_SIZE).contains(&n))
+    };
+    if !numbers.iter().all(|s| in_range(s)) {
+        return Err(InsertError::InvalidQueueKey {
+            key: key.to_owned(),
+            reason: format!(
+                "mode {mode:?} needs player counts in 1..={MAX_TEAM_SIZE} (queue key rule `seed`)"
+            ),
+        });
+    }
+    Ok(numbers
+        .first()
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| vec![n]))
 }
 
 impl EngineConfig {
@@ -305,9 +385,9 @@ impl Spec {
         })
     }
 
-    /// The default semantics of a key without a profile: see [`default_teams_for_key`].
-    pub(crate) fn default_for_key(key: &str) -> Spec {
-        let team_caps = default_teams_for_key(key);
+    /// The default semantics of a key without a profile, with the team sizes
+    /// its [`QueueKeyRule`] derived (`None`: solo).
+    pub(crate) fn default_for_teams(team_caps: Option<Vec<u32>>) -> Spec {
         let min_team_size = team_caps
             .as_ref()
             .and_then(|caps| caps.iter().copied().max())

@@ -7,9 +7,10 @@
 //!
 //! A queue key with a [`QueueProfile`] runs that profile (skill windows,
 //! regions, string/tag filters, time relaxation, backfill). A key without
-//! one runs the default semantics of its mode segment: `NvM`, `N` or solo
-//! (see [`default_teams_for_key`]). A [`MatchFunction`] registered for a key
-//! replaces the built-in matching for it.
+//! one runs the default semantics of its mode segment: `NvM`, `N` or solo,
+//! as read by the configured [`QueueKeyRule`] (see [`default_teams_for_key`]).
+//! A [`MatchFunction`] registered for a key replaces the built-in matching
+//! for it.
 //!
 //! See `docs/matchmaking.md` for the settings, the algorithm and its
 //! guarantees.
@@ -42,8 +43,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    BackfillProfile, EngineConfig, FilterProfile, MAX_TEAM_SIZE, MAX_TEAMS, QueueProfile,
-    RegionProfile, RelaxProfile, SkillProfile, default_teams_for_key,
+    BackfillProfile, EngineConfig, FilterProfile, MAX_TEAM_SIZE, MAX_TEAMS, QueueKeyRule,
+    QueueProfile, RegionProfile, RelaxProfile, SkillProfile, default_teams_for_key,
 };
 pub use function::{CommitError, MatchFunction, ProfileMatcher, QueuePool, TicketView};
 
@@ -199,6 +200,14 @@ pub enum InsertError {
         /// The queued ticket that holds the player.
         ticket: TicketId,
     },
+    /// The queue key has no profile and its [`QueueKeyRule`] refuses it.
+    #[error("queue key {key:?}: {reason}")]
+    InvalidQueueKey {
+        /// The refused key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Largest magnitude of the skill attribute a profile reads. Skills are
@@ -210,6 +219,7 @@ pub const MAX_SKILL_MAGNITUDE: f64 = 1e12;
 pub struct Engine {
     profiles: BTreeMap<String, Arc<Spec>>,
     raw_profiles: BTreeMap<String, QueueProfile>,
+    key_rule: QueueKeyRule,
     functions: BTreeMap<String, Box<dyn MatchFunction>>,
     queues: Vec<Option<Queue>>,
     queue_free: Vec<u32>,
@@ -253,6 +263,7 @@ impl Engine {
         Ok(Engine {
             profiles,
             raw_profiles,
+            key_rule: config.key_rule,
             functions: BTreeMap::new(),
             queues: Vec::new(),
             queue_free: Vec::new(),
@@ -282,14 +293,20 @@ impl Engine {
         self.functions.insert(queue_key.to_owned(), function);
     }
 
-    fn spec_for(&self, queue_key: &str) -> Arc<Spec> {
-        match self.queue_ids.get(queue_key).and_then(|&q| self.queue(q)) {
-            Some(q) => Arc::clone(&q.spec),
-            None => match self.profiles.get(queue_key) {
-                Some(spec) => Arc::clone(spec),
-                None => Arc::new(Spec::default_for_key(queue_key)),
-            },
+    /// How keys without a profile are read.
+    pub fn key_rule(&self) -> QueueKeyRule {
+        self.key_rule
+    }
+
+    fn spec_for(&self, queue_key: &str) -> Result<Arc<Spec>, InsertError> {
+        if let Some(queue) = self.queue_ids.get(queue_key).and_then(|&q| self.queue(q)) {
+            return Ok(Arc::clone(&queue.spec));
         }
+        if let Some(spec) = self.profiles.get(queue_key) {
+            return Ok(Arc::clone(spec));
+        }
+        let teams = self.key_rule.teams_for_key(queue_key)?;
+        Ok(Arc::new(Spec::default_for_teams(teams)))
     }
 
     fn queue(&self, id: u32) -> Option<&Queue> {
@@ -315,7 +332,7 @@ impl Engine {
         if let Some(twice) = ticket.players.iter().find(|p| !seen.insert(p.as_str())) {
             return Err(InsertError::DuplicatePlayer(twice.clone()));
         }
-        let spec = self.spec_for(queue_key);
+        let spec = self.spec_for(queue_key)?;
         if let Some(max) = spec.max_party()
             && ticket.size > max
         {
@@ -357,7 +374,7 @@ impl Engine {
                 });
             }
         }
-        let spec = self.spec_for(queue_key);
+        let spec = self.spec_for(queue_key)?;
         let queue_id = match self.queue_ids.get(queue_key) {
             Some(&id) => id,
             None => {

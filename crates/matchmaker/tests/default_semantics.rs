@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use matchplane_matchmaker::{
-    Engine, EngineConfig, InsertError, Match, QueueStats, Ticket, TicketId,
+    Engine, EngineConfig, InsertError, Match, QueueKeyRule, QueueStats, Ticket, TicketId,
 };
 
 fn engine() -> Engine {
@@ -207,4 +207,139 @@ fn unknown_queue_is_empty() {
     assert!(e.find_matches("nothing:1v1", 0).is_empty());
     assert!(e.find_all_matches(0).is_empty());
     assert!(e.queue_stats().is_empty());
+}
+
+fn seed_engine() -> Engine {
+    Engine::new(EngineConfig {
+        key_rule: QueueKeyRule::Seed,
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn seed_rule_reads_the_mode_as_one_group_per_land() {
+    let seed = |key: &str| QueueKeyRule::Seed.teams_for_key(key);
+    assert_eq!(seed("standard:2v2"), Ok(Some(vec![2])));
+    assert_eq!(seed("standard:3v1"), Ok(Some(vec![3])));
+    assert_eq!(seed("hero-defense:3"), Ok(Some(vec![3])));
+    assert_eq!(seed("arena:4v4:eu"), Ok(Some(vec![4])));
+    assert_eq!(seed("x:1000"), Ok(Some(vec![1000])));
+    // Not of the form `NvM` or `N`: one ticket per land.
+    for solo in [
+        "x:abc",
+        "x",
+        "x:",
+        "x:3v3-casual",
+        "x:v2",
+        "x:2v",
+        "x:2v2v2",
+        "x:-1",
+    ] {
+        assert_eq!(seed(solo), Ok(None), "{solo}");
+    }
+    // Of the form, but no land can hold that group: refused, not read as solo.
+    for refused in [
+        "x:0",
+        "x:0v0",
+        "x:0v2",
+        "x:2v0",
+        "x:1001",
+        "x:5v1001",
+        "x:99999999999999999999",
+    ] {
+        match seed(refused) {
+            Err(InsertError::InvalidQueueKey { key, reason }) => {
+                assert_eq!(key, refused);
+                assert!(reason.contains("1..=1000"), "{reason}");
+            }
+            other => panic!("{refused}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn teams_rule_is_the_default_and_unchanged() {
+    assert_eq!(EngineConfig::default().key_rule, QueueKeyRule::Teams);
+    let teams = |key: &str| QueueKeyRule::Teams.teams_for_key(key);
+    assert_eq!(teams("standard:2v2"), Ok(Some(vec![2, 2])));
+    assert_eq!(teams("hero-defense:3"), Ok(Some(vec![3])));
+    // The teams rule reads out-of-range modes as solo, as it always has.
+    assert_eq!(teams("x:0"), Ok(None));
+    assert_eq!(teams("x:5000"), Ok(None));
+    assert_eq!(teams("x:abc"), Ok(None));
+    // The rule is not a TOML setting: the file cannot switch it.
+    let from_file = EngineConfig::from_toml_str("key_rule = \"seed\"\n").unwrap();
+    assert_eq!(from_file.key_rule, QueueKeyRule::Teams);
+}
+
+#[test]
+fn seed_engine_puts_two_solos_of_2v2_in_one_land() {
+    let mut e = seed_engine();
+    assert_eq!(e.key_rule(), QueueKeyRule::Seed);
+    e.insert("standard:2v2", t(1, 1, 10)).unwrap();
+    e.insert("standard:2v2", t(2, 1, 11)).unwrap();
+    let m = e.find_matches("standard:2v2", 100);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].teams, vec![vec![TicketId(1), TicketId(2)]]);
+    assert_eq!(e.land_type("standard:2v2"), "standard");
+    assert!(e.is_empty());
+
+    // The same two tickets under the teams rule wait for a second team.
+    let mut teams = engine();
+    teams.insert("standard:2v2", t(1, 1, 10)).unwrap();
+    teams.insert("standard:2v2", t(2, 1, 11)).unwrap();
+    assert!(teams.find_matches("standard:2v2", 100).is_empty());
+    assert_eq!(teams.len(), 2);
+}
+
+#[test]
+fn seed_engine_groups_parties_and_bounds_them() {
+    let mut e = seed_engine();
+    e.insert("hero-defense:3", t(1, 2, 10)).unwrap();
+    e.insert("hero-defense:3", t(2, 2, 11)).unwrap();
+    e.insert("hero-defense:3", t(3, 1, 12)).unwrap();
+    let m = e.find_matches("hero-defense:3", 100);
+    assert_eq!(m.len(), 1);
+    let ids: Vec<TicketId> = m[0].teams.iter().flatten().copied().collect();
+    assert_eq!(m[0].teams.len(), 1);
+    assert!(ids.contains(&TicketId(1)) && ids.contains(&TicketId(3)));
+    assert!(e.contains(TicketId(2)));
+
+    // A party larger than the group can never be placed.
+    assert_eq!(
+        e.insert("standard:2v2", t(9, 3, 20)),
+        Err(InsertError::TooLarge { size: 3, max: 2 })
+    );
+    // Anything else is one ticket per land, parties included.
+    e.insert("standard:ranked", t(10, 4, 20)).unwrap();
+    let solo = e.find_matches("standard:ranked", 100);
+    assert_eq!(solo.len(), 1);
+    assert_eq!(solo[0].teams, vec![vec![TicketId(10)]]);
+}
+
+#[test]
+fn seed_engine_refuses_out_of_range_groups_without_queueing() {
+    let mut e = seed_engine();
+    for key in ["x:0", "x:5000", "x:1v99999999999"] {
+        assert!(matches!(
+            e.check(key, &t(1, 1, 0)),
+            Err(InsertError::InvalidQueueKey { .. })
+        ));
+        assert!(matches!(
+            e.insert(key, t(1, 1, 0)),
+            Err(InsertError::InvalidQueueKey { .. })
+        ));
+    }
+    assert!(e.is_empty());
+    assert!(e.queue_stats().is_empty());
+    // A profile for the key wins over the rule.
+    let mut profiled = Engine::new(EngineConfig {
+        key_rule: QueueKeyRule::Seed,
+        ..EngineConfig::from_toml_str("[[queue]]\nkey = \"x:0\"\nteam_size = 1\n").unwrap()
+    })
+    .unwrap();
+    profiled.insert("x:0", t(1, 1, 0)).unwrap();
+    profiled.insert("x:0", t(2, 1, 0)).unwrap();
+    assert_eq!(profiled.find_matches("x:0", 10).len(), 1);
 }

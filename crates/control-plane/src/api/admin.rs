@@ -127,6 +127,13 @@ pub async fn backfill(
     State(state): State<AppState>,
     body: super::ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResponse>, ApiError> {
+    if !state.config.role.matches() {
+        // Backfill fills slots from the matcher's pool, which this replica has none of.
+        return Err(ApiError::not_found(
+            ErrorCode::NotFound,
+            "backfill is served by replicas that match (--role all or matcher), not by --role api",
+        ));
+    }
     let body = body.into_inner();
     let required = |value: Option<String>, field: &str| {
         value.filter(|value| !value.is_empty()).ok_or_else(|| {
@@ -216,15 +223,24 @@ pub async fn rotate_key(
     let keyring = std::sync::Arc::clone(state.issuer.keyring());
     let algorithm = state.config.signing.algorithm;
     let lifetime = duration_ms(state.config.assignment_ttl);
-    let kid = tokio::task::spawn_blocking(move || keyring.rotate(algorithm, now, lifetime))
+    let kid = keyring
+        .rotate(algorithm, now, lifetime)
         .await
-        .map_err(|err| ApiError::internal(err.to_string()))?
         .map_err(|err| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::InvalidRequest,
-                err.to_string(),
-            )
+            if err.is_unavailable() {
+                tracing::error!(error = %err, "key rotation failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::StoreUnavailable,
+                    "the shared keyring is unavailable; retry shortly",
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::InvalidRequest,
+                    err.to_string(),
+                )
+            }
         })?;
     tracing::info!(kid = %kid, "signing key rotated");
     Ok(Json(Rotated { kid }))

@@ -144,6 +144,7 @@ fn refused_by_queue(refused: InsertError) -> ApiError {
         InsertError::Duplicate(_) => ErrorCode::InvalidRequest,
         InsertError::DuplicatePlayer(_) => ErrorCode::DuplicateMember,
         InsertError::PlayerQueued { .. } => ErrorCode::PlayerAlreadyQueued,
+        InsertError::InvalidQueueKey { .. } => ErrorCode::InvalidQueueKey,
     };
     ApiError::bad_request(
         code,

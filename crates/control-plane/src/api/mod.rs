@@ -49,6 +49,9 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    if !state.config.role.serves_api() {
+        return matcher_role_router(state);
+    }
     let body_limit = state.config.limits.max_body_bytes;
     let trusted = Arc::new(crate::client_ip::TrustedProxies::new(
         state.config.trusted_proxies.clone(),
@@ -93,6 +96,16 @@ pub fn router(state: AppState) -> Router {
             trusted,
             crate::client_ip::access_log,
         ))
+        .with_state(state)
+}
+
+/// A `--role matcher` process serves health and metrics, nothing else.
+fn matcher_role_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(admin::health))
+        .merge(public_metrics(&state))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 

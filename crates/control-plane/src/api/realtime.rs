@@ -91,6 +91,27 @@ fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> ApiError {
     )
 }
 
+/// The event a ticket's stored state stands for, unless it is still queued.
+fn settled_event(ticket: crate::store::TicketRecord) -> Option<TicketEvent> {
+    match (ticket.status, ticket.assignment) {
+        (TicketStatus::Assigned, Some(assignment)) => Some(TicketEvent::Assigned {
+            ticket_id: ticket.ticket_id,
+            assignment: Box::new(assignment),
+        }),
+        (TicketStatus::Cancelled, _) => Some(TicketEvent::Cancelled {
+            ticket_id: ticket.ticket_id,
+        }),
+        (TicketStatus::Expired, _) => Some(TicketEvent::Expired {
+            ticket_id: ticket.ticket_id,
+        }),
+        (TicketStatus::Failed, _) => Some(TicketEvent::Failed {
+            ticket_id: ticket.ticket_id,
+            reason: ticket.failure_reason.unwrap_or_default(),
+        }),
+        (TicketStatus::Queued | TicketStatus::Assigned, _) => None,
+    }
+}
+
 /// Messages above the body limit but below this are read whole and answered with
 /// close 1009 after a clean handshake; beyond it the WebSocket layer refuses the
 /// frame after its header, so the rest cannot be drained (see [`Session::abort`]).
@@ -114,6 +135,8 @@ struct Session {
     bad_messages: u32,
     /// The verified player (jwt mode): it may only watch its own tickets.
     player: PlayerIdentity,
+    /// Changes when events may have been missed (the cluster feed had a gap).
+    resyncs: tokio::sync::watch::Receiver<u64>,
 }
 
 enum Flow {
@@ -124,8 +147,10 @@ enum Flow {
 impl Session {
     fn new(socket: WebSocket, state: AppState, player: PlayerIdentity) -> Self {
         let (watcher, events) = state.events.watcher();
+        let resyncs = state.events.resyncs();
         crate::metrics::inc(&state.metrics.realtime_sockets);
         Self {
+            resyncs,
             socket,
             events,
             state,
@@ -158,6 +183,7 @@ impl Session {
                     None => Flow::Close,
                 },
                 Some(event) = self.events.recv() => self.on_event(event).await,
+                Ok(()) = self.resyncs.changed() => self.resync().await,
                 _ = ping.tick() => self.send_raw(Message::Ping(Default::default())).await,
                 _ = shutdown.changed() => {
                     self.close(1001, "server shutting down").await;
@@ -394,24 +420,7 @@ impl Session {
                     .await;
             }
         };
-        let event = match (ticket.status, ticket.assignment) {
-            (TicketStatus::Assigned, Some(assignment)) => Some(TicketEvent::Assigned {
-                ticket_id: ticket.ticket_id,
-                assignment: Box::new(assignment),
-            }),
-            (TicketStatus::Cancelled, _) => Some(TicketEvent::Cancelled {
-                ticket_id: ticket.ticket_id,
-            }),
-            (TicketStatus::Expired, _) => Some(TicketEvent::Expired {
-                ticket_id: ticket.ticket_id,
-            }),
-            (TicketStatus::Failed, _) => Some(TicketEvent::Failed {
-                ticket_id: ticket.ticket_id,
-                reason: ticket.failure_reason.unwrap_or_default(),
-            }),
-            (TicketStatus::Queued | TicketStatus::Assigned, _) => None,
-        };
-        match event {
+        match settled_event(ticket) {
             Some(event) => self.on_event(event).await,
             None => {
                 self.send(RealtimeEvent::Subscribed(Subscribed {
@@ -421,6 +430,29 @@ impl Session {
                 .await
             }
         }
+    }
+
+    /// Events may have been missed: re-reads each watched ticket and sends
+    /// what it settled into meanwhile (deduplicated like any event). A ticket
+    /// that cannot be read now keeps its watch; the next event still arrives.
+    async fn resync(&mut self) -> Flow {
+        let watched = self.watcher.watched().to_vec();
+        for ticket_id in watched {
+            let ticket = match self.state.store.ticket(&ticket_id).await {
+                Ok(Some(ticket)) => ticket,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(error = %err, "realtime resync read failed");
+                    continue;
+                }
+            };
+            if let Some(event) = settled_event(ticket)
+                && let Flow::Close = self.on_event(event).await
+            {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
     }
 
     /// Stops watching the oldest assigned ticket to make room for a new watch.

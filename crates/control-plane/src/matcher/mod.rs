@@ -66,6 +66,8 @@ enum Command {
     ),
     /// A server instance died (restarted under its id) or deregistered.
     ServerGone(Box<LostServer>),
+    /// Every queued ticket, read after events may have been missed.
+    Resync(Vec<TicketRecord>),
 }
 
 /// "Land L on server S has open slots": fill them from queue Q.
@@ -111,15 +113,36 @@ pub enum BackfillError {
 }
 
 impl MatcherHandle {
+    /// A handle whose commands go nowhere, for a process that never matches
+    /// (`--role api`): another replica's matcher learns the tickets from the
+    /// shared store's event feed.
+    pub fn detached() -> Self {
+        let (commands, _) = mpsc::unbounded_channel();
+        Self {
+            commands,
+            queued: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// A ticket the store has accepted; matched at once when possible.
     pub fn enqueued(&self, ticket: TicketRecord) {
         // Only fails after shutdown, when nobody matches anymore anyway.
         let _ = self.commands.send(Command::Enqueued(Box::new(ticket)));
     }
 
-    /// A ticket the store no longer holds as queued (cancelled).
+    /// A ticket the store no longer holds as queued (cancelled, or expired or
+    /// assigned by another replica).
     pub fn removed(&self, ticket_id: String) {
         let _ = self.commands.send(Command::Removed(ticket_id));
+    }
+
+    /// Events about tickets may have been missed (a gap in the cluster event
+    /// feed): `queued` is every queued ticket, read from the store after the
+    /// gap. Tickets it lacks are tracked; tracked tickets it lacks are
+    /// checked against the store and dropped unless still queued (one enqueued
+    /// here after the read stays).
+    pub fn resync(&self, queued: Vec<TicketRecord>) {
+        let _ = self.commands.send(Command::Resync(queued));
     }
 
     /// Per-queue waits, computed by the loop (`None` if it has stopped).
@@ -183,6 +206,15 @@ type PendingBackfill = (
     Box<BackfillJob>,
     oneshot::Sender<Result<BackfillOutcome, BackfillError>>,
 );
+
+/// What the commands of one round collect for the I/O after them.
+struct Round<'a> {
+    touched: &'a mut BTreeSet<String>,
+    backfills: &'a mut Vec<PendingBackfill>,
+    gone: &'a mut Vec<LostServer>,
+    /// Tracked tickets a resync did not list: still queued?
+    unsure: &'a mut Vec<String>,
+}
 
 /// Commands folded into one matching round, to batch store commits under load.
 const MAX_COMMANDS_PER_ROUND: usize = 4096;
@@ -261,13 +293,21 @@ impl MatchLoop {
         let mut touched = BTreeSet::new();
         let mut backfills = Vec::new();
         let mut gone = Vec::new();
-        self.apply(first, &mut touched, &mut backfills, &mut gone);
+        let mut unsure = Vec::new();
+        let mut round = Round {
+            touched: &mut touched,
+            backfills: &mut backfills,
+            gone: &mut gone,
+            unsure: &mut unsure,
+        };
+        self.apply(first, &mut round);
         for _ in 1..MAX_COMMANDS_PER_ROUND {
             match self.commands.try_recv() {
-                Ok(command) => self.apply(command, &mut touched, &mut backfills, &mut gone),
+                Ok(command) => self.apply(command, &mut round),
                 Err(_) => break,
             }
         }
+        self.drop_unqueued(unsure).await;
         for lost in gone {
             touched.extend(self.release_stranded(&lost).await);
         }
@@ -284,26 +324,56 @@ impl MatchLoop {
         self.place(matches, now).await;
     }
 
-    fn apply(
-        &mut self,
-        command: Command,
-        touched: &mut BTreeSet<String>,
-        backfills: &mut Vec<PendingBackfill>,
-        gone: &mut Vec<LostServer>,
-    ) {
+    fn apply(&mut self, command: Command, round: &mut Round<'_>) {
         match command {
             Command::Enqueued(ticket) => {
                 let queue_key = ticket.queue_key.clone();
                 if self.pool.track(*ticket, self.clock.now_ms()) {
-                    touched.insert(queue_key);
+                    round.touched.insert(queue_key);
                 }
             }
             Command::Removed(ticket_id) => self.pool.withdraw(&ticket_id),
             Command::Waits(reply) => {
                 let _ = reply.send(self.waits());
             }
-            Command::Backfill(job, reply) => backfills.push((job, reply)),
-            Command::ServerGone(lost) => gone.push(*lost),
+            Command::Backfill(job, reply) => round.backfills.push((job, reply)),
+            Command::ServerGone(lost) => round.gone.push(*lost),
+            Command::Resync(queued) => {
+                let listed: BTreeSet<&str> = queued
+                    .iter()
+                    .map(|ticket| ticket.ticket_id.as_str())
+                    .collect();
+                round.unsure.extend(
+                    self.pool
+                        .records()
+                        .values()
+                        .filter(|record| !listed.contains(record.ticket_id.as_str()))
+                        .map(|record| record.ticket_id.clone()),
+                );
+                let now = self.clock.now_ms();
+                for ticket in queued {
+                    let queue_key = ticket.queue_key.clone();
+                    if self.pool.track(ticket, now) {
+                        round.touched.insert(queue_key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the tickets the store no longer holds as queued, of those a
+    /// resync could not vouch for. A ticket that cannot be read stays: the
+    /// store's commit and expiry checks still refuse it if it left the queue.
+    async fn drop_unqueued(&mut self, unsure: Vec<String>) {
+        for ticket_id in unsure {
+            match self.store.ticket(&ticket_id).await {
+                Ok(Some(ticket)) if ticket.status == TicketStatus::Queued => {}
+                Ok(_) => self.pool.withdraw(&ticket_id),
+                Err(err) => {
+                    metrics::inc(&self.metrics.store_errors);
+                    tracing::warn!(ticket_id = %ticket_id, error = %err, "cannot check a ticket after a resync; it stays");
+                }
+            }
         }
     }
 

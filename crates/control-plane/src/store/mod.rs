@@ -5,6 +5,7 @@
 //! every ticket is still queued").
 
 mod redb_store;
+mod redis_feed;
 mod redis_store;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use matchplane_contracts::provisioning::{Capacity, Load};
 use serde::{Deserialize, Serialize};
 
 pub use redb_store::RedbStore;
+pub use redis_feed::{FeedEntry, FeedEvent, FeedRead, RedisFeed};
 pub use redis_store::{DEFAULT_KEY_PREFIX as REDIS_DEFAULT_KEY_PREFIX, RedisStore};
 
 use crate::clock::Millis;
@@ -146,6 +148,9 @@ pub struct ReleaseRequest {
     pub ticket_id: String,
     pub assignment_id: String,
     pub release: Release,
+    /// The land its players had joined, if they had: a shared store tells
+    /// other replicas `match.lost` for it rather than `ticket.requeued`.
+    pub joined_land: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,4 +289,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness probe for `/health`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The cluster event feed of a store other processes share (Redis): what
+    /// they changed, for this replica's matcher and sockets. `None` for a store
+    /// only this process writes.
+    fn event_feed(&self) -> Option<RedisFeed> {
+        None
+    }
 }

@@ -1116,6 +1116,7 @@ mod tests {
             ticket_id: ticket.to_owned(),
             assignment_id: assignment.to_owned(),
             release,
+            joined_land: None,
         }
     }
 

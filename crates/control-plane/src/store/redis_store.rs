@@ -29,17 +29,21 @@ pub const DEFAULT_KEY_PREFIX: &str = "matchplane";
 const SCHEMA_VERSION: u64 = 1;
 /// Finished tickets deleted per purge script, so one purge never blocks Redis for long.
 const PURGE_BATCH: u64 = 500;
+/// Entries the event feed keeps at least (`XADD MAXLEN ~`; the scripts'
+/// `emit` spells the same number): a replica further behind than this resyncs.
+pub(super) const FEED_MAXLEN: u64 = 100_000;
 /// Tickets read per pipelined round trip by the scanning reads.
 const READ_BATCH: isize = 500;
 
-/// Helpers every script starts with. KEYS are the four global indexes;
-/// ARGV[1..3] are the ticket key prefix, the server index prefix and `now`.
-/// Numbers are written from ARGV strings, never from Lua numbers, which Redis
-/// would format with 14 significant digits.
+/// Helpers every script starts with. KEYS are the four global indexes and
+/// the event stream; ARGV[1..4] are the ticket key prefix, the server index
+/// prefix, `now` and the replica id that runs the script (the `origin` of the
+/// events it appends). Numbers are written from ARGV strings, never from Lua
+/// numbers, which Redis would format with 14 significant digits.
 const PRELUDE: &str = r"
-local tprefix, sprefix, now_arg = ARGV[1], ARGV[2], ARGV[3]
+local tprefix, sprefix, now_arg, origin = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(now_arg)
-local groups, players, queued, finished = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local groups, players, queued, finished, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local function tkey(id) return tprefix .. id end
 local function field(id, name) return redis.call('HGET', tkey(id), name) end
 local function dump(id) return redis.call('HGETALL', tkey(id)) end
@@ -76,45 +80,53 @@ local function finish(id, status)
   redis.call('ZADD', finished, now_arg, id)
   release_players(id)
 end
+-- Appends a ticket event to the cluster feed in the same script as the
+-- change, so the feed holds exactly the changes that happened, in order.
+local function emit(kind, id, ...)
+  redis.call('XADD', events, 'MAXLEN', '~', '100000', '*', 'kind', kind, 'ticket', id,
+    'queue', field(id, 'queue_key') or '', 'origin', origin, ...)
+end
 ";
 
-/// ARGV[4] ticket id, [5] owner-group field, [6] enqueued_at, [7] members
-/// JSON, [8..] the ticket hash's field/value pairs.
+/// ARGV[5] ticket id, [6] owner-group field, [7] enqueued_at, [8] members
+/// JSON, [9..] the ticket hash's field/value pairs.
 const CREATE: &str = r"
-local id, gfield = ARGV[4], ARGV[5]
+local id, gfield = ARGV[5], ARGV[6]
 local existing = redis.call('HGET', groups, gfield)
 if existing and live(existing) then return {'existing', dump(existing)} end
-local list = cjson.decode(ARGV[7])
+local list = cjson.decode(ARGV[8])
 local player, other = queued_elsewhere(list)
 if player then return {'player_queued', player, other} end
 redis.call('DEL', tkey(id))
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', tkey(id), unpack(fields))
 redis.call('HSET', groups, gfield, id)
 for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
-redis.call('ZADD', queued, ARGV[6], id)
+redis.call('ZADD', queued, ARGV[7], id)
+emit('enqueued', id)
 return {'created'}
 ";
 
-/// ARGV[4] ticket id.
+/// ARGV[5] ticket id.
 const CANCEL: &str = r"
-local id = ARGV[4]
+local id = ARGV[5]
 local status = field(id, 'status')
 if not status then return {'not_found'} end
 if status ~= 'queued' then return {'not_queued', dump(id)} end
 finish(id, 'cancelled')
+emit('cancelled', id)
 return {'cancelled', dump(id)}
 ";
 
-/// ARGV[4] number of matches; per match: ticket count, assignment_expires_at,
+/// ARGV[5] number of matches; per match: ticket count, assignment_expires_at,
 /// '1'/'0' has instance, instance; then per ticket: id, assignment JSON,
 /// assignment id, server id. Each match is applied only if all its tickets
 /// are queued.
 const COMMIT: &str = r"
 local results = {}
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
   local n, expires, has_instance, instance = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   i = i + 4
   local not_queued = {}
@@ -137,6 +149,7 @@ for _ = 1, tonumber(ARGV[4]) do
       end
       redis.call('SADD', sprefix .. server_id, id)
       finish(id, 'assigned')
+      emit('assigned', id, 'assignment', ARGV[base + 1])
     end
     local applied = {}
     for k = 0, n - 1 do applied[#applied + 1] = dump(ARGV[i + 4 * k]) end
@@ -147,29 +160,33 @@ end
 return results
 ";
 
-/// ARGV[4..] ticket ids.
+/// ARGV[5..] ticket ids.
 const EXPIRE: &str = r"
 local out = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   if field(id, 'status') == 'queued' then
     finish(id, 'expired')
+    emit('expired', id)
     out[#out + 1] = dump(id)
   end
 end
 return out
 ";
 
-/// ARGV[4] the reason for a requeue refused by a member queued elsewhere,
-/// [5] number of requests; per request: ticket id, assignment id,
-/// 'requeue' | 'fail', expires_at | reason.
+/// ARGV[5] the reason for a requeue refused by a member queued elsewhere,
+/// [6] the reason a released assignment is gone (the feed's `match_lost` /
+/// `requeued`), [7] number of requests; per request: ticket id, assignment
+/// id, 'requeue' | 'fail', expires_at | reason, the land its players had
+/// joined ('' if none). Feed events are the ones the matcher publishes
+/// locally: `match_lost` for a joined land, else `requeued`; then `failed`.
 const RELEASE: &str = r"
-local elsewhere = ARGV[4]
+local elsewhere, lost_reason = ARGV[5], ARGV[6]
 local out = {}
-local i = 6
-for _ = 1, tonumber(ARGV[5]) do
-  local id, assignment_id, kind, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+local i = 8
+for _ = 1, tonumber(ARGV[7]) do
+  local id, assignment_id, kind, value, joined = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
   local t = redis.call('HMGET', tkey(id), 'status', 'assignment_id', 'server_id')
   if t[1] ~= 'assigned' or t[2] ~= assignment_id then
     out[#out + 1] = {'unchanged', id}
@@ -191,15 +208,21 @@ for _ = 1, tonumber(ARGV[5]) do
       finish(id, 'failed')
       out[#out + 1] = {'failed', dump(id)}
     end
+    if joined ~= '' then
+      emit('match_lost', id, 'land', joined, 'reason', lost_reason)
+    elseif kind == 'requeue' then
+      emit('requeued', id, 'reason', lost_reason)
+    end
+    if kind ~= 'requeue' then emit('failed', id, 'reason', value) end
   end
 end
 return out
 ";
 
-/// ARGV[4] before, [5] keep at most, [6] batch size. Oldest first: everything
+/// ARGV[5] before, [6] keep at most, [7] batch size. Oldest first: everything
 /// past the retention, then as many more as it takes to get down to the cap.
 const PURGE: &str = r"
-local before, keep, limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local before, keep, limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local over = redis.call('ZCARD', finished) - keep
 local entries = redis.call('ZRANGE', finished, 0, limit - 1, 'WITHSCORES')
 local doomed = 0
@@ -229,6 +252,8 @@ struct Keys {
     finished: String,
     servers: String,
     meta: String,
+    /// The cluster event feed: one stream every state-changing script appends to.
+    events: String,
 }
 
 impl Keys {
@@ -245,6 +270,7 @@ impl Keys {
             finished: key("finished"),
             servers: key("servers"),
             meta: key("meta"),
+            events: key("events"),
         }
     }
 
@@ -280,6 +306,11 @@ pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
     scripts: Scripts,
+    /// Kept to open the feed's own connection (a blocking read would stall
+    /// the shared multiplexed one).
+    client: redis::Client,
+    /// This process' id in the cluster: the `origin` of the events its scripts append.
+    replica_id: String,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -308,13 +339,15 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|err| StoreError::Unavailable(format!("connecting to Redis: {err}")))?;
         let store = Self {
             conn,
             keys: Keys::new(key_prefix),
             scripts: Scripts::new(),
+            client,
+            replica_id: uuid::Uuid::new_v4().to_string(),
         };
         store.check_schema().await?;
         Ok(store)
@@ -352,9 +385,11 @@ impl RedisStore {
             .key(&self.keys.players)
             .key(&self.keys.queued)
             .key(&self.keys.finished)
+            .key(&self.keys.events)
             .arg(&self.keys.ticket_prefix)
             .arg(&self.keys.server_tickets_prefix)
-            .arg(now.to_string());
+            .arg(now.to_string())
+            .arg(&self.replica_id);
         for arg in args {
             invocation.arg(arg);
         }
@@ -423,6 +458,9 @@ fn ticket_fields(ticket: &TicketRecord, group_field: &str) -> Result<Vec<String>
         group_field.to_owned(),
         "members".to_owned(),
         serde_json::to_string(&ticket.members).map_err(unavailable)?,
+        // Plain, for the feed entries the scripts append.
+        "queue_key".to_owned(),
+        ticket.queue_key.clone(),
     ];
     if let Some(assignment) = &ticket.assignment {
         fields.push("assignment".to_owned());
@@ -465,7 +503,7 @@ fn corrupt(key: &str, reason: impl std::fmt::Display) -> StoreError {
 }
 
 /// A ticket from its hash: the stored request with the lifecycle fields laid over it.
-fn ticket_from_fields(
+pub(super) fn ticket_from_fields(
     ticket_id: &str,
     fields: &HashMap<String, String>,
 ) -> Result<TicketRecord, StoreError> {
@@ -717,6 +755,7 @@ impl Store for RedisStore {
         }
         let mut args = vec![
             matchplane_contracts::realtime::reason::PLAYER_QUEUED_ELSEWHERE.to_owned(),
+            matchplane_contracts::realtime::reason::SERVER_LOST.to_owned(),
             releases.len().to_string(),
         ];
         for request in &releases {
@@ -732,6 +771,7 @@ impl Store for RedisStore {
                     args.push(reason.clone());
                 }
             }
+            args.push(request.joined_land.clone().unwrap_or_default());
         }
         let reply = self.run(&self.scripts.release, now, args).await?;
         let mut outcomes = Vec::with_capacity(releases.len());
@@ -836,6 +876,15 @@ impl Store for RedisStore {
             }
         }
         Ok(counts.into_values().collect())
+    }
+
+    fn event_feed(&self) -> Option<super::RedisFeed> {
+        Some(super::RedisFeed::new(
+            self.client.clone(),
+            self.keys.events.clone(),
+            self.keys.ticket_prefix.clone(),
+            self.replica_id.clone(),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
