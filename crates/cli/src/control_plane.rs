@@ -53,6 +53,11 @@ struct ServeArgs {
     /// need --redis-url: replicas learn each other's tickets and events from Redis.
     #[arg(long, env = "MATCHPLANE_ROLE", default_value = "all")]
     role: RoleArg,
+    /// With --redis-url: how long a replica's per-queue matcher lease lasts unless renewed
+    /// (renewed every third of it). One replica matches a queue at a time; a dead one's
+    /// queues are taken over within about twice this.
+    #[arg(long, env = "MATCHPLANE_MATCHER_LEASE", default_value = "5s", value_parser = parse_duration)]
+    matcher_lease: Duration,
     /// TOML file with queue profiles (`[[queue]]` tables); see docs/matchmaking.md.
     #[arg(long, env = "MATCHPLANE_CONFIG")]
     config: Option<PathBuf>,
@@ -303,6 +308,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::new(SocketAddr::new(args.bind, args.port), storage);
     config.server_ttl = args.server_ttl;
     config.heartbeat_interval = args.heartbeat_interval;
+    config.matcher_lease = args.matcher_lease;
     config.requeue_on_server_loss = args.requeue_on_server_loss == OnOff::On;
     config.requeue_joined = args.requeue_joined == OnOff::On;
     if args.server_ttl <= args.heartbeat_interval * 2 {

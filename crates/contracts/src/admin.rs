@@ -94,3 +94,49 @@ pub struct Health {
     pub queued_tickets: u64,
     pub current_kid: String,
 }
+
+/// `GET /v1/admin/cluster`: the replicas sharing this control plane's store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterView {
+    /// The replica that answered.
+    pub replica_id: String,
+    /// Replicas heard from recently (just this one on a single box).
+    pub replicas: Vec<ReplicaView>,
+    /// Matcher leases held now (empty on a single box).
+    pub leases: Vec<LeaseView>,
+    /// The shared Redis, or `null` for the embedded store.
+    pub redis: Option<RedisView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaView {
+    pub id: String,
+    /// `all`, `api` or `matcher`.
+    pub role: String,
+    /// The address its listener is bound to.
+    pub address: String,
+    /// When it last said it was alive (Unix milliseconds, its own clock).
+    pub last_seen_ms: u64,
+    pub last_seen_ago_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseView {
+    pub queue_key: String,
+    /// The replica id holding the lease.
+    pub holder: String,
+    /// The fencing epoch of the grant.
+    pub epoch: u64,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisView {
+    pub connected: bool,
+    /// The Redis URL with any password replaced by `***`.
+    pub url: String,
+}

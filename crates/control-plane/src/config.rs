@@ -57,6 +57,9 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     /// What this process does among replicas sharing a Redis store (`--role`).
     pub role: Role,
+    /// How long a per-queue matcher lease lasts unless renewed (`--matcher-lease`;
+    /// Redis store only): a dead matcher's queues move within about twice this.
+    pub matcher_lease: Duration,
 }
 
 /// `--role all|api|matcher`.
@@ -244,6 +247,7 @@ impl Config {
             rate_limit: matchplane_edge::ratelimit::RateLimit::default(),
             metrics_bind: None,
             role: Role::All,
+            matcher_lease: Duration::from_secs(5),
         }
     }
 

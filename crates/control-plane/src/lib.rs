@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod client_ip;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod feed;

@@ -38,6 +38,14 @@ pub struct Metrics {
     pub feed_lag_ms: AtomicU64,
     /// Feed gaps answered by reloading state.
     pub feed_resyncs: AtomicU64,
+    /// Matcher leases this replica was granted (Redis only).
+    pub lease_acquisitions: AtomicU64,
+    /// Matcher leases this replica lost: not renewed in time, taken over, or fenced.
+    pub lease_losses: AtomicU64,
+    /// Commits the store refused because the queue's lease had moved on.
+    pub fenced_commits: AtomicU64,
+    /// Commits the store refused because a ticket was no longer queued.
+    pub commit_conflicts: AtomicU64,
     match_wait_buckets: [AtomicU64; MATCH_WAIT_BUCKETS_MS.len()],
     match_wait_count: AtomicU64,
     match_wait_sum_ms: AtomicU64,
@@ -153,6 +161,26 @@ impl Metrics {
                 "matchplane_feed_resyncs_total",
                 "Cluster feed gaps answered by reloading queued tickets and socket states.",
                 &self.feed_resyncs,
+            ),
+            (
+                "matchplane_lease_acquisitions_total",
+                "Per-queue matcher leases granted to this replica (Redis store).",
+                &self.lease_acquisitions,
+            ),
+            (
+                "matchplane_lease_losses_total",
+                "Per-queue matcher leases this replica lost (expired, taken over, or fenced).",
+                &self.lease_losses,
+            ),
+            (
+                "matchplane_fenced_commits_total",
+                "Commits refused because the queue's lease was no longer this replica's at its epoch.",
+                &self.fenced_commits,
+            ),
+            (
+                "matchplane_commit_conflicts_total",
+                "Commits refused because a ticket of the match was no longer queued.",
+                &self.commit_conflicts,
             ),
         ];
         for (name, help, counter) in counters {

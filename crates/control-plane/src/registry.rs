@@ -59,6 +59,15 @@ pub enum LossKind {
     Deregistered,
 }
 
+/// What taking in the shared registry changed here.
+#[derive(Debug, Default)]
+pub struct SharedMerge {
+    /// Instances replaced by a new one under the same id.
+    pub restarted: Vec<LostServer>,
+    /// Servers deregistered (or forgotten) through another replica.
+    pub removed: Vec<ServerRecord>,
+}
+
 /// Where a new land goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
@@ -109,8 +118,15 @@ impl Registry {
     /// Returns the previous instance when this registration comes from a new
     /// process under the same server id: that instance's lands died with it.
     pub fn upsert(&self, record: ServerRecord) -> Option<LostServer> {
+        self.upsert_in(&mut self.servers.lock(), record)
+    }
+
+    fn upsert_in(
+        &self,
+        servers: &mut BTreeMap<String, Entry>,
+        record: ServerRecord,
+    ) -> Option<LostServer> {
         let now = record.last_seen;
-        let mut servers = self.servers.lock();
         let previous = servers.remove(&record.server_id);
         let restarted = previous.as_ref().and_then(|entry| {
             let old = entry.record.instance_id.as_ref()?;
@@ -177,6 +193,51 @@ impl Registry {
             && known.registered_with == record.registered_with;
         !same_registration
             || record.last_seen.saturating_sub(entry.persisted_at) >= PERSIST_HEARTBEATS_EVERY_MS
+    }
+
+    /// Takes in the registry a shared store holds (every replica writes each
+    /// heartbeat it receives there): reports newer than this replica's copy
+    /// replace it, as a heartbeat received here would. Servers missing from
+    /// the store are forgotten if last heard before `missing_since`; a later
+    /// one may be a registration that raced the read.
+    pub fn merge_shared(&self, shared: Vec<ServerRecord>, missing_since: Millis) -> SharedMerge {
+        let mut merge = SharedMerge::default();
+        let listed: HashSet<String> = shared
+            .iter()
+            .map(|record| record.server_id.clone())
+            .collect();
+        // One lock over the whole merge: a heartbeat received here meanwhile
+        // is never overwritten by an older report.
+        let mut servers = self.servers.lock();
+        for record in shared {
+            // An older report, even of another instance, loses to what this
+            // replica heard since (its own write may just not be read yet).
+            let newer = servers
+                .get(&record.server_id)
+                .is_none_or(|known| record.last_seen > known.record.last_seen);
+            if newer {
+                let server_id = record.server_id.clone();
+                let last_seen = record.last_seen;
+                merge.restarted.extend(self.upsert_in(&mut servers, record));
+                // Written by the replica that heard it: nothing to persist here.
+                if let Some(entry) = servers.get_mut(&server_id) {
+                    entry.persisted_at = last_seen;
+                }
+            }
+        }
+        let gone: Vec<String> = servers
+            .values()
+            .filter(|entry| {
+                !listed.contains(&entry.record.server_id) && entry.record.last_seen < missing_since
+            })
+            .map(|entry| entry.record.server_id.clone())
+            .collect();
+        for server_id in gone {
+            if let Some(entry) = servers.remove(&server_id) {
+                merge.removed.push(entry.record);
+            }
+        }
+        merge
     }
 
     /// Records that the store holds this server's report as of `at`.
@@ -737,6 +798,42 @@ mod tests {
         report.draining = false;
         report.last_seen += PERSIST_HEARTBEATS_EVERY_MS;
         assert!(registry.needs_persisting(&report), "old write");
+    }
+
+    #[test]
+    fn the_shared_registry_brings_newer_reports_and_removals_only() {
+        let registry = Registry::new(6_000, 2_000);
+        let mut mine = server("a");
+        mine.instance_id = Some("i1".to_owned());
+        mine.last_seen = 5_000;
+        registry.upsert(mine.clone());
+
+        // An older report (even of a new instance) loses to what was heard here.
+        let mut older = mine.clone();
+        older.last_seen = 4_000;
+        older.instance_id = Some("i0".to_owned());
+        let merge = registry.merge_shared(vec![older], 0);
+        assert!(merge.restarted.is_empty() && merge.removed.is_empty());
+        assert_eq!(registry.get("a").unwrap().last_seen, 5_000);
+
+        // A newer one, from another instance, replaces it and reports the restart.
+        let mut newer = mine.clone();
+        newer.last_seen = 6_000;
+        newer.instance_id = Some("i2".to_owned());
+        let other = server("b");
+        let merge = registry.merge_shared(vec![newer, other], 0);
+        assert_eq!(merge.restarted.len(), 1);
+        assert_eq!(merge.restarted[0].why, LossKind::Restarted);
+        assert_eq!(registry.get("a").unwrap().last_seen, 6_000);
+        assert!(registry.get("b").is_some());
+        assert!(!registry.needs_persisting(&registry.get("b").unwrap()));
+
+        // Missing from the store: forgotten only if not heard since `missing_since`.
+        let merge = registry.merge_shared(vec![server("b")], 6_000);
+        assert!(merge.removed.is_empty(), "heard at 6 000, kept");
+        let merge = registry.merge_shared(vec![server("b")], 6_001);
+        assert_eq!(merge.removed.len(), 1);
+        assert!(registry.get("a").is_none());
     }
 
     #[test]

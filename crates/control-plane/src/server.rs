@@ -132,7 +132,8 @@ impl Builder {
             None => None,
         };
         let role = config.role;
-        let queued = if role.matches() {
+        // With leases, each queue's tickets are loaded when its lease is granted.
+        let queued = if role.matches() && store.matcher_leases().is_none() {
             store.queued_tickets().await?
         } else {
             Vec::new()
@@ -212,6 +213,40 @@ impl Builder {
                 shutdown_rx.clone(),
             )
         });
+        // With a shared store each queue is matched by one replica at a time.
+        let lease_task = match store.matcher_leases() {
+            Some(leases) if role.matches() => Some(matcher::leases::spawn(
+                leases,
+                Arc::clone(&store),
+                matcher.clone(),
+                config.matcher_lease,
+                Arc::clone(&clock),
+                Arc::clone(&metrics),
+                shutdown_rx.clone(),
+            )),
+            _ => None,
+        };
+        let redis_url = match &config.storage {
+            StorageConfig::Redis { url, .. } => Some(url.clone()),
+            _ => None,
+        };
+        let cluster = Arc::new(crate::cluster::Cluster::new(
+            role,
+            local_addr,
+            store.cluster(),
+            redis_url,
+        ));
+        let cluster_task = crate::cluster::spawn(
+            Arc::clone(&cluster),
+            crate::cluster::SyncTargets {
+                store: Arc::clone(&store),
+                registry: Arc::clone(&registry),
+                matcher: role.matches().then(|| matcher.clone()),
+                clock: Arc::clone(&clock),
+                metrics: Arc::clone(&metrics),
+            },
+            shutdown_rx.clone(),
+        );
         let request_limits = Arc::new(api::limits::RequestLimits::new(config.rate_limit));
         let serve_limits = config.serve_limits.clone();
         let state = AppState {
@@ -228,6 +263,7 @@ impl Builder {
             auth,
             request_limits,
             shutdown: shutdown_rx.clone(),
+            cluster,
         };
         let server_task = spawn_serve(
             listener,
@@ -258,6 +294,8 @@ impl Builder {
             metrics_task,
             matcher_task,
             feed_task,
+            cluster_task,
+            lease_task,
             feed_paused,
             state,
             _matcher: matcher,
@@ -292,6 +330,10 @@ pub struct ControlPlane {
     matcher_task: JoinHandle<()>,
     /// Reads what other replicas change (only with a shared store).
     feed_task: Option<JoinHandle<()>>,
+    /// Announces this replica and refreshes the shared registry (only with a shared store).
+    cluster_task: Option<JoinHandle<()>>,
+    /// Keeps this replica's matcher leases (only with a shared store).
+    lease_task: Option<JoinHandle<()>>,
     feed_paused: Arc<watch::Sender<bool>>,
     state: AppState,
     _matcher: MatcherHandle,
@@ -364,6 +406,12 @@ impl ControlPlane {
         let _ = self.matcher_task.await;
         if let Some(feed_task) = self.feed_task {
             let _ = feed_task.await;
+        }
+        if let Some(cluster_task) = self.cluster_task {
+            let _ = cluster_task.await;
+        }
+        if let Some(lease_task) = self.lease_task {
+            let _ = lease_task.await;
         }
         tracing::info!("control plane stopped");
     }

@@ -151,7 +151,9 @@ async fn tickets_on_two_replicas_match_and_both_replicas_sockets_hear_it() {
 async fn a_cancel_on_one_replica_reaches_a_socket_on_another() {
     let redis = RedisServer::start();
     let (a, _a_dir) = replica(&redis, Role::All).await;
-    let (b, _b_dir) = replica(&redis, Role::All).await;
+    // B only serves the API: A is the one matcher, so it holds every
+    // queue's lease and tracks every queued ticket.
+    let (b, _b_dir) = replica(&redis, Role::Api).await;
     let carol = enqueue(&b, "carol").await;
     let mut carol_on_a = watch_queued(&a, &carol).await;
     // A's matcher learned the ticket from the feed...
@@ -275,7 +277,9 @@ async fn an_api_replica_and_a_matcher_replica_share_the_work() {
 async fn a_replica_that_stopped_reading_the_feed_catches_up() {
     let redis = RedisServer::start();
     let (a, _a_dir) = replica(&redis, Role::All).await;
-    let (b, _b_dir) = replica(&redis, Role::All).await;
+    // B only serves the API: A is the one matcher, so it holds every
+    // queue's lease and tracks every queued ticket.
+    let (b, _b_dir) = replica(&redis, Role::Api).await;
     let dan = enqueue(&b, "dan").await;
     let mut dan_on_a = watch_queued(&a, &dan).await;
     eventually_pooled(&a, &[(QUEUE, 1)]).await;
@@ -307,7 +311,9 @@ async fn a_replica_that_stopped_reading_the_feed_catches_up() {
 async fn a_gap_in_the_feed_makes_the_replica_resync() {
     let redis = RedisServer::start();
     let (a, _a_dir) = replica(&redis, Role::All).await;
-    let (b, _b_dir) = replica(&redis, Role::All).await;
+    // B only serves the API: A is the one matcher, so it holds every
+    // queue's lease and tracks every queued ticket.
+    let (b, _b_dir) = replica(&redis, Role::Api).await;
     let fay = enqueue(&b, "fay").await;
     let mut fay_on_a = watch_queued(&a, &fay).await;
     eventually_pooled(&a, &[(QUEUE, 1)]).await;

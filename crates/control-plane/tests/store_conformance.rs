@@ -833,6 +833,7 @@ async fn concurrent_commits_of_one_ticket_apply_exactly_one(store: Shared) {
         match task.await.unwrap() {
             CommitOutcome::Applied(_) => applied += 1,
             CommitOutcome::Rejected { not_queued } => assert_eq!(not_queued, ["shared"]),
+            CommitOutcome::Fenced => panic!("an unfenced commit was fenced"),
         }
     }
     assert_eq!(applied, 1);

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use matchplane_contracts::admin::{
-    Health, QueueSummary, QueueSummaryEntry, ServerList, WaitPercentiles,
+    ClusterView, Health, QueueSummary, QueueSummaryEntry, ServerList, WaitPercentiles,
 };
 use matchplane_contracts::jwks::JwkSet;
 use serde::Serialize;
@@ -87,6 +87,11 @@ pub async fn servers(_admin: AdminAccess, State(state): State<AppState>) -> Json
     Json(ServerList {
         servers: state.registry.views(now),
     })
+}
+
+/// Replicas sharing the store, matcher leases and the Redis connection.
+pub async fn cluster(_admin: AdminAccess, State(state): State<AppState>) -> Json<ClusterView> {
+    Json(state.cluster.view(state.clock.now_ms()).await)
 }
 
 pub async fn queue_summary(

@@ -46,6 +46,8 @@ pub struct AppState {
     pub request_limits: Arc<limits::RequestLimits>,
     /// Flips to `true` when the server shuts down; long-lived sockets close on it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// This replica among those sharing the store (`/v1/admin/cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -86,6 +88,7 @@ pub fn router(state: AppState) -> Router {
             delete(provisioning::deregister),
         )
         .route("/v1/admin/servers", get(admin::servers))
+        .route("/v1/admin/cluster", get(admin::cluster))
         .route("/v1/admin/queue/summary", get(admin::queue_summary))
         .route("/v1/admin/keys/rotate", post(admin::rotate_key))
         .route("/v1/internal/backfill", post(admin::backfill))

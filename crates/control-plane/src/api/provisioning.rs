@@ -61,7 +61,9 @@ pub async fn register(
         registered_with: Some(access.credential),
         instance_id,
     };
-    let persisted = state.registry.needs_persisting(&record);
+    // Shared through Redis, every heartbeat is written (one round trip, no
+    // fsync): it is how the other replicas hear that the server is alive.
+    let persisted = state.cluster.is_shared() || state.registry.needs_persisting(&record);
     if persisted {
         state.store.put_server(record.clone()).await?;
     }

@@ -15,7 +15,7 @@ use super::plan::{Origin, Planned, UnsignedCommit};
 use crate::clock::Millis;
 use crate::events::TicketEvent;
 use crate::metrics;
-use crate::store::{CommitOutcome, MatchCommit, StoreError, TicketRecord};
+use crate::store::{CommitOutcome, Fence, MatchCommit, StoreError, TicketRecord};
 use crate::tokens::{Signer, TokenError};
 
 /// Why a batch was not written; its tickets are back in their queues.
@@ -33,6 +33,9 @@ pub(super) enum Settled {
     Applied,
     /// Refused because a ticket changed meanwhile; nothing was written.
     Rejected,
+    /// Refused because the queue's lease moved on; nothing was written and
+    /// the loop no longer matches that queue.
+    Fenced,
 }
 
 impl MatchLoop {
@@ -50,14 +53,10 @@ impl MatchLoop {
         }
         let signed = sign_commits(Arc::new(self.issuer.signer()), unsigned).await;
         let written = match signed {
-            Ok(commits) => self
-                .store
-                .commit_matches(commits, now)
-                .await
-                .map_err(|err| {
-                    metrics::inc(&self.metrics.store_errors);
-                    CommitError::from(err)
-                }),
+            Ok(commits) => self.write(commits, &pending, now).await.map_err(|err| {
+                metrics::inc(&self.metrics.store_errors);
+                CommitError::from(err)
+            }),
             Err(err) => Err(CommitError::from(err)),
         };
         let outcomes = match written {
@@ -78,7 +77,24 @@ impl MatchLoop {
                     self.applied(origin, &tickets, records, now);
                     Settled::Applied
                 }
+                Some(CommitOutcome::Fenced) => {
+                    metrics::inc(&self.metrics.fenced_commits);
+                    let queue_key = self.queue_of(&tickets);
+                    tracing::warn!(land_id = %origin.land_id(), queue_key = ?queue_key,
+                        "commit refused: this replica no longer holds the queue's lease; it stops matching the queue");
+                    if let Origin::NewMatch { allocation, .. } = &origin {
+                        self.registry.release(allocation);
+                    }
+                    for id in &tickets {
+                        self.pool.untrack(*id);
+                    }
+                    if let Some(queue_key) = queue_key {
+                        self.stop_matching(&queue_key);
+                    }
+                    Settled::Fenced
+                }
                 Some(CommitOutcome::Rejected { not_queued }) => {
+                    metrics::inc(&self.metrics.commit_conflicts);
                     if let Origin::NewMatch { allocation, .. } = &origin {
                         metrics::inc(&self.metrics.matches_dropped);
                         self.registry.release(allocation);
@@ -96,6 +112,55 @@ impl MatchLoop {
             });
         }
         Ok(settled)
+    }
+
+    /// Writes signed commits: fenced by this replica's leases when it has
+    /// them, so a replica that lost a queue's lease cannot write a match of it.
+    async fn write(
+        &mut self,
+        commits: Vec<MatchCommit>,
+        pending: &[(Origin, Vec<TicketId>)],
+        now: Millis,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        let Some(leases) = &self.leases else {
+            return self.store.commit_matches(commits, now).await;
+        };
+        let fenced = commits
+            .into_iter()
+            .zip(pending)
+            .map(|(commit, (origin, tickets))| {
+                let queue_key = self.queue_of(tickets).unwrap_or_default();
+                // Epochs start at 1: a queue not held any more can never pass the check.
+                let epoch = leases.epochs.get(&queue_key).copied().unwrap_or(0);
+                // A backfill reuses its land's match id, so it is told apart
+                // by its first assignment's (fresh) id instead.
+                let match_id = commit
+                    .assignments
+                    .first()
+                    .map(|(_, assignment)| match (origin, &assignment.match_id) {
+                        (Origin::NewMatch { .. }, Some(match_id)) => match_id.clone(),
+                        _ => assignment.assignment_id.clone(),
+                    })
+                    .unwrap_or_default();
+                let fence = Fence {
+                    queue_key,
+                    holder: leases.holder.clone(),
+                    epoch,
+                    match_id,
+                };
+                (commit, fence)
+            })
+            .collect();
+        self.store.commit_matches_fenced(fenced, now).await
+    }
+
+    /// The queue of a commit's tickets (all of one queue).
+    fn queue_of(&self, tickets: &[TicketId]) -> Option<String> {
+        let first = tickets.first()?;
+        self.pool
+            .records()
+            .get(first)
+            .map(|record| record.queue_key.clone())
     }
 
     /// Undoes a commit that was not written: its land is free again and its

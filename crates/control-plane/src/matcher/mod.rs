@@ -17,6 +17,7 @@
 //! that raced the match wins and the rest of the match goes back to the pool).
 
 mod commit;
+pub mod leases;
 mod plan;
 mod pool;
 #[cfg(test)]
@@ -68,6 +69,17 @@ enum Command {
     ServerGone(Box<LostServer>),
     /// Every queued ticket, read after events may have been missed.
     Resync(Vec<TicketRecord>),
+    /// From now on match only the queues whose lease this replica (`holder`) holds.
+    UseLeases(String),
+    /// This replica now holds the queue's lease at `epoch`; `queued` is the
+    /// queue's queued tickets, read after the grant.
+    LeaseGranted {
+        queue_key: String,
+        epoch: u64,
+        queued: Vec<TicketRecord>,
+    },
+    /// The queue's lease is gone: stop matching it at once.
+    LeaseLost(String),
 }
 
 /// "Land L on server S has open slots": fill them from queue Q.
@@ -145,6 +157,27 @@ impl MatcherHandle {
         let _ = self.commands.send(Command::Resync(queued));
     }
 
+    /// Switches the loop to leased matching: it forgets every ticket and
+    /// matches only queues granted through [`MatcherHandle::lease_granted`].
+    pub fn use_leases(&self, holder: String) {
+        let _ = self.commands.send(Command::UseLeases(holder));
+    }
+
+    /// The queue's lease is this replica's at `epoch`; `queued` are its
+    /// queued tickets read after the grant.
+    pub fn lease_granted(&self, queue_key: String, epoch: u64, queued: Vec<TicketRecord>) {
+        let _ = self.commands.send(Command::LeaseGranted {
+            queue_key,
+            epoch,
+            queued,
+        });
+    }
+
+    /// The queue's lease was lost or given up.
+    pub fn lease_lost(&self, queue_key: String) {
+        let _ = self.commands.send(Command::LeaseLost(queue_key));
+    }
+
     /// Per-queue waits, computed by the loop (`None` if it has stopped).
     pub async fn waits(&self) -> Option<BTreeMap<String, QueueWaits>> {
         let (reply, answer) = oneshot::channel();
@@ -197,6 +230,15 @@ pub struct MatchLoop {
     recent_waits: HashMap<String, RecentWaits>,
     no_server_warned_at: HashMap<String, Millis>,
     last_housekeeping: Millis,
+    /// The queues this replica may match and their lease epochs; `None`
+    /// without leases (one process, or a store without them): every queue.
+    leases: Option<HeldLeases>,
+}
+
+/// Leases the loop matches under; commits carry them as fences.
+struct HeldLeases {
+    holder: String,
+    epochs: HashMap<String, u64>,
 }
 
 /// How long a "no game server" warning silences the next one for a land type.
@@ -255,6 +297,7 @@ pub fn spawn(
         metrics,
         recent_waits: HashMap::new(),
         no_server_warned_at: HashMap::new(),
+        leases: None,
     };
     let task = tokio::spawn(async move { matcher.run(shutdown).await });
     (
@@ -328,7 +371,7 @@ impl MatchLoop {
         match command {
             Command::Enqueued(ticket) => {
                 let queue_key = ticket.queue_key.clone();
-                if self.pool.track(*ticket, self.clock.now_ms()) {
+                if self.owns(&queue_key) && self.pool.track(*ticket, self.clock.now_ms()) {
                     round.touched.insert(queue_key);
                 }
             }
@@ -353,11 +396,54 @@ impl MatchLoop {
                 let now = self.clock.now_ms();
                 for ticket in queued {
                     let queue_key = ticket.queue_key.clone();
-                    if self.pool.track(ticket, now) {
+                    if self.owns(&queue_key) && self.pool.track(ticket, now) {
                         round.touched.insert(queue_key);
                     }
                 }
             }
+            Command::UseLeases(holder) => {
+                self.pool.withdraw_queue(None);
+                self.leases = Some(HeldLeases {
+                    holder,
+                    epochs: HashMap::new(),
+                });
+            }
+            Command::LeaseGranted {
+                queue_key,
+                epoch,
+                queued,
+            } => {
+                let Some(leases) = &mut self.leases else {
+                    return;
+                };
+                leases.epochs.insert(queue_key.clone(), epoch);
+                let now = self.clock.now_ms();
+                for ticket in queued {
+                    if ticket.queue_key == queue_key {
+                        self.pool.track(ticket, now);
+                    }
+                }
+                tracing::info!(queue_key = %queue_key, epoch, "matching this queue under its lease");
+                round.touched.insert(queue_key);
+            }
+            Command::LeaseLost(queue_key) => self.stop_matching(&queue_key),
+        }
+    }
+
+    /// Whether this replica matches the queue now.
+    fn owns(&self, queue_key: &str) -> bool {
+        self.leases
+            .as_ref()
+            .is_none_or(|leases| leases.epochs.contains_key(queue_key))
+    }
+
+    /// Forgets the queue and its tickets: another replica matches it now.
+    fn stop_matching(&mut self, queue_key: &str) {
+        if let Some(leases) = &mut self.leases
+            && leases.epochs.remove(queue_key).is_some()
+        {
+            self.pool.withdraw_queue(Some(queue_key));
+            tracing::info!(queue_key = %queue_key, "stopped matching this queue: its lease is gone");
         }
     }
 
@@ -475,7 +561,9 @@ impl MatchLoop {
             if record.status == TicketStatus::Queued {
                 requeued += 1;
                 touched.insert(record.queue_key.clone());
-                self.pool.track(record, now);
+                if self.owns(&record.queue_key) {
+                    self.pool.track(record, now);
+                }
             } else {
                 failed += 1;
                 self.events.publish(TicketEvent::Failed {

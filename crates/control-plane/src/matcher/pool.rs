@@ -99,6 +99,20 @@ impl Pool {
         }
     }
 
+    /// Forgets every tracked ticket of `queue_key` (every ticket if `None`):
+    /// the loop no longer matches that queue.
+    pub fn withdraw_queue(&mut self, queue_key: Option<&str>) {
+        let ids: Vec<TicketId> = self
+            .records
+            .iter()
+            .filter(|(_, record)| queue_key.is_none_or(|queue| record.queue_key == queue))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.discard(id);
+        }
+    }
+
     /// Puts a proposed-but-unplaced ticket back, keeping its place in line.
     pub fn requeue(&mut self, id: TicketId) {
         let Some(record) = self.records.get(&id) else {

@@ -5,7 +5,9 @@
 //! every ticket is still queued").
 
 mod redb_store;
+mod redis_cluster;
 mod redis_feed;
+mod redis_leases;
 mod redis_store;
 
 use std::collections::BTreeMap;
@@ -16,7 +18,9 @@ use matchplane_contracts::provisioning::{Capacity, Load};
 use serde::{Deserialize, Serialize};
 
 pub use redb_store::RedbStore;
+pub use redis_cluster::{LeaseEntry, RedisCluster, ReplicaEntry};
 pub use redis_feed::{FeedEntry, FeedEvent, FeedRead, RedisFeed};
+pub use redis_leases::{LeaseReply, RedisLeases};
 pub use redis_store::{DEFAULT_KEY_PREFIX as REDIS_DEFAULT_KEY_PREFIX, RedisStore};
 
 use crate::clock::Millis;
@@ -170,6 +174,20 @@ pub enum CommitOutcome {
     Rejected {
         not_queued: Vec<String>,
     },
+    /// Nothing was written: the queue's lease is no longer held by the
+    /// commit's replica at its epoch (lost, expired, or taken over).
+    Fenced,
+}
+
+/// What a fenced commit must still hold for its match to be written: the
+/// queue's matcher lease as `holder:epoch`, and the match id that makes a
+/// retried commit of the same match a no-op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub queue_key: String,
+    pub holder: String,
+    pub epoch: u64,
+    pub match_id: String,
 }
 
 /// A registered game server as last heard from.
@@ -251,6 +269,27 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<CommitOutcome>, StoreError>;
 
+    /// Like [`Store::commit_matches`], and each match is written only while
+    /// its fence holds (see [`Fence`]); a match committed before under the
+    /// same id is answered as `Applied` again without writing anything. A
+    /// store only this process writes has no leases: it ignores the fences.
+    async fn commit_matches_fenced(
+        &self,
+        matches: Vec<(MatchCommit, Fence)>,
+        now: Millis,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        let unfenced = matches.into_iter().map(|(commit, _)| commit).collect();
+        self.commit_matches(unfenced, now).await
+    }
+
+    /// The queued tickets of one queue, oldest first: what a matcher that
+    /// just took the queue's lease starts from.
+    async fn queued_tickets_in(&self, queue_key: &str) -> Result<Vec<TicketRecord>, StoreError> {
+        let mut queued = self.queued_tickets().await?;
+        queued.retain(|ticket| ticket.queue_key == queue_key);
+        Ok(queued)
+    }
+
     /// Marks these tickets expired if they are still queued; returns those changed.
     async fn expire_tickets(
         &self,
@@ -294,6 +333,20 @@ pub trait Store: Send + Sync + 'static {
     /// they changed, for this replica's matcher and sockets. `None` for a store
     /// only this process writes.
     fn event_feed(&self) -> Option<RedisFeed> {
+        None
+    }
+
+    /// The per-queue matcher leases of a store replicas share (Redis), so one
+    /// replica at a time matches each queue. `None`: this process matches all.
+    fn matcher_leases(&self) -> Option<RedisLeases> {
+        None
+    }
+
+    /// The replica directory and lease view of a store other processes share
+    /// (Redis); `None` for a store only this process uses. Its presence also
+    /// means the server registry is shared: every heartbeat is written and
+    /// every replica refreshes its registry from the store.
+    fn cluster(&self) -> Option<RedisCluster> {
         None
     }
 }

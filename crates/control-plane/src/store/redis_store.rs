@@ -18,8 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script, Value};
 
 use super::{
-    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, Release, ReleaseOutcome,
-    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
+    CancelOutcome, CommitOutcome, CreateOutcome, Fence, MatchCommit, QueueCounts, Release,
+    ReleaseOutcome, ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
 };
 use crate::clock::Millis;
 
@@ -34,9 +34,13 @@ const PURGE_BATCH: u64 = 500;
 pub(super) const FEED_MAXLEN: u64 = 100_000;
 /// Tickets read per pipelined round trip by the scanning reads.
 const READ_BATCH: isize = 500;
+/// How long a committed match's marker outlives its assignments' expiry.
+const MATCH_MARKER_GRACE_MS: Millis = 60_000;
 
-/// Helpers every script starts with. KEYS are the four global indexes and
-/// the event stream; ARGV[1..4] are the ticket key prefix, the server index
+/// Helpers every script starts with. KEYS are the four global indexes, the
+/// event stream and the set of queues with queued tickets (each such queue
+/// also has its own queued index, `<queues>:<queueKey>`, for the matcher that
+/// holds its lease); ARGV[1..4] are the ticket key prefix, the server index
 /// prefix, `now` and the replica id that runs the script (the `origin` of the
 /// events it appends). Numbers are written from ARGV strings, never from Lua
 /// numbers, which Redis would format with 14 significant digits.
@@ -44,8 +48,22 @@ const PRELUDE: &str = r"
 local tprefix, sprefix, now_arg, origin = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(now_arg)
 local groups, players, queued, finished, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local queues = KEYS[6]
 local function tkey(id) return tprefix .. id end
 local function field(id, name) return redis.call('HGET', tkey(id), name) end
+local function index_queued(id, score)
+  local queue = field(id, 'queue_key') or ''
+  redis.call('ZADD', queued, score, id)
+  redis.call('ZADD', queues .. ':' .. queue, score, id)
+  redis.call('SADD', queues, queue)
+end
+local function unindex_queued(id)
+  local queue = field(id, 'queue_key') or ''
+  redis.call('ZREM', queued, id)
+  local index = queues .. ':' .. queue
+  redis.call('ZREM', index, id)
+  if redis.call('ZCARD', index) == 0 then redis.call('SREM', queues, queue) end
+end
 local function dump(id) return redis.call('HGETALL', tkey(id)) end
 local function members(id)
   local raw = field(id, 'members')
@@ -76,7 +94,7 @@ local function release_players(id)
 end
 local function finish(id, status)
   redis.call('HSET', tkey(id), 'status', status, 'updated_at', now_arg)
-  redis.call('ZREM', queued, id)
+  unindex_queued(id)
   redis.call('ZADD', finished, now_arg, id)
   release_players(id)
 end
@@ -103,7 +121,7 @@ for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', tkey(id), unpack(fields))
 redis.call('HSET', groups, gfield, id)
 for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
-redis.call('ZADD', queued, ARGV[7], id)
+index_queued(id, ARGV[7])
 emit('enqueued', id)
 return {'created'}
 ";
@@ -120,21 +138,31 @@ return {'cancelled', dump(id)}
 ";
 
 /// ARGV[5] number of matches; per match: ticket count, assignment_expires_at,
-/// '1'/'0' has instance, instance; then per ticket: id, assignment JSON,
-/// assignment id, server id. Each match is applied only if all its tickets
-/// are queued.
+/// '1'/'0' has instance, instance, then the fence (all '' when unfenced):
+/// lease key, the `replicaId:epoch` it must hold, the match's marker key and
+/// its TTL in ms; then per ticket: id, assignment JSON, assignment id, server
+/// id. A match whose marker exists was committed before: nothing is written
+/// and the tickets are answered as then. Otherwise it is applied only if the
+/// lease still holds exactly that value and all its tickets are queued.
 const COMMIT: &str = r"
 local results = {}
 local i = 6
 for _ = 1, tonumber(ARGV[5]) do
   local n, expires, has_instance, instance = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local lease, holder, marker, marker_ttl = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  i = i + 8
   local not_queued = {}
   for k = 0, n - 1 do
     local id = ARGV[i + 4 * k]
     if field(id, 'status') ~= 'queued' then not_queued[#not_queued + 1] = id end
   end
-  if #not_queued > 0 then
+  if marker ~= '' and redis.call('EXISTS', marker) == 1 then
+    local applied = {}
+    for k = 0, n - 1 do applied[#applied + 1] = dump(ARGV[i + 4 * k]) end
+    results[#results + 1] = {'applied', applied}
+  elseif lease ~= '' and redis.call('GET', lease) ~= holder then
+    results[#results + 1] = {'fenced', {}}
+  elseif #not_queued > 0 then
     results[#results + 1] = {'rejected', not_queued}
   else
     for k = 0, n - 1 do
@@ -151,6 +179,7 @@ for _ = 1, tonumber(ARGV[5]) do
       finish(id, 'assigned')
       emit('assigned', id, 'assignment', ARGV[base + 1])
     end
+    if marker ~= '' then redis.call('SET', marker, '1', 'PX', marker_ttl) end
     local applied = {}
     for k = 0, n - 1 do applied[#applied + 1] = dump(ARGV[i + 4 * k]) end
     results[#results + 1] = {'applied', applied}
@@ -200,7 +229,7 @@ for _ = 1, tonumber(ARGV[7]) do
     if kind == 'requeue' and queued_elsewhere(list) then kind, value = 'fail', elsewhere end
     if kind == 'requeue' then
       redis.call('HSET', tkey(id), 'status', 'queued', 'expires_at', value)
-      redis.call('ZADD', queued, field(id, 'enqueued_at'), id)
+      index_queued(id, field(id, 'enqueued_at'))
       for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
       out[#out + 1] = {'requeued', dump(id)}
     else
@@ -254,6 +283,10 @@ struct Keys {
     meta: String,
     /// The cluster event feed: one stream every state-changing script appends to.
     events: String,
+    /// Queues with queued tickets; `{queues}:<queueKey>` indexes each one's.
+    queues: String,
+    /// `{prefix}:`, what the per-queue and per-match keys start with.
+    base: String,
 }
 
 impl Keys {
@@ -271,7 +304,13 @@ impl Keys {
             servers: key("servers"),
             meta: key("meta"),
             events: key("events"),
+            queues: key("queues"),
+            base: key(""),
         }
+    }
+
+    fn queue_index(&self, queue_key: &str) -> String {
+        format!("{}:{queue_key}", self.queues)
     }
 
     fn ticket(&self, ticket_id: &str) -> String {
@@ -311,6 +350,8 @@ pub struct RedisStore {
     client: redis::Client,
     /// This process' id in the cluster: the `origin` of the events its scripts append.
     replica_id: String,
+    /// The key prefix (and hash tag), for the cluster view's keys.
+    prefix: String,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -348,6 +389,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             client,
             replica_id: uuid::Uuid::new_v4().to_string(),
+            prefix: key_prefix.to_owned(),
         };
         store.check_schema().await?;
         Ok(store)
@@ -386,6 +428,7 @@ impl RedisStore {
             .key(&self.keys.queued)
             .key(&self.keys.finished)
             .key(&self.keys.events)
+            .key(&self.keys.queues)
             .arg(&self.keys.ticket_prefix)
             .arg(&self.keys.server_tickets_prefix)
             .arg(now.to_string())
@@ -398,6 +441,78 @@ impl RedisStore {
             .invoke_async::<Value>(&mut conn)
             .await
             .map_err(unavailable)
+    }
+
+    /// Commits matches, each fenced by the lease it was planned under or not.
+    async fn commit(
+        &self,
+        matches: Vec<(MatchCommit, Option<Fence>)>,
+        now: Millis,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        if matches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![matches.len().to_string()];
+        for (commit, fence) in &matches {
+            args.push(commit.assignments.len().to_string());
+            args.push(commit.assignment_expires_at.to_string());
+            match &commit.server_instance_id {
+                Some(instance) => {
+                    args.push("1".to_owned());
+                    args.push(instance.clone());
+                }
+                None => {
+                    args.push("0".to_owned());
+                    args.push(String::new());
+                }
+            }
+            match fence {
+                Some(fence) => {
+                    args.push(format!("{}lease:{}", self.keys.base, fence.queue_key));
+                    args.push(format!("{}:{}", fence.holder, fence.epoch));
+                    args.push(format!("{}match:{}", self.keys.base, fence.match_id));
+                    // The marker outlives every assignment it could duplicate.
+                    let ttl = commit
+                        .assignment_expires_at
+                        .saturating_sub(now)
+                        .saturating_add(MATCH_MARKER_GRACE_MS);
+                    args.push(ttl.to_string());
+                }
+                None => args.extend(std::iter::repeat_n(String::new(), 4)),
+            }
+            for (ticket_id, assignment) in &commit.assignments {
+                args.push(ticket_id.clone());
+                args.push(serde_json::to_string(assignment).map_err(unavailable)?);
+                args.push(assignment.assignment_id.clone());
+                args.push(assignment.server_id.clone());
+            }
+        }
+        let reply = self.run(&self.scripts.commit, now, args).await?;
+        let mut outcomes = Vec::with_capacity(matches.len());
+        for outcome in into_array(reply)? {
+            let (tag, mut rest) = tagged(outcome)?;
+            let items = into_array(next(&mut rest)?)?;
+            outcomes.push(match tag.as_str() {
+                "applied" => CommitOutcome::Applied(
+                    items
+                        .into_iter()
+                        .map(into_ticket)
+                        .collect::<Result<_, _>>()?,
+                ),
+                "fenced" => CommitOutcome::Fenced,
+                "rejected" => CommitOutcome::Rejected {
+                    not_queued: items
+                        .into_iter()
+                        .map(into_string)
+                        .collect::<Result<_, _>>()?,
+                },
+                other => return Err(bad_reply(other)),
+            });
+        }
+        if outcomes.len() != matches.len() {
+            return Err(bad_reply("one outcome per match"));
+        }
+        Ok(outcomes)
     }
 
     /// Reads whole tickets by id in one pipelined round trip; gone ones are skipped.
@@ -645,55 +760,54 @@ impl Store for RedisStore {
         matches: Vec<MatchCommit>,
         now: Millis,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
-        if matches.is_empty() {
-            return Ok(Vec::new());
+        self.commit(
+            matches.into_iter().map(|commit| (commit, None)).collect(),
+            now,
+        )
+        .await
+    }
+
+    async fn commit_matches_fenced(
+        &self,
+        matches: Vec<(MatchCommit, Fence)>,
+        now: Millis,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.commit(
+            matches
+                .into_iter()
+                .map(|(commit, fence)| (commit, Some(fence)))
+                .collect(),
+            now,
+        )
+        .await
+    }
+
+    async fn queued_tickets_in(&self, queue_key: &str) -> Result<Vec<TicketRecord>, StoreError> {
+        let ids = self
+            .index_members(&self.keys.queue_index(queue_key))
+            .await?;
+        let mut queued = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(READ_BATCH as usize) {
+            queued.extend(
+                self.tickets_by_id(chunk)
+                    .await?
+                    .into_iter()
+                    .filter(|ticket| {
+                        ticket.status == TicketStatus::Queued && ticket.queue_key == queue_key
+                    }),
+            );
         }
-        let mut args = vec![matches.len().to_string()];
-        for commit in &matches {
-            args.push(commit.assignments.len().to_string());
-            args.push(commit.assignment_expires_at.to_string());
-            match &commit.server_instance_id {
-                Some(instance) => {
-                    args.push("1".to_owned());
-                    args.push(instance.clone());
-                }
-                None => {
-                    args.push("0".to_owned());
-                    args.push(String::new());
-                }
-            }
-            for (ticket_id, assignment) in &commit.assignments {
-                args.push(ticket_id.clone());
-                args.push(serde_json::to_string(assignment).map_err(unavailable)?);
-                args.push(assignment.assignment_id.clone());
-                args.push(assignment.server_id.clone());
-            }
-        }
-        let reply = self.run(&self.scripts.commit, now, args).await?;
-        let mut outcomes = Vec::with_capacity(matches.len());
-        for outcome in into_array(reply)? {
-            let (tag, mut rest) = tagged(outcome)?;
-            let items = into_array(next(&mut rest)?)?;
-            outcomes.push(match tag.as_str() {
-                "applied" => CommitOutcome::Applied(
-                    items
-                        .into_iter()
-                        .map(into_ticket)
-                        .collect::<Result<_, _>>()?,
-                ),
-                "rejected" => CommitOutcome::Rejected {
-                    not_queued: items
-                        .into_iter()
-                        .map(into_string)
-                        .collect::<Result<_, _>>()?,
-                },
-                other => return Err(bad_reply(other)),
-            });
-        }
-        if outcomes.len() != matches.len() {
-            return Err(bad_reply("one outcome per match"));
-        }
-        Ok(outcomes)
+        queued.sort_by(|a, b| (a.enqueued_at, &a.ticket_id).cmp(&(b.enqueued_at, &b.ticket_id)));
+        queued.dedup_by(|a, b| a.ticket_id == b.ticket_id);
+        Ok(queued)
+    }
+
+    fn matcher_leases(&self) -> Option<super::RedisLeases> {
+        Some(super::RedisLeases::new(
+            self.conn.clone(),
+            self.keys.base.clone(),
+            self.replica_id.clone(),
+        ))
     }
 
     async fn expire_tickets(
@@ -883,6 +997,14 @@ impl Store for RedisStore {
             self.client.clone(),
             self.keys.events.clone(),
             self.keys.ticket_prefix.clone(),
+            self.replica_id.clone(),
+        ))
+    }
+
+    fn cluster(&self) -> Option<super::RedisCluster> {
+        Some(super::RedisCluster::new(
+            self.conn.clone(),
+            &self.prefix,
             self.replica_id.clone(),
         ))
     }
