@@ -75,6 +75,49 @@ pub(crate) struct Shared {
     pub(crate) config: GameServerConfig,
     /// Buckets of new game sockets per client address.
     pub(crate) new_sockets: KeyedLimiter<IpAddr>,
+    /// Game sockets still open (their tasks may linger to finish a close handshake).
+    pub(crate) open_sockets: OpenSockets,
+}
+
+/// Counts upgraded game sockets, so shutdown can let their close handshakes
+/// finish: exiting while a socket still has unread input resets the connection,
+/// and the client would lose the `land.closed` and close frame already sent.
+#[derive(Default)]
+pub(crate) struct OpenSockets {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+struct OpenSocket<'a>(&'a OpenSockets);
+
+impl OpenSockets {
+    fn open(&self) -> OpenSocket<'_> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenSocket(self)
+    }
+
+    /// Waits until every socket task ended, or `limit` passed.
+    async fn wait_closed(&self, limit: Duration) {
+        let all_closed = async {
+            loop {
+                let changed = self.changed.notified();
+                if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_closed).await;
+    }
+}
+
+impl Drop for OpenSocket<'_> {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
 }
 
 /// Hosts the registered land types at `/game/{landType}`.
@@ -106,6 +149,7 @@ impl GameServer {
                 ),
                 auth,
                 new_sockets: KeyedLimiter::new(config.rate_limit),
+                open_sockets: OpenSockets::default(),
                 config,
             }),
         }
@@ -150,6 +194,7 @@ impl GameServer {
     ) -> std::io::Result<()> {
         let manager = self.shared.manager.clone();
         let timeout = self.shared.config.shutdown_timeout;
+        let shared = Arc::clone(&self.shared);
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             shutdown.await;
@@ -157,6 +202,11 @@ impl GameServer {
             if !manager.shutdown("server_shutdown", timeout).await {
                 tracing::warn!(?timeout, "lands did not all close in time");
             }
+            // Let the sockets finish their close handshakes (bounded by their linger).
+            shared
+                .open_sockets
+                .wait_closed(transport::CLOSE_LINGER + Duration::from_secs(1))
+                .await;
             let _ = stopped_tx.send(());
         });
         let limits = self.shared.config.serve_limits.clone();
@@ -208,7 +258,11 @@ async fn game_socket(
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
-            transport::serve_connection(socket, shared, land_type, query).instrument(span)
+            async move {
+                let _open = shared.open_sockets.open();
+                transport::serve_connection(socket, Arc::clone(&shared), land_type, query).await;
+            }
+            .instrument(span)
         })
 }
 
