@@ -219,9 +219,12 @@ async fn refresh_registry(targets: &SyncTargets) -> Result<(), crate::store::Sto
         matcher.server_gone(lost);
     }
     for record in merge.removed {
+        // Another replica's allocations are not known here: only lands the server
+        // reported open are released by this path.
         matcher.server_gone(LostServer {
             record,
             why: LossKind::Deregistered,
+            pending_lands: Vec::new(),
         });
     }
     Ok(())

@@ -30,8 +30,10 @@ pub struct Stranded {
 ///
 /// - its land was open in the server's last report → players had joined: they
 ///   learn `match.lost`; requeued unless `requeue_joined` is off;
-/// - not open, assignment still live → allocated, nobody joined yet: requeued;
-/// - not open, assignment expired → nothing live to save (finished or abandoned);
+/// - allocated but never reported open (pending), assignment still live →
+///   nobody joined yet: requeued;
+/// - anything else → nothing live to save: the match ended (its land was open
+///   once and closed since), or was abandoned;
 /// - assigned to another instance of the same server id → not this loss's business.
 ///
 /// With `requeue` off every released ticket fails instead.
@@ -60,7 +62,8 @@ pub fn plan(
             }
             let joined = open_lands.contains(&assignment.land_id);
             let live = ticket.assignment_expires_at.is_some_and(|at| now < at);
-            if !joined && !live {
+            let never_opened = lost.pending_lands.contains(&assignment.land_id);
+            if !joined && !(never_opened && live) {
                 return None;
             }
             let release = if !policy.requeue || (joined && !policy.requeue_joined) {
@@ -124,6 +127,7 @@ mod tests {
                 instance_id: Some(instance.to_owned()),
             },
             why: LossKind::Silent,
+            pending_lands: vec!["t:new".to_owned(), "t:other".to_owned()],
         }
     }
 
@@ -173,6 +177,8 @@ mod tests {
             assigned("waiting", "gs-1", "i1", "t:new", 61_000),
             assigned("playing", "gs-1", "i1", "t:open", 5_000),
             assigned("done", "gs-1", "i1", "t:closed", 5_000),
+            // Ended a moment ago: its land was open once, so it is not pending.
+            assigned("just-finished", "gs-1", "i1", "t:finished", 61_000),
             assigned("next-life", "gs-1", "i2", "t:other", 61_000),
             assigned("elsewhere", "gs-2", "i1", "t:new", 61_000),
         ];
@@ -232,6 +238,7 @@ mod tests {
         ];
         let mut server = lost("i1", &[]);
         server.why = LossKind::Restarted;
+        server.pending_lands = vec!["t:a".to_owned(), "t:b".to_owned()];
         let plan = plan(&server, &tickets, POLICY, 10_000);
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[0].request.ticket_id, "old");

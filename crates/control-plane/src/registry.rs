@@ -47,6 +47,10 @@ pub struct LostServer {
     /// The record as last heard from (its `land_ids` say which lands were open).
     pub record: ServerRecord,
     pub why: LossKind,
+    /// Lands allocated on it that it never reported open (nobody joined yet), as
+    /// this replica knows them: the only lands whose tickets are requeued as
+    /// not-yet-joined. A land reported open once and gone since is a match that ended.
+    pub pending_lands: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +139,7 @@ impl Registry {
             (old != new && !entry.loss_handled).then(|| LostServer {
                 record: entry.record.clone(),
                 why: LossKind::Restarted,
+                pending_lands: entry.pending.land_ids(),
             })
         });
         let persisted_at = previous.as_ref().map_or(0, |entry| entry.persisted_at);
@@ -259,8 +264,18 @@ impl Registry {
             .map(|entry| LostServer {
                 record: entry.record.clone(),
                 why: LossKind::Silent,
+                pending_lands: entry.pending.land_ids(),
             })
             .collect()
+    }
+
+    /// Lands allocated on this server that it has not reported open yet.
+    pub fn pending_lands(&self, server_id: &str) -> Vec<String> {
+        self.servers
+            .lock()
+            .get(server_id)
+            .map(|entry| entry.pending.land_ids())
+            .unwrap_or_default()
     }
 
     /// Marks a silent server's loss as handled, unless it was heard from since

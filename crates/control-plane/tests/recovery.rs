@@ -210,3 +210,41 @@ async fn a_restarted_server_releases_what_its_previous_instance_held() {
     h.wait_for(&bob, "assigned").await;
     assert_single_assignments(&h, &[&alice, &bob]).await;
 }
+
+#[tokio::test]
+async fn a_match_that_already_ended_is_not_requeued_when_its_server_goes() {
+    let h = Harness::start().await;
+    h.register(server("gs-1", "i1", &[])).await;
+    let (alice, bob) = pair(&h).await;
+    let land = h.wait_for(&alice, "assigned").await["assignment"]["landId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The players joined (the land was reported open), played, and the land closed —
+    // all within the assignment's lifetime.
+    h.register(server("gs-1", "i1", &[&land])).await;
+    h.register(server("gs-1", "i1", &[])).await;
+    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
+    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+    h.clock.advance(Duration::from_secs(7));
+    h.register(server("gs-2", "j1", &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ticket in [&alice, &bob] {
+        let status = h.status(ticket).await;
+        assert_eq!(status["status"], "assigned", "{status}");
+        assert_eq!(status["assignment"]["landId"], land.as_str());
+    }
+    let metrics = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("matchplane_tickets_requeued_total 0"),
+        "{metrics}"
+    );
+}

@@ -97,6 +97,7 @@ pub async fn deregister(
     if let Some(previous) = &previous {
         check_owner(previous, &access)?;
     }
+    let pending_lands = state.registry.pending_lands(&server_id);
     let known_in_store = state.store.remove_server(&server_id).await?;
     let known_in_memory = state.registry.remove(&server_id);
     if let Some(previous) = previous {
@@ -104,6 +105,7 @@ pub async fn deregister(
         state.matcher.server_gone(crate::registry::LostServer {
             record: previous,
             why: crate::registry::LossKind::Deregistered,
+            pending_lands,
         });
     }
     if !known_in_store && !known_in_memory {
