@@ -63,7 +63,8 @@ pub fn plan(
             let joined = open_lands.contains(&assignment.land_id);
             let live = ticket.assignment_expires_at.is_some_and(|at| now < at);
             let never_opened = lost.pending_lands.contains(&assignment.land_id);
-            if !joined && !(never_opened && live) {
+            let has_a_live_match = joined || (never_opened && live);
+            if !has_a_live_match {
                 return None;
             }
             let release = if !policy.requeue || (joined && !policy.requeue_joined) {
