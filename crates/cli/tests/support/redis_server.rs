@@ -1,5 +1,6 @@
-//! A throwaway `redis-server` process on a free loopback port (nothing written
-//! to disk), killed on drop. `scripts/test` installs redis-server when missing.
+//! A throwaway `redis-server` process on a free loopback port, killed on drop:
+//! in memory only, or durable (AOF, fsync on every write) for tests that kill
+//! and restart it. `scripts/test` installs redis-server when missing.
 //! Included with `#[path]` by the tests that need it, so the shared harness
 //! (`support/mod.rs`) stays unchanged for every other test.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -12,27 +13,60 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-    // Redis may still want a working directory even with persistence off.
-    _dir: tempfile::TempDir,
+    durable: bool,
+    // Redis may still want a working directory even with persistence off;
+    // a durable server keeps its AOF here across restarts.
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// AOF on with `appendfsync always`: a write Redis acknowledged survives
+    /// a SIGKILL of the server.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // A free port can be taken by another test between bind and spawn: retry.
         for _ in 0..20 {
             let port = free_port();
-            if let Some(child) = spawn(dir.path(), port) {
+            if let Some(child) = spawn(dir.path(), port, durable) {
                 return Self {
                     child,
                     port,
-                    _dir: dir,
+                    durable,
+                    dir,
                 };
             }
         }
         panic!(
             "redis-server did not start on any free port (is it installed? scripts/test installs it)"
         );
+    }
+
+    /// SIGKILL: no shutdown save, no goodbye to clients.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new process on the same port and directory (a durable one reloads
+    /// its AOF). Panics if the port stays taken.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if let Some(child) = spawn(self.dir.path(), self.port, self.durable) {
+                self.child = child;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -53,11 +87,17 @@ fn free_port() -> u16 {
 }
 
 /// `None` if the server exited (port taken) or never answered PING.
-fn spawn(dir: &std::path::Path, port: u16) -> Option<Child> {
+fn spawn(dir: &std::path::Path, port: u16, durable: bool) -> Option<Child> {
+    let persistence: &[&str] = if durable {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
     let mut child = Command::new("redis-server")
         .arg("--port")
         .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--bind", "127.0.0.1", "--save", ""])
+        .args(persistence)
         .args(["--daemonize", "no"])
         .arg("--dir")
         .arg(dir)
