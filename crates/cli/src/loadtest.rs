@@ -34,13 +34,16 @@ use crate::duration::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct LoadtestArgs {
-    /// Control plane base URL (an LB prefix such as `http://lb/match` works too).
+    /// Control plane base URL (an LB prefix such as `http://lb/match` works too). Several
+    /// replicas: comma-separated and/or the flag repeated; ticket `i` is then enqueued on
+    /// replica `i % N` and watched on replica `(i + 1) % N`, so every assignment crosses
+    /// replicas.
     #[arg(
         long,
         env = "MATCHPLANE_CONTROL_PLANE_URL",
         default_value = "http://127.0.0.1:3000"
     )]
-    pub control_plane: String,
+    pub control_plane: Vec<String>,
 
     /// Players to send through the journey.
     #[arg(long, default_value_t = 1000)]
@@ -236,9 +239,14 @@ fn land_error_kind(err: &LandError) -> String {
     }
 }
 
-struct Plan {
+/// One control-plane replica: the client that talks to it and the push sockets open on it.
+struct Replica {
     client: MatchmakingClient,
     pool: PushPool,
+}
+
+struct Plan {
+    replicas: Vec<Replica>,
     recorder: Arc<Recorder>,
     queue: String,
     party_size: u32,
@@ -259,6 +267,12 @@ impl Plan {
     async fn journey(&self, index: u64, due: Instant) {
         let recorder = &self.recorder;
         recorder.issued.fetch_add(1, Ordering::Relaxed);
+        let (enqueue_on, watch_on) = replicas_of(index, self.replicas.len());
+        let (Some(home), Some(watcher)) =
+            (self.replicas.get(enqueue_on), self.replicas.get(watch_on))
+        else {
+            return recorder.error("no_control_plane");
+        };
         let members: Vec<String> = if self.party_size == 1 {
             vec![format!("{}-{index}", self.prefix)]
         } else {
@@ -277,7 +291,7 @@ impl Plan {
                 .attributes
                 .insert("skill".to_owned(), 1500.0 + offset);
         }
-        let ticket = match self.client.enqueue(&request).await {
+        let ticket = match home.client.enqueue(&request).await {
             Ok(ticket) => ticket,
             Err(err) => return recorder.error(&matchmaking_error_kind("enqueue", &err)),
         };
@@ -286,7 +300,8 @@ impl Plan {
         recorder.enqueued.fetch_add(1, Ordering::Relaxed);
         recorder.mark(&recorder.last_enqueue_ns, enqueued_at);
 
-        let Some((assignment, assigned_at)) = self.await_assignment(&ticket.ticket_id, due).await
+        let Some((assignment, assigned_at)) =
+            self.await_assignment(watcher, &ticket.ticket_id, due).await
         else {
             return;
         };
@@ -296,26 +311,34 @@ impl Plan {
         if !self.join {
             return;
         }
-        let joins = members
-            .iter()
-            .map(|member| self.join_and_play(&ticket.ticket_id, &assignment, member, assigned_at));
+        let joins = members.iter().map(|member| {
+            self.join_and_play(
+                &home.client,
+                &ticket.ticket_id,
+                &assignment,
+                member,
+                assigned_at,
+            )
+        });
         futures_util::future::join_all(joins).await;
     }
 
+    /// Waits on `watcher`'s push sockets; polls `watcher` if its socket fails.
     async fn await_assignment(
         &self,
+        watcher: &Replica,
         ticket_id: &str,
         due: Instant,
     ) -> Option<(Assignment, Instant)> {
         let recorder = &self.recorder;
         let deadline = due + self.match_timeout;
-        let pushed = match self.pool.watch(ticket_id).await {
+        let pushed = match watcher.pool.watch(ticket_id).await {
             Ok(receiver) => match tokio::time::timeout_at(deadline, receiver).await {
                 Ok(Ok(pushed)) => Some(pushed),
                 // The socket died: poll instead.
                 Ok(Err(_)) => None,
                 Err(_) => {
-                    self.pool.forget(ticket_id).await;
+                    watcher.pool.forget(ticket_id).await;
                     recorder.error("match_timeout");
                     return None;
                 }
@@ -342,7 +365,7 @@ impl Plan {
             None => {
                 recorder.polled.fetch_add(1, Ordering::Relaxed);
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                match self
+                match watcher
                     .client
                     .clone()
                     .with_push(false)
@@ -363,6 +386,7 @@ impl Plan {
     /// be reached) and plays; a land lost while playing is left for the ticket's next one.
     async fn join_and_play(
         &self,
+        client: &MatchmakingClient,
         ticket_id: &str,
         assignment: &Assignment,
         player: &str,
@@ -374,8 +398,7 @@ impl Plan {
             ..ConnectOptions::lightweight()
         };
         let policy = RecoveryPolicy::default();
-        let joined = self
-            .client
+        let joined = client
             .join_land(
                 ticket_id,
                 assignment.clone(),
@@ -415,8 +438,7 @@ impl Plan {
             // again; follow it (a server that merely hiccuped leaves the ticket as it was).
             let waited = tokio::time::timeout(
                 policy.reassignment_timeout,
-                self.client
-                    .wait_for_reassignment(ticket_id, &joined.assignment, &policy),
+                client.wait_for_reassignment(ticket_id, &joined.assignment, &policy),
             )
             .await;
             let next = match waited {
@@ -426,8 +448,7 @@ impl Plan {
             };
             recorder.matches_lost.fetch_add(1, Ordering::Relaxed);
             recorder.recovered.fetch_add(1, Ordering::Relaxed);
-            joined = match self
-                .client
+            joined = match client
                 .join_land(ticket_id, next, player, options.clone(), &policy)
                 .await
             {
@@ -501,12 +522,42 @@ mod tests {
         assert_eq!(whole_matches("counter", 1, 7).unwrap(), 7);
         assert!(whole_matches("hero-defense:3v3", 1, 5).is_err());
     }
+
+    #[test]
+    fn control_planes_come_comma_separated_or_repeated() {
+        let given = |values: &[&str]| {
+            control_plane_urls(&values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            given(&["http://127.0.0.1:3000"]).unwrap(),
+            ["http://127.0.0.1:3000"]
+        );
+        assert_eq!(
+            given(&["http://a:1, http://b:2,", "http://c:3/match"]).unwrap(),
+            ["http://a:1", "http://b:2", "http://c:3/match"]
+        );
+        assert!(given(&[" , "]).is_err());
+        assert!(given(&[]).is_err());
+    }
+
+    #[test]
+    fn with_several_replicas_a_ticket_is_watched_on_the_next_one() {
+        assert_eq!(replicas_of(0, 1), (0, 0));
+        assert_eq!(replicas_of(7, 1), (0, 0));
+        let two: Vec<_> = (0..4).map(|i| replicas_of(i, 2)).collect();
+        assert_eq!(two, [(0, 1), (1, 0), (0, 1), (1, 0)]);
+        let three: Vec<_> = (0..4).map(|i| replicas_of(i, 3)).collect();
+        assert_eq!(three, [(0, 1), (1, 2), (2, 0), (0, 1)]);
+    }
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    /// `--control-plane` as given: the URLs comma-separated.
     pub control_plane: String,
+    /// Every replica driven, in round-robin order.
+    pub control_planes: Vec<String>,
     pub queue: String,
     pub players: u64,
     pub tickets: u64,
@@ -581,21 +632,27 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         bail!("--play-seconds must be 0 or more");
     }
     let tickets = whole_matches(&args.queue, args.party_size, args.players)?;
+    let urls = control_plane_urls(&args.control_plane)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build the HTTP client")?;
-    let client = MatchmakingClient::with_http_client(http, &args.control_plane);
     let prefix = args
         .player_prefix
         .clone()
         .unwrap_or_else(|| format!("lt{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32)));
-    // Fail fast with a clear message when nothing listens there.
-    let health = format!("{}/health", client.base_url());
-    reqwest::get(&health)
-        .await
-        .with_context(|| format!("no control plane at {}", args.control_plane))?;
+    let clients: Vec<MatchmakingClient> = urls
+        .iter()
+        .map(|url| MatchmakingClient::with_http_client(http.clone(), url))
+        .collect();
+    // Fail fast with a clear message when nothing listens at one of them.
+    for (client, url) in clients.iter().zip(&urls) {
+        let health = format!("{}/health", client.base_url());
+        reqwest::get(&health)
+            .await
+            .with_context(|| format!("no control plane at {url}"))?;
+    }
 
     println!(
         "loadtest: {} players ({tickets} tickets of {}) at {}/s on {} → {}{}",
@@ -603,7 +660,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         args.party_size,
         args.rate,
         args.queue,
-        args.control_plane,
+        urls.join(", "),
         if args.no_join {
             " (matchmaking only)".to_owned()
         } else {
@@ -613,9 +670,15 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     // A short lead so the first tickets are not late because of start-up work.
     let start = Instant::now() + Duration::from_millis(50);
     let recorder = Arc::new(Recorder::new(start));
+    let replicas = clients
+        .into_iter()
+        .map(|client| Replica {
+            pool: PushPool::new(client.clone(), Arc::clone(&recorder)),
+            client,
+        })
+        .collect();
     let plan = Arc::new(Plan {
-        pool: PushPool::new(client.clone(), Arc::clone(&recorder)),
-        client,
+        replicas,
         recorder: Arc::clone(&recorder),
         queue: args.queue.clone(),
         party_size: args.party_size,
@@ -639,7 +702,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     progress.abort();
     let elapsed = start.elapsed();
 
-    let report = build_report(&args, tickets, &recorder, elapsed);
+    let report = build_report(&args, &urls, tickets, &recorder, elapsed);
     println!("{}", render(&report));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -651,6 +714,33 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         bail!("{} errors; see the report", report.errors_total);
     }
     Ok(())
+}
+
+/// The control planes named by `--control-plane`: each value may list several,
+/// comma-separated.
+fn control_plane_urls(values: &[String]) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        bail!("--control-plane needs at least one URL");
+    }
+    Ok(urls)
+}
+
+/// Where ticket `index` is enqueued and where it is watched. With several replicas they
+/// always differ, so an assignment reaches its watcher only through the shared store,
+/// as behind a load balancer that sends a player's calls to any replica.
+fn replicas_of(index: u64, replicas: usize) -> (usize, usize) {
+    let count = u64::try_from(replicas.max(1)).unwrap_or(u64::MAX);
+    let enqueue = index % count;
+    let watch = (enqueue + 1) % count;
+    let as_index = |value: u64| usize::try_from(value).unwrap_or(0);
+    (as_index(enqueue), as_index(watch))
 }
 
 /// Tickets to send: only as many as fill whole matches of `queue` (default queue
@@ -689,6 +779,7 @@ fn whole_matches(queue: &str, party_size: u32, players: u64) -> anyhow::Result<u
 
 fn build_report(
     args: &LoadtestArgs,
+    urls: &[String],
     tickets: u64,
     recorder: &Recorder,
     elapsed: Duration,
@@ -701,7 +792,8 @@ fn build_report(
     let errors_total = errors.values().sum();
     let offered_window = ((tickets.saturating_sub(1)) as f64 / args.rate * 1e9) as u64;
     Report {
-        control_plane: args.control_plane.clone(),
+        control_plane: urls.join(","),
+        control_planes: urls.to_vec(),
         queue: args.queue.clone(),
         players,
         tickets,
@@ -742,8 +834,15 @@ fn build_report(
 }
 
 fn render(report: &Report) -> String {
-    let mut lines = vec![
-        String::new(),
+    let mut lines = vec![String::new()];
+    if report.control_planes.len() > 1 {
+        lines.push(format!(
+            "control planes ({}): {}",
+            report.control_planes.len(),
+            report.control_planes.join(", ")
+        ));
+    }
+    lines.extend([
         format!(
             "done in {:.1}s: {} enqueued · {} assigned · {} joined{}",
             report.duration_secs,
@@ -767,7 +866,7 @@ fn render(report: &Report) -> String {
         report.latency_ms.enqueue.row("enqueue"),
         report.latency_ms.time_to_match.row("time to match"),
         report.latency_ms.assigned_to_join.row("assigned → join.ok"),
-    ];
+    ]);
     if report.errors.is_empty() {
         lines.push("errors: none".to_owned());
     } else {
@@ -777,6 +876,14 @@ fn render(report: &Report) -> String {
         }
     }
     lines.join("\n")
+}
+
+async fn open_sockets(replicas: &[Replica]) -> usize {
+    let mut open = 0;
+    for replica in replicas {
+        open += replica.pool.open_sockets().await;
+    }
+    open
 }
 
 async fn report_progress(plan: Arc<Plan>, tickets: u64) {
@@ -797,7 +904,7 @@ async fn report_progress(plan: Arc<Plan>, tickets: u64) {
             recorder.joined.load(Ordering::Relaxed),
             recorder.in_land.load(Ordering::Relaxed),
             recorder.done.load(Ordering::Relaxed),
-            plan.pool.open_sockets().await,
+            open_sockets(&plan.replicas).await,
             recorder.errors_total(),
         );
         previous = issued;

@@ -1,7 +1,9 @@
 //! `matchplane loadtest` against real planes: a control plane and a game server, each
-//! its own `matchplane` process.
+//! its own `matchplane` process; and two control-plane replicas on one real Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::path::Path;
@@ -257,4 +259,149 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
 
     cp.sigterm();
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}
+
+/// A control plane on `redis` with its own scratch data dir; the credentials come
+/// through the environment, the same for every replica (as in tests/scale_out.rs).
+async fn replica(redis: &redis_server::RedisServer) -> (support::Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let all = support::args(&[
+        "control-plane",
+        "--port",
+        "0",
+        "--redis-url",
+        &redis.url(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--rate-limit",
+        "off",
+    ]);
+    let proc = support::spawn_with_env(
+        &all,
+        "control plane listening",
+        "info",
+        &[
+            ("MATCHPLANE_ADMIN_TOKEN", support::ADMIN_TOKEN),
+            ("MATCHPLANE_REGISTRATION_TOKEN", support::REGISTRATION_TOKEN),
+        ],
+    )
+    .await;
+    (proc, dir)
+}
+
+/// The value of an unlabelled counter on a replica's `/metrics`.
+async fn counter(replica: &support::Proc, name: &str) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", replica.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+}
+
+#[tokio::test]
+async fn two_replicas_on_redis_assign_every_ticket_across_replicas() {
+    let redis = redis_server::RedisServer::start();
+    let (first, _first_dir) = replica(&redis).await;
+    let (second, _second_dir) = replica(&redis).await;
+    // Registered through the first replica only: the second learns it from Redis.
+    let mut game = support::game_server(
+        &first.http(),
+        &["--lands", "hero-defense", "--rate-limit", "off"],
+    )
+    .await;
+    for base in [first.http(), second.http()] {
+        support::wait_servers(&base, Duration::from_secs(30), |servers| {
+            servers.iter().any(|server| server["state"] == "live")
+        })
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = format!("{},{}", first.http(), second.http());
+    // One match first, so that a replica holds the queue's lease before the measured
+    // run: tickets enqueued while the first lease is being granted can be left out of
+    // the new holder's pool (a control-plane race, reported separately).
+    let warm_up = dir.path().join("warm-up.json");
+    let output = loadtest(
+        &replicas,
+        &warm_up,
+        &[
+            "--players",
+            "2",
+            "--rate",
+            "1000",
+            "--queue",
+            "hero-defense:1v1",
+            "--no-join",
+        ],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let enqueued = "matchplane_tickets_enqueued_total";
+    let assigned = "matchplane_tickets_assigned_total";
+    let enqueued_before = [
+        counter(&first, enqueued).await,
+        counter(&second, enqueued).await,
+    ];
+    let assigned_before = counter(&first, assigned).await + counter(&second, assigned).await;
+
+    let path = dir.path().join("replicas.json");
+    let output = loadtest(
+        &replicas,
+        &path,
+        &[
+            "--players",
+            "300",
+            "--rate",
+            "300",
+            "--queue",
+            "hero-defense:1v1",
+            "--no-join",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("control planes (2)"), "{stdout}");
+    let report = read_report(&path);
+    assert_eq!(
+        report["controlPlanes"],
+        serde_json::json!([first.http(), second.http()]),
+        "{report}"
+    );
+    assert_eq!(report["controlPlane"], replicas.as_str(), "{report}");
+    assert_eq!(report["tickets"], 300, "{report}");
+    assert_eq!(report["enqueued"], 300, "{report}");
+    assert_eq!(report["matched"], 300, "{report}");
+    // Every ticket was watched on the replica it was not enqueued on, and its
+    // assignment was pushed there rather than found by polling.
+    assert_eq!(report["polled"], 0, "{report}");
+    assert_eq!(report["errorsTotal"], 0, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert_latency(&report, "timeToMatch", 300);
+
+    // Round-robin: each replica took half of the enqueues; the assignments of the
+    // one queue, matched wherever its lease is, add up to every ticket.
+    assert_eq!(counter(&first, enqueued).await - enqueued_before[0], 150);
+    assert_eq!(counter(&second, enqueued).await - enqueued_before[1], 150);
+    assert_eq!(
+        counter(&first, assigned).await + counter(&second, assigned).await - assigned_before,
+        300
+    );
+
+    game.sigterm();
+    assert!(game.wait_exit(Duration::from_secs(20)).await.success());
 }

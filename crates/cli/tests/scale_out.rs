@@ -354,3 +354,92 @@ async fn three_replicas_behind_nginx_share_the_queue_and_the_jwks() {
     );
     assert!(after_kids.len() > before_kids.len(), "{after_kids:?}");
 }
+
+#[tokio::test]
+async fn replicas_left_to_generate_credentials_share_the_first_ones() {
+    let redis = RedisServer::start();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        // No credentials in flags or the environment: each replica would
+        // generate its own into its data dir.
+        let dir = tempfile::tempdir().unwrap();
+        let all = args(&[
+            "control-plane",
+            "--port",
+            "0",
+            "--redis-url",
+            &redis.url(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        let proc = spawn_with_env(&all, "control plane listening", "info", &[]).await;
+        replicas.push((proc, dir));
+    }
+    let read = |dir: &Path, name: &str| {
+        let path = dir.join(name);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+        std::fs::read_to_string(path).unwrap().trim().to_owned()
+    };
+    let (first, first_dir) = &replicas[0];
+    let (second, second_dir) = &replicas[1];
+    for name in ["admin-token", "registration-token"] {
+        assert_eq!(
+            read(first_dir.path(), name),
+            read(second_dir.path(), name),
+            "{name} differs between the replicas' data dirs"
+        );
+    }
+
+    // The first replica's admin token opens the second's admin API.
+    let admin = read(first_dir.path(), "admin-token");
+    let url = format!("{}/v1/admin/cluster", second.http());
+    let reply = call(reqwest::Method::GET, &url, Some(&admin), None).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let reply = call(reqwest::Method::GET, &url, Some("not-the-token"), None).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+
+    // A game server given the first replica's registration token registers
+    // with the second and is live on both.
+    let registration = first_dir.path().join("registration-token");
+    let all = args(&[
+        "game-server",
+        "--port",
+        "0",
+        "--control-plane-url",
+        &second.http(),
+        "--registration-token-file",
+        registration.to_str().unwrap(),
+        "--server-id",
+        "gs-shared-credentials",
+        "--heartbeat-interval",
+        "1s",
+    ]);
+    let _gs = spawn_with_env(&all, "game server listening", "info", &[]).await;
+    for replica in [first, second] {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let url = format!("{}/v1/admin/servers", replica.http());
+            let reply = call(reqwest::Method::GET, &url, Some(&admin), None).await;
+            assert_eq!(reply.status, 200, "{:?}", reply.body);
+            if reply.body["servers"].as_array().is_some_and(|servers| {
+                servers
+                    .iter()
+                    .any(|s| s["serverId"] == "gs-shared-credentials" && s["state"] == "live")
+            }) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never live on {}: {:?}",
+                replica.addr,
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

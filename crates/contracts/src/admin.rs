@@ -93,6 +93,12 @@ pub struct Health {
     pub live_servers: u64,
     pub queued_tickets: u64,
     pub current_kid: String,
+    /// What this replica runs: `all`, `api` or `matcher` (`--role`).
+    #[serde(default)]
+    pub role: String,
+    /// This replica's id among those sharing a Redis store; absent on one box.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
 }
 
 /// `GET /v1/admin/cluster`: the replicas sharing this control plane's store.

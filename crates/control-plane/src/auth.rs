@@ -194,6 +194,79 @@ fn resolve(
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SharedCredentialError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// With Redis, a credential left to be generated belongs to the cluster, not
+/// to one replica: the first replica to start publishes the one in its data
+/// dir (generated there if missing) and every other replica adopts it into
+/// its own data dir — so one admin token and one registration token work on
+/// every replica behind the load balancer, and `<data-dir>/admin-token` on any
+/// host is the one to use. Given credentials (flags, env, files) are left
+/// alone: they are the operator's to keep identical.
+pub async fn adopt_shared_credentials(
+    config: &Config,
+    data_dir: &Path,
+    redis: &crate::store::RedisStore,
+) -> Result<(), SharedCredentialError> {
+    let generated = [
+        (&config.admin_token, ADMIN_TOKEN_FILE, "admin token"),
+        (
+            &config.registration_token,
+            REGISTRATION_TOKEN_FILE,
+            "registration token",
+        ),
+    ];
+    for (source, file_name, what) in generated {
+        if !matches!(source, CredentialSource::Generate) {
+            continue;
+        }
+        create_private_dir(data_dir).map_err(|source| SecretError::Write {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(file_name);
+        let (local, _) = Secret::load_or_generate(&path, what)?;
+        let shared = redis.shared_credential(file_name, local.expose()).await?;
+        if shared != local.expose() {
+            // Validated like any given secret before it is trusted.
+            Secret::new(&shared, what)?;
+            replace_private_file(&path, &shared)?;
+            tracing::info!(path = %path.display(), "adopted the cluster's {what} from Redis into this file");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `value` to `path` (mode 0600) so that a reader sees the old file or
+/// the new one, never a part.
+fn replace_private_file(path: &Path, value: &str) -> Result<(), SecretError> {
+    use std::io::Write as _;
+    let write_error = |source| SecretError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let staging = path.with_extension("new");
+    let _ = std::fs::remove_file(&staging);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&staging).map_err(write_error)?;
+    file.write_all(format!("{value}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write_error)?;
+    std::fs::rename(&staging, path).map_err(write_error)
+}
+
 /// One accepted secret per non-empty line.
 fn read_lines(path: &Path, what: &str) -> Result<Vec<Secret>, SecretError> {
     let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {

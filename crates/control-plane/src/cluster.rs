@@ -73,6 +73,11 @@ impl Cluster {
         &self.replica_id
     }
 
+    /// `all`, `api` or `matcher`, as in `/health` and the replica entries.
+    pub fn role_name(&self) -> &'static str {
+        role_name(self.role)
+    }
+
     /// Whether the server registry is shared through the store.
     pub fn is_shared(&self) -> bool {
         self.redis.is_some()
@@ -105,15 +110,11 @@ impl Cluster {
                 redis: None,
             };
         };
-        let replicas = redis.replicas().await;
+        let replicas = redis.live_replicas(now, REPLICA_FORGET_AFTER_MS).await;
         let leases = redis.leases().await;
         let connected = replicas.is_ok() && leases.is_ok();
         let replicas = match replicas {
-            Ok(replicas) => replicas
-                .into_iter()
-                .filter(|entry| now.saturating_sub(entry.last_seen_ms) < REPLICA_FORGET_AFTER_MS)
-                .map(replica_view)
-                .collect(),
+            Ok(replicas) => replicas.into_iter().map(replica_view).collect(),
             Err(_) => vec![replica_view(self.entry(now))],
         };
         ClusterView {

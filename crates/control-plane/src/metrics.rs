@@ -42,6 +42,8 @@ pub struct Metrics {
     pub lease_acquisitions: AtomicU64,
     /// Matcher leases this replica lost: not renewed in time, taken over, or fenced.
     pub lease_losses: AtomicU64,
+    /// Matcher leases this replica gave back: idle queue, spreading, or shutdown.
+    pub lease_releases: AtomicU64,
     /// Commits the store refused because the queue's lease had moved on.
     pub fenced_commits: AtomicU64,
     /// Commits the store refused because a ticket was no longer queued.
@@ -171,6 +173,11 @@ impl Metrics {
                 "matchplane_lease_losses_total",
                 "Per-queue matcher leases this replica lost (expired, taken over, or fenced).",
                 &self.lease_losses,
+            ),
+            (
+                "matchplane_lease_releases_total",
+                "Per-queue matcher leases this replica gave back (idle queue, spreading over replicas, or shutdown).",
+                &self.lease_releases,
             ),
             (
                 "matchplane_fenced_commits_total",

@@ -27,6 +27,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error("cannot set up credentials: {0}")]
     Credentials(#[from] matchplane_edge::secret::SecretError),
+    #[error("cannot share credentials through Redis: {0}")]
+    SharedCredentials(#[from] crate::auth::SharedCredentialError),
     #[error("invalid matchmaking configuration: {0}")]
     Engine(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -62,18 +64,20 @@ impl Builder {
         } = self;
         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
         let now = clock.now_ms();
-        let auth = Arc::new(crate::auth::Auth::from_config(&config)?);
-        auth.spawn_background();
         let store: Arc<dyn Store> = match store {
             Some(store) => store,
             None => match &config.storage {
                 StorageConfig::Durable { data_dir } => Arc::new(RedbStore::open(data_dir)?),
                 StorageConfig::Ephemeral => Arc::new(RedbStore::in_memory()?),
-                StorageConfig::Redis { url, .. } => {
-                    Arc::new(RedisStore::connect(url, REDIS_DEFAULT_KEY_PREFIX).await?)
+                StorageConfig::Redis { url, data_dir } => {
+                    let redis = RedisStore::connect(url, REDIS_DEFAULT_KEY_PREFIX).await?;
+                    crate::auth::adopt_shared_credentials(&config, data_dir, &redis).await?;
+                    Arc::new(redis)
                 }
             },
         };
+        let auth = Arc::new(crate::auth::Auth::from_config(&config)?);
+        auth.spawn_background();
         let keyring = match (&config.signing.key_pem, &config.storage) {
             (Some(pem), StorageConfig::Redis { .. }) => {
                 tracing::warn!(
@@ -414,6 +418,28 @@ impl ControlPlane {
             let _ = lease_task.await;
         }
         tracing::info!("control plane stopped");
+    }
+
+    /// Test hook: stops as a killed process would. Every task ends where it
+    /// is and nothing says goodbye: matcher leases lapse instead of being
+    /// released, the replica entry goes stale instead of being withdrawn.
+    #[doc(hidden)]
+    pub async fn crash(self) {
+        let tasks = [
+            Some(self.server_task),
+            self.metrics_task,
+            Some(self.matcher_task),
+            self.feed_task,
+            self.cluster_task,
+            self.lease_task,
+        ];
+        let tasks: Vec<JoinHandle<()>> = tasks.into_iter().flatten().collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// Runs until `signal` resolves, then shuts down gracefully.

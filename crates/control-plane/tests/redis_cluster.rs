@@ -204,6 +204,14 @@ async fn an_api_replica_and_a_matcher_replica_share_the_work() {
     // The matcher serves health and metrics only.
     let (code, health) = matcher.get("/health").await;
     assert_eq!(code, 200, "{health}");
+    // Which replica answered, and as what, for a load balancer or an operator.
+    assert_eq!(health["role"], "matcher", "{health}");
+    assert_eq!(
+        health["replicaId"],
+        matcher.cp.state().cluster.replica_id(),
+        "{health}"
+    );
+    assert_eq!(health["store"], "redis", "{health}");
     let metrics = matcher
         .http
         .get(matcher.url("/metrics"))
@@ -227,8 +235,18 @@ async fn an_api_replica_and_a_matcher_replica_share_the_work() {
         )
         .await;
     assert_eq!((code, &reply["error"]["code"]), (404, &json!("NOT_FOUND")));
-    let (code, _) = api.get("/health").await;
+    let (code, health) = api.get("/health").await;
     assert_eq!(code, 200);
+    assert_eq!(health["role"], "api", "{health}");
+    assert_eq!(
+        health["replicaId"],
+        api.cp.state().cluster.replica_id(),
+        "{health}"
+    );
+    assert_ne!(
+        health["replicaId"],
+        json!(matcher.cp.state().cluster.replica_id())
+    );
     let (code, reply) = api
         .post(
             "/v1/internal/backfill",
@@ -259,18 +277,17 @@ async fn an_api_replica_and_a_matcher_replica_share_the_work() {
     assert!(land.starts_with("hero-defense:"), "{one}");
     assert_eq!(two["data"]["assignment"]["landId"], land, "{two}");
     assert_ne!(one["data"]["ticketId"], two["data"]["ticketId"]);
-    // The api replica matched nothing itself.
+    // The api replica matched nothing itself. The matcher counts a match
+    // after its commit returns, which can be after the api replica already
+    // pushed it from the feed: wait for the count, then check it is one.
+    let matcher_metrics = &matcher.cp.state().metrics;
+    eventually("the matcher counts its match", || {
+        matcher_metrics.matches_assigned.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(matcher_metrics.matches_assigned.load(Ordering::Relaxed), 1);
     let api_metrics = &api.cp.state().metrics;
     assert_eq!(api_metrics.matches_assigned.load(Ordering::Relaxed), 0);
-    assert_eq!(
-        matcher
-            .cp
-            .state()
-            .metrics
-            .matches_assigned
-            .load(Ordering::Relaxed),
-        1
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

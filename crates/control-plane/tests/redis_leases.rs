@@ -1,6 +1,7 @@
 //! One matcher per queue, fenced, on a real Redis: a commit under a lease
 //! that moved on is refused, a retried commit is a no-op, two replicas
-//! split two queues, and a dead holder's queue is taken over and matched.
+//! split two queues, a dead holder's queue is taken over and matched, and a
+//! holder shutting down gracefully hands its queue over at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -250,6 +251,10 @@ async fn queues_with_queued_tickets_are_listed_and_read_per_queue() {
 }
 
 async fn replica(redis: &RedisServer) -> (Harness, tempfile::TempDir) {
+    replica_with_lease(redis, LEASE).await
+}
+
+async fn replica_with_lease(redis: &RedisServer, lease: Duration) -> (Harness, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::ephemeral_for_tests();
     config.storage = StorageConfig::Redis {
@@ -257,7 +262,7 @@ async fn replica(redis: &RedisServer) -> (Harness, tempfile::TempDir) {
         data_dir: dir.path().to_owned(),
     };
     config.role = Role::All;
-    config.matcher_lease = LEASE;
+    config.matcher_lease = lease;
     config.admin_token = CredentialSource::Value("admin-token-for-the-lease-tests".into());
     config.registration_token =
         CredentialSource::Value("registration-token-for-the-lease-tests".into());
@@ -386,7 +391,8 @@ async fn a_dead_holders_queue_is_taken_over_and_its_tickets_matched() {
     assert_eq!(acquisitions(&survivor), 0, "one holder only");
     let before = acquisitions(&survivor);
 
-    dead.cp.shutdown().await;
+    // Killed, not shut down: its lease has to lapse before anyone takes over.
+    dead.cp.crash().await;
     let stopped = tokio::time::Instant::now();
     let partner = survivor
         .enqueue(json!({"queueKey": QUEUE, "members": ["finn"]}))
@@ -400,4 +406,78 @@ async fn a_dead_holders_queue_is_taken_over_and_its_tickets_matched() {
     // About two lease periods (expiry, then a round to notice); the bound is
     // loose because two cores are shared by everything the test runs.
     assert!(took < LEASE * 10, "takeover took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_shutting_down_releases_its_lease_and_the_queue_moves_on_at_once() {
+    // Long enough that the queue can only move within the test's deadlines
+    // through the release, never through the lease lapsing.
+    let lease = Duration::from_secs(30);
+    let redis = RedisServer::start();
+    let (a, _a_dir) = replica_with_lease(&redis, lease).await;
+    let (b, _b_dir) = replica_with_lease(&redis, lease).await;
+    let waiting = a
+        .enqueue(json!({"queueKey": QUEUE, "members": ["gina"]}))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let holder = loop {
+        if let Some(holder) = lease_holder(&redis, QUEUE).await
+            && acquisitions(&a) + acquisitions(&b) >= 1
+        {
+            break holder;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (leaving, staying) = if acquisitions(&a) >= 1 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(holder, leaving.cp.state().cluster.replica_id());
+    let leaving_metrics = std::sync::Arc::clone(&leaving.cp.state().metrics);
+    let before = acquisitions(&staying);
+
+    leaving.cp.shutdown().await;
+    // Gone as shutdown returns (or already the staying replica's, if its
+    // round came in between): never still the leaving replica's.
+    let after_shutdown = lease_holder(&redis, QUEUE).await;
+    assert!(
+        after_shutdown
+            .as_deref()
+            .is_none_or(|holder| holder == staying.cp.state().cluster.replica_id()),
+        "lease still held after shutdown: {after_shutdown:?}"
+    );
+    assert_eq!(leaving_metrics.lease_releases.load(Ordering::Relaxed), 1);
+    assert_eq!(leaving_metrics.lease_losses.load(Ordering::Relaxed), 0);
+
+    // The staying replica takes the queue over and matches the waiting
+    // ticket well inside one lease period.
+    let partner = staying
+        .enqueue(json!({"queueKey": QUEUE, "members": ["hugo"]}))
+        .await;
+    eventually_assigned(&staying, &waiting).await;
+    eventually_assigned(&staying, &partner).await;
+    assert!(acquisitions(&staying) > before);
+    assert_eq!(
+        lease_holder(&redis, QUEUE).await.as_deref(),
+        Some(staying.cp.state().cluster.replica_id())
+    );
+    let land = |status: serde_json::Value| status["assignment"]["landId"].clone();
+    assert_eq!(
+        land(staying.status(&waiting).await),
+        land(staying.status(&partner).await)
+    );
+    assert_eq!(
+        staying
+            .cp
+            .state()
+            .metrics
+            .fenced_commits
+            .load(Ordering::Relaxed),
+        0
+    );
 }

@@ -44,6 +44,10 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
     if args.heartbeat_connections == 0 {
         bail!("--heartbeat-connections must be at least 1");
     }
+    let urls = super::control_plane_urls(&args.control_plane)?;
+    let [control_plane] = urls.as_slice() else {
+        bail!("heartbeat mode drives one control plane: give --control-plane a single URL");
+    };
     let token = registration_token(args)?;
     if token.is_none() && servers > 0 {
         eprintln!(
@@ -57,17 +61,18 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()
         .context("cannot build the HTTP client")?;
-    let base = args.control_plane.trim_end_matches('/').to_owned();
+    let base = control_plane.trim_end_matches('/').to_owned();
     http.get(format!("{base}/health"))
         .send()
         .await
-        .with_context(|| format!("no control plane at {}", args.control_plane))?;
+        .with_context(|| format!("no control plane at {control_plane}"))?;
     let probe = match args.pid_cp {
         Some(pid) => Some(ProcessProbe::new(pid)?),
         None => None,
     };
     let prefix = format!("hb{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32));
     let fleet = Arc::new(Fleet {
+        control_plane: control_plane.clone(),
         http,
         base,
         token,
@@ -79,7 +84,7 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
         "loadtest: {servers} game servers heartbeating every {} for {} over {connections} connections → {}{}",
         humantime::format_duration(args.heartbeat_interval),
         humantime::format_duration(args.duration),
-        args.control_plane,
+        control_plane,
         args.pid_cp
             .map(|pid| format!(" (measuring pid {pid})"))
             .unwrap_or_default(),
@@ -219,6 +224,8 @@ impl Stats {
 }
 
 struct Fleet {
+    /// As given on the command line, for the report.
+    control_plane: String,
     http: reqwest::Client,
     base: String,
     token: Option<Secret>,
@@ -505,7 +512,7 @@ fn build_report(
     let errors_total = errors.values().sum();
     let window_secs = window.as_secs_f64();
     HeartbeatReport {
-        control_plane: args.control_plane.clone(),
+        control_plane: fleet.control_plane.clone(),
         servers,
         interval_ms: u64::try_from(args.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
         connections: args.heartbeat_connections,

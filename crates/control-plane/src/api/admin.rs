@@ -33,6 +33,11 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         live_servers: state.registry.live_count(now),
         queued_tickets: state.matcher.queued(),
         current_kid: state.issuer.keyring().current_kid(),
+        role: state.cluster.role_name().to_owned(),
+        replica_id: state
+            .cluster
+            .is_shared()
+            .then(|| state.cluster.replica_id().to_owned()),
     };
     let status = if store_ok {
         StatusCode::OK

@@ -6,6 +6,8 @@
 //! commit whose lease moved on, so matching under a lost lease writes nothing
 //! (see docs/scale-out.md, "Leases and fencing"). Which replicas are alive
 //! comes from `{P}:replicas`, kept fresh by the cluster task (crate::cluster).
+//! On shutdown it releases what it holds, so other replicas take those queues
+//! over at their next round instead of after the lease lapses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,6 +31,10 @@ const IDLE_QUEUE_RELEASE: Duration = Duration::from_secs(30);
 /// lease, if longer) no longer counts as a live matcher. Entries are
 /// refreshed every second.
 const REPLICA_LIVE_FOR: Duration = Duration::from_secs(3);
+/// How long shutdown waits on each step of giving leases back (the round in
+/// progress, the matching loop stopping, the releases), so an unreachable
+/// Redis delays the exit by seconds at most; leases not released then lapse.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(1);
 
 struct Held {
     epoch: u64,
@@ -83,9 +89,21 @@ pub fn spawn(
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                _ = ticker.tick() => task.round().await,
+                _ = ticker.tick() => {}
+            }
+            let round = task.round();
+            tokio::pin!(round);
+            tokio::select! {
+                () = &mut round => {}
+                _ = shutdown.changed() => {
+                    // A healthy round finishes, so a lease it just took is
+                    // released below too; one stuck on Redis is abandoned.
+                    let _ = tokio::time::timeout(SHUTDOWN_STEP, round).await;
+                    break;
+                }
             }
         }
+        task.release_all().await;
         tracing::debug!("matcher lease task stopped");
     })
 }
@@ -306,7 +324,63 @@ impl LeaseTask {
         tracing::info!(queue_key, why, "matcher lease given up");
         // The loop stops matching before the lease is free for another replica.
         self.matcher.lease_lost(queue_key.to_owned());
-        self.leases.release(queue_key, epoch).await
+        if self.leases.release(queue_key, epoch).await? {
+            metrics::inc(&self.metrics.lease_releases);
+        }
+        Ok(())
+    }
+
+    /// Shutdown: stops matching every held queue, waits (bounded) for the
+    /// matching loop to stop, then frees the leases. A commit still in
+    /// flight after a release carries the released epoch, so the commit
+    /// script refuses it: never two writers, only a refused commit.
+    async fn release_all(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return;
+        }
+        for queue_key in held.keys() {
+            self.matcher.lease_lost(queue_key.clone());
+        }
+        if tokio::time::timeout(SHUTDOWN_STEP, self.matcher.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("matching loop still busy at shutdown; releasing its leases anyway");
+        }
+        let mut released = 0usize;
+        let releases = async {
+            for (queue_key, lease) in &held {
+                match self.leases.release(queue_key, lease.epoch).await {
+                    Ok(true) => {
+                        released += 1;
+                        metrics::inc(&self.metrics.lease_releases);
+                    }
+                    // Lapsed or taken over already: nothing of ours to free.
+                    Ok(false) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(SHUTDOWN_STEP, releases).await {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    released,
+                    held = held.len(),
+                    "matcher leases released at shutdown"
+                );
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, released, "cannot release matcher leases at shutdown; the rest lapse");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    released,
+                    "Redis too slow to release matcher leases at shutdown; the rest lapse"
+                );
+            }
+        }
     }
 
     fn live_window(&self) -> Duration {
@@ -316,19 +390,10 @@ impl LeaseTask {
     /// Matcher replicas (this one included) whose entry is fresh.
     async fn live_matchers(&self) -> Result<Vec<String>, crate::store::StoreError> {
         let window = duration_ms(self.live_window());
-        let now = self.clock.now_ms();
-        let mut live: Vec<String> = self
+        let mut live = self
             .leases
-            .replicas()
-            .await?
-            .into_iter()
-            .filter(|(_, entry)| {
-                let matches = matches!(entry["role"].as_str(), Some("all" | "matcher"));
-                let seen = entry["lastSeenMs"].as_u64().unwrap_or(0);
-                matches && now.saturating_sub(seen) <= window
-            })
-            .map(|(id, _)| id)
-            .collect();
+            .live_matchers(self.clock.now_ms(), window)
+            .await?;
         let me = self.leases.replica_id().to_owned();
         if !live.contains(&me) {
             live.push(me);

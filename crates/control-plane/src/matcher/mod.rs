@@ -200,6 +200,12 @@ impl MatcherHandle {
         let _ = self.commands.send(Command::ServerGone(Box::new(lost)));
     }
 
+    /// Resolves once the matching loop has stopped (at once for a detached
+    /// handle): after that it commits nothing more.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
+    }
+
     /// Tickets the loop currently holds in its pools.
     pub fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)

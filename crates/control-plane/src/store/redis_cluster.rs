@@ -2,6 +2,8 @@
 //! alive (`{P}:replicas`, one field per replica, refreshed every second) and
 //! which matcher leases are held (`{P}:lease:<queueKey>` = `replicaId:epoch`,
 //! written by the lease code; read here only for the admin view).
+//! This is the only reader of `{P}:replicas`: the lease code asks it which
+//! matchers are alive, so the entry format and the liveness rule live here.
 //! The layout is in docs/scale-out.md ("Cluster view").
 
 use std::collections::HashMap;
@@ -11,6 +13,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::redis_leases::parse_holder;
 use crate::clock::Millis;
 
 /// A `{P}:replicas` entry: field = replica id, value = this as JSON.
@@ -21,6 +24,18 @@ pub struct ReplicaEntry {
     pub role: String,
     pub address: String,
     pub last_seen_ms: Millis,
+}
+
+impl ReplicaEntry {
+    /// Whether this replica takes matcher leases (`--role all|matcher`).
+    pub fn matches(&self) -> bool {
+        matches!(self.role.as_str(), "all" | "matcher")
+    }
+
+    /// Whether it said it was alive at most `window` ms before `now`.
+    pub fn seen_within(&self, now: Millis, window: Millis) -> bool {
+        now.saturating_sub(self.last_seen_ms) <= window
+    }
 }
 
 /// A matcher lease as found in Redis.
@@ -49,10 +64,15 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
 
 impl RedisCluster {
     pub(super) fn new(conn: ConnectionManager, prefix: &str, replica_id: String) -> Self {
+        Self::under_base(conn, &format!("{{{prefix}}}:"), replica_id)
+    }
+
+    /// `base` is `{prefix}:`, what every key of the store starts with.
+    pub(super) fn under_base(conn: ConnectionManager, base: &str, replica_id: String) -> Self {
         Self {
             conn,
-            replicas_key: format!("{{{prefix}}}:replicas"),
-            lease_prefix: format!("{{{prefix}}}:lease:"),
+            replicas_key: format!("{base}replicas"),
+            lease_prefix: format!("{base}lease:"),
             replica_id,
         }
     }
@@ -117,6 +137,17 @@ impl RedisCluster {
         Ok(replicas)
     }
 
+    /// The replicas heard from at most `window` ms before `now`, by id.
+    pub async fn live_replicas(
+        &self,
+        now: Millis,
+        window: Millis,
+    ) -> Result<Vec<ReplicaEntry>, StoreError> {
+        let mut replicas = self.replicas().await?;
+        replicas.retain(|entry| entry.seen_within(now, window));
+        Ok(replicas)
+    }
+
     /// The leases held now: every `{P}:lease:<queueKey>` whose value reads
     /// `replicaId:epoch` (other keys under that prefix, such as epoch
     /// counters, are not leases and are skipped).
@@ -157,10 +188,7 @@ impl RedisCluster {
                 Err(_) => continue,
             };
             let Some(value) = value else { continue };
-            let Some((holder, epoch)) = value.rsplit_once(':') else {
-                continue;
-            };
-            let Ok(epoch) = epoch.parse::<u64>() else {
+            let Some((holder, epoch)) = parse_holder(&value) else {
                 continue;
             };
             let queue_key = key
@@ -169,7 +197,7 @@ impl RedisCluster {
                 .to_owned();
             leases.push(LeaseEntry {
                 queue_key,
-                holder: holder.to_owned(),
+                holder,
                 epoch,
                 expires_in_ms: u64::try_from(ttl).unwrap_or(0),
             });

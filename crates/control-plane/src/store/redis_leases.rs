@@ -4,15 +4,16 @@
 //! replica that lost a lease and comes back with a commit carries an epoch
 //! that no longer matches (the commit script checks it; see docs/scale-out.md).
 //! Which replicas are alive (`{prefix}:replicas`, written by the cluster
-//! task) tells each one how many matchers share the queues.
+//! task and read through [`RedisCluster`]) tells each one how many matchers
+//! share the queues.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands as _, Script, Value};
 
-use super::StoreError;
+use super::{RedisCluster, StoreError};
+use crate::clock::Millis;
 
 /// KEYS[1] lease, [2] epoch counter; ARGV[1] replica id, [2] lease ms. The
 /// holder renews (same epoch, new expiry); nobody else gets a held lease; a
@@ -55,6 +56,8 @@ pub struct RedisLeases {
     /// `{prefix}:`.
     base: String,
     replica_id: String,
+    /// The one reader of `{prefix}:replicas`.
+    cluster: RedisCluster,
     acquire: Script,
     release: Script,
 }
@@ -92,10 +95,12 @@ pub fn parse_holder(value: &str) -> Option<(String, u64)> {
 
 impl RedisLeases {
     pub(super) fn new(conn: ConnectionManager, base: String, replica_id: String) -> Self {
+        let cluster = RedisCluster::under_base(conn.clone(), &base, replica_id.clone());
         Self {
             conn,
             base,
             replica_id,
+            cluster,
             acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),
         }
@@ -108,10 +113,6 @@ impl RedisLeases {
 
     fn lease_key(&self, queue_key: &str) -> String {
         format!("{}lease:{queue_key}", self.base)
-    }
-
-    fn replicas_key(&self) -> String {
-        format!("{}replicas", self.base)
     }
 
     /// Takes or renews the queue's lease for `lease`.
@@ -147,17 +148,18 @@ impl RedisLeases {
         }
     }
 
-    /// Gives up the queue's lease if it is still ours at `epoch`.
-    pub async fn release(&self, queue_key: &str, epoch: u64) -> Result<(), StoreError> {
+    /// Gives up the queue's lease if it is still ours at `epoch`; `false`
+    /// if it was not (it lapsed, or moved on to another holder or epoch).
+    pub async fn release(&self, queue_key: &str, epoch: u64) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = self
+        let deleted: i64 = self
             .release
             .key(self.lease_key(queue_key))
             .arg(format!("{}:{epoch}", self.replica_id))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(deleted > 0)
     }
 
     /// The queues that have queued tickets.
@@ -192,16 +194,20 @@ impl RedisLeases {
             .collect())
     }
 
-    /// Every replica entry, by replica id (entries that are not JSON are left out).
-    pub async fn replicas(&self) -> Result<HashMap<String, serde_json::Value>, StoreError> {
-        let mut conn = self.conn.clone();
-        let raw: HashMap<String, String> = conn
-            .hgetall(self.replicas_key())
-            .await
-            .map_err(unavailable)?;
-        Ok(raw
+    /// Ids of the matcher replicas (`--role all|matcher`) heard from at
+    /// most `window` ms before `now`.
+    pub async fn live_matchers(
+        &self,
+        now: Millis,
+        window: Millis,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .cluster
+            .live_replicas(now, window)
+            .await?
             .into_iter()
-            .filter_map(|(id, json)| Some((id, serde_json::from_str(&json).ok()?)))
+            .filter(|entry| entry.matches())
+            .map(|entry| entry.id)
             .collect())
     }
 }

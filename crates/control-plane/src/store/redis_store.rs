@@ -395,6 +395,25 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// The cluster's value of a generated credential (`name` is its file name
+    /// in the data dir): `candidate` if no replica published one yet.
+    pub async fn shared_credential(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{{{}}}:credentials", self.prefix);
+        let (_, value): (bool, Option<String>) = redis::pipe()
+            .atomic()
+            .hset_nx(&key, name, candidate)
+            .hget(&key, name)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        value.ok_or_else(|| bad_reply("the credential vanished after it was published"))
+    }
+
     async fn check_schema(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: bool = conn
