@@ -131,7 +131,7 @@ impl MatchLoop {
             .map(|(commit, (origin, tickets))| {
                 let queue_key = self.queue_of(tickets).unwrap_or_default();
                 // Epochs start at 1: a queue not held any more can never pass the check.
-                let epoch = leases.epochs.get(&queue_key).copied().unwrap_or(0);
+                let epoch = leases.epoch(&queue_key).unwrap_or(0);
                 // A backfill reuses its land's match id, so it is told apart
                 // by its first assignment's (fresh) id instead.
                 let match_id = commit
@@ -144,7 +144,7 @@ impl MatchLoop {
                     .unwrap_or_default();
                 let fence = Fence {
                     queue_key,
-                    holder: leases.holder.clone(),
+                    holder: leases.holder().to_owned(),
                     epoch,
                     match_id,
                 };

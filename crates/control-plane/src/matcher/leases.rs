@@ -289,9 +289,14 @@ impl LeaseTask {
         epoch: u64,
         sent: Instant,
     ) -> Result<(), crate::store::StoreError> {
+        // Announced before the read: feed events about the queue from now on
+        // are kept by the loop and merged with the read, so a ticket enqueued
+        // just after the read is not dropped as another replica's.
+        self.matcher.lease_loading(queue_key.clone());
         let queued = match self.store.queued_tickets_in(&queue_key).await {
             Ok(queued) => queued,
             Err(err) => {
+                self.matcher.lease_lost(queue_key.clone());
                 // Without its tickets the queue cannot be matched: free it for anyone.
                 let _ = self.leases.release(&queue_key, epoch).await;
                 return Err(err);

@@ -17,6 +17,7 @@
 //! that raced the match wins and the rest of the match goes back to the pool).
 
 mod commit;
+mod held;
 pub mod leases;
 mod plan;
 mod pool;
@@ -44,6 +45,7 @@ use crate::store::{ReleaseOutcome, Store, TicketRecord};
 use crate::tokens::TokenIssuer;
 
 use commit::{CommitError, Settled};
+use held::HeldLeases;
 use plan::TokenTerms;
 use pool::Pool;
 pub(crate) use pool::engine_ticket;
@@ -71,6 +73,9 @@ enum Command {
     Resync(Vec<TicketRecord>),
     /// From now on match only the queues whose lease this replica (`holder`) holds.
     UseLeases(String),
+    /// This replica now holds the queue's lease; its queued tickets are
+    /// being read (sent before the read, so no feed event falls between).
+    LeaseLoading(String),
     /// This replica now holds the queue's lease at `epoch`; `queued` is the
     /// queue's queued tickets, read after the grant.
     LeaseGranted {
@@ -163,6 +168,12 @@ impl MatcherHandle {
         let _ = self.commands.send(Command::UseLeases(holder));
     }
 
+    /// The queue's lease is this replica's; its queued tickets are read next
+    /// and handed over with [`MatcherHandle::lease_granted`].
+    pub fn lease_loading(&self, queue_key: String) {
+        let _ = self.commands.send(Command::LeaseLoading(queue_key));
+    }
+
     /// The queue's lease is this replica's at `epoch`; `queued` are its
     /// queued tickets read after the grant.
     pub fn lease_granted(&self, queue_key: String, epoch: u64, queued: Vec<TicketRecord>) {
@@ -239,12 +250,6 @@ pub struct MatchLoop {
     /// The queues this replica may match and their lease epochs; `None`
     /// without leases (one process, or a store without them): every queue.
     leases: Option<HeldLeases>,
-}
-
-/// Leases the loop matches under; commits carry them as fences.
-struct HeldLeases {
-    holder: String,
-    epochs: HashMap<String, u64>,
 }
 
 /// How long a "no game server" warning silences the next one for a land type.
@@ -376,12 +381,20 @@ impl MatchLoop {
     fn apply(&mut self, command: Command, round: &mut Round<'_>) {
         match command {
             Command::Enqueued(ticket) => {
+                let Some(ticket) = self.hold_back(*ticket) else {
+                    return;
+                };
                 let queue_key = ticket.queue_key.clone();
-                if self.owns(&queue_key) && self.pool.track(*ticket, self.clock.now_ms()) {
+                if self.owns(&queue_key) && self.pool.track(ticket, self.clock.now_ms()) {
                     round.touched.insert(queue_key);
                 }
             }
-            Command::Removed(ticket_id) => self.pool.withdraw(&ticket_id),
+            Command::Removed(ticket_id) => {
+                if let Some(leases) = &mut self.leases {
+                    leases.removed(&ticket_id);
+                }
+                self.pool.withdraw(&ticket_id);
+            }
             Command::Waits(reply) => {
                 let _ = reply.send(self.waits());
             }
@@ -401,6 +414,9 @@ impl MatchLoop {
                 );
                 let now = self.clock.now_ms();
                 for ticket in queued {
+                    let Some(ticket) = self.hold_back(ticket) else {
+                        continue;
+                    };
                     let queue_key = ticket.queue_key.clone();
                     if self.owns(&queue_key) && self.pool.track(ticket, now) {
                         round.touched.insert(queue_key);
@@ -409,10 +425,12 @@ impl MatchLoop {
             }
             Command::UseLeases(holder) => {
                 self.pool.withdraw_queue(None);
-                self.leases = Some(HeldLeases {
-                    holder,
-                    epochs: HashMap::new(),
-                });
+                self.leases = Some(HeldLeases::new(holder));
+            }
+            Command::LeaseLoading(queue_key) => {
+                if let Some(leases) = &mut self.leases {
+                    leases.start_loading(queue_key);
+                }
             }
             Command::LeaseGranted {
                 queue_key,
@@ -422,12 +440,9 @@ impl MatchLoop {
                 let Some(leases) = &mut self.leases else {
                     return;
                 };
-                leases.epochs.insert(queue_key.clone(), epoch);
                 let now = self.clock.now_ms();
-                for ticket in queued {
-                    if ticket.queue_key == queue_key {
-                        self.pool.track(ticket, now);
-                    }
+                for ticket in leases.granted(&queue_key, epoch, queued) {
+                    self.pool.track(ticket, now);
                 }
                 tracing::info!(queue_key = %queue_key, epoch, "matching this queue under its lease");
                 round.touched.insert(queue_key);
@@ -436,17 +451,26 @@ impl MatchLoop {
         }
     }
 
+    /// A ticket of a queue whose tickets are being read after its grant is
+    /// kept for the grant; any other comes back.
+    fn hold_back(&mut self, ticket: TicketRecord) -> Option<TicketRecord> {
+        match &mut self.leases {
+            Some(leases) => leases.hold_back(ticket),
+            None => Some(ticket),
+        }
+    }
+
     /// Whether this replica matches the queue now.
     fn owns(&self, queue_key: &str) -> bool {
         self.leases
             .as_ref()
-            .is_none_or(|leases| leases.epochs.contains_key(queue_key))
+            .is_none_or(|leases| leases.holds(queue_key))
     }
 
     /// Forgets the queue and its tickets: another replica matches it now.
     fn stop_matching(&mut self, queue_key: &str) {
         if let Some(leases) = &mut self.leases
-            && leases.epochs.remove(queue_key).is_some()
+            && leases.lost(queue_key)
         {
             self.pool.withdraw_queue(Some(queue_key));
             tracing::info!(queue_key = %queue_key, "stopped matching this queue: its lease is gone");
