@@ -5,18 +5,20 @@ mod bot;
 mod planes;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use matchplane_client::MatchmakingClient;
+use matchplane_control_plane::auth::ADMIN_TOKEN_FILE;
 use matchplane_hero_defense::HeroDefenseConfig;
 use tokio::time::Instant;
 
 use self::bot::{Bot, SharedBoard};
 use self::planes::{EmbeddedPlanes, PlaneOptions};
 use crate::duration::parse_duration;
+use crate::logging::{self, LogFormat};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -57,6 +59,50 @@ pub struct DemoArgs {
     /// A round that has not ended after this long fails the demo.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub round_timeout: Duration,
+
+    /// Show the planes' logs here instead of writing them to `demo.log` in the data dir.
+    #[arg(long, env = "MATCHPLANE_DEMO_VERBOSE")]
+    pub verbose: bool,
+}
+
+/// The planes' log in the data dir, unless `--verbose`.
+const LOG_FILE: &str = "demo.log";
+
+/// Where the demo keeps its store, credentials and log: `--data-dir`, or a
+/// temporary directory removed after a clean run.
+struct DemoDir {
+    path: PathBuf,
+    temp: Option<tempfile::TempDir>,
+}
+
+impl DemoDir {
+    fn new(given: Option<PathBuf>) -> anyhow::Result<Self> {
+        match given {
+            Some(path) => {
+                std::fs::create_dir_all(&path)
+                    .with_context(|| format!("cannot create the data dir {}", path.display()))?;
+                Ok(Self { path, temp: None })
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("matchplane-demo-")
+                    .tempdir()
+                    .context("cannot create a temporary data directory")?;
+                Ok(Self {
+                    path: temp.path().to_path_buf(),
+                    temp: Some(temp),
+                })
+            }
+        }
+    }
+
+    /// A failed run keeps even a temporary directory: its log says what went wrong.
+    fn keep(self) {
+        if let Some(temp) = self.temp {
+            let kept = temp.keep();
+            println!("the data dir and its log are kept: {}", kept.display());
+        }
+    }
 }
 
 fn hero_defense_config(raw: &str) -> anyhow::Result<HeroDefenseConfig> {
@@ -93,25 +139,70 @@ fn validate(args: &DemoArgs) -> anyhow::Result<usize> {
     Ok(size)
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let match_size = validate(&args)?;
     let hero_defense = hero_defense_config(&args.game_config)?;
+    let dir = DemoDir::new(args.data_dir.clone())?;
+    // The terminal is for the progress view and the summary; the planes talk into a file.
+    let log_file = if args.verbose {
+        logging::init(log_format);
+        None
+    } else {
+        let path = dir.path.join(LOG_FILE);
+        logging::init_to_file(log_format, &path)?;
+        Some(path)
+    };
+    let outcome = play(&args, match_size, hero_defense, &dir, log_file.as_deref()).await;
+    if outcome.is_err() {
+        dir.keep();
+    }
+    outcome
+}
+
+async fn play(
+    args: &DemoArgs,
+    match_size: usize,
+    hero_defense: HeroDefenseConfig,
+    dir: &DemoDir,
+    log_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let data_dir = dir.path.as_path();
     let started = Instant::now();
+    println!("matchplane demo");
+    match log_file {
+        Some(log_file) => println!(
+            "  logs           {} (--verbose shows them here)",
+            log_file.display()
+        ),
+        None => println!("  logs           on stderr (--verbose)"),
+    }
     let planes = EmbeddedPlanes::start(PlaneOptions {
         control_plane_port: args.control_plane_port,
         game_port: args.game_port,
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         hero_defense,
         server_id: "demo-game-1".to_owned(),
     })
     .await?;
-    println!("matchplane demo");
     println!("  control plane  {}", planes.control_plane_url());
+    println!(
+        "  dashboard      {}/dashboard (admin token in {})",
+        planes.control_plane_url(),
+        data_dir.join(ADMIN_TOKEN_FILE).display()
+    );
     println!(
         "  game server    {} (hero-defense, counter; registered as demo-game-1)",
         planes.game_url()
     );
-    println!("  data dir       {}", planes.data_dir.display());
+    println!(
+        "  data dir       {}{}",
+        planes.data_dir.display(),
+        if dir.temp.is_some() {
+            " (temporary: removed after a clean run; --data-dir keeps it)"
+        } else {
+            ""
+        }
+    );
     println!(
         "  bots           {} on {} ({} per match)",
         args.bots, args.queue, match_size
@@ -337,6 +428,7 @@ fn print_try_it(planes: &EmbeddedPlanes, queue: &str) {
     let cp = planes.control_plane_url();
     println!("\nthe planes keep running; press Ctrl-C to stop");
     println!("  control plane  {cp}");
+    println!("  dashboard      {cp}/dashboard");
     println!("  game server    {}", planes.game_url());
     println!("  try:");
     println!("    curl -s {cp}/health");

@@ -46,7 +46,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // The demo decides itself: its logs go to a file in its data dir unless --verbose.
+    if !matches!(cli.command, Command::Demo(_)) {
+        logging::init(cli.log_format);
+    }
+    let log_format = cli.log_format;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -54,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(*args).await,
             Command::GameServer(args) => game_server::run(*args).await,
-            Command::Demo(args) => demo::run(args).await,
+            Command::Demo(args) => demo::run(args, log_format).await,
             Command::Loadtest(args) => loadtest::run(args).await,
         }
     })

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use matchplane_contracts::token::MatchClaims;
 use redis::AsyncCommands as _;
 use redis_server::RedisServer;
 use serde_json::{Value, json};
@@ -79,16 +78,8 @@ impl Replica {
             "--assignment-ttl",
             "10m",
         ]);
-        let proc = spawn_with_env(
-            &all,
-            "control plane listening",
-            "info",
-            &[
-                ("MATCHPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
-                ("MATCHPLANE_REGISTRATION_TOKEN", REGISTRATION_TOKEN),
-            ],
-        )
-        .await;
+        let proc =
+            spawn_with_env(&all, "control plane listening", "info", &KNOWN_CREDENTIALS).await;
         let (status, cluster) = admin_get(&format!("{}/v1/admin/cluster", proc.http())).await;
         assert_eq!(status, 200, "{cluster}");
         self.id = cluster["replicaId"].as_str().unwrap().to_owned();
@@ -285,23 +276,6 @@ async fn probe(
     since.elapsed()
 }
 
-/// Verifies a match token against the published keys and returns its claims.
-fn verify(token: &str, jwks: &jsonwebtoken::jwk::JwkSet) -> MatchClaims {
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let kid = header.kid.as_deref().expect("tokens name their key");
-    let key = jwks.find(kid).expect("the token's key is published");
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["matchplane-game"]);
-    validation.set_issuer(&["matchplane"]);
-    jsonwebtoken::decode::<MatchClaims>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(key).unwrap(),
-        &validation,
-    )
-    .unwrap()
-    .claims
-}
-
 /// One issued assignment, from the store or from the event feed, checked
 /// token by token.
 struct Issued {
@@ -327,7 +301,7 @@ fn check_assignment(ticket: &str, assignment: &Value, jwks: &jsonwebtoken::jwk::
     tokens.push((None, assignment["matchToken"].as_str().unwrap()));
     let mut players = BTreeSet::new();
     for (player, token) in tokens {
-        let claims = verify(token, jwks);
+        let claims = verify_match_token(token, jwks);
         if let Some(player) = player {
             assert_eq!(claims.sub, player, "{ticket}");
         }
@@ -492,10 +466,21 @@ async fn kills_and_restarts_never_lose_a_ticket_or_match_anyone_twice() {
         if queued == 0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{queued} tickets still queued a minute after the load stopped"
-        );
+        if Instant::now() >= deadline {
+            let stuck: Vec<String> = conn.zrange(format!("{KEYS}:queued"), 0, -1).await.unwrap();
+            let mut details = Vec::new();
+            for id in &stuck {
+                let fields: HashMap<String, String> =
+                    conn.hgetall(format!("{KEYS}:ticket:{id}")).await.unwrap();
+                details.push(format!("{id}: {fields:?}"));
+            }
+            let (_, cluster) = admin_get(&format!("{}/v1/admin/cluster", api.http())).await;
+            let queues: Vec<String> = conn.smembers(format!("{KEYS}:queues")).await.unwrap();
+            panic!(
+                "{queued} tickets still queued a minute after the load stopped: {details:#?}\n\
+                 queues with queued tickets: {queues:?}\ncluster: {cluster:#}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 

@@ -13,7 +13,8 @@ async fn demo(args: &[&str]) -> Output {
     let run = tokio::process::Command::new(BIN)
         .arg("demo")
         .args(args)
-        .env("RUST_LOG", "warn")
+        // The default filter (`info`): the planes do log, only not on the terminal.
+        .env_remove("RUST_LOG")
         .kill_on_drop(true)
         .output();
     tokio::time::timeout(Duration::from_secs(120), run)
@@ -24,6 +25,7 @@ async fn demo(args: &[&str]) -> Output {
 
 #[tokio::test]
 async fn a_short_demo_plays_two_matches_and_exits_zero() {
+    let data_dir = tempfile::tempdir().unwrap();
     let output = demo(&[
         "--bots",
         "12",
@@ -31,6 +33,8 @@ async fn a_short_demo_plays_two_matches_and_exits_zero() {
         SHORT_GAME,
         "--round-timeout",
         "60s",
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
     ])
     .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -61,6 +65,27 @@ async fn a_short_demo_plays_two_matches_and_exits_zero() {
         stdout.contains("OK: every bot reached a land and every land closed properly"),
         "{stdout}"
     );
+
+    // The terminal shows the progress view and the summary; the planes' logs go to a file it names.
+    let log_file = data_dir.path().join("demo.log");
+    assert!(
+        stdout.contains(&format!("  logs           {}", log_file.display())),
+        "{stdout}"
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(
+            !line.contains(" INFO ") && !line.contains(" WARN "),
+            "a log line reached the terminal: {line}"
+        );
+    }
+    assert!(stderr.trim().is_empty(), "{stderr}");
+    let log = std::fs::read_to_string(&log_file).expect("the log file exists");
+    assert!(
+        log.lines()
+            .any(|line| line.contains(" INFO ") && line.contains("control plane listening")),
+        "{log}"
+    );
+    assert!(log.contains("match assigned"), "{log}");
 }
 
 #[tokio::test]

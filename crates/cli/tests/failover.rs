@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use matchplane_contracts::token::MatchClaims;
 use serde_json::{Value, json};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -223,23 +222,6 @@ fn token_of<'a>(assignment: &'a Value, player: &str) -> &'a str {
     assignment["memberTokens"][player]
         .as_str()
         .unwrap_or_else(|| assignment["matchToken"].as_str().unwrap())
-}
-
-/// Verifies a match token against the control plane's JWKS and returns its claims.
-fn verify(token: &str, jwks: &jsonwebtoken::jwk::JwkSet) -> MatchClaims {
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let kid = header.kid.as_deref().expect("tokens name their key");
-    let key = jwks.find(kid).expect("the token's key is published");
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["matchplane-game"]);
-    validation.set_issuer(&["matchplane"]);
-    jsonwebtoken::decode::<MatchClaims>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(key).unwrap(),
-        &validation,
-    )
-    .unwrap()
-    .claims
 }
 
 /// A land as the current assignments' tokens describe it.
@@ -508,7 +490,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
             assignment["serverId"], "gs-b",
             "nothing stays assigned to the lost server: {body}"
         );
-        let claims = verify(token_of(assignment, &entry.player), &jwks);
+        let claims = verify_match_token(token_of(assignment, &entry.player), &jwks);
         assert_eq!(claims.player_id, entry.player);
         assert_eq!(claims.members, std::slice::from_ref(&entry.player));
         assert_eq!(
@@ -570,7 +552,7 @@ async fn killed_game_server_strands_nobody_and_its_restart_refuses_old_tokens() 
     let gs_a_again = game_server_at_default_heartbeat(&base, &["--server-id", "gs-a"]).await;
     wait_state(&cp, "gs-a", "live", SECONDS_30).await;
     let old_token = token_of(&first_p3a, "playing-a");
-    let old_instance = verify(old_token, &jwks).server_instance_id;
+    let old_instance = verify_match_token(old_token, &jwks).server_instance_id;
     assert!(old_instance.is_some_and(|old| !gs_b_instances.contains(&old)));
     let url = format!(
         "ws://{}/game/counter?landId={old_land}&token={old_token}",

@@ -261,32 +261,8 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
 }
 
-/// A control plane on `redis` with its own scratch data dir; the credentials come
-/// through the environment, the same for every replica (as in tests/scale_out.rs).
 async fn replica(redis: &redis_server::RedisServer) -> (support::Proc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let all = support::args(&[
-        "control-plane",
-        "--port",
-        "0",
-        "--redis-url",
-        &redis.url(),
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--rate-limit",
-        "off",
-    ]);
-    let proc = support::spawn_with_env(
-        &all,
-        "control plane listening",
-        "info",
-        &[
-            ("MATCHPLANE_ADMIN_TOKEN", support::ADMIN_TOKEN),
-            ("MATCHPLANE_REGISTRATION_TOKEN", support::REGISTRATION_TOKEN),
-        ],
-    )
-    .await;
-    (proc, dir)
+    support::redis_replica(&redis.url(), &[]).await
 }
 
 /// The value of an unlabelled counter on a replica's `/metrics`.

@@ -17,34 +17,8 @@ use tokio::process::{Child, Command};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// A control plane on `redis` with its own scratch data dir. Credentials come
-/// through the environment, the same for every replica (generated ones are
-/// per data dir, see docs/scale-out.md).
 async fn replica(redis: &RedisServer, extra: &[&str]) -> (Proc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut all = args(&[
-        "control-plane",
-        "--port",
-        "0",
-        "--redis-url",
-        &redis.url(),
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--rate-limit",
-        "off",
-    ]);
-    all.extend(args(extra));
-    let proc = spawn_with_env(
-        &all,
-        "control plane listening",
-        "info",
-        &[
-            ("MATCHPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("MATCHPLANE_REGISTRATION_TOKEN", REGISTRATION_TOKEN),
-        ],
-    )
-    .await;
-    (proc, dir)
+    redis_replica(&redis.url(), extra).await
 }
 
 async fn wait_live_on(base: &str, server_id: &str) {

@@ -5,13 +5,13 @@ use serde::{Deserialize, Serialize};
 use crate::provisioning::{Capacity, Load};
 
 /// `GET /v1/admin/servers`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerList {
     pub servers: Vec<ServerView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerView {
     pub server_id: String,
@@ -46,13 +46,13 @@ pub struct ServerView {
 }
 
 /// `GET /v1/admin/queue/summary`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSummary {
     pub queues: Vec<QueueSummaryEntry>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSummaryEntry {
     pub queue_key: String,
@@ -72,7 +72,7 @@ pub struct QueueSummaryEntry {
     pub time_to_match: WaitPercentiles,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WaitPercentiles {
     pub samples: u64,
@@ -83,7 +83,7 @@ pub struct WaitPercentiles {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     pub status: String,
@@ -102,7 +102,7 @@ pub struct Health {
 }
 
 /// `GET /v1/admin/cluster`: the replicas sharing this control plane's store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterView {
     /// The replica that answered.
@@ -115,7 +115,7 @@ pub struct ClusterView {
     pub redis: Option<RedisView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaView {
     pub id: String,
@@ -128,7 +128,7 @@ pub struct ReplicaView {
     pub last_seen_ago_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseView {
     pub queue_key: String,
@@ -139,10 +139,87 @@ pub struct LeaseView {
     pub expires_in_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisView {
     pub connected: bool,
     /// The Redis URL with any password replaced by `***`.
     pub url: String,
+}
+
+/// `GET /v1/admin/matches/recent`: the newest matches this replica's matcher
+/// formed (a bounded ring; with several replicas each keeps its own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentMatches {
+    /// The replica that answered, when replicas share a Redis store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// Newest first.
+    pub matches: Vec<RecentMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_id: Option<String>,
+    /// When the assignments were committed, RFC 3339 UTC.
+    pub matched_at: String,
+    /// The same instant in Unix milliseconds.
+    pub matched_at_ms: u64,
+    pub queue_key: String,
+    pub land_id: String,
+    pub server_id: String,
+    /// Player ids per team, in team order.
+    pub teams: Vec<Vec<String>>,
+    /// Tickets (solo players or parties) in the match.
+    pub tickets: u64,
+    /// The matchmaker's quality score of the match.
+    pub quality: f64,
+    /// Enqueue-to-assignment wait of the ticket that waited longest (ms).
+    pub longest_wait_ms: u64,
+}
+
+/// `GET /v1/admin/queue/history`: per-queue samples over the last minutes,
+/// oldest first, for charts (a fresh dashboard shows the past at once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueHistory {
+    /// The replica that answered, when replicas share a Redis store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// Time between two samples (ms).
+    pub sample_every_ms: u64,
+    /// How far back samples are kept (ms).
+    pub window_ms: u64,
+    /// Queues with activity within the window (queued tickets or matches).
+    pub queues: Vec<QueueSeries>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSeries {
+    pub queue_key: String,
+    /// Oldest first.
+    pub samples: Vec<QueueSample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSample {
+    /// When the sample was taken (Unix milliseconds).
+    pub at_ms: u64,
+    /// Tickets queued at that moment (from the store: cluster-wide with Redis).
+    pub queued: u64,
+    /// Matches this replica formed in the queue since the previous sample.
+    pub matches: u64,
+    /// Those matches per second.
+    pub matches_per_sec: f64,
+    /// Enqueue-to-assignment wait of the tickets matched since the previous
+    /// sample (ms); absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_match_p50_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_match_p99_ms: Option<u64>,
 }

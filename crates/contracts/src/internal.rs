@@ -6,13 +6,16 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /v1/internal/backfill`: "land L on server S has open slots; fill them
 /// from queue Q". The resulting assignments point at the existing land.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillRequest {
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub queue_key: Option<String>,
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub land_id: Option<String>,
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub server_id: Option<String>,
     /// The running match, so new tokens carry the same `matchId`.
@@ -33,7 +36,7 @@ pub struct BackfillRequest {
     pub region: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillResponse {
     pub land_id: String,
@@ -42,7 +45,7 @@ pub struct BackfillResponse {
     pub quality: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackfillPlaced {
     pub ticket_id: String,

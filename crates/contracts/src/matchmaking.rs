@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /v1/matchmaking/enqueue`. Required fields are `Option`/defaulted so a
 /// missing one gets its own error code instead of a generic parse error.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnqueueRequest {
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub queue_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub members: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,14 +36,14 @@ pub struct EnqueueRequest {
     pub latencies: BTreeMap<String, u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnqueueResponse {
     pub ticket_id: String,
     pub status: TicketStatus,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketStatus {
     Queued,
@@ -66,7 +68,7 @@ impl TicketStatus {
 }
 
 /// Where and how the ticket's players join their match.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     pub assignment_id: String,
@@ -88,7 +90,7 @@ pub struct Assignment {
 }
 
 /// `GET /v1/matchmaking/status/:ticketId`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusResponse {
     pub ticket_id: String,
@@ -106,14 +108,15 @@ pub struct StatusResponse {
 }
 
 /// `POST /v1/matchmaking/cancel`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelRequest {
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub ticket_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelResponse {
     pub cancelled: bool,

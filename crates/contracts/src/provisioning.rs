@@ -3,14 +3,17 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/provisioning/servers/register` — also the heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub server_id: Option<String>,
     /// Bind address (control-plane internal use).
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub host: Option<String>,
+    #[schema(required = true, nullable = false)]
     #[serde(default)]
     pub port: Option<u16>,
     /// Seed field: the one land type this server hosts.
@@ -46,7 +49,7 @@ pub struct RegisterRequest {
     pub instance_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Capacity {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +58,7 @@ pub struct Capacity {
     pub max_players: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Load {
     #[serde(default)]

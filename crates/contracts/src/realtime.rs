@@ -9,7 +9,7 @@ use crate::matchmaking::{Assignment, EnqueueRequest, TicketStatus};
 pub const REALTIME_VERSION: u32 = 1;
 
 /// Server → client: `{"type": "...", "v": 1, "data": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum RealtimeEvent {
     #[serde(rename = "match.assigned")]
@@ -43,7 +43,7 @@ pub enum RealtimeEvent {
 }
 
 /// The envelope as sent: the event plus the protocol version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RealtimeEnvelope {
     #[serde(flatten)]
     pub event: RealtimeEvent,
@@ -59,14 +59,14 @@ impl RealtimeEnvelope {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchAssigned {
     pub ticket_id: String,
     pub assignment: Assignment,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketRef {
     pub ticket_id: String,
@@ -80,14 +80,14 @@ pub mod reason {
     pub const PLAYER_QUEUED_ELSEWHERE: &str = "player_queued_elsewhere";
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketRequeued {
     pub ticket_id: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MatchLost {
     pub ticket_id: String,
@@ -95,35 +95,35 @@ pub struct MatchLost {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketFailed {
     pub ticket_id: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Enqueued {
     pub ticket_id: String,
     pub status: TicketStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscribed {
     pub ticket_id: String,
     pub status: TicketStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatAck {
     /// Server time, ms since the UNIX epoch.
     pub server_time: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RealtimeError {
     pub code: ErrorCode,
     pub message: String,
@@ -133,7 +133,7 @@ pub struct RealtimeError {
 }
 
 /// Client → server: `{"action": "enqueue" | "subscribe" | "heartbeat", ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum RealtimeAction {
     /// The enqueue body's fields sit beside `action`.
@@ -142,7 +142,7 @@ pub enum RealtimeAction {
     Heartbeat {},
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeAction {
     #[serde(default)]

@@ -60,6 +60,8 @@ pub struct Config {
     /// How long a per-queue matcher lease lasts unless renewed (`--matcher-lease`;
     /// Redis store only): a dead matcher's queues move within about twice this.
     pub matcher_lease: Duration,
+    /// How often the dashboard's per-queue history takes a sample.
+    pub history_sample_every: Duration,
 }
 
 /// `--role all|api|matcher`.
@@ -248,6 +250,7 @@ impl Config {
             metrics_bind: None,
             role: Role::All,
             matcher_lease: Duration::from_secs(5),
+            history_sample_every: Duration::from_secs(2),
         }
     }
 

@@ -95,9 +95,20 @@ impl FeedTask {
                         if let Some(last_id) = last_id {
                             self.position = last_id;
                         }
-                        Ok(())
+                        if self.feed.take_unsure_writes() {
+                            // Redis answers again: learn what the unanswered
+                            // writes did (their entries are this replica's,
+                            // skipped above).
+                            let resynced = self.resync("a write of this replica got no answer").await;
+                            if resynced.is_err() {
+                                self.feed.keep_unsure_writes();
+                            }
+                            resynced
+                        } else {
+                            Ok(())
+                        }
                     }
-                    Ok(FeedRead::Gap) => self.resync().await,
+                    Ok(FeedRead::Gap) => self.resync("the cluster event feed had a gap").await,
                     Err(err) => Err(err),
                 },
             };
@@ -128,7 +139,7 @@ impl FeedTask {
 
     /// Some entries after the position may be lost: take a new position
     /// first, then reload what those entries would have told.
-    async fn resync(&mut self) -> Result<(), StoreError> {
+    async fn resync(&mut self, why: &str) -> Result<(), StoreError> {
         let position = self.feed.mark().await?;
         if let Some(matcher) = &self.targets.matcher {
             matcher.resync(self.targets.store.queued_tickets().await?);
@@ -136,7 +147,7 @@ impl FeedTask {
         self.targets.events.resync();
         self.position = position;
         metrics::inc(&self.targets.metrics.feed_resyncs);
-        tracing::warn!("cluster event feed had a gap; reloaded queued tickets and socket states");
+        tracing::warn!(why, "reloaded queued tickets and socket states");
         Ok(())
     }
 

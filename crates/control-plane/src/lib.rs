@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod feed;
+pub mod history;
 pub mod keys;
 pub mod matcher;
 pub mod metrics;

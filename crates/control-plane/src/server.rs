@@ -173,6 +173,18 @@ impl Builder {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let events = EventBus::new();
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let history = Arc::new(crate::history::History::new(config.history_sample_every));
+        // Only a replica that serves the admin API has anyone to show the samples to.
+        let history_task = if config.role.serves_api() {
+            crate::history::spawn_sampler(
+                Arc::clone(&history),
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                shutdown_rx.clone(),
+            )
+        } else {
+            tokio::spawn(async {})
+        };
         let matcher_settings = MatcherSettings {
             tick: config.match_tick,
             assignment_ttl: config.assignment_ttl,
@@ -184,6 +196,7 @@ impl Builder {
                 requeue_joined: config.requeue_joined,
                 ticket_ttl_ms: duration_ms(config.ticket_ttl),
             },
+            history: Arc::clone(&history),
         };
         let (matcher, matcher_task) = if !role.matches() {
             (MatcherHandle::detached(), tokio::spawn(async {}))
@@ -268,6 +281,7 @@ impl Builder {
             request_limits,
             shutdown: shutdown_rx.clone(),
             cluster,
+            history,
         };
         let server_task = spawn_serve(
             listener,
@@ -300,6 +314,7 @@ impl Builder {
             feed_task,
             cluster_task,
             lease_task,
+            history_task,
             feed_paused,
             state,
             _matcher: matcher,
@@ -338,6 +353,8 @@ pub struct ControlPlane {
     cluster_task: Option<JoinHandle<()>>,
     /// Keeps this replica's matcher leases (only with a shared store).
     lease_task: Option<JoinHandle<()>>,
+    /// Samples the queues for the dashboard's history.
+    history_task: JoinHandle<()>,
     feed_paused: Arc<watch::Sender<bool>>,
     state: AppState,
     _matcher: MatcherHandle,
@@ -417,6 +434,7 @@ impl ControlPlane {
         if let Some(lease_task) = self.lease_task {
             let _ = lease_task.await;
         }
+        let _ = self.history_task.await;
         tracing::info!("control plane stopped");
     }
 
@@ -432,6 +450,7 @@ impl ControlPlane {
             self.feed_task,
             self.cluster_task,
             self.lease_task,
+            Some(self.history_task),
         ];
         let tasks: Vec<JoinHandle<()>> = tasks.into_iter().flatten().collect();
         for task in &tasks {

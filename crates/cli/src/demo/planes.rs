@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 pub struct PlaneOptions {
     pub control_plane_port: u16,
     pub game_port: u16,
-    /// `None`: a temporary directory removed on exit.
-    pub data_dir: Option<PathBuf>,
+    /// The control plane's store and credentials.
+    pub data_dir: PathBuf,
     pub hero_defense: HeroDefenseConfig,
     pub server_id: String,
 }
@@ -37,21 +37,11 @@ pub struct EmbeddedPlanes {
     jwks_refresh: JoinHandle<()>,
     game_stop: oneshot::Sender<()>,
     game_task: JoinHandle<std::io::Result<()>>,
-    _temp_dir: Option<tempfile::TempDir>,
 }
 
 impl EmbeddedPlanes {
     pub async fn start(options: PlaneOptions) -> anyhow::Result<Self> {
-        let (data_dir, temp_dir) = match options.data_dir {
-            Some(dir) => (dir, None),
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("matchplane-demo-")
-                    .tempdir()
-                    .context("cannot create a temporary data directory")?;
-                (temp.path().to_path_buf(), Some(temp))
-            }
-        };
+        let data_dir = options.data_dir;
         let mut config = Config::new(
             SocketAddr::from(([127, 0, 0, 1], options.control_plane_port)),
             StorageConfig::Durable {
@@ -141,7 +131,6 @@ impl EmbeddedPlanes {
             jwks_refresh,
             game_stop,
             game_task,
-            _temp_dir: temp_dir,
         })
     }
 

@@ -137,7 +137,7 @@ pub const REGISTRATION_TOKEN: &str = "test-registration-token";
 /// Passed through the environment rather than flags so that a test can still
 /// override them with flags, and so that tests spawning through [`spawn`] see
 /// the generated-credential behaviour.
-const KNOWN_CREDENTIALS: [(&str, &str); 2] = [
+pub const KNOWN_CREDENTIALS: [(&str, &str); 2] = [
     ("MATCHPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
     ("MATCHPLANE_REGISTRATION_TOKEN", REGISTRATION_TOKEN),
 ];
@@ -405,4 +405,46 @@ pub fn join_url(assignment: &Value, player: &str) -> String {
         assignment["connectUrl"].as_str().unwrap(),
         token
     )
+}
+
+/// Verifies a match token against a control plane's JWKS (default issuer and
+/// audience) and returns its claims.
+pub fn verify_match_token(
+    token: &str,
+    jwks: &jsonwebtoken::jwk::JwkSet,
+) -> matchplane_contracts::token::MatchClaims {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let kid = header.kid.as_deref().expect("tokens name their key");
+    let key = jwks.find(kid).expect("the token's key is published");
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["matchplane-game"]);
+    validation.set_issuer(&["matchplane"]);
+    jsonwebtoken::decode(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(key).unwrap(),
+        &validation,
+    )
+    .unwrap()
+    .claims
+}
+
+/// A control plane on the Redis at `redis_url` with its own scratch data dir.
+/// Credentials come through the environment, the same for every replica
+/// (generated ones would be adopted from Redis, see docs/scale-out.md).
+pub async fn redis_replica(redis_url: &str, extra: &[&str]) -> (Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = args(&[
+        "control-plane",
+        "--port",
+        "0",
+        "--redis-url",
+        redis_url,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--rate-limit",
+        "off",
+    ]);
+    all.extend(args(extra));
+    let proc = spawn_with_env(&all, "control plane listening", "info", &KNOWN_CREDENTIALS).await;
+    (proc, dir)
 }

@@ -5,19 +5,32 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use matchplane_contracts::admin::{
-    ClusterView, Health, QueueSummary, QueueSummaryEntry, ServerList, WaitPercentiles,
+    ClusterView, Health, QueueHistory, QueueSummary, QueueSummaryEntry, RecentMatches, ServerList,
+    WaitPercentiles,
 };
 use matchplane_contracts::jwks::JwkSet;
 use serde::Serialize;
 
-use matchplane_contracts::ErrorCode;
 use matchplane_contracts::internal::{BackfillPlaced, BackfillRequest, BackfillResponse};
+use matchplane_contracts::{ErrorBody, ErrorCode};
 
 use super::{ApiError, AppState};
 use crate::auth::AdminAccess;
 use crate::clock::duration_ms;
 use crate::matcher::{BackfillError, BackfillJob};
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "public",
+    summary = "Liveness and a few vital numbers",
+    description = "Open to anyone. 503 (same body, `status: degraded`) when the store cannot be reached.",
+    responses(
+        (status = 200, description = "Healthy.", body = Health),
+        (status = 503, description = "The store is unavailable (`status: degraded`).", body = Health),
+    ),
+    security(()),
+)]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let now = state.clock.now_ms();
     let store_ok = state.store.ping().await.is_ok();
@@ -47,6 +60,16 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "public",
+    summary = "Public keys that verify match tokens (RFC 7517)",
+    description = "Open to anyone; game servers fetch it to verify match tokens. Carries the current key \
+        and every previous key whose tokens may still be live. Cached for 60 s; verifiers refetch on an unknown `kid`.",
+    responses((status = 200, description = "The key set.", body = JwkSet)),
+    security(()),
+)]
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     let now = state.clock.now_ms();
     let set: JwkSet = state
@@ -76,6 +99,17 @@ fn percentiles(mut samples: Vec<u64>) -> WaitPercentiles {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "public",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition (counters, gauges, the time-to-match histogram). Open to \
+        anyone on the public listener, unless `--metrics-bind` moves it to a listener of its own.",
+    responses((status = 200, description = "Metrics in the Prometheus text format.", body = String,
+        content_type = "text/plain; version=0.0.4")),
+    security(()),
+)]
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let now = state.clock.now_ms();
@@ -87,6 +121,17 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/servers",
+    tag = "admin",
+    summary = "Registered game servers and their state",
+    responses(
+        (status = 200, description = "Every known game server.", body = ServerList),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
 pub async fn servers(_admin: AdminAccess, State(state): State<AppState>) -> Json<ServerList> {
     let now = state.clock.now_ms();
     Json(ServerList {
@@ -94,11 +139,34 @@ pub async fn servers(_admin: AdminAccess, State(state): State<AppState>) -> Json
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/cluster",
+    tag = "admin",
+    summary = "Replicas sharing the store, matcher leases, the Redis connection",
+    responses(
+        (status = 200, description = "This replica's view of the cluster (just itself on a single box).", body = ClusterView),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
 /// Replicas sharing the store, matcher leases and the Redis connection.
 pub async fn cluster(_admin: AdminAccess, State(state): State<AppState>) -> Json<ClusterView> {
     Json(state.cluster.view(state.clock.now_ms()).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/queue/summary",
+    tag = "admin",
+    summary = "Per-queue counts and waits",
+    responses(
+        (status = 200, description = "One entry per queue key seen.", body = QueueSummary),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`: the ticket store failed; retry shortly.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
 pub async fn queue_summary(
     _admin: AdminAccess,
     State(state): State<AppState>,
@@ -131,6 +199,29 @@ pub async fn queue_summary(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/internal/backfill",
+    tag = "internal",
+    summary = "Fill open slots of a running land from a queue",
+    description = "For game servers (through an operator-held credential) and operators: the placed \
+        tickets are assigned to the existing land and their watchers get `match.assigned`. Served by \
+        replicas that match (`--role all`), not by `--role api`.",
+    request_body = BackfillRequest,
+    responses(
+        (status = 200, description = "The tickets placed (possibly none) and the fit's quality.", body = BackfillResponse),
+        (status = 400, description = "`INVALID_REQUEST` (missing `queueKey`/`landId`/`serverId`, no open slot, \
+            land not on that server), `INVALID_ATTRIBUTE` (non-finite `teamSkills`), `INVALID_JSON`.", body = ErrorBody),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+        (status = 404, description = "`SERVER_NOT_FOUND`: no such live server; `NOT_FOUND`: this replica runs `--role api`.", body = ErrorBody),
+        (status = 409, description = "`BACKFILL_DISABLED`: the queue's profile does not allow backfill.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body exceeds `--max-body-bytes`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: `Content-Type` is not `application/json`.", body = ErrorBody),
+        (status = 500, description = "`INTERNAL`: the matching loop failed or is stopping.", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`: the ticket store failed; retry shortly.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
 /// `POST /v1/internal/backfill`: fill open slots of a running land.
 pub async fn backfill(
     _admin: AdminAccess,
@@ -219,12 +310,27 @@ pub async fn backfill(
     }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rotated {
     kid: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/keys/rotate",
+    tag = "admin",
+    summary = "Rotate the match-token signing key",
+    description = "Makes a new current key; the previous one stays in the JWKS until its tokens expire. \
+        Shared through Redis, every replica adopts the new key within a second.",
+    responses(
+        (status = 200, description = "The new key's id.", body = Rotated),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+        (status = 409, description = "`INVALID_REQUEST`: keys come from `--signing-key` and cannot be rotated here.", body = ErrorBody),
+        (status = 503, description = "`STORE_UNAVAILABLE`: the shared keyring cannot be reached; retry shortly.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
 pub async fn rotate_key(
     _admin: AdminAccess,
     State(state): State<AppState>,
@@ -254,4 +360,60 @@ pub async fn rotate_key(
         })?;
     tracing::info!(kid = %kid, "signing key rotated");
     Ok(Json(Rotated { kid }))
+}
+
+/// `GET /v1/admin/matches/recent`: the newest matches this replica formed.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/matches/recent",
+    tag = "admin",
+    summary = "The newest matches this replica formed",
+    responses(
+        (status = 200, description = "Newest first; each replica keeps its own.", body = RecentMatches),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
+pub async fn recent_matches(
+    _admin: AdminAccess,
+    State(state): State<AppState>,
+) -> Json<RecentMatches> {
+    Json(RecentMatches {
+        replica_id: shared_replica_id(&state),
+        matches: state
+            .history
+            .recent_matches(crate::history::RECENT_MATCHES_KEPT),
+    })
+}
+
+/// `GET /v1/admin/queue/history`: per-queue samples over the last minutes.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/queue/history",
+    tag = "admin",
+    summary = "Per-queue samples (depth, time to match) over the last minutes",
+    responses(
+        (status = 200, description = "One series per queue; each replica keeps its own.", body = QueueHistory),
+        (status = 401, description = "`UNAUTHENTICATED`: no admin token, or not an accepted one.", body = ErrorBody),
+    ),
+    security(("adminToken" = [])),
+)]
+pub async fn queue_history(
+    _admin: AdminAccess,
+    State(state): State<AppState>,
+) -> Json<QueueHistory> {
+    Json(QueueHistory {
+        replica_id: shared_replica_id(&state),
+        sample_every_ms: duration_ms(state.history.sample_every()),
+        window_ms: duration_ms(crate::history::HISTORY_WINDOW),
+        queues: state.history.series(),
+    })
+}
+
+/// Each replica keeps its own history: say which one answered when there are several.
+fn shared_replica_id(state: &AppState) -> Option<String> {
+    state
+        .cluster
+        .is_shared()
+        .then(|| state.cluster.replica_id().to_owned())
 }

@@ -3,10 +3,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::{
     CancelRequest, CancelResponse, EnqueueRequest, EnqueueResponse, StatusResponse, TicketStatus,
 };
+use matchplane_contracts::{ErrorBody, ErrorCode};
 use matchplane_matchmaker::{InsertError, TicketId};
 
 use super::{ApiError, ApiJson, ApiPath, AppState};
@@ -18,6 +18,36 @@ use crate::metrics;
 use crate::store::{CancelOutcome, CreateOutcome, TicketRecord};
 use crate::validate;
 
+#[utoipa::path(
+    post,
+    path = "/v1/matchmaking/enqueue",
+    tag = "matchmaking",
+    summary = "Queue a ticket for a player or a party",
+    description = "Validates the ticket, stores it durably (a 201 survives a crash) and hands it to the \
+        matcher. Sending the same `groupId` again returns the group's live ticket instead of a second one. \
+        With `--player-auth jwt` the token's `sub` must be one of `members` and becomes the ticket's owner; \
+        with `--player-auth none` (the default) no credential is needed. Rate-limited per client address \
+        (and per player with `--player-auth jwt`).",
+    request_body = EnqueueRequest,
+    responses(
+        (status = 201, description = "Queued (or the group's existing live ticket).", body = EnqueueResponse),
+        (status = 400, description = "The body breaks an input rule: `INVALID_JSON`, `INVALID_REQUEST`, \
+            `QUEUE_KEY_REQUIRED`, `INVALID_QUEUE_KEY`, `MEMBERS_REQUIRED`, `TOO_MANY_MEMBERS`, \
+            `DUPLICATE_MEMBER`, `INVALID_MEMBER`, `GROUP_SIZE_MISMATCH`, `FIELD_TOO_LONG`, `TOO_MANY_FIELDS`, \
+            `INVALID_ATTRIBUTE`, `INVALID_LATENCY`, `REGION_REQUIRED`, `CONSTRAINTS_TOO_LARGE`, \
+            `TICKET_TOO_LARGE` (no match of the queue can hold this party).", body = ErrorBody),
+        (status = 401, description = "`UNAUTHENTICATED`: `--player-auth jwt` and no valid player token.", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the player token's subject is not one of `members`.", body = ErrorBody),
+        (status = 404, description = "`QUEUE_NOT_FOUND`: queue profiles are configured and none matches `queueKey` (see `--open-queues`).", body = ErrorBody),
+        (status = 409, description = "`PLAYER_ALREADY_QUEUED`: a member is already in another queued ticket (the message names it).", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body exceeds `--max-body-bytes`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: `Content-Type` is not `application/json`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: too many requests from this address or player.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying."))),
+        (status = 503, description = "`STORE_UNAVAILABLE`: the ticket store failed; retry shortly.", body = ErrorBody),
+    ),
+    security((), ("playerJwt" = [])),
+)]
 pub async fn enqueue(
     player: PlayerIdentity,
     State(state): State<AppState>,
@@ -168,6 +198,26 @@ pub(crate) async fn visible_ticket(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/matchmaking/status/{ticketId}",
+    tag = "matchmaking",
+    summary = "Read a ticket's status and, once matched, its assignment",
+    description = "The source of truth a client polls (`/realtime` is the fast path). With \
+        `--player-auth jwt` only the ticket's owner and members see it: anyone else gets the same 404 as \
+        for a ticket that does not exist. Rate-limited per client address (and per player).",
+    params(("ticketId" = String, Path, description = "The id returned by enqueue.")),
+    responses(
+        (status = 200, description = "The ticket; `assignment` is set once it is `assigned`.", body = StatusResponse),
+        (status = 400, description = "`INVALID_REQUEST`: the path is not valid UTF-8.", body = ErrorBody),
+        (status = 401, description = "`UNAUTHENTICATED`: `--player-auth jwt` and no valid player token.", body = ErrorBody),
+        (status = 404, description = "`TICKET_NOT_FOUND`: no such ticket, or not one this player may see.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: too many requests from this address or player.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying."))),
+        (status = 503, description = "`STORE_UNAVAILABLE`: the ticket store failed; retry shortly.", body = ErrorBody),
+    ),
+    security((), ("playerJwt" = [])),
+)]
 pub async fn status(
     player: PlayerIdentity,
     State(state): State<AppState>,
@@ -185,6 +235,28 @@ pub async fn status(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/matchmaking/cancel",
+    tag = "matchmaking",
+    summary = "Cancel a queued ticket",
+    description = "Cancels the ticket if it is still queued; a ticket already assigned, expired or \
+        failed answers `cancelled: false` with its status (201 either way, as the seed does). Watchers \
+        on `/realtime` receive `ticket.cancelled`. Rate-limited per client address (and per player).",
+    request_body = CancelRequest,
+    responses(
+        (status = 201, description = "`cancelled` says whether this call cancelled it; `status` is the ticket's status now.", body = CancelResponse),
+        (status = 400, description = "`TICKET_ID_REQUIRED`, `INVALID_JSON`, `INVALID_REQUEST`.", body = ErrorBody),
+        (status = 401, description = "`UNAUTHENTICATED`: `--player-auth jwt` and no valid player token.", body = ErrorBody),
+        (status = 404, description = "`TICKET_NOT_FOUND`: no such ticket, or not one this player may see.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body exceeds `--max-body-bytes`.", body = ErrorBody),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: `Content-Type` is not `application/json`.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: too many requests from this address or player.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying."))),
+        (status = 503, description = "`STORE_UNAVAILABLE`: the ticket store failed; retry shortly.", body = ErrorBody),
+    ),
+    security((), ("playerJwt" = [])),
+)]
 pub async fn cancel(
     player: PlayerIdentity,
     State(state): State<AppState>,

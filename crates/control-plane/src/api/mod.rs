@@ -1,9 +1,11 @@
 //! HTTP routes of the control plane.
 
 mod admin;
+mod dashboard;
 pub mod error;
 pub mod limits;
 mod matchmaking;
+pub mod openapi;
 mod provisioning;
 mod realtime;
 
@@ -48,6 +50,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// This replica among those sharing the store (`/v1/admin/cluster`).
     pub cluster: Arc<crate::cluster::Cluster>,
+    /// Recent matches and per-queue samples for the dashboard.
+    pub history: Arc<crate::history::History>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(admin::health))
         .route("/.well-known/jwks.json", get(admin::jwks))
+        .merge(openapi::docs_router())
         .merge(public_metrics(&state))
         .route("/realtime", get(realtime::upgrade).layer(per_client_ip()))
         .route(
@@ -90,6 +95,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/servers", get(admin::servers))
         .route("/v1/admin/cluster", get(admin::cluster))
         .route("/v1/admin/queue/summary", get(admin::queue_summary))
+        .route("/v1/admin/queue/history", get(admin::queue_history))
+        .route("/v1/admin/matches/recent", get(admin::recent_matches))
+        .route("/dashboard", get(dashboard::page))
         .route("/v1/admin/keys/rotate", post(admin::rotate_key))
         .route("/v1/internal/backfill", post(admin::backfill))
         .fallback(not_found)

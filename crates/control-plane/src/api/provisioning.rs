@@ -14,6 +14,29 @@ use crate::validate;
 type ProvisioningResult = Result<Json<ProvisioningResponse>, ApiError<Provisioning>>;
 
 /// Registration and heartbeat are the same call: the latest report wins.
+#[utoipa::path(
+    post,
+    path = "/v1/provisioning/servers/register",
+    tag = "provisioning",
+    summary = "Register a game server, or heartbeat",
+    description = "A game server sends this on start and then every `heartbeatIntervalMs` with its load, \
+        open land ids and draining flag; the latest report wins. A `serverId` belongs to the registration \
+        token that registered it while the server is alive (heard from within `--server-ttl`): another \
+        accepted token gets 403. A new `instanceId` under the same id means the previous process died; \
+        its lands are released. Errors use the seed's provisioning envelope.",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "Registered; `heartbeatIntervalMs` is how often to heartbeat.", body = ProvisioningResponse),
+        (status = 400, description = "`SERVER_ID_REQUIRED`, `INVALID_SERVER`, `FIELD_TOO_LONG`, `TOO_MANY_FIELDS`, \
+            `INVALID_JSON`, `INVALID_REQUEST`.", body = ProvisioningResponse),
+        (status = 401, description = "`UNAUTHENTICATED`: no registration token, or not an accepted one.", body = ProvisioningResponse),
+        (status = 403, description = "`FORBIDDEN`: this `serverId` was registered with another registration token.", body = ProvisioningResponse),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body exceeds `--max-body-bytes`.", body = ProvisioningResponse),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: `Content-Type` is not `application/json`.", body = ProvisioningResponse),
+        (status = 503, description = "`STORE_UNAVAILABLE` (`retryable: true`): the store failed; retry shortly.", body = ProvisioningResponse),
+    ),
+    security(("registrationToken" = [])),
+)]
 pub async fn register(
     access: ServerAccess,
     State(state): State<AppState>,
@@ -87,6 +110,25 @@ pub async fn register(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/provisioning/servers/{serverId}",
+    tag = "provisioning",
+    summary = "Deregister a game server",
+    description = "A draining game server leaves; anything it still held is released (queued again or \
+        failed, per `--requeue-joined`). Only the registration token that registered the id may delete it. \
+        Errors use the seed's provisioning envelope.",
+    params(("serverId" = String, Path, description = "The id the server registered with.")),
+    responses(
+        (status = 200, description = "Deregistered.", body = ProvisioningResponse),
+        (status = 400, description = "`INVALID_REQUEST`: the path is not valid UTF-8.", body = ProvisioningResponse),
+        (status = 401, description = "`UNAUTHENTICATED`: no registration token, or not an accepted one.", body = ProvisioningResponse),
+        (status = 403, description = "`FORBIDDEN`: this `serverId` was registered with another registration token.", body = ProvisioningResponse),
+        (status = 404, description = "`SERVER_NOT_FOUND`: no server is registered under this id.", body = ProvisioningResponse),
+        (status = 503, description = "`STORE_UNAVAILABLE` (`retryable: true`): the store failed; retry shortly.", body = ProvisioningResponse),
+    ),
+    security(("registrationToken" = [])),
+)]
 pub async fn deregister(
     access: ServerAccess,
     State(state): State<AppState>,

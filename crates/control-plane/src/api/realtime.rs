@@ -12,12 +12,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use matchplane_contracts::ErrorCode;
 use matchplane_contracts::matchmaking::TicketStatus;
 use matchplane_contracts::realtime::{
     Enqueued, HeartbeatAck, MatchAssigned, MatchLost, RealtimeAction, RealtimeEnvelope,
     RealtimeError, RealtimeEvent, Subscribed, TicketFailed, TicketRef, TicketRequeued,
 };
+use matchplane_contracts::{ErrorBody, ErrorCode};
 use matchplane_edge::secret::bearer;
 use matchplane_edge::ws::ReadFailure;
 use serde::Deserialize;
@@ -46,6 +46,44 @@ pub struct RealtimeQuery {
     access_token: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/realtime",
+    tag = "realtime",
+    summary = "WebSocket: assignment push and enqueue over one socket",
+    description = "A WebSocket endpoint (`GET` with `Upgrade: websocket`, answered `101 Switching \
+Protocols`). Status polling stays the source of truth; this is the fast path.
+
+**Server → client** text frames are `{\"type\", \"v\": 1, \"data\"}` (schema `RealtimeEnvelope`): \
+`enqueued` (answer to the `enqueue` action; the socket then watches that ticket), `subscribed` (the \
+ticket is still queued), `match.assigned` (with the `Assignment`), `ticket.cancelled`, `ticket.expired`, \
+`ticket.requeued` (the assignment's server was lost before anyone joined; a new `match.assigned` \
+follows), `match.lost`, `ticket.failed`, `heartbeat` (with `serverTime`), and `error` (`code`, `message`, \
+optional `ticketId`). A ticket already settled when watched gets its final event at once.
+
+**Client → server** text frames are `{\"action\": ...}` (schema `RealtimeAction`): `enqueue` (the \
+enqueue body's fields beside `action`), `subscribe` (`ticketId`), `heartbeat`. `?ticketId=` on the URL \
+subscribes at connect. A socket watches at most 32 tickets (`TOO_MANY_SUBSCRIPTIONS`).
+
+**Closes**: 1009 for a message over `--max-body-bytes`, 1008 after 10 malformed messages, 1001 when the \
+control plane shuts down. The server pings every 25 s.
+
+**Credentials**: with `--player-auth jwt` a player JWT is required, as `Authorization: Bearer` or, for \
+browsers (which cannot set WebSocket headers), `?access_token=`; it is checked before the upgrade, so a \
+refused client gets a plain 401 and no socket. New sockets are rate-limited per client address.",
+    params(
+        ("ticketId" = Option<String>, Query, description = "Watch this ticket from the start."),
+        ("access_token" = Option<String>, Query, description = "The player JWT, for clients that cannot set headers (`--player-auth jwt`)."),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the socket is open; messages as described above."),
+        (status = 400, description = "`INVALID_REQUEST`: not a WebSocket upgrade, or an invalid query.", body = ErrorBody),
+        (status = 401, description = "`UNAUTHENTICATED`: `--player-auth jwt` and no valid player token.", body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: too many new sockets from this address or player.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds to wait before retrying."))),
+    ),
+    security((), ("playerJwt" = [])),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     query: Result<Query<RealtimeQuery>, QueryRejection>,

@@ -4,6 +4,7 @@
 //! refused: what changed leaves, the rest goes back to its queue). A failure to
 //! sign or to reach the store puts everything back as it was before the round.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,7 +15,9 @@ use super::MatchLoop;
 use super::plan::{Origin, Planned, UnsignedCommit};
 use crate::clock::Millis;
 use crate::events::TicketEvent;
+use crate::history::FormedMatch;
 use crate::metrics;
+use crate::registry::Allocation;
 use crate::store::{CommitOutcome, Fence, MatchCommit, StoreError, TicketRecord};
 use crate::tokens::{Signer, TokenError};
 
@@ -197,6 +200,13 @@ impl MatchLoop {
                     quality,
                     "match assigned"
                 );
+                self.settings.history.record_match(formed_match(
+                    &queue_key,
+                    quality,
+                    &allocation,
+                    &records,
+                    now,
+                ));
                 let recent = self.recent_waits.entry(queue_key).or_default();
                 recent.last_at = now;
                 for record in &records {
@@ -220,6 +230,44 @@ impl MatchLoop {
                 });
             }
         }
+    }
+}
+
+/// An applied new match as the dashboard's history keeps it.
+fn formed_match(
+    queue_key: &str,
+    quality: f64,
+    allocation: &Allocation,
+    records: &[TicketRecord],
+    now: Millis,
+) -> FormedMatch {
+    let mut teams: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for record in records {
+        let team = record
+            .assignment
+            .as_ref()
+            .and_then(|assignment| assignment.team)
+            .unwrap_or(0);
+        teams
+            .entry(team)
+            .or_default()
+            .extend(record.members.iter().cloned());
+    }
+    FormedMatch {
+        match_id: records
+            .iter()
+            .find_map(|record| record.assignment.as_ref()?.match_id.clone()),
+        queue_key: queue_key.to_owned(),
+        land_id: allocation.land_id.clone(),
+        server_id: allocation.server_id.clone(),
+        teams: teams.into_values().collect(),
+        tickets: records.len(),
+        quality,
+        waits: records
+            .iter()
+            .map(|record| now.saturating_sub(record.enqueued_at))
+            .collect(),
+        at: now,
     }
 }
 

@@ -232,6 +232,8 @@ pub struct MatcherSettings {
     pub placement: Placement,
     /// What happens to the tickets of a lost game server.
     pub recovery: RecoveryPolicy,
+    /// Where formed matches are remembered for the dashboard.
+    pub history: Arc<crate::history::History>,
 }
 
 pub struct MatchLoop {

@@ -7,6 +7,8 @@
 //! docs/scale-out.md ("Cluster event feed").
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
@@ -78,6 +80,7 @@ pub struct RedisFeed {
     ticket_prefix: String,
     replica_id: String,
     conn: Option<MultiplexedConnection>,
+    unsure_writes: Arc<AtomicBool>,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -94,6 +97,7 @@ impl RedisFeed {
         stream: String,
         ticket_prefix: String,
         replica_id: String,
+        unsure_writes: Arc<AtomicBool>,
     ) -> Self {
         Self {
             client,
@@ -101,7 +105,21 @@ impl RedisFeed {
             ticket_prefix,
             replica_id,
             conn: None,
+            unsure_writes,
         }
+    }
+
+    /// Whether one of this replica's writes failed without an answer since
+    /// the last call. Its feed entries (if Redis applied it) carry this
+    /// replica's origin and are skipped, and the in-process delivery never
+    /// happened: the caller must reload what they would have told.
+    pub fn take_unsure_writes(&self) -> bool {
+        self.unsure_writes.swap(false, Ordering::AcqRel)
+    }
+
+    /// Puts back what [`RedisFeed::take_unsure_writes`] took, when the reload failed.
+    pub fn keep_unsure_writes(&self) {
+        self.unsure_writes.store(true, Ordering::Release);
     }
 
     /// The `origin` this replica's own entries carry (skipped on read: they

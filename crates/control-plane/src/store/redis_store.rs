@@ -10,6 +10,8 @@
 //! the JSON, because Redis' cjson would turn `[]` into `{}` and round floats.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -352,6 +354,11 @@ pub struct RedisStore {
     replica_id: String,
     /// The key prefix (and hash tag), for the cluster view's keys.
     prefix: String,
+    /// Set when a state-changing script failed without an answer (connection
+    /// lost, timeout): Redis may have applied it, and its feed entries carry
+    /// this replica's origin, which the feed skips. The feed reader resyncs
+    /// once Redis answers again (see [`RedisFeed::take_unsure_writes`]).
+    unsure_writes: Arc<AtomicBool>,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -390,6 +397,7 @@ impl RedisStore {
             client,
             replica_id: uuid::Uuid::new_v4().to_string(),
             prefix: key_prefix.to_owned(),
+            unsure_writes: Arc::new(AtomicBool::new(false)),
         };
         store.check_schema().await?;
         Ok(store)
@@ -459,7 +467,13 @@ impl RedisStore {
         invocation
             .invoke_async::<Value>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|err| {
+                // Whether it ran is unknown (only an error reply from the
+                // script itself would say it did not; that is a bug, and a
+                // resync too many costs one read).
+                self.unsure_writes.store(true, Ordering::Release);
+                unavailable(err)
+            })
     }
 
     /// Commits matches, each fenced by the lease it was planned under or not.
@@ -1017,6 +1031,7 @@ impl Store for RedisStore {
             self.keys.events.clone(),
             self.keys.ticket_prefix.clone(),
             self.replica_id.clone(),
+            Arc::clone(&self.unsure_writes),
         ))
     }
 
