@@ -1,0 +1,2024 @@
+/**
+ * `@matchplane/client`: the player's journey on matchplane from TypeScript, in browsers
+ * and in Node ≥ 20.
+ *
+ * - {@link MatchmakingClient}: enqueue, status, cancel, and waiting for an assignment
+ *   over the control plane's `/realtime` socket with automatic fallback to polling.
+ * - {@link LandConnection} / {@link joinLand}: the game server's WebSocket protocol
+ *   (docs/runtime-protocol.md): `join.ok`, a state mirror kept current by RFC 6902
+ *   patches, resync on a sequence gap, actions as promises, events, reconnect within
+ *   the land's grace.
+ *
+ * The package is one self-contained ES module without dependencies, so a page can load
+ * `dist/index.js` directly (the control plane's play page does). It only uses the
+ * platform's `fetch` and `WebSocket`; on Node 20, whose global `WebSocket` is missing,
+ * pass a constructor (e.g. the `ws` package's) in the options.
+ *
+ * @packageDocumentation
+ */
+
+// ---------------------------------------------------------------------------------------
+// Wire types (crates/contracts is their source of truth)
+// ---------------------------------------------------------------------------------------
+
+/** A JSON value as the wire carries it. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** A JSON object. */
+export type JsonObject = { [key: string]: JsonValue };
+
+/** `POST /v1/matchmaking/enqueue` body. */
+export interface EnqueueRequest {
+  /** e.g. `hero-defense:3v3`, `counter:2`. */
+  queueKey: string;
+  /** Player ids of the party; the first one's token is the assignment's `matchToken`. */
+  members: string[];
+  groupId?: string;
+  groupSize?: number;
+  region?: string;
+  /** Opaque to the control plane; kept with the ticket. */
+  constraints?: JsonValue;
+  /** Numeric attributes, e.g. `{ skill: 1500 }`. */
+  attributes?: Record<string, number>;
+  tags?: string[];
+  stringArgs?: Record<string, string>;
+  /** Measured latency per region in milliseconds, e.g. `{ eu: 35 }`. */
+  latencies?: Record<string, number>;
+}
+
+/** Where a ticket is in its life. */
+export type TicketStatus = "queued" | "assigned" | "cancelled" | "expired" | "failed";
+
+export interface EnqueueResponse {
+  ticketId: string;
+  status: TicketStatus;
+}
+
+/** Where and how a ticket's players join their match. */
+export interface Assignment {
+  assignmentId: string;
+  /** The first member's token; see `memberTokens` for parties. */
+  matchToken: string;
+  /** `ws://…/game/{landType}?landId=…`; the player's token is appended to it. */
+  connectUrl: string;
+  landId: string;
+  serverId: string;
+  /** RFC 3339 UTC. */
+  expiresAt: string;
+  /** One token per member, keyed by player id. */
+  memberTokens?: Record<string, string>;
+  matchId?: string;
+  /** 0-based team index of this ticket within the match. */
+  team?: number;
+}
+
+/** `GET /v1/matchmaking/status/{ticketId}`. */
+export interface StatusResponse {
+  ticketId: string;
+  status: TicketStatus;
+  assignment?: Assignment;
+  queueKey?: string;
+  enqueuedAt?: string;
+  /** Why a `failed` ticket failed (e.g. `server_lost`). */
+  reason?: string;
+}
+
+/** `POST /v1/matchmaking/cancel`: `cancelled: false` when the ticket was no longer queued. */
+export interface CancelResponse {
+  cancelled: boolean;
+  status?: TicketStatus;
+}
+
+/** The control plane's stable error codes (`{"error": {"code", "message"}}`). */
+export type ErrorCode =
+  | "INVALID_REQUEST"
+  | "INVALID_JSON"
+  | "UNSUPPORTED_MEDIA_TYPE"
+  | "PAYLOAD_TOO_LARGE"
+  | "QUEUE_KEY_REQUIRED"
+  | "INVALID_QUEUE_KEY"
+  | "MEMBERS_REQUIRED"
+  | "TOO_MANY_MEMBERS"
+  | "DUPLICATE_MEMBER"
+  | "INVALID_MEMBER"
+  | "GROUP_SIZE_MISMATCH"
+  | "FIELD_TOO_LONG"
+  | "TOO_MANY_FIELDS"
+  | "INVALID_ATTRIBUTE"
+  | "INVALID_LATENCY"
+  | "REGION_REQUIRED"
+  | "TICKET_ID_REQUIRED"
+  | "TICKET_NOT_FOUND"
+  | "TICKET_TOO_LARGE"
+  | "TOO_MANY_SUBSCRIPTIONS"
+  | "SERVER_ID_REQUIRED"
+  | "INVALID_SERVER"
+  | "BACKFILL_DISABLED"
+  | "SERVER_NOT_FOUND"
+  | "NOT_FOUND"
+  | "METHOD_NOT_ALLOWED"
+  | "UNAUTHENTICATED"
+  | "FORBIDDEN"
+  | "RATE_LIMITED"
+  | "TOO_MANY_CONNECTIONS"
+  | "PLAYER_ALREADY_QUEUED"
+  | "QUEUE_NOT_FOUND"
+  | "CONSTRAINTS_TOO_LARGE"
+  | "STORE_UNAVAILABLE"
+  | "INTERNAL";
+
+/**
+ * The game server's own codes (`error` frames and failed `action.result`s); lands add
+ * their own action codes (`not_enough_gold`, `amount_out_of_range`, …).
+ */
+export type RuntimeErrorCode =
+  | "malformed_message"
+  | "unknown_message"
+  | "unsupported_version"
+  | "message_too_big"
+  | "rate_limited"
+  | "unknown_action"
+  | "invalid_payload"
+  | "unknown_event"
+  | "land_closed"
+  | "land_full"
+  | "server_full"
+  | "land_lost"
+  | "unknown_land_type"
+  | "unauthenticated"
+  | "forbidden"
+  | "draining"
+  | "session_replaced";
+
+/** WebSocket close codes of the game server (docs/runtime-protocol.md, "Close codes"). */
+export const CloseCode = {
+  /** Land closed (after `land.closed`) or the client left. */
+  NORMAL: 1000,
+  /** Server shutting down or draining. */
+  GOING_AWAY: 1001,
+  /** The client did not read fast enough; it may reconnect. */
+  SLOW_CONSUMER: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  MALFORMED: 4400,
+  UNAUTHENTICATED: 4401,
+  FORBIDDEN: 4403,
+  /** Unknown land type, or (error `land_lost`) a token of an earlier server instance. */
+  UNKNOWN_LAND_TYPE: 4404,
+  LAND_FULL_OR_CLOSED: 4409,
+  SESSION_REPLACED: 4410,
+  RATE_LIMITED: 4429,
+} as const;
+
+/** Protocol version carried in every game-server envelope. */
+export const PROTOCOL_VERSION = 1;
+
+/** `/realtime` events, as the control plane pushes them. */
+export type RealtimeEvent =
+  | { type: "match.assigned"; data: { ticketId: string; assignment: Assignment } }
+  | { type: "ticket.cancelled"; data: { ticketId: string } }
+  | { type: "ticket.expired"; data: { ticketId: string } }
+  | { type: "ticket.requeued"; data: { ticketId: string; reason: string } }
+  | { type: "match.lost"; data: { ticketId: string; landId: string; reason: string } }
+  | { type: "ticket.failed"; data: { ticketId: string; reason: string } }
+  | { type: "enqueued"; data: { ticketId: string; status: TicketStatus } }
+  | { type: "subscribed"; data: { ticketId: string; status: TicketStatus } }
+  | { type: "heartbeat"; data: { serverTime: number } }
+  | { type: "error"; data: { code: ErrorCode | (string & {}); message: string; ticketId?: string } };
+
+/** One RFC 6902 operation. */
+export type PatchOperation =
+  | { op: "add"; path: string; value: JsonValue }
+  | { op: "remove"; path: string }
+  | { op: "replace"; path: string; value: JsonValue }
+  | { op: "move"; from: string; path: string }
+  | { op: "copy"; from: string; path: string }
+  | { op: "test"; path: string; value: JsonValue };
+
+/** `{code, message}`: the game server's error shape. */
+export interface ErrorBody {
+  code: RuntimeErrorCode | (string & {});
+  message: string;
+}
+
+export interface JoinOk {
+  landId: string;
+  playerId: string;
+  /** The seq of `state`; the next `state.patch` carries `seq + 1`. */
+  seq: number;
+  state: JsonValue;
+}
+
+export interface ActionResult {
+  requestId: string;
+  ok: boolean;
+  result?: JsonValue;
+  error?: ErrorBody;
+}
+
+/** A named land event (`shouted`, `wave_started`, …). */
+export interface LandEventBody {
+  name: string;
+  payload: JsonValue;
+}
+
+/** The land is over; `result` is land-defined. */
+export interface LandClosed {
+  reason: string;
+  result?: JsonValue;
+}
+
+/** Everything a game server sends. */
+export type ServerMessage =
+  | { type: "join.ok"; data: JoinOk }
+  | { type: "state.patch"; data: { seq: number; ops: PatchOperation[] } }
+  | { type: "state.snapshot"; data: { seq: number; state: JsonValue } }
+  | { type: "action.result"; data: ActionResult }
+  | { type: "event"; data: LandEventBody }
+  | { type: "error"; data: ErrorBody }
+  | { type: "land.closed"; data: LandClosed }
+  | { type: "pong"; data: { t: JsonValue } };
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/**
+ * What went wrong, independent of the server's code:
+ *
+ * - `http`: the control plane answered with an error status (`status`, `code` from its
+ *   envelope, `null` when the body was not one, e.g. a proxy's page; `retryAfterMs` on 429).
+ * - `network`: nothing answered, or a connection broke.
+ * - `protocol`: an answer that is not the contract.
+ * - `timeout` / `aborted`: a wait ran out / the caller's `AbortSignal` fired.
+ * - `ticketCancelled` / `ticketExpired` / `ticketFailed`: the ticket ended without an
+ *   assignment (`ticketId`, and `reason` for `ticketFailed`).
+ * - `realtime`: the `/realtime` socket refused a message (`code`).
+ * - `noToken`: the assignment carries no token for the player.
+ * - `rejected`: the game server refused the join (`code` from its `error` frame,
+ *   `closeCode`, e.g. 4401 `unauthenticated`, 4409 `land_full`).
+ * - `action`: an action failed (`code`: the land's, e.g. `not_enough_gold`, or the
+ *   runtime's, e.g. `unknown_action`, `invalid_payload`).
+ * - `disconnected`: the land connection is gone (an action in flight may or may not
+ *   have been applied: look at the state).
+ * - `landClosed`: the land ended (`landClosed`).
+ * - `invalidArgument`: the call itself cannot be made (e.g. no `WebSocket` available).
+ */
+export type MatchplaneErrorKind =
+  | "http"
+  | "network"
+  | "protocol"
+  | "timeout"
+  | "aborted"
+  | "ticketCancelled"
+  | "ticketExpired"
+  | "ticketFailed"
+  | "realtime"
+  | "noToken"
+  | "rejected"
+  | "action"
+  | "disconnected"
+  | "landClosed"
+  | "invalidArgument";
+
+/** Optional details of a {@link MatchplaneError}. */
+export interface MatchplaneErrorDetails {
+  code?: string | null;
+  status?: number | null;
+  closeCode?: number | null;
+  retryAfterMs?: number | null;
+  ticketId?: string | null;
+  reason?: string | null;
+  landClosed?: LandClosed | null;
+  cause?: unknown;
+}
+
+/** The server codes whose request may succeed when sent again later. */
+const RETRYABLE_CODES: ReadonlySet<string> = new Set([
+  "STORE_UNAVAILABLE",
+  "INTERNAL",
+  "RATE_LIMITED",
+  "TOO_MANY_CONNECTIONS",
+]);
+
+/**
+ * Every failure of the SDK. Switch on {@link MatchplaneError.kind} and
+ * {@link MatchplaneError.code}, never on messages.
+ */
+export class MatchplaneError extends Error {
+  override readonly name = "MatchplaneError";
+  readonly kind: MatchplaneErrorKind;
+  /** The server's code (`TICKET_NOT_FOUND`, `unknown_action`…), `null` when none was given. */
+  readonly code: ErrorCode | RuntimeErrorCode | (string & {}) | null;
+  /** HTTP status of a refused control-plane request. */
+  readonly status: number | null;
+  /** WebSocket close code, when a socket closure is the failure. */
+  readonly closeCode: number | null;
+  /** How long to wait before the next request (429 `RATE_LIMITED`). */
+  readonly retryAfterMs: number | null;
+  /** The ticket the error is about (ended tickets, `PLAYER_ALREADY_QUEUED`, timeouts). */
+  readonly ticketId: string | null;
+  /** Why a ticket failed (`server_lost`…). */
+  readonly reason: string | null;
+  /** The `land.closed` of a land that ended. */
+  readonly landClosed: LandClosed | null;
+
+  constructor(kind: MatchplaneErrorKind, message: string, details: MatchplaneErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.kind = kind;
+    this.code = details.code ?? null;
+    this.status = details.status ?? null;
+    this.closeCode = details.closeCode ?? null;
+    this.retryAfterMs = details.retryAfterMs ?? null;
+    this.ticketId = details.ticketId ?? null;
+    this.reason = details.reason ?? null;
+    this.landClosed = details.landClosed ?? null;
+  }
+
+  /** Whether the same request may succeed when sent again later. */
+  get retryable(): boolean {
+    switch (this.kind) {
+      case "network":
+        return true;
+      case "http":
+      case "realtime":
+        return this.code === null ? (this.status ?? 0) >= 500 : RETRYABLE_CODES.has(this.code);
+      default:
+        return false;
+    }
+  }
+}
+
+/** When a 429 carries no usable `Retry-After`; the control plane never asks for less. */
+const DEFAULT_RETRY_AFTER_MS = 1000;
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** The typed error for a refused control-plane request (status, `Retry-After`, body). */
+function refusal(url: string, status: number, retryAfter: string | null, body: string): MatchplaneError {
+  let code: string | null = null;
+  let message = body.slice(0, 200);
+  try {
+    const parsed: unknown = JSON.parse(body);
+    if (isRecord(parsed) && isRecord(parsed.error) && typeof parsed.error.code === "string") {
+      code = parsed.error.code;
+      message = typeof parsed.error.message === "string" ? parsed.error.message : code;
+    }
+  } catch {
+    // A proxy's error page: keep its text as the message.
+  }
+  const details: MatchplaneErrorDetails = { code, status };
+  // 429 counts without an envelope too: a proxy's rate limit means the same thing.
+  if (status === 429 || code === "RATE_LIMITED") {
+    const seconds = retryAfter === null ? Number.NaN : Number(retryAfter.trim());
+    details.retryAfterMs = Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : DEFAULT_RETRY_AFTER_MS;
+    details.code = code ?? "RATE_LIMITED";
+  }
+  if (code === "PLAYER_ALREADY_QUEUED") {
+    details.ticketId = queuedTicketId(message);
+  }
+  return new MatchplaneError("http", `${url}: ${status}${code === null ? "" : ` ${code}`}: ${message}`, details);
+}
+
+/**
+ * The ticket a `PLAYER_ALREADY_QUEUED` message names ("… queued in ticketId <id>; …"):
+ * the envelope has no field for it, so this reads the message and gives up quietly
+ * when its wording changes.
+ */
+function queuedTicketId(message: string): string | null {
+  const match = /ticketId ([A-Za-z0-9_.:-]+)/.exec(message);
+  const id = match?.[1]?.replace(/[.:]+$/, "");
+  return id === undefined || id === "" ? null : id;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+// ---------------------------------------------------------------------------------------
+// URLs: base URLs may carry an LB prefix (`https://lb/match`), so paths and query
+// parameters are appended by hand instead of resolved, which would drop the prefix.
+// ---------------------------------------------------------------------------------------
+
+/** Percent-encodes everything but RFC 3986 unreserved characters. */
+export function percentEncode(text: string): string {
+  let encoded: string;
+  try {
+    encoded = encodeURIComponent(text);
+  } catch (error) {
+    throw new MatchplaneError("invalidArgument", `cannot encode ${JSON.stringify(text)}: ${describe(error)}`);
+  }
+  return encoded.replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+/** `http(s)://` → `ws(s)://`; URLs already in a WebSocket scheme are kept. */
+export function toWebSocketUrl(url: string): string {
+  if (url.startsWith("https://")) return `wss://${url.slice("https://".length)}`;
+  if (url.startsWith("http://")) return `ws://${url.slice("http://".length)}`;
+  return url;
+}
+
+function withQuery(url: string, key: string, value: string): string {
+  return `${url}${url.includes("?") ? "&" : "?"}${key}=${percentEncode(value)}`;
+}
+
+/**
+ * The URL a player connects to for an assignment: `connectUrl` plus the player's own
+ * token (`memberTokens[playerId]`, else the ticket's `matchToken`).
+ */
+export function assignmentUrl(assignment: Assignment, playerId: string): string {
+  const token = assignment.memberTokens?.[playerId] ?? assignment.matchToken;
+  if (!token) {
+    throw new MatchplaneError("noToken", `the assignment has no token for player ${playerId}`);
+  }
+  return withQuery(assignment.connectUrl, "token", token);
+}
+
+/**
+ * A development URL for a game server started with `--auth none`: the server trusts
+ * `playerId`; without `landId` it creates a fresh land.
+ */
+export function devLandUrl(gameServerUrl: string, landType: string, playerId: string, landId?: string): string {
+  const base = toWebSocketUrl(gameServerUrl.replace(/\/+$/, ""));
+  const url = withQuery(`${base}/game/${percentEncode(landType)}`, "playerId", playerId);
+  return landId === undefined ? url : withQuery(url, "landId", landId);
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON Patch (RFC 6902) over JSON Pointers (RFC 6901)
+// ---------------------------------------------------------------------------------------
+
+/** A patch that does not apply (missing path, failed `test`, bad pointer…). */
+export class JsonPatchError extends Error {
+  override readonly name = "JsonPatchError";
+  /** Index of the failing operation in the patch. */
+  readonly operationIndex: number;
+
+  constructor(operationIndex: number, message: string) {
+    super(`operation ${operationIndex}: ${message}`);
+    this.operationIndex = operationIndex;
+  }
+}
+
+type Container = JsonObject | JsonValue[];
+
+function isContainer(value: JsonValue | undefined): value is Container {
+  return typeof value === "object" && value !== null;
+}
+
+function parsePointer(pointer: unknown): string[] {
+  if (typeof pointer !== "string") throw new Error("the path is not a string");
+  if (pointer === "") return [];
+  if (!pointer.startsWith("/")) throw new Error(`pointer ${JSON.stringify(pointer)} does not start with "/"`);
+  return pointer
+    .slice(1)
+    .split("/")
+    .map((token) => {
+      if (/~(?![01])/.test(token)) throw new Error(`pointer ${JSON.stringify(pointer)} has an invalid escape`);
+      // ~1 first, so that "~01" becomes "~1" and not "/".
+      return token.replace(/~1/g, "/").replace(/~0/g, "~");
+    });
+}
+
+function arrayIndex(token: string, length: number, allowEnd: boolean): number {
+  if (allowEnd && token === "-") return length;
+  if (!/^(0|[1-9][0-9]*)$/.test(token)) throw new Error(`${JSON.stringify(token)} is not an array index`);
+  const index = Number(token);
+  if (index > length || (!allowEnd && index === length)) throw new Error(`index ${index} is out of bounds`);
+  return index;
+}
+
+function hasMember(object: JsonObject, key: string): boolean {
+  return Object.prototype.hasOwnProperty.call(object, key);
+}
+
+function setMember(object: JsonObject, key: string, value: JsonValue): void {
+  // A plain assignment to "__proto__" would change the object's prototype instead.
+  Object.defineProperty(object, key, { value, writable: true, enumerable: true, configurable: true });
+}
+
+function child(container: Container, token: string): JsonValue | undefined {
+  if (Array.isArray(container)) {
+    if (!/^(0|[1-9][0-9]*)$/.test(token)) return undefined;
+    return container[Number(token)];
+  }
+  return hasMember(container, token) ? container[token] : undefined;
+}
+
+/** Deep equality of JSON values (object member order does not matter). */
+export function jsonEqual(a: JsonValue | undefined, b: JsonValue | undefined): boolean {
+  if (a === b) return true;
+  if (!isContainer(a) || !isContainer(b)) return false;
+  if (Array.isArray(a) || Array.isArray(b)) {
+    if (!Array.isArray(a) || !Array.isArray(b) || a.length !== b.length) return false;
+    return a.every((item, index) => jsonEqual(item, b[index]));
+  }
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every((key) => hasMember(b, key) && jsonEqual(a[key], b[key]));
+}
+
+function deepCopy(value: JsonValue): JsonValue {
+  if (!isContainer(value)) return value;
+  if (Array.isArray(value)) return value.map(deepCopy);
+  const copy: JsonObject = {};
+  for (const key of Object.keys(value)) {
+    const item = value[key];
+    if (item !== undefined) setMember(copy, key, deepCopy(item));
+  }
+  return copy;
+}
+
+/**
+ * One patch application. The input document is never modified: containers on the paths
+ * that change are copied once per application (then changed in place), everything else
+ * is shared with the input, so consecutive states share their unchanged parts.
+ */
+class PatchApplication {
+  root: JsonValue;
+  private readonly copies = new WeakSet<object>();
+
+  constructor(root: JsonValue) {
+    this.root = root;
+  }
+
+  private writable(container: Container): Container {
+    if (this.copies.has(container)) return container;
+    const copy: Container = Array.isArray(container) ? container.slice() : { ...container };
+    this.copies.add(copy);
+    return copy;
+  }
+
+  private get(tokens: string[]): JsonValue {
+    let node: JsonValue | undefined = this.root;
+    for (const token of tokens) {
+      node = isContainer(node) ? child(node, token) : undefined;
+      if (node === undefined) throw new Error(`path /${tokens.join("/")} does not exist`);
+    }
+    return node as JsonValue;
+  }
+
+  /** The (writable) container holding the last token, copying containers on the way. */
+  private parentOf(tokens: string[]): [Container, string] {
+    if (!isContainer(this.root)) throw new Error("the document is not an object or array");
+    let node = this.writable(this.root);
+    this.root = node;
+    for (let depth = 0; depth < tokens.length - 1; depth += 1) {
+      const token = tokens[depth] as string;
+      const next = child(node, token);
+      if (!isContainer(next)) throw new Error(`path /${tokens.slice(0, depth + 1).join("/")} is not a container`);
+      const copy = this.writable(next);
+      if (Array.isArray(node)) node[Number(token)] = copy;
+      else setMember(node, token, copy);
+      node = copy;
+    }
+    return [node, tokens[tokens.length - 1] as string];
+  }
+
+  add(tokens: string[], value: JsonValue): void {
+    if (tokens.length === 0) {
+      this.root = value;
+      return;
+    }
+    const [parent, key] = this.parentOf(tokens);
+    if (Array.isArray(parent)) parent.splice(arrayIndex(key, parent.length, true), 0, value);
+    else setMember(parent, key, value);
+  }
+
+  remove(tokens: string[]): JsonValue {
+    if (tokens.length === 0) throw new Error("cannot remove the whole document");
+    const [parent, key] = this.parentOf(tokens);
+    if (Array.isArray(parent)) {
+      return parent.splice(arrayIndex(key, parent.length, false), 1)[0] as JsonValue;
+    }
+    if (!hasMember(parent, key)) throw new Error(`member ${JSON.stringify(key)} does not exist`);
+    const removed = parent[key] as JsonValue;
+    delete parent[key];
+    return removed;
+  }
+
+  replace(tokens: string[], value: JsonValue): void {
+    if (tokens.length === 0) {
+      this.root = value;
+      return;
+    }
+    const [parent, key] = this.parentOf(tokens);
+    if (Array.isArray(parent)) {
+      parent[arrayIndex(key, parent.length, false)] = value;
+    } else {
+      if (!hasMember(parent, key)) throw new Error(`member ${JSON.stringify(key)} does not exist`);
+      setMember(parent, key, value);
+    }
+  }
+
+  apply(operation: PatchOperation): void {
+    const path = parsePointer(operation.path);
+    switch (operation.op) {
+      case "add":
+        this.add(path, requireValue(operation));
+        break;
+      case "remove":
+        this.remove(path);
+        break;
+      case "replace":
+        this.replace(path, requireValue(operation));
+        break;
+      case "move": {
+        if (operation.from === operation.path) {
+          this.get(path);
+          break;
+        }
+        if (operation.path.startsWith(`${operation.from}/`)) throw new Error("cannot move a value into itself");
+        this.add(path, this.remove(parsePointer(operation.from)));
+        break;
+      }
+      case "copy":
+        // A copy must not share containers this application may still change in place.
+        this.add(path, deepCopy(this.get(parsePointer(operation.from))));
+        break;
+      case "test":
+        if (!jsonEqual(this.get(path), requireValue(operation))) {
+          throw new Error(`test failed at ${operation.path}`);
+        }
+        break;
+      default:
+        throw new Error(`unknown op ${JSON.stringify((operation as { op?: unknown }).op)}`);
+    }
+  }
+}
+
+function requireValue(operation: { value?: JsonValue }): JsonValue {
+  if (operation.value === undefined) throw new Error("the operation has no value");
+  return operation.value;
+}
+
+/**
+ * Applies an RFC 6902 patch (`add`, `remove`, `replace`, `move`, `copy`, `test`) and
+ * returns the new document; atomic: on a {@link JsonPatchError} nothing changed.
+ *
+ * `document` is not modified; the result shares unchanged parts with it and with the
+ * operations' values, so treat both as read-only.
+ */
+export function applyPatch(document: JsonValue, operations: readonly PatchOperation[]): JsonValue {
+  if (!Array.isArray(operations)) throw new JsonPatchError(0, "a patch is an array of operations");
+  const application = new PatchApplication(document);
+  operations.forEach((operation, index) => {
+    try {
+      if (!isRecord(operation)) throw new Error("an operation is an object");
+      application.apply(operation as PatchOperation);
+    } catch (error) {
+      throw new JsonPatchError(index, describe(error));
+    }
+  });
+  return application.root;
+}
+
+// ---------------------------------------------------------------------------------------
+// Small utilities shared by both clients
+// ---------------------------------------------------------------------------------------
+
+/** The part of the WebSocket API the SDK uses: browsers', Node 22's and the `ws` package's. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  addEventListener(type: "open" | "message" | "close" | "error", listener: (event: any) => void): void;
+  removeEventListener(type: "open" | "message" | "close" | "error", listener: (event: any) => void): void;
+}
+
+/** A `WebSocket` constructor: the global one, or e.g. `import { WebSocket } from "ws"`. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** `fetch` as the platform provides it. */
+export type FetchFunction = (input: string, init?: RequestInit) => Promise<Response>;
+
+const OPEN = 1;
+
+function defaultWebSocket(): WebSocketConstructor | undefined {
+  return (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+}
+
+function now(): number {
+  return globalThis.performance?.now() ?? Date.now();
+}
+
+function abortedError(signal: AbortSignal): MatchplaneError {
+  return new MatchplaneError("aborted", "the operation was aborted", { cause: signal.reason });
+}
+
+/** Resolves after `ms`; rejects with an `aborted` error when `signal` fires first. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortedError(signal));
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(abortedError(signal as AbortSignal));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, Math.max(0, ms));
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * An `AbortController` that fires when the caller's signal does or when `timeoutMs`
+ * runs out, remembering which (so the caller gets `aborted` or `timeout`).
+ */
+class Deadline {
+  readonly controller = new AbortController();
+  timedOut = false;
+  private readonly timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly onAbort = (): void => this.controller.abort();
+
+  constructor(
+    timeoutMs: number | undefined,
+    private readonly parent: AbortSignal | undefined,
+  ) {
+    if (timeoutMs !== undefined && Number.isFinite(timeoutMs)) {
+      this.timer = setTimeout(() => {
+        this.timedOut = true;
+        this.controller.abort();
+      }, Math.max(0, timeoutMs));
+    }
+    if (parent?.aborted) this.controller.abort();
+    else parent?.addEventListener("abort", this.onAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.parent?.removeEventListener("abort", this.onAbort);
+  }
+}
+
+type Listener<T> = (value: T) => void;
+
+/** Typed listeners; a throwing listener is reported asynchronously, never breaks the SDK. */
+class Emitter<Events> {
+  private readonly listeners = new Map<keyof Events, Set<Listener<never>>>();
+
+  on<K extends keyof Events>(type: K, listener: Listener<Events[K]>): () => void {
+    let set = this.listeners.get(type);
+    if (set === undefined) {
+      set = new Set();
+      this.listeners.set(type, set);
+    }
+    set.add(listener as Listener<never>);
+    return () => {
+      set?.delete(listener as Listener<never>);
+    };
+  }
+
+  emit<K extends keyof Events>(type: K, value: Events[K]): void {
+    for (const listener of [...(this.listeners.get(type) ?? [])]) {
+      try {
+        (listener as Listener<Events[K]>)(value);
+      } catch (error) {
+        queueMicrotask(() => {
+          throw error;
+        });
+      }
+    }
+  }
+}
+
+function messageText(event: { data?: unknown }): string | null {
+  return typeof event.data === "string" ? event.data : null;
+}
+
+// ---------------------------------------------------------------------------------------
+// Matchmaking
+// ---------------------------------------------------------------------------------------
+
+/** How status polling backs off while a ticket stays queued. */
+export interface PollBackoff {
+  initialMs: number;
+  maxMs: number;
+  /** Multiplier applied after every poll that found the ticket still queued. */
+  factor: number;
+}
+
+/** Returns the player's JWT (or nothing); asked before every request and socket. */
+export type PlayerTokenProvider = () => string | null | undefined | Promise<string | null | undefined>;
+
+export interface MatchmakingClientOptions {
+  /**
+   * Where the control plane's routes live: `http://127.0.0.1:3000`, or an LB prefix
+   * `https://game.example.com/match`.
+   */
+  baseUrl: string;
+  /**
+   * The player's JWT, for a control plane running `--player-auth jwt`: sent as
+   * `Authorization: Bearer` on REST calls and as `?access_token=` on `/realtime`
+   * (browsers cannot set WebSocket headers).
+   */
+  playerToken?: string | PlayerTokenProvider;
+  /** Defaults to the global `fetch`. */
+  fetch?: FetchFunction;
+  /** Defaults to the global `WebSocket`; without one, waits poll. */
+  WebSocket?: WebSocketConstructor;
+  /** Default 100 ms growing ×1.5 to 2 s. */
+  pollBackoff?: Partial<PollBackoff>;
+  /** `false`: {@link MatchmakingClient.waitForAssignment} polls only. Default `true`. */
+  push?: boolean;
+  /**
+   * How many 429 `RATE_LIMITED` answers in a row `enqueue` and the polling of
+   * `waitForAssignment` wait out (each for its `Retry-After`). Default 3; 0 returns the first.
+   */
+  rateLimitRetries?: number;
+  /** Per REST request. Default 30 s. */
+  requestTimeoutMs?: number;
+}
+
+/** Options of a wait. */
+export interface WaitOptions {
+  /** Default 60 s. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** Options of a single REST call. */
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
+/** How an assignment reached the client. */
+export type Delivery = "push" | "poll";
+
+type PushOutcome = { kind: "assigned"; assignment: Assignment } | { kind: "unavailable"; reason: string };
+
+/**
+ * Client of the control plane's matchmaking API.
+ *
+ * ```ts
+ * const client = new MatchmakingClient({ baseUrl: "http://127.0.0.1:3000" });
+ * const { ticketId } = await client.enqueue({ queueKey: "counter:2", members: ["ann"] });
+ * const assignment = await client.waitForAssignment(ticketId, { timeoutMs: 60_000 });
+ * ```
+ */
+export class MatchmakingClient {
+  readonly baseUrl: string;
+  private playerToken: string | PlayerTokenProvider | undefined;
+  private readonly fetchImpl: FetchFunction;
+  private readonly webSocket: WebSocketConstructor | undefined;
+  private readonly poll: PollBackoff;
+  private readonly push: boolean;
+  private readonly rateLimitRetries: number;
+  private readonly requestTimeoutMs: number;
+
+  constructor(options: MatchmakingClientOptions | string) {
+    const settings = typeof options === "string" ? { baseUrl: options } : options;
+    this.baseUrl = settings.baseUrl.replace(/\/+$/, "");
+    this.playerToken = settings.playerToken;
+    const platformFetch = globalThis.fetch?.bind(globalThis);
+    const fetchImpl = settings.fetch ?? platformFetch;
+    if (fetchImpl === undefined) {
+      throw new MatchplaneError("invalidArgument", "no fetch available: pass options.fetch");
+    }
+    this.fetchImpl = fetchImpl;
+    this.webSocket = settings.WebSocket ?? defaultWebSocket();
+    this.poll = {
+      initialMs: settings.pollBackoff?.initialMs ?? 100,
+      maxMs: settings.pollBackoff?.maxMs ?? 2000,
+      factor: settings.pollBackoff?.factor ?? 1.5,
+    };
+    this.push = settings.push ?? true;
+    this.rateLimitRetries = settings.rateLimitRetries ?? 3;
+    this.requestTimeoutMs = settings.requestTimeoutMs ?? 30_000;
+  }
+
+  /** Replaces the player token (or provider); `undefined` stops sending one. */
+  setPlayerToken(token: string | PlayerTokenProvider | undefined): void {
+    this.playerToken = token;
+  }
+
+  /** `ws(s)://…/realtime` under the same base (and prefix) as the REST calls. */
+  realtimeUrl(): string {
+    return `${toWebSocketUrl(this.baseUrl)}/realtime`;
+  }
+
+  private async token(): Promise<string | null> {
+    const token = typeof this.playerToken === "function" ? await this.playerToken() : this.playerToken;
+    return token ? token : null;
+  }
+
+  private async call<T>(method: "GET" | "POST", path: string, body: unknown, signal?: AbortSignal): Promise<T> {
+    const url = `${this.baseUrl}${path}`;
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const token = await this.token();
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    const deadline = new Deadline(this.requestTimeoutMs, signal);
+    try {
+      let response: Response;
+      let text: string;
+      try {
+        const init: RequestInit = { method, headers, signal: deadline.signal };
+        if (body !== undefined) init.body = JSON.stringify(body);
+        response = await this.fetchImpl(url, init);
+        text = await response.text();
+      } catch (error) {
+        if (signal?.aborted) throw abortedError(signal);
+        if (deadline.timedOut) {
+          throw new MatchplaneError("timeout", `${url}: no answer within ${this.requestTimeoutMs} ms`);
+        }
+        throw new MatchplaneError("network", `control plane unreachable at ${url}: ${describe(error)}`, {
+          cause: error,
+        });
+      }
+      if (!response.ok) throw refusal(url, response.status, response.headers.get("retry-after"), text);
+      try {
+        return JSON.parse(text) as T;
+      } catch (error) {
+        throw new MatchplaneError("protocol", `${url}: the answer is not JSON: ${describe(error)}`, {
+          status: response.status,
+        });
+      }
+    } finally {
+      deadline.dispose();
+    }
+  }
+
+  /**
+   * `POST /v1/matchmaking/enqueue`; the answer means the ticket is durably stored.
+   * A 429 is waited out and the enqueue sent again, up to `rateLimitRetries` times.
+   */
+  async enqueue(request: EnqueueRequest, options: RequestOptions = {}): Promise<EnqueueResponse> {
+    for (let refusals = 0; ; refusals += 1) {
+      try {
+        return await this.call<EnqueueResponse>("POST", "/v1/matchmaking/enqueue", request, options.signal);
+      } catch (error) {
+        if (!isRateLimited(error) || refusals >= this.rateLimitRetries) throw error;
+        await sleep(error.retryAfterMs ?? DEFAULT_RETRY_AFTER_MS, options.signal);
+      }
+    }
+  }
+
+  /** `GET /v1/matchmaking/status/{ticketId}`. */
+  status(ticketId: string, options: RequestOptions = {}): Promise<StatusResponse> {
+    return this.call("GET", `/v1/matchmaking/status/${percentEncode(ticketId)}`, undefined, options.signal);
+  }
+
+  /** `POST /v1/matchmaking/cancel`: `cancelled: false` (with the status) when no longer queued. */
+  cancel(ticketId: string, options: RequestOptions = {}): Promise<CancelResponse> {
+    return this.call("POST", "/v1/matchmaking/cancel", { ticketId }, options.signal);
+  }
+
+  /** Opens a `/realtime` socket that can watch up to 32 tickets and enqueue over the socket. */
+  async watch(options: RequestOptions = {}): Promise<RealtimeWatch> {
+    const url = await this.authorizedRealtimeUrl(null);
+    return RealtimeWatch.open(this.requireWebSocket(), url, options.signal);
+  }
+
+  /**
+   * Waits until the ticket is assigned: push over `/realtime` first; if the socket
+   * cannot connect, drops, or reports a server-side problem, status polling with
+   * backoff takes over until the same deadline.
+   *
+   * Rejects with `ticketCancelled` / `ticketExpired` / `ticketFailed`, `timeout`,
+   * `aborted`, or the `http` error polling got (e.g. `UNAUTHENTICATED`, `TICKET_NOT_FOUND`).
+   */
+  async waitForAssignment(ticketId: string, options: WaitOptions = {}): Promise<Assignment> {
+    return (await this.waitForAssignmentVia(ticketId, options)).assignment;
+  }
+
+  /** Like {@link waitForAssignment}, also saying whether push or polling found it. */
+  async waitForAssignmentVia(
+    ticketId: string,
+    options: WaitOptions = {},
+  ): Promise<{ assignment: Assignment; delivery: Delivery }> {
+    const timeoutMs = options.timeoutMs ?? 60_000;
+    const deadline = new Deadline(timeoutMs, options.signal);
+    try {
+      if (this.push && this.webSocket !== undefined) {
+        const outcome = await this.waitPush(ticketId, deadline.signal);
+        if (outcome.kind === "assigned") return { assignment: outcome.assignment, delivery: "push" };
+      }
+      return { assignment: await this.pollUntilAssigned(ticketId, deadline.signal), delivery: "poll" };
+    } catch (error) {
+      if (deadline.timedOut) {
+        throw new MatchplaneError("timeout", `ticket ${ticketId} was not assigned within ${timeoutMs} ms`, {
+          ticketId,
+        });
+      }
+      if (options.signal?.aborted) throw abortedError(options.signal);
+      throw error;
+    } finally {
+      deadline.dispose();
+    }
+  }
+
+  /** Joins the land of an assignment with this client's `WebSocket` (see {@link joinLand}). */
+  joinLand(assignment: Assignment, playerId: string, options: LandConnectOptions = {}): Promise<LandConnection> {
+    return joinLand(assignment, playerId, { WebSocket: this.webSocket, ...options });
+  }
+
+  private requireWebSocket(): WebSocketConstructor {
+    if (this.webSocket === undefined) {
+      throw new MatchplaneError(
+        "invalidArgument",
+        "no WebSocket available: pass options.WebSocket (e.g. the `ws` package's) on Node < 22",
+      );
+    }
+    return this.webSocket;
+  }
+
+  private async authorizedRealtimeUrl(ticketId: string | null): Promise<string> {
+    let url = this.realtimeUrl();
+    if (ticketId !== null) url = withQuery(url, "ticketId", ticketId);
+    const token = await this.token();
+    return token === null ? url : withQuery(url, "access_token", token);
+  }
+
+  private async waitPush(ticketId: string, signal: AbortSignal): Promise<PushOutcome> {
+    const url = await this.authorizedRealtimeUrl(ticketId);
+    const Socket = this.requireWebSocket();
+    return new Promise<PushOutcome>((resolve, reject) => {
+      let settled = false;
+      let socket: WebSocketLike;
+      const finish = (outcome: PushOutcome | MatchplaneError): void => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener("abort", onAbort);
+        try {
+          socket.close(1000);
+        } catch {
+          // Already closed.
+        }
+        if (outcome instanceof MatchplaneError) reject(outcome);
+        else resolve(outcome);
+      };
+      const onAbort = (): void => finish(abortedError(signal));
+      if (signal.aborted) {
+        reject(abortedError(signal));
+        return;
+      }
+      try {
+        socket = new Socket(url);
+      } catch (error) {
+        resolve({ kind: "unavailable", reason: `cannot open ${this.realtimeUrl()}: ${describe(error)}` });
+        return;
+      }
+      signal.addEventListener("abort", onAbort, { once: true });
+      socket.addEventListener("close", (event: { code?: number }) =>
+        finish({ kind: "unavailable", reason: `socket closed (${event.code ?? "no code"})` }),
+      );
+      socket.addEventListener("error", () => finish({ kind: "unavailable", reason: "socket error" }));
+      socket.addEventListener("message", (event: { data?: unknown }) => {
+        const outcome = pushOutcome(ticketId, messageText(event));
+        if (outcome !== null) finish(outcome);
+      });
+    });
+  }
+
+  private async pollUntilAssigned(ticketId: string, signal: AbortSignal): Promise<Assignment> {
+    let delay = this.poll.initialMs;
+    let refusals = 0;
+    for (;;) {
+      let status: StatusResponse | null = null;
+      try {
+        status = await this.status(ticketId, { signal });
+        refusals = 0;
+      } catch (error) {
+        if (isRateLimited(error)) {
+          if (refusals >= this.rateLimitRetries) throw error;
+          refusals += 1;
+          await sleep(Math.max(error.retryAfterMs ?? DEFAULT_RETRY_AFTER_MS, delay), signal);
+          continue;
+        }
+        if (!(error instanceof MatchplaneError) || !error.retryable) throw error;
+      }
+      if (status !== null) {
+        const ended = endedTicket(ticketId, status.status, status.reason);
+        if (ended !== null) throw ended;
+        if (status.status === "assigned" && status.assignment !== undefined) return status.assignment;
+      }
+      await sleep(delay, signal);
+      delay = Math.min(delay * Math.max(this.poll.factor, 1), this.poll.maxMs);
+    }
+  }
+}
+
+function isRateLimited(error: unknown): error is MatchplaneError {
+  return error instanceof MatchplaneError && error.kind === "http" && error.code === "RATE_LIMITED";
+}
+
+function endedTicket(ticketId: string, status: TicketStatus, reason?: string): MatchplaneError | null {
+  switch (status) {
+    case "cancelled":
+      return new MatchplaneError("ticketCancelled", `ticket ${ticketId} was cancelled`, { ticketId });
+    case "expired":
+      return new MatchplaneError("ticketExpired", `ticket ${ticketId} expired before a match was found`, {
+        ticketId,
+      });
+    case "failed":
+      return new MatchplaneError("ticketFailed", `ticket ${ticketId} failed: ${reason ?? ""}`, {
+        ticketId,
+        reason: reason ?? "",
+      });
+    default:
+      return null;
+  }
+}
+
+function decodeRealtime(text: string | null): RealtimeEvent | null {
+  if (text === null) return null;
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (isRecord(parsed) && typeof parsed.type === "string" && isRecord(parsed.data)) {
+      return parsed as unknown as RealtimeEvent;
+    }
+  } catch {
+    // Not JSON: not a realtime event.
+  }
+  return null;
+}
+
+/** What one push message means for a waited ticket; `null`: keep waiting. */
+function pushOutcome(ticketId: string, text: string | null): PushOutcome | MatchplaneError | null {
+  const event = decodeRealtime(text);
+  if (event === null) return { kind: "unavailable", reason: "undecodable realtime message" };
+  if (event.type === "error") {
+    if (event.data.code === "TICKET_NOT_FOUND") {
+      return new MatchplaneError("http", event.data.message, { code: event.data.code, status: 404, ticketId });
+    }
+    return { kind: "unavailable", reason: `realtime error ${event.data.code}: ${event.data.message}` };
+  }
+  if (!("ticketId" in event.data) || event.data.ticketId !== ticketId) return null;
+  switch (event.type) {
+    case "match.assigned":
+      return { kind: "assigned", assignment: event.data.assignment };
+    case "ticket.cancelled":
+      return endedTicket(ticketId, "cancelled");
+    case "ticket.expired":
+      return endedTicket(ticketId, "expired");
+    case "ticket.failed":
+      return endedTicket(ticketId, "failed", event.data.reason);
+    // `ticket.requeued` / `match.lost`: queued again, the next `match.assigned` follows.
+    default:
+      return null;
+  }
+}
+
+/**
+ * One `/realtime` socket watching up to 32 tickets. Events arrive on
+ * {@link RealtimeWatch.on}, {@link RealtimeWatch.next} or `for await (const event of watch)`.
+ */
+export class RealtimeWatch {
+  private readonly emitter = new Emitter<{ event: RealtimeEvent; close: { code: number } }>();
+  private readonly buffered: RealtimeEvent[] = [];
+  private readonly waiters: Array<(event: RealtimeEvent | undefined) => void> = [];
+  private closed = false;
+
+  private constructor(private readonly socket: WebSocketLike) {
+    socket.addEventListener("message", (event: { data?: unknown }) => {
+      const decoded = decodeRealtime(messageText(event));
+      if (decoded === null) return;
+      this.emitter.emit("event", decoded);
+      const waiter = this.waiters.shift();
+      if (waiter !== undefined) waiter(decoded);
+      else this.buffered.push(decoded);
+    });
+    socket.addEventListener("close", (event: { code?: number }) => {
+      this.closed = true;
+      for (const waiter of this.waiters.splice(0)) waiter(undefined);
+      this.emitter.emit("close", { code: event.code ?? 1005 });
+    });
+  }
+
+  /** @internal Opens the socket and resolves once it is open. */
+  static open(Socket: WebSocketConstructor, url: string, signal?: AbortSignal): Promise<RealtimeWatch> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(abortedError(signal));
+        return;
+      }
+      let socket: WebSocketLike;
+      try {
+        socket = new Socket(url);
+      } catch (error) {
+        reject(new MatchplaneError("network", `cannot open ${url.split("?")[0]}: ${describe(error)}`));
+        return;
+      }
+      let settled = false;
+      const fail = (error: MatchplaneError): void => {
+        if (settled) return;
+        settled = true;
+        reject(error);
+      };
+      const onAbort = (): void => {
+        fail(abortedError(signal as AbortSignal));
+        socket.close(1000);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      socket.addEventListener("open", () => {
+        if (settled) return;
+        settled = true;
+        signal?.removeEventListener("abort", onAbort);
+        resolve(new RealtimeWatch(socket));
+      });
+      socket.addEventListener("close", (event: { code?: number }) =>
+        fail(
+          new MatchplaneError("network", `the realtime socket closed before it opened (${event.code ?? "no code"})`, {
+            closeCode: event.code ?? null,
+          }),
+        ),
+      );
+      socket.addEventListener("error", () => fail(new MatchplaneError("network", `cannot open ${url.split("?")[0]}`)));
+    });
+  }
+
+  private send(message: JsonObject): void {
+    if (this.closed || this.socket.readyState !== OPEN) {
+      throw new MatchplaneError("network", "the realtime socket is closed");
+    }
+    this.socket.send(JSON.stringify(message));
+  }
+
+  /** Watches a ticket: `subscribed` while queued, or its final event at once. */
+  subscribe(ticketId: string): void {
+    this.send({ action: "subscribe", ticketId });
+  }
+
+  /** Enqueues over the socket; answered by `enqueued`, after which the ticket is watched. */
+  enqueue(request: EnqueueRequest): void {
+    this.send({ ...(request as unknown as JsonObject), action: "enqueue" });
+  }
+
+  /** Answered by `heartbeat {serverTime}`. */
+  heartbeat(): void {
+    this.send({ action: "heartbeat" });
+  }
+
+  /** Whether the socket is still open. */
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
+  /** Calls `listener` for every event; returns the unsubscribe function. */
+  on(listener: (event: RealtimeEvent) => void): () => void {
+    return this.emitter.on("event", listener);
+  }
+
+  /** Calls `listener` once the socket closed. */
+  onClose(listener: (info: { code: number }) => void): () => void {
+    return this.emitter.on("close", listener);
+  }
+
+  /** The next event not yet taken; `undefined` once the socket closed. */
+  next(): Promise<RealtimeEvent | undefined> {
+    const event = this.buffered.shift();
+    if (event !== undefined) return Promise.resolve(event);
+    if (this.closed) return Promise.resolve(undefined);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<RealtimeEvent> {
+    for (;;) {
+      const event = await this.next();
+      if (event === undefined) return;
+      yield event;
+    }
+  }
+
+  /** Closes the socket. */
+  close(): void {
+    this.socket.close(1000);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Lands
+// ---------------------------------------------------------------------------------------
+
+/** How a dropped land connection is re-established. */
+export interface ReconnectPolicy {
+  /** How long to keep trying; match the land's reconnect grace (hero-defense 20 s, counter 15 s). Default 15 s. */
+  graceMs?: number;
+  /** Default 100 ms, doubling. */
+  initialBackoffMs?: number;
+  /** Default 2 s. */
+  maxBackoffMs?: number;
+}
+
+export interface LandConnectOptions {
+  /** Defaults to the global `WebSocket`. */
+  WebSocket?: WebSocketConstructor | undefined;
+  /** Connect + handshake + `join.ok`. Default 10 s. */
+  joinTimeoutMs?: number;
+  /** How long {@link LandConnection.action} waits for its `action.result`. Default 10 s. */
+  actionTimeoutMs?: number;
+  /** `false` ends the connection on the first drop. Default: reconnect for 15 s. */
+  reconnect?: ReconnectPolicy | false;
+  /** Aborts the join (not the connection once joined: use {@link LandConnection.leave}). */
+  signal?: AbortSignal;
+  /**
+   * Sees every decoded server message before the SDK does; returning `false` drops it.
+   * For tests and diagnostics (e.g. dropping a `state.patch` to exercise the resync).
+   */
+  interceptMessage?: (message: ServerMessage) => boolean;
+}
+
+/** Why a connection ended for good. */
+export interface ConnectionEnd {
+  /**
+   * `left`: {@link LandConnection.leave}; `landClosed`: the land ended (`landClosed`);
+   * `closed`: the server closed it by decision (`closeCode`: 1001 draining, 4410
+   * replaced…); `reconnectFailed`: the grace ran out or the server refused the seat (`error`).
+   */
+  reason: "left" | "landClosed" | "closed" | "reconnectFailed";
+  closeCode: number | null;
+  landClosed: LandClosed | null;
+  error: MatchplaneError | null;
+}
+
+/** Counters of one connection, for diagnostics and tests. */
+export interface ConnectionStats {
+  patchesApplied: number;
+  gaps: number;
+  resyncs: number;
+  reconnects: number;
+}
+
+/** Events of a {@link LandConnection}. */
+export interface LandConnectionEvents {
+  /** The mirror changed (join, patch, snapshot). */
+  state: { state: JsonValue; seq: number };
+  /** A land event (`shouted`, `wave_started`, …). */
+  event: LandEventBody;
+  /** The server refused one of this client's messages. */
+  error: ErrorBody;
+  /** A sequence gap or a patch that did not apply was repaired by a snapshot. */
+  resynced: { seq: number };
+  /** The socket dropped; `willReconnect` says whether the SDK tries again. */
+  disconnected: { closeCode: number | null; willReconnect: boolean };
+  /** Back within the grace; the mirror was replaced by the fresh `join.ok`. */
+  reconnected: { seq: number };
+  /** The land ended (`victory`, `defeat`, `server_shutdown`…); the socket closes next. */
+  landClosed: LandClosed;
+  /** The connection ended for good. */
+  end: ConnectionEnd;
+}
+
+/** Abrupt drops and "you were slow": a reconnect can succeed. Anything else is a decision. */
+function reconnectable(code: number | null): boolean {
+  return code === null || [1005, 1006, 1008, 1011, 1012, 1013, 1014].includes(code);
+}
+
+function decodeServerMessage(text: string | null): ServerMessage | null {
+  if (text === null) return null;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!isRecord(parsed) || typeof parsed.type !== "string" || parsed.v !== PROTOCOL_VERSION) return null;
+  const data = parsed.data;
+  if (!isRecord(data)) return null;
+  switch (parsed.type) {
+    case "join.ok":
+      return typeof data.seq === "number" && typeof data.landId === "string" && typeof data.playerId === "string"
+        ? (parsed as ServerMessage)
+        : null;
+    case "state.patch":
+      return typeof data.seq === "number" && Array.isArray(data.ops) ? (parsed as ServerMessage) : null;
+    case "state.snapshot":
+      return typeof data.seq === "number" && "state" in data ? (parsed as ServerMessage) : null;
+    case "action.result":
+      return typeof data.requestId === "string" ? (parsed as ServerMessage) : null;
+    case "event":
+    case "error":
+    case "land.closed":
+    case "pong":
+      return parsed as ServerMessage;
+    default:
+      return null;
+  }
+}
+
+interface PendingAction {
+  resolve: (value: JsonValue) => void;
+  reject: (error: MatchplaneError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** Where a joined socket's frames and close go once the connection takes it over. */
+interface SocketReceiver {
+  message(text: string | null): void;
+  close(code: number | null): void;
+}
+
+interface OpenedLand {
+  socket: WebSocketLike;
+  join: JoinOk;
+  /**
+   * Routes the socket to `receiver`, first replaying what arrived since `join.ok`:
+   * `ws` may emit several frames of one TCP read in the same tick, before the
+   * caller's continuation runs, and none of them may be lost.
+   */
+  handOver(receiver: SocketReceiver): void;
+}
+
+type Backlogged = { text: string | null } | { closeCode: number | null };
+
+/**
+ * Connects and resolves at `join.ok`. An `error` frame and a close before it are a
+ * `rejected` error; a connection that fails or breaks without a word is `network`.
+ */
+function openLand(
+  Socket: WebSocketConstructor,
+  url: string,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+  intercept: ((message: ServerMessage) => boolean) | undefined,
+): Promise<OpenedLand> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortedError(signal));
+      return;
+    }
+    let socket: WebSocketLike;
+    try {
+      socket = new Socket(url);
+    } catch (error) {
+      reject(new MatchplaneError("network", `cannot connect to ${redactToken(url)}: ${describe(error)}`));
+      return;
+    }
+    let opened = false;
+    let settled = false;
+    let joined = false;
+    let refusal: ErrorBody | null = null;
+    let receiver: SocketReceiver | null = null;
+    const backlog: Backlogged[] = [];
+    const deliver = (item: Backlogged): void => {
+      if (receiver === null) backlog.push(item);
+      else if ("text" in item) receiver.message(item.text);
+      else receiver.close(item.closeCode);
+    };
+    const handOver = (next: SocketReceiver): void => {
+      receiver = next;
+      for (const item of backlog.splice(0)) deliver(item);
+    };
+    const settle = (outcome: OpenedLand | MatchplaneError): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      socket.removeEventListener("open", onOpen);
+      if (outcome instanceof MatchplaneError) {
+        socket.removeEventListener("message", onMessage);
+        socket.removeEventListener("close", onClose);
+        try {
+          socket.close(1000);
+        } catch {
+          // Already closing.
+        }
+        reject(outcome);
+      } else {
+        resolve(outcome);
+      }
+    };
+    const onAbort = (): void => settle(abortedError(signal as AbortSignal));
+    const onOpen = (): void => {
+      opened = true;
+    };
+    const onMessage = (event: { data?: unknown }): void => {
+      if (joined) {
+        deliver({ text: messageText(event) });
+        return;
+      }
+      const message = decodeServerMessage(messageText(event));
+      if (message === null || intercept?.(message) === false) return;
+      if (message.type === "join.ok") {
+        joined = true;
+        settle({ socket, join: message.data, handOver });
+      } else if (message.type === "error") {
+        refusal = message.data;
+      }
+    };
+    const onClose = (event: { code?: number }): void => {
+      const closeCode = event.code ?? null;
+      if (joined) {
+        deliver({ closeCode });
+        return;
+      }
+      if (refusal !== null || (opened && !reconnectable(closeCode))) {
+        const body = refusal ?? { code: "closed", message: "the server closed the connection before join.ok" };
+        settle(
+          new MatchplaneError("rejected", `refused by the game server (${closeCode} ${body.code}): ${body.message}`, {
+            code: body.code,
+            closeCode,
+          }),
+        );
+      } else {
+        settle(
+          new MatchplaneError("network", `cannot connect to ${redactToken(url)} (${closeCode ?? "no close code"})`, {
+            closeCode,
+          }),
+        );
+      }
+    };
+    const timer = setTimeout(
+      () => settle(new MatchplaneError("timeout", `no join.ok within ${timeoutMs} ms`)),
+      Math.max(0, timeoutMs),
+    );
+    signal?.addEventListener("abort", onAbort, { once: true });
+    socket.addEventListener("open", onOpen);
+    socket.addEventListener("message", onMessage);
+    socket.addEventListener("close", onClose);
+    // `error` is always followed by `close`, which decides; a listener keeps Node's `ws`
+    // from treating the error as unhandled.
+    socket.addEventListener("error", () => undefined);
+  });
+}
+
+/** Keeps match tokens out of error messages, which end up in logs. */
+function redactToken(url: string): string {
+  return url.replace(/([?&]token=)[^&]*/, "$1<redacted>");
+}
+
+/**
+ * A player's connection to a land: the state mirror, actions, events, reconnects.
+ *
+ * ```ts
+ * const land = await joinLand(assignment, "ann");
+ * land.on("event", (event) => console.log(event.name, event.payload));
+ * await land.action("add", { amount: 5 }); // the mirror already shows the change
+ * console.log(land.state);
+ * ```
+ */
+export class LandConnection {
+  private readonly emitter = new Emitter<LandConnectionEvents>();
+  private readonly pending = new Map<string, PendingAction>();
+  /** Messages sent while reconnecting, delivered after the fresh `join.ok`. */
+  private readonly held: string[] = [];
+  private readonly counters: ConnectionStats = { patchesApplied: 0, gaps: 0, resyncs: 0, reconnects: 0 };
+  private readonly reconnectPolicy: Required<ReconnectPolicy> | null;
+  private readonly actionTimeoutMs: number;
+  private readonly joinTimeoutMs: number;
+  private readonly stopReconnecting = new AbortController();
+  private socket: WebSocketLike;
+  private mirror: JsonValue;
+  private mirrorSeq: number;
+  private awaitingSnapshot = false;
+  private connected = true;
+  private leaving = false;
+  private nextRequestId = 1;
+  private closedLand: LandClosed | null = null;
+  private end: ConnectionEnd | null = null;
+  private resolveEnded: (end: ConnectionEnd) => void = () => undefined;
+  /** Resolves once the connection ended for good (never rejects). */
+  readonly ended: Promise<ConnectionEnd>;
+  /** The land's id, from `join.ok`. */
+  readonly landId: string;
+  /** This player's id, from `join.ok` (the token's subject). */
+  readonly playerId: string;
+
+  private constructor(
+    private readonly url: string,
+    private readonly Socket: WebSocketConstructor,
+    private readonly options: LandConnectOptions,
+    opened: OpenedLand,
+  ) {
+    this.socket = opened.socket;
+    this.mirror = opened.join.state;
+    this.mirrorSeq = opened.join.seq;
+    this.landId = opened.join.landId;
+    this.playerId = opened.join.playerId;
+    this.actionTimeoutMs = options.actionTimeoutMs ?? 10_000;
+    this.joinTimeoutMs = options.joinTimeoutMs ?? 10_000;
+    const reconnect = options.reconnect === false ? null : (options.reconnect ?? {});
+    this.reconnectPolicy =
+      reconnect === null
+        ? null
+        : {
+            graceMs: reconnect.graceMs ?? 15_000,
+            initialBackoffMs: reconnect.initialBackoffMs ?? 100,
+            maxBackoffMs: reconnect.maxBackoffMs ?? 2000,
+          };
+    this.ended = new Promise((resolve) => {
+      this.resolveEnded = resolve;
+    });
+    // On the next task, so that listeners registered right after `await connect()` also
+    // see what arrived just after `join.ok`.
+    setTimeout(() => this.attach(opened), 0);
+  }
+
+  /**
+   * Joins through any game-server URL (e.g. {@link devLandUrl} for a `--auth none`
+   * server); resolves at `join.ok`, rejects with `rejected` (the server's `code` and
+   * `closeCode`), `network`, `timeout` or `aborted`.
+   */
+  static async connect(url: string, options: LandConnectOptions = {}): Promise<LandConnection> {
+    const Socket = options.WebSocket ?? defaultWebSocket();
+    if (Socket === undefined) {
+      throw new MatchplaneError(
+        "invalidArgument",
+        "no WebSocket available: pass options.WebSocket (e.g. the `ws` package's) on Node < 22",
+      );
+    }
+    const opened = await openLand(
+      Socket,
+      url,
+      options.joinTimeoutMs ?? 10_000,
+      options.signal,
+      options.interceptMessage,
+    );
+    return new LandConnection(url, Socket, options, opened);
+  }
+
+  /** The mirrored state: the player's view (shared state plus `me`). Read-only. */
+  get state(): JsonValue {
+    return this.mirror;
+  }
+
+  /** Sequence number of the mirrored state. */
+  get seq(): number {
+    return this.mirrorSeq;
+  }
+
+  /** Whether the socket is up right now (false while reconnecting and after the end). */
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  /** Whether the connection has ended for good. */
+  get isEnded(): boolean {
+    return this.end !== null;
+  }
+
+  /** The `land.closed` the server sent, if the land ended. */
+  get landClosed(): LandClosed | null {
+    return this.closedLand;
+  }
+
+  get stats(): ConnectionStats {
+    return { ...this.counters };
+  }
+
+  /** Listens to an event; returns the unsubscribe function. */
+  on<K extends keyof LandConnectionEvents>(type: K, listener: (value: LandConnectionEvents[K]) => void): () => void {
+    return this.emitter.on(type, listener);
+  }
+
+  /** Calls `listener` once the connection ended for good (at once if it already has). */
+  onClose(listener: (end: ConnectionEnd) => void): () => void {
+    if (this.end !== null) {
+      const end = this.end;
+      queueMicrotask(() => listener(end));
+      return () => undefined;
+    }
+    return this.emitter.on("end", listener);
+  }
+
+  /**
+   * Sends an action and resolves with its `action.result`'s `result`; the patch
+   * carrying its effects is already applied to the mirror then. Rejects with
+   * `action` (the land's or runtime's `code`), `timeout`, `disconnected` (the socket
+   * dropped while it was in flight) or `landClosed`.
+   */
+  action(
+    name: string,
+    payload?: JsonValue,
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<JsonValue> {
+    const requestId = String(this.nextRequestId++);
+    const data: JsonObject = { requestId, name };
+    if (payload !== undefined) data.payload = payload;
+    return new Promise<JsonValue>((resolve, reject) => {
+      const timeoutMs = options.timeoutMs ?? this.actionTimeoutMs;
+      const signal = options.signal;
+      const finish = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        this.pending.delete(requestId);
+      };
+      const onAbort = (): void => {
+        finish();
+        reject(abortedError(signal as AbortSignal));
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(new MatchplaneError("timeout", `no action.result for ${name} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(requestId, {
+        resolve: (value) => {
+          finish();
+          resolve(value);
+        },
+        reject: (error) => {
+          finish();
+          reject(error);
+        },
+        timer,
+      });
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        this.send({ type: "action", v: PROTOCOL_VERSION, data });
+      } catch (error) {
+        finish();
+        reject(error);
+      }
+    });
+  }
+
+  /** Fire-and-forget input (`shout`, `emote`…). Throws once the connection ended. */
+  sendEvent(name: string, payload: JsonValue = null): void {
+    this.send({ type: "event", v: PROTOCOL_VERSION, data: { name, payload } });
+  }
+
+  /** Asks for a full `state.snapshot` (done automatically on a gap). */
+  requestSync(): void {
+    this.send({ type: "sync.request", v: PROTOCOL_VERSION, data: {} });
+  }
+
+  /** Resolves with the state once `predicate` holds on the mirror. */
+  waitForState(
+    predicate: (state: JsonValue) => boolean,
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<JsonValue> {
+    if (predicate(this.mirror)) return Promise.resolve(this.mirror);
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    return new Promise((resolve, reject) => {
+      const deadline = new Deadline(timeoutMs, options.signal);
+      const stop = (): void => {
+        offState();
+        offEnd();
+        deadline.dispose();
+      };
+      const offState = this.on("state", ({ state }) => {
+        if (predicate(state)) {
+          stop();
+          resolve(state);
+        }
+      });
+      const offEnd = this.on("end", () => {
+        stop();
+        reject(this.endedError());
+      });
+      deadline.signal.addEventListener("abort", () => {
+        stop();
+        reject(
+          deadline.timedOut
+            ? new MatchplaneError("timeout", `the state did not reach the condition within ${timeoutMs} ms`)
+            : abortedError(options.signal as AbortSignal),
+        );
+      });
+    });
+  }
+
+  /**
+   * Leaves the land (close 1000: the seat is released at once) and resolves once the
+   * socket closed (at most about 2 s).
+   */
+  async leave(): Promise<ConnectionEnd> {
+    if (this.end !== null) return this.end;
+    this.leaving = true;
+    this.stopReconnecting.abort();
+    if (this.connected) {
+      try {
+        this.socket.close(1000, "left");
+      } catch {
+        // Already closing: the close event ends the connection.
+      }
+      const forced = setTimeout(
+        () => this.finish({ reason: "left", closeCode: null, landClosed: null, error: null }),
+        2000,
+      );
+      const end = await this.ended;
+      clearTimeout(forced);
+      return end;
+    }
+    this.finish({ reason: "left", closeCode: null, landClosed: this.closedLand, error: null });
+    return this.ended;
+  }
+
+  private send(message: JsonObject): void {
+    if (this.end !== null) throw this.endedError();
+    const text = JSON.stringify(message);
+    if (this.connected && this.socket.readyState === OPEN) {
+      this.socket.send(text);
+    } else {
+      this.held.push(text);
+    }
+  }
+
+  private endedError(): MatchplaneError {
+    if (this.closedLand !== null) {
+      return new MatchplaneError("landClosed", `the land closed (${this.closedLand.reason})`, {
+        landClosed: this.closedLand,
+      });
+    }
+    return new MatchplaneError("disconnected", "disconnected from the land", {
+      closeCode: this.end?.closeCode ?? null,
+    });
+  }
+
+  private attach(opened: OpenedLand): void {
+    const socket = opened.socket;
+    opened.handOver({
+      message: (text) => {
+        if (socket === this.socket) this.onServerText(text);
+      },
+      close: (code) => {
+        if (socket === this.socket) this.onSocketClosed(code);
+      },
+    });
+  }
+
+  private onServerText(text: string | null): void {
+    const message = decodeServerMessage(text);
+    if (message === null || this.options.interceptMessage?.(message) === false) return;
+    switch (message.type) {
+      case "join.ok":
+        this.install(message.data);
+        break;
+      case "state.patch":
+        this.applyIncomingPatch(message.data.seq, message.data.ops);
+        break;
+      case "state.snapshot": {
+        const resynced = this.awaitingSnapshot;
+        this.mirror = message.data.state;
+        this.mirrorSeq = message.data.seq;
+        this.awaitingSnapshot = false;
+        this.counters.resyncs += 1;
+        this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
+        if (resynced) this.emitter.emit("resynced", { seq: this.mirrorSeq });
+        break;
+      }
+      case "action.result": {
+        const waiter = this.pending.get(message.data.requestId);
+        if (waiter === undefined) break;
+        if (message.data.ok) {
+          waiter.resolve(message.data.result ?? null);
+        } else {
+          const error = message.data.error ?? { code: "unknown", message: "the server gave no reason" };
+          const text = `action failed (${error.code}): ${error.message}`;
+          waiter.reject(new MatchplaneError("action", text, { code: error.code }));
+        }
+        break;
+      }
+      case "event":
+        this.emitter.emit("event", { name: message.data.name, payload: message.data.payload ?? null });
+        break;
+      case "error":
+        this.emitter.emit("error", message.data);
+        break;
+      case "land.closed":
+        this.closedLand = message.data;
+        this.emitter.emit("landClosed", message.data);
+        break;
+      case "pong":
+        break;
+    }
+  }
+
+  private install(join: JoinOk): void {
+    this.mirror = join.state;
+    this.mirrorSeq = join.seq;
+    this.awaitingSnapshot = false;
+    this.connected = true;
+    this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
+  }
+
+  private applyIncomingPatch(seq: number, ops: PatchOperation[]): void {
+    // Before the snapshot arrives patches are meaningless; older ones are stale.
+    if (this.awaitingSnapshot || seq <= this.mirrorSeq) return;
+    if (seq === this.mirrorSeq + 1) {
+      try {
+        this.mirror = applyPatch(this.mirror, ops);
+        this.mirrorSeq = seq;
+        this.counters.patchesApplied += 1;
+        this.emitter.emit("state", { state: this.mirror, seq });
+        return;
+      } catch {
+        // Does not apply to our copy: repaired by a snapshot like a gap.
+      }
+    }
+    this.awaitingSnapshot = true;
+    this.counters.gaps += 1;
+    try {
+      this.send({ type: "sync.request", v: PROTOCOL_VERSION, data: {} });
+    } catch {
+      // The connection ended meanwhile; nothing left to repair.
+    }
+  }
+
+  private failPending(): void {
+    const error =
+      this.closedLand !== null
+        ? this.endedError()
+        : new MatchplaneError("disconnected", "the connection dropped before the action.result arrived");
+    for (const waiter of [...this.pending.values()]) waiter.reject(error);
+  }
+
+  private onSocketClosed(closeCode: number | null): void {
+    this.connected = false;
+    this.failPending();
+    if (this.leaving) {
+      this.finish({ reason: "left", closeCode, landClosed: this.closedLand, error: null });
+      return;
+    }
+    if (this.closedLand !== null) {
+      this.finish({ reason: "landClosed", closeCode, landClosed: this.closedLand, error: null });
+      return;
+    }
+    const willReconnect = this.reconnectPolicy !== null && reconnectable(closeCode);
+    this.emitter.emit("disconnected", { closeCode, willReconnect });
+    if (!willReconnect || this.reconnectPolicy === null) {
+      this.finish({ reason: "closed", closeCode, landClosed: null, error: null });
+      return;
+    }
+    void this.reconnect(this.reconnectPolicy, closeCode);
+  }
+
+  /** Tries to get the seat back within the grace (same URL, same token). */
+  private async reconnect(policy: Required<ReconnectPolicy>, closeCode: number | null): Promise<void> {
+    const signal = this.stopReconnecting.signal;
+    const deadline = now() + policy.graceMs;
+    let backoff = policy.initialBackoffMs;
+    let lastError = new MatchplaneError("disconnected", "disconnected from the land", { closeCode });
+    for (;;) {
+      const remaining = deadline - now();
+      if (signal.aborted) return;
+      if (remaining <= 0) break;
+      try {
+        const opened = await openLand(
+          this.Socket,
+          this.url,
+          Math.min(this.joinTimeoutMs, remaining),
+          signal,
+          this.options.interceptMessage,
+        );
+        this.socket = opened.socket;
+        this.install(opened.join);
+        this.counters.reconnects += 1;
+        this.emitter.emit("reconnected", { seq: this.mirrorSeq });
+        while (this.held.length > 0 && opened.socket.readyState === OPEN) {
+          opened.socket.send(this.held.shift() as string);
+        }
+        // After the held messages: frames that arrived meanwhile are newer than join.ok.
+        this.attach(opened);
+        return;
+      } catch (error) {
+        if (signal.aborted) return;
+        const failure = error instanceof MatchplaneError ? error : new MatchplaneError("network", describe(error));
+        // The server answered: this seat is not coming back (closed land, expired token…).
+        if (failure.kind === "rejected") {
+          lastError = failure;
+          break;
+        }
+        lastError = failure;
+      }
+      try {
+        await sleep(Math.min(backoff, Math.max(0, deadline - now())), signal);
+      } catch {
+        return;
+      }
+      backoff = Math.min(backoff * 2, policy.maxBackoffMs);
+    }
+    this.held.length = 0;
+    this.finish({ reason: "reconnectFailed", closeCode, landClosed: null, error: lastError });
+  }
+
+  private finish(end: ConnectionEnd): void {
+    if (this.end !== null) return;
+    this.end = end;
+    this.connected = false;
+    this.failPending();
+    this.emitter.emit("end", end);
+    this.resolveEnded(end);
+  }
+}
+
+/**
+ * Joins the land of `assignment` as `playerId`: connects to `connectUrl` with the
+ * player's token (`memberTokens[playerId]`, else `matchToken`) and resolves at `join.ok`.
+ */
+export function joinLand(
+  assignment: Assignment,
+  playerId: string,
+  options: LandConnectOptions = {},
+): Promise<LandConnection> {
+  let url: string;
+  try {
+    url = assignmentUrl(assignment, playerId);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+  return LandConnection.connect(url, options);
+}
