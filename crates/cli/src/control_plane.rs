@@ -121,6 +121,11 @@ struct ServeArgs {
     #[arg(long = "trusted-proxy", env = "MATCHPLANE_TRUSTED_PROXY", value_delimiter = ',',
         value_parser = matchplane_contracts::forwarded::TrustedProxies::parse_entry)]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// An origin (`https://game.example`) whose pages may call the REST API cross-origin
+    /// (CORS); repeatable or comma-separated. Default: none, same-origin pages only.
+    #[arg(long = "cors-origin", env = "MATCHPLANE_CORS_ORIGIN", value_delimiter = ',',
+        value_parser = matchplane_control_plane::api::cors::parse_origin)]
+    cors_origins: Vec<String>,
     /// With queue profiles (--config), also accept queue keys that match no profile
     /// (they run the key's default semantics) instead of answering 404 QUEUE_NOT_FOUND.
     #[arg(long, env = "MATCHPLANE_OPEN_QUEUES")]
@@ -333,6 +338,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.max_body_bytes = args.max_body_bytes;
     config.limits.max_members = args.max_members;
     config.trusted_proxies = args.trusted_proxies;
+    config.cors_origins = args.cors_origins;
     config.open_queues = args.open_queues;
     args.credentials.apply(&mut config);
     config.serve_limits = args.listener.serve_limits(args.idle_timeout);

@@ -2,6 +2,7 @@
 //! bots, all in this process, so one command shows the whole journey working.
 
 mod bot;
+mod fill;
 mod planes;
 
 use std::fmt::Write as _;
@@ -190,6 +191,7 @@ async fn play(
         planes.control_plane_url(),
         data_dir.join(ADMIN_TOKEN_FILE).display()
     );
+    println!("  play           {}/play", planes.control_plane_url());
     println!(
         "  game server    {} (hero-defense, counter; registered as demo-game-1)",
         planes.game_url()
@@ -223,6 +225,7 @@ async fn play(
                 client: client.clone(),
                 queue: args.queue.clone(),
                 board: board.clone(),
+                patience: None,
             };
             let timeout = args.round_timeout;
             bots.spawn(async move { bot.play_round(timeout).await });
@@ -254,7 +257,13 @@ async fn play(
 
     if args.keep_running {
         print_try_it(&planes, &args.queue);
+        let filler = tokio::spawn(fill::fill_human_matches(
+            std::sync::Arc::clone(&planes.control_plane.state().store),
+            client.clone(),
+            args.round_timeout,
+        ));
         crate::signals::shutdown_signal().await;
+        filler.abort();
     }
     planes.shutdown().await;
     if !ok || failed {
@@ -429,6 +438,10 @@ fn print_try_it(planes: &EmbeddedPlanes, queue: &str) {
     println!("\nthe planes keep running; press Ctrl-C to stop");
     println!("  control plane  {cp}");
     println!("  dashboard      {cp}/dashboard");
+    println!(
+        "  play           {cp}/play   (open it in a browser: solo, or with bots filling {})",
+        fill::PLAY_WITH_BOTS_QUEUE
+    );
     println!("  game server    {}", planes.game_url());
     println!("  try:");
     println!("    curl -s {cp}/health");

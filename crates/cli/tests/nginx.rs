@@ -358,4 +358,39 @@ async fn seed_form_one_game_server_behind_game() {
     let (status, body) = admin_get(&format!("{}/admin/lands", lb.base())).await;
     assert_eq!(status, 200);
     assert_eq!(body["serverId"], "solo-gs");
+
+    // The web pages work under the entry's `/match/` prefix: they and their
+    // assets are addressed relative to the page.
+    let page = |path: &str| format!("{}/match/{path}", lb.base());
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let api = no_redirects.get(page("api")).send().await.unwrap();
+    assert!(api.status().is_redirection(), "{}", api.status());
+    assert_eq!(api.headers()["location"], "api/");
+    for (path, kind, needle) in [
+        ("play", "text/html", "data-testid"),
+        ("play/sdk.js", "text/javascript", "MatchmakingClient"),
+        ("dashboard", "text/html", "matchplane-dashboard"),
+        ("api/", "text/html", "swagger"),
+        (
+            "openapi.json",
+            "application/json",
+            "/v1/matchmaking/enqueue",
+        ),
+    ] {
+        let response = reqwest::get(page(path)).await.unwrap();
+        assert_eq!(response.status(), 200, "/match/{path}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with(kind),
+            "/match/{path}: {content_type}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(body.contains(needle), "/match/{path} lacks {needle}");
+    }
 }

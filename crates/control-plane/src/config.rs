@@ -36,6 +36,9 @@ pub struct Config {
     pub placement: Placement,
     /// Proxies whose `X-Forwarded-For` names the real client (for logs and limits).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins (`https://game.example`) whose pages may call the REST API
+    /// cross-origin (`--cors-origin`); empty: same-origin only.
+    pub cors_origins: Vec<String>,
     /// Queue profiles for the matchmaking engine (the `[[queue]]` tables of `--config`)
     /// and the rule for keys without one (`--queue-key-rule`); the matcher and the
     /// enqueue check both run engines built from it, so they always agree.
@@ -240,6 +243,7 @@ impl Config {
             },
             placement: Placement::Spread,
             trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
             engine: matchplane_matchmaker::EngineConfig::default(),
             open_queues: false,
             admin_token: CredentialSource::Generate,

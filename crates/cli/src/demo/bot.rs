@@ -94,6 +94,9 @@ pub struct Bot {
     pub client: MatchmakingClient,
     pub queue: String,
     pub board: SharedBoard,
+    /// A bot filling a human's match gives up (cancelling its ticket) when no match
+    /// formed within this long; a demo round's bots wait for each other instead.
+    pub patience: Option<Duration>,
 }
 
 impl Bot {
@@ -123,17 +126,44 @@ impl Bot {
                 .enqueue_solo(&self.queue, &self.id)
                 .await
                 .map_err(|err| format!("{}: enqueue failed: {err}", self.id))?;
-            self.client
-                .wait_for_assignment(&ticket.ticket_id, Duration::from_secs(120))
-                .await
-                .map(|assignment| (ticket.ticket_id, assignment))
-                .map_err(|err| format!("{}: no assignment: {err}", self.id))
+            let waiting = self
+                .client
+                .wait_for_assignment(&ticket.ticket_id, Duration::from_secs(120));
+            let Some(patience) = self.patience else {
+                return waiting
+                    .await
+                    .map(|assignment| Some((ticket.ticket_id, assignment)))
+                    .map_err(|err| format!("{}: no assignment: {err}", self.id));
+            };
+            match tokio::time::timeout(patience, waiting).await {
+                Ok(waited) => waited
+                    .map(|assignment| Some((ticket.ticket_id, assignment)))
+                    .map_err(|err| format!("{}: no assignment: {err}", self.id)),
+                Err(_) => {
+                    let cancelled = self
+                        .client
+                        .cancel(&ticket.ticket_id)
+                        .await
+                        .map_or(true, |reply| reply.cancelled);
+                    if cancelled {
+                        return Ok(None);
+                    }
+                    // Matched just before the cancel: someone waits for this bot in a land.
+                    self.client
+                        .wait_for_assignment(&ticket.ticket_id, Duration::from_secs(5))
+                        .await
+                        .map(|assignment| Some((ticket.ticket_id, assignment)))
+                        .map_err(|err| format!("{}: no assignment: {err}", self.id))
+                }
+            }
         }
         .await;
         let assignment = {
             let mut board = self.board.lock();
             board.waiting -= 1;
-            let (ticket_id, assignment) = waited?;
+            let Some((ticket_id, assignment)) = waited? else {
+                return Ok(());
+            };
             board.matched += 1;
             board.time_to_match.record(started.elapsed());
             (ticket_id, assignment)

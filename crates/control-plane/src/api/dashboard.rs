@@ -32,7 +32,7 @@ static PAGE: LazyLock<Page> = LazyLock::new(|| Page {
     ),
 });
 
-fn csp_hash(source: &str) -> String {
+pub(super) fn csp_hash(source: &str) -> String {
     let digest = Sha256::digest(source.as_bytes());
     format!(
         "sha256-{}",

@@ -1,11 +1,13 @@
 //! HTTP routes of the control plane.
 
 mod admin;
+pub mod cors;
 mod dashboard;
 pub mod error;
 pub mod limits;
 mod matchmaking;
 pub mod openapi;
+mod play;
 mod provisioning;
 mod realtime;
 
@@ -98,11 +100,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/queue/history", get(admin::queue_history))
         .route("/v1/admin/matches/recent", get(admin::recent_matches))
         .route("/dashboard", get(dashboard::page))
+        .route("/play", get(play::page))
+        .route("/play/sdk.js", get(play::sdk))
         .route("/v1/admin/keys/rotate", post(admin::rotate_key))
         .route("/v1/internal/backfill", post(admin::backfill))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outside the routes, so a preflight is answered here and never rate limited.
+        .layer(tower::util::option_layer(cors::layer(
+            &state.config.cors_origins,
+        )))
         .layer(axum::middleware::from_fn_with_state(
             trusted,
             crate::client_ip::access_log,
