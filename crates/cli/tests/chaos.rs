@@ -8,7 +8,7 @@
 //! "Leases and fencing").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis_server.rs"]
+#[path = "../../control-plane/tests/common/redis_server.rs"]
 mod redis_server;
 mod support;
 
@@ -319,7 +319,8 @@ fn check_assignment(ticket: &str, assignment: &Value, jwks: &jsonwebtoken::jwk::
 
 #[tokio::test]
 async fn kills_and_restarts_never_lose_a_ticket_or_match_anyone_twice() {
-    let mut redis = RedisServer::start_durable();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start_durable(redis_dir.path());
     let redis_url = redis.url();
     let mut matchers = Vec::new();
     for _ in 0..3 {
@@ -447,7 +448,7 @@ async fn kills_and_restarts_never_lose_a_ticket_or_match_anyone_twice() {
     println!("graceful restart: probe assigned in {after_restart:?}");
 
     // Redis itself dies and comes back from its AOF.
-    redis.kill();
+    redis.kill_hard();
     let redis_down = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     redis.restart();

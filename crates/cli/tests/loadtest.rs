@@ -2,7 +2,7 @@
 //! its own `matchplane` process; and two control-plane replicas on one real Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis_server.rs"]
+#[path = "../../control-plane/tests/common/redis_server.rs"]
 mod redis_server;
 mod support;
 

@@ -2,18 +2,17 @@
 //! real `redis-server`, and replicas behind the project's nginx template.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/redis_server.rs"]
+#[path = "../../control-plane/tests/common/redis_server.rs"]
 mod redis_server;
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use redis_server::RedisServer;
 use serde_json::{Value, json};
+use support::nginx::start_nginx;
 use support::*;
-use tokio::process::{Child, Command};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -96,80 +95,6 @@ async fn api_and_matcher_processes_with_the_seed_rule_push_one_land_to_both_sock
         Some("1"),
         "{matcher_metrics}"
     );
-}
-
-struct Nginx {
-    _child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Nginx {
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Renders deploy/nginx with the repository's own script and starts nginx in
-/// the foreground (as crates/cli/tests/nginx.rs does).
-async fn start_nginx(port: u16, render_args: &[String]) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let render = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx/render");
-    let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{port}")];
-    all.extend_from_slice(render_args);
-    let output = std::process::Command::new(&render)
-        .args(&all)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "render: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::write(dir.path().join("matchplane.conf"), &output.stdout).unwrap();
-    let d = dir.path().display();
-    let main = format!(
-        "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           include {d}/matchplane.conf;\n}}\n"
-    );
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(&conf, main).unwrap();
-    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(Path::new)
-        .find(|path| path.exists())
-        .expect("nginx is not installed; scripts/test installs it (apt-get install nginx-light)");
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let nginx = Nginx {
-        _child: child,
-        _dir: dir,
-        port,
-    };
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    loop {
-        if let Ok(response) = reqwest::get(format!("{}/match/health", nginx.base())).await
-            && response.status().is_success()
-        {
-            return nginx;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nginx never proxied /match/health"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn jwks(replica: &Proc) -> Value {

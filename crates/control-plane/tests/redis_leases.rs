@@ -361,18 +361,13 @@ async fn two_replicas_take_one_queue_each_and_both_queues_match() {
     assert_eq!(fenced, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_holders_queue_is_taken_over_and_its_tickets_matched() {
-    let redis = RedisServer::start();
-    let (a, _a_dir) = replica(&redis).await;
-    let (b, _b_dir) = replica(&redis).await;
-    let waiting = a
-        .enqueue(json!({"queueKey": QUEUE, "members": ["erin"]}))
-        .await;
+/// Waits until one of two replicas holds [`QUEUE`]'s lease; returns the
+/// holder's id, then the holding replica, then the other.
+async fn first_holder(redis: &RedisServer, a: Harness, b: Harness) -> (String, Harness, Harness) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let holder = loop {
         // The counter moves just after the grant is written.
-        if let Some(holder) = lease_holder(&redis, QUEUE).await
+        if let Some(holder) = lease_holder(redis, QUEUE).await
             && acquisitions(&a) + acquisitions(&b) >= 1
         {
             break holder;
@@ -383,11 +378,22 @@ async fn a_dead_holders_queue_is_taken_over_and_its_tickets_matched() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let (dead, survivor) = if acquisitions(&a) >= 1 {
-        (a, b)
+    if acquisitions(&a) >= 1 {
+        (holder, a, b)
     } else {
-        (b, a)
-    };
+        (holder, b, a)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_queue_is_taken_over_and_its_tickets_matched() {
+    let redis = RedisServer::start();
+    let (a, _a_dir) = replica(&redis).await;
+    let (b, _b_dir) = replica(&redis).await;
+    let waiting = a
+        .enqueue(json!({"queueKey": QUEUE, "members": ["erin"]}))
+        .await;
+    let (holder, dead, survivor) = first_holder(&redis, a, b).await;
     assert_eq!(acquisitions(&survivor), 0, "one holder only");
     let before = acquisitions(&survivor);
 
@@ -419,24 +425,7 @@ async fn a_holder_shutting_down_releases_its_lease_and_the_queue_moves_on_at_onc
     let waiting = a
         .enqueue(json!({"queueKey": QUEUE, "members": ["gina"]}))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let holder = loop {
-        if let Some(holder) = lease_holder(&redis, QUEUE).await
-            && acquisitions(&a) + acquisitions(&b) >= 1
-        {
-            break holder;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (leaving, staying) = if acquisitions(&a) >= 1 {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (holder, leaving, staying) = first_holder(&redis, a, b).await;
     assert_eq!(holder, leaving.cp.state().cluster.replica_id());
     let leaving_metrics = std::sync::Arc::clone(&leaving.cp.state().metrics);
     let before = acquisitions(&staying);

@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
+pub mod nginx;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_matchplane");
 
 pub struct Proc {
