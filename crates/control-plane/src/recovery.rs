@@ -216,7 +216,13 @@ mod tests {
             ..POLICY
         };
         let plan_kept = plan(&server, &tickets, keep_joined, 10_000);
-        let failed = |stranded: &Stranded| matches!(stranded.request.release, Release::Fail { .. });
+        let failed = |stranded: &Stranded| {
+            stranded.request.release
+                == Release::Fail {
+                    reason: reason::SERVER_LOST.to_owned(),
+                }
+        };
+        assert_eq!(plan_kept.len(), 2, "{plan_kept:?}");
         assert_eq!(plan_kept.iter().filter(|s| failed(s)).count(), 1);
         assert!(failed(
             plan_kept
@@ -228,7 +234,9 @@ mod tests {
             requeue: false,
             ..POLICY
         };
-        assert!(plan(&server, &tickets, off, 10_000).iter().all(failed));
+        let plan_off = plan(&server, &tickets, off, 10_000);
+        assert_eq!(plan_off.len(), 2, "{plan_off:?}");
+        assert!(plan_off.iter().all(failed), "{plan_off:?}");
     }
 
     #[test]

@@ -279,13 +279,22 @@ async fn provisioning_errors_use_the_seed_envelope() {
 
 #[tokio::test]
 async fn register_heartbeat_and_deregister() {
-    let h = Harness::start().await;
-    h.register(json!({
-        "serverId": "game-1", "host": "0.0.0.0", "port": 8080, "landType": "hero-defense",
-        "landTypes": ["counter"], "region": "eu",
-        "capacity": {"maxLands": 10, "maxPlayers": 100}, "load": {"lands": 1, "players": 4}
-    }))
-    .await;
+    // Not the default, so the answer must come from the configuration.
+    let mut config = Config::ephemeral_for_tests();
+    config.heartbeat_interval = Duration::from_millis(1_500);
+    let h = Harness::start_with(config).await;
+    let answer = h
+        .register(json!({
+            "serverId": "game-1", "host": "0.0.0.0", "port": 8080, "landType": "hero-defense",
+            "landTypes": ["counter"], "region": "eu",
+            "capacity": {"maxLands": 10, "maxPlayers": 100}, "load": {"lands": 1, "players": 4}
+        }))
+        .await;
+    // The game server adopts this interval, so the two cannot drift apart.
+    assert_eq!(
+        answer,
+        json!({"success": true, "heartbeatIntervalMs": 1_500})
+    );
     let (status, body) = h.get("/v1/admin/servers").await;
     assert_eq!(status, 200);
     let server = &body["servers"][0];
@@ -298,8 +307,9 @@ async fn register_heartbeat_and_deregister() {
 
     // Heartbeat: same call, later; last-seen moves, registration time stays.
     h.clock.advance(Duration::from_secs(5));
-    h.register(json!({"serverId": "game-1", "host": "0.0.0.0", "port": 8080, "landType": "hero-defense", "draining": true}))
+    let answer = h.register(json!({"serverId": "game-1", "host": "0.0.0.0", "port": 8080, "landType": "hero-defense", "draining": true}))
         .await;
+    assert_eq!(answer["heartbeatIntervalMs"], 1_500);
     let (_, body) = h.get("/v1/admin/servers").await;
     assert_eq!(body["servers"][0]["registeredAt"], registered_at);
     assert_eq!(body["servers"][0]["state"], "draining");

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Harness, next_event};
+use common::{Harness, Socket, next_event};
 use matchplane_control_plane::Config;
 use serde_json::{Value, json};
 
@@ -25,6 +25,59 @@ async fn pair(h: &Harness) -> (String, String) {
         .enqueue(json!({"queueKey": "counter:1v1", "members": ["bob"]}))
         .await;
     (a, b)
+}
+
+/// A 1v1 pair matched on gs-1 (instance i1) that nobody has joined yet, and a
+/// `/realtime` socket on alice's ticket, already past its `match.assigned`.
+struct MatchedOnGs1 {
+    alice: String,
+    bob: String,
+    first: Value,
+    socket: Socket,
+}
+
+async fn pair_matched_on_gs1(h: &Harness) -> MatchedOnGs1 {
+    h.register(server("gs-1", "i1", &[])).await;
+    let (alice, bob) = pair(h).await;
+    let first = h.wait_for(&alice, "assigned").await;
+    assert_eq!(first["assignment"]["serverId"], "gs-1");
+    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
+    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+    MatchedOnGs1 {
+        alice,
+        bob,
+        first,
+        socket,
+    }
+}
+
+async fn metrics(h: &Harness) -> String {
+    h.http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Nothing more is pushed within several matcher ticks (it ticks every 100 ms).
+async fn assert_no_more_events(socket: &mut Socket) {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let next_text = async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => return text,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    };
+    if let Ok(text) = tokio::time::timeout(Duration::from_millis(500), next_text).await {
+        panic!("unexpected event: {text}");
+    }
 }
 
 /// Every assigned ticket in the store points at a distinct assignment: no ticket
@@ -51,16 +104,16 @@ async fn assert_single_assignments(h: &Harness, tickets: &[&str]) {
 #[tokio::test]
 async fn unjoined_tickets_of_a_lost_server_are_requeued_then_matched_elsewhere() {
     let h = Harness::start().await;
-    h.register(server("gs-1", "i1", &[])).await;
-    let (alice, bob) = pair(&h).await;
-    let first = h.wait_for(&alice, "assigned").await;
-    assert_eq!(first["assignment"]["serverId"], "gs-1");
+    let MatchedOnGs1 {
+        alice,
+        bob,
+        first,
+        mut socket,
+    } = pair_matched_on_gs1(&h).await;
     let claims = h
         .verify(first["assignment"]["matchToken"].as_str().unwrap())
         .await;
     assert_eq!(claims.server_instance_id.as_deref(), Some("i1"));
-    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
-    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
 
     // Late by more than two heartbeats: suspect (no new lands), not yet lost.
     h.clock.advance(Duration::from_millis(4_500));
@@ -95,19 +148,69 @@ async fn unjoined_tickets_of_a_lost_server_are_requeued_then_matched_elsewhere()
         .clone();
     assert_eq!(gs1["state"], "lost");
     assert!(gs1["lastSeenAgoMs"].as_u64().unwrap() >= 6_000);
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&h).await;
     assert!(
         metrics.contains("matchplane_tickets_requeued_total 2"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("matchplane_servers_lost_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn unjoined_tickets_of_a_server_that_deregisters_are_requeued_then_matched_elsewhere() {
+    let h = Harness::start().await;
+    let MatchedOnGs1 {
+        alice,
+        bob,
+        first,
+        mut socket,
+    } = pair_matched_on_gs1(&h).await;
+    h.register(server("gs-2", "j1", &[])).await;
+    // gs-3 drains and leaves holding nothing: a clean exit, not a loss.
+    h.register(server("gs-3", "k1", &[])).await;
+    let (status, _) = h.delete("/v1/provisioning/servers/gs-3").await;
+    assert_eq!(status, 200);
+    // gs-1 drains and leaves while its allocation is still pending (nobody joined).
+    let mut draining = server("gs-1", "i1", &[]);
+    draining["draining"] = json!(true);
+    h.register(draining).await;
+    let (status, reply) = h.delete("/v1/provisioning/servers/gs-1").await;
+    assert_eq!((status, reply), (200, json!({"success": true})));
+
+    let requeued = next_event(&mut socket).await;
+    assert_eq!(
+        requeued,
+        json!({"type": "ticket.requeued", "v": 1,
+            "data": {"ticketId": alice, "reason": "server_lost"}})
+    );
+    let again = next_event(&mut socket).await;
+    assert_eq!(again["type"], "match.assigned", "{again}");
+    assert_eq!(again["data"]["assignment"]["serverId"], "gs-2");
+    assert_ne!(
+        again["data"]["assignment"]["landId"],
+        first["assignment"]["landId"]
+    );
+    let status = h.wait_for(&bob, "assigned").await;
+    assert_eq!(status["assignment"]["serverId"], "gs-2");
+    assert_eq!(h.status(&alice).await["enqueuedAt"], first["enqueuedAt"]);
+    assert_single_assignments(&h, &[&alice, &bob]).await;
+    let (_, servers) = h.get("/v1/admin/servers").await;
+    let ids: Vec<&Value> = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["serverId"])
+        .collect();
+    assert_eq!(ids, [&json!("gs-2")], "{servers}");
+    let metrics = metrics(&h).await;
+    assert!(
+        metrics.contains("matchplane_tickets_requeued_total 2"),
+        "{metrics}"
+    );
+    // The matcher handled gs-3's exit before gs-1's: only gs-1 counts as lost.
     assert!(
         metrics.contains("matchplane_servers_lost_total 1"),
         "{metrics}"
@@ -140,15 +243,7 @@ async fn players_in_a_lost_land_get_match_lost_and_a_new_match() {
     assert_ne!(again["data"]["assignment"]["landId"], land.as_str());
     h.wait_for(&alice, "assigned").await;
     assert_single_assignments(&h, &[&alice, &bob]).await;
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&h).await;
     assert!(
         metrics.contains("matchplane_matches_lost_total 1"),
         "{metrics}"
@@ -186,13 +281,61 @@ async fn with_requeueing_off_stranded_tickets_fail_with_the_reason() {
 }
 
 #[tokio::test]
+async fn with_requeue_on_server_loss_off_unjoined_tickets_fail_and_players_may_requeue() {
+    let mut config = Config::ephemeral_for_tests();
+    config.requeue_on_server_loss = false;
+    let h = Harness::start_with(config).await;
+    let MatchedOnGs1 {
+        alice,
+        bob,
+        mut socket,
+        ..
+    } = pair_matched_on_gs1(&h).await;
+    h.clock.advance(Duration::from_secs(7));
+    // A live server is up: had the tickets been requeued, they would be matched on it.
+    h.register(server("gs-2", "j1", &[])).await;
+
+    // Straight to `ticket.failed`: no `ticket.requeued`, no `match.lost` before it.
+    let failed = next_event(&mut socket).await;
+    assert_eq!(
+        failed,
+        json!({"type": "ticket.failed", "v": 1,
+            "data": {"ticketId": alice, "reason": "server_lost"}})
+    );
+    assert_no_more_events(&mut socket).await;
+    for ticket in [&alice, &bob] {
+        let status = h.status(ticket).await;
+        assert_eq!(status["status"], "failed", "{status}");
+        assert_eq!(status["reason"], "server_lost", "{status}");
+    }
+    let metrics = metrics(&h).await;
+    assert!(
+        metrics.contains("matchplane_tickets_requeued_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("matchplane_matches_lost_total 0"),
+        "{metrics}"
+    );
+
+    // Failed tickets free their players: they queue again and are matched on gs-2.
+    let (alice_again, bob_again) = pair(&h).await;
+    for ticket in [&alice_again, &bob_again] {
+        let status = h.wait_for(ticket, "assigned").await;
+        assert_eq!(status["assignment"]["serverId"], "gs-2");
+    }
+    assert_no_more_events(&mut socket).await;
+}
+
+#[tokio::test]
 async fn a_restarted_server_releases_what_its_previous_instance_held() {
     let h = Harness::start().await;
-    h.register(server("gs-1", "i1", &[])).await;
-    let (alice, bob) = pair(&h).await;
-    let first = h.wait_for(&alice, "assigned").await;
-    let mut socket = h.realtime(&format!("?ticketId={alice}")).await;
-    assert_eq!(next_event(&mut socket).await["type"], "match.assigned");
+    let MatchedOnGs1 {
+        alice,
+        bob,
+        first,
+        mut socket,
+    } = pair_matched_on_gs1(&h).await;
     // Same id, new process: no TTL wait, the old instance's allocations are void.
     h.register(server("gs-1", "i2", &[])).await;
     assert_eq!(next_event(&mut socket).await["type"], "ticket.requeued");
@@ -234,15 +377,7 @@ async fn a_match_that_already_ended_is_not_requeued_when_its_server_goes() {
         assert_eq!(status["status"], "assigned", "{status}");
         assert_eq!(status["assignment"]["landId"], land.as_str());
     }
-    let metrics = h
-        .http
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&h).await;
     assert!(
         metrics.contains("matchplane_tickets_requeued_total 0"),
         "{metrics}"

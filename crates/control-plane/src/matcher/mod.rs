@@ -563,7 +563,11 @@ impl MatchLoop {
         if lost.why == LossKind::Silent {
             self.registry.loss_handled(&lost.record);
         }
-        metrics::inc(&self.metrics.servers_lost);
+        // A server that drained and left holding nothing was not lost.
+        let stranded_any = !outcomes.is_empty();
+        if lost.why != LossKind::Deregistered || stranded_any {
+            metrics::inc(&self.metrics.servers_lost);
+        }
         let (mut requeued, mut failed) = (0u64, 0u64);
         let lost_lands: BTreeSet<&String> = joined.values().collect();
         self.metrics

@@ -96,11 +96,13 @@ impl Harness {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn register(&self, body: Value) {
+    /// Registers (or heartbeats) and returns the answer.
+    pub async fn register(&self, body: Value) -> Value {
         let (status, reply) = self.post("/v1/provisioning/servers/register", body).await;
         assert_eq!(status, 200, "register failed: {reply}");
         assert_eq!(reply["success"], true, "{reply}");
         assert!(reply["heartbeatIntervalMs"].as_u64().is_some(), "{reply}");
+        reply
     }
 
     pub async fn register_server(&self, server_id: &str, land_type: &str) {
