@@ -228,13 +228,10 @@ pub fn spawn_sampler(
                 _ = shutdown.changed() => break,
                 _ = ticker.tick() => {}
             }
-            let queued = match store.queue_counts().await {
+            let queued = match store.queued_per_queue().await {
                 Ok(counts) => {
                     store_failing = false;
-                    counts
-                        .into_iter()
-                        .map(|queue| (queue.queue_key, queue.queued))
-                        .collect::<HashMap<_, _>>()
+                    counts.into_iter().collect::<HashMap<_, _>>()
                 }
                 Err(err) => {
                     // The matches stay pending and land in the next sample.

@@ -16,7 +16,9 @@ use crate::events::EventBus;
 use crate::keys::{KeyError, Keyring};
 use crate::matcher::{self, MatcherHandle, MatcherSettings};
 use crate::registry::Registry;
-use crate::store::{REDIS_DEFAULT_KEY_PREFIX, RedbStore, RedisStore, Store, StoreError};
+use crate::store::{
+    MemoryStore, REDIS_DEFAULT_KEY_PREFIX, RedbStore, RedisStore, Store, StoreError,
+};
 use crate::tokens::TokenIssuer;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +70,7 @@ impl Builder {
             Some(store) => store,
             None => match &config.storage {
                 StorageConfig::Durable { data_dir } => Arc::new(RedbStore::open(data_dir)?),
-                StorageConfig::Ephemeral => Arc::new(RedbStore::in_memory()?),
+                StorageConfig::Ephemeral => Arc::new(MemoryStore::new()),
                 StorageConfig::Redis { url, data_dir } => {
                     let redis = RedisStore::connect(url, REDIS_DEFAULT_KEY_PREFIX).await?;
                     crate::auth::adopt_shared_credentials(&config, data_dir, &redis).await?;

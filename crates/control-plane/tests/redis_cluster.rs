@@ -525,12 +525,13 @@ async fn every_state_change_appends_its_event_to_the_feed() {
         .collect();
     let lost = "server_lost".to_owned();
     let expected = vec![
-        // Enqueued entries carry the ticket if it is still queued when read.
+        // Enqueued entries carry the ticket as created, whatever became of
+        // it since (the entries after them say that).
         ("a".to_owned(), FeedEvent::Enqueued, true),
         ("b".to_owned(), FeedEvent::Enqueued, true),
-        ("c".to_owned(), FeedEvent::Enqueued, false),
-        ("d".to_owned(), FeedEvent::Enqueued, false),
-        ("e".to_owned(), FeedEvent::Enqueued, false),
+        ("c".to_owned(), FeedEvent::Enqueued, true),
+        ("d".to_owned(), FeedEvent::Enqueued, true),
+        ("e".to_owned(), FeedEvent::Enqueued, true),
         ("c".to_owned(), FeedEvent::Cancelled, false),
         ("d".to_owned(), FeedEvent::Expired, false),
         (
@@ -567,6 +568,20 @@ async fn every_state_change_appends_its_event_to_the_feed() {
     ];
     assert_eq!(seen, expected);
     assert!(entries.iter().all(|entry| entry.queue_key == "q"));
+    for entry in entries
+        .iter()
+        .filter(|entry| entry.event == FeedEvent::Enqueued)
+    {
+        let carried = entry.queued.as_ref().unwrap();
+        assert_eq!(
+            (
+                carried.ticket_id.as_str(),
+                carried.status,
+                carried.queue_key.as_str()
+            ),
+            (entry.ticket_id.as_str(), TicketStatus::Queued, "q")
+        );
+    }
     // Nothing more, and the position moves past everything read.
     let FeedRead::Entries { entries, .. } = feed
         .read_after(&last_id.unwrap(), Duration::from_millis(50), 100)

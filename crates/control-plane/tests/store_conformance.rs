@@ -1,6 +1,6 @@
 //! The `Store` contract, run against every implementation: the embedded redb
-//! store and the Redis store on a real `redis-server` (started per test on a
-//! free loopback port). A scenario is written once against `dyn Store`.
+//! store, the in-memory store of `--ephemeral`, and the Redis store on a real
+//! `redis-server` (started per test on a free loopback port). A scenario is written once against `dyn Store`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/redis_server.rs"]
@@ -33,6 +33,18 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod memory {
+            $(
+                // Several workers, so the concurrent scenarios really race for the lock.
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(std::sync::Arc::new(
+                        matchplane_control_plane::store::MemoryStore::new(),
+                    ))
+                    .await;
+                }
+            )*
+        }
         mod redis {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,6 +68,7 @@ conformance!(
     released_assignments_requeue_once_and_keep_every_index_right,
     a_release_fails_the_ticket_when_its_player_queued_elsewhere,
     a_release_can_fail_the_ticket,
+    queued_per_queue_follows_every_change,
     purge_removes_only_finished_tickets_past_retention,
     purge_also_keeps_finished_tickets_under_a_count_cap,
     purge_in_many_batches_matches_one_pass,
@@ -721,6 +734,74 @@ async fn queue_counts_count_every_status(store: Shared) {
         ),
         ("two", 1, Some(1_200))
     );
+}
+
+async fn queued_per_queue_follows_every_change(store: Shared) {
+    let in_queue = |id: &str, queue: &str, member: &str| TicketRecord {
+        queue_key: queue.to_owned(),
+        ..ticket(id, member, 1_000)
+    };
+    let queued = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        pairs
+            .iter()
+            .map(|(queue, count)| ((*queue).to_owned(), *count))
+            .collect()
+    };
+    // Queues without queued tickets may be listed with 0 or left out.
+    let now_queued = |store: Shared| async move {
+        let mut counts = store.queued_per_queue().await.unwrap();
+        counts.retain(|_, count| *count > 0);
+        counts
+    };
+    assert_eq!(now_queued(store.clone()).await, queued(&[]));
+    for (id, queue, member) in [
+        ("a1", "a", "p1"),
+        ("a2", "a", "p2"),
+        ("a3", "a", "p3"),
+        ("a4", "a", "p4"),
+        ("b1", "b", "p5"),
+    ] {
+        create(&store, in_queue(id, queue, member)).await;
+    }
+    assert_eq!(
+        now_queued(store.clone()).await,
+        queued(&[("a", 4), ("b", 1)])
+    );
+    assign(&store, "a1", "gs", "as-1", 2_000).await;
+    store.cancel_ticket("a2", 2_000).await.unwrap();
+    store
+        .expire_tickets(vec!["b1".to_owned()], 2_000)
+        .await
+        .unwrap();
+    assert_eq!(now_queued(store.clone()).await, queued(&[("a", 2)]));
+    store
+        .release_assignments(
+            vec![release(
+                "a1",
+                "as-1",
+                Release::Requeue {
+                    expires_at: 900_000,
+                },
+            )],
+            3_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(now_queued(store.clone()).await, queued(&[("a", 3)]));
+    // Refused changes change nothing.
+    store.cancel_ticket("a2", 3_000).await.unwrap();
+    assign(&store, "a2", "gs", "as-2", 3_000).await;
+    assert_eq!(now_queued(store.clone()).await, queued(&[("a", 3)]));
+    // And it agrees with the full count.
+    let counted: BTreeMap<String, u64> = store
+        .queue_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|counts| counts.queued > 0)
+        .map(|counts| (counts.queue_key, counts.queued))
+        .collect();
+    assert_eq!(now_queued(store.clone()).await, counted);
 }
 
 async fn queued_tickets_come_oldest_first(store: Shared) {

@@ -1,14 +1,20 @@
 //! Durable state behind a trait: tickets (with their assignments) and the
-//! server registry. The embedded implementation is redb; the Redis one lets
-//! replicas share one truth, with the same contract, because every operation
-//! is a single atomic call with its own preconditions (e.g. "assign only if
-//! every ticket is still queued").
+//! server registry. The embedded implementation is redb, `--ephemeral` keeps
+//! the same records in plain maps ([`MemoryStore`]), and the two share one
+//! ticket state machine (`ticket_rules`); the Redis one lets replicas share
+//! one truth, with the same contract, because every operation is a single
+//! atomic call with its own preconditions (e.g. "assign only if every ticket
+//! is still queued").
 
+mod memory_store;
 mod redb_store;
 mod redis_cluster;
 mod redis_feed;
 mod redis_leases;
 mod redis_store;
+#[cfg(test)]
+mod test_fixtures;
+mod ticket_rules;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +23,7 @@ use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
 use matchplane_contracts::provisioning::{Capacity, Load};
 use serde::{Deserialize, Serialize};
 
+pub use memory_store::MemoryStore;
 pub use redb_store::RedbStore;
 pub use redis_cluster::{LeaseEntry, RedisCluster, ReplicaEntry};
 pub use redis_feed::{FeedEntry, FeedEvent, FeedRead, RedisFeed};
@@ -240,6 +247,31 @@ pub struct QueueCounts {
     pub failed: u64,
 }
 
+/// Adds one ticket to per-queue counts, for a store that counts by scanning its tickets.
+fn count_ticket(counts: &mut BTreeMap<String, QueueCounts>, ticket: &TicketRecord) {
+    let queue = counts
+        .entry(ticket.queue_key.clone())
+        .or_insert_with(|| QueueCounts {
+            queue_key: ticket.queue_key.clone(),
+            ..QueueCounts::default()
+        });
+    match ticket.status {
+        TicketStatus::Queued => {
+            queue.queued += 1;
+            queue.queued_players += ticket.members.len() as u64;
+            queue.oldest_queued_at = Some(
+                queue
+                    .oldest_queued_at
+                    .map_or(ticket.enqueued_at, |oldest| oldest.min(ticket.enqueued_at)),
+            );
+        }
+        TicketStatus::Assigned => queue.assigned += 1,
+        TicketStatus::Cancelled => queue.cancelled += 1,
+        TicketStatus::Expired => queue.expired += 1,
+        TicketStatus::Failed => queue.failed += 1,
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for health output, e.g. `redb` or `memory`.
@@ -324,7 +356,21 @@ pub trait Store: Send + Sync + 'static {
 
     async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError>;
 
+    /// Every status of every ticket the store still holds: a scan, for the
+    /// admin API's on-demand view.
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, StoreError>;
+
+    /// Queued tickets per queue (queues with none may be left out), for the
+    /// dashboard's sampler that asks every few seconds: a store with an index
+    /// of queued tickets answers from it instead of scanning every ticket.
+    async fn queued_per_queue(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(self
+            .queue_counts()
+            .await?
+            .into_iter()
+            .map(|counts| (counts.queue_key, counts.queued))
+            .collect())
+    }
 
     /// Cheap liveness probe for `/health`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -15,9 +15,10 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use super::ticket_rules::{self, TicketTables};
 use super::{
-    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, Release, ReleaseOutcome,
-    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ReleaseOutcome,
+    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord, count_ticket,
 };
 use crate::clock::Millis;
 
@@ -77,6 +78,78 @@ pub struct RedbStore {
     db: Arc<Database>,
     writer: mpsc::Sender<WriteJob>,
     kind: &'static str,
+    queued: Arc<QueuedPerQueue>,
+}
+
+/// Queued tickets per queue, kept by the writer from what each committed
+/// batch did, so the dashboard's sampler never scans the tickets table.
+#[derive(Default)]
+struct QueuedPerQueue(parking_lot::Mutex<BTreeMap<String, u64>>);
+
+impl QueuedPerQueue {
+    /// Counted once, when the store opens.
+    fn count(db: &Database) -> Result<Self, StoreError> {
+        let txn = db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(TICKETS).map_err(unavailable)?;
+        let mut counts = BTreeMap::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (key, value) = entry.map_err(unavailable)?;
+            let ticket = decode_ticket(key.value(), value.value())?;
+            if ticket.status == TicketStatus::Queued {
+                *counts.entry(ticket.queue_key).or_default() += 1;
+            }
+        }
+        Ok(Self(parking_lot::Mutex::new(counts)))
+    }
+
+    /// Follows the tickets a committed batch put into or took out of a queue.
+    fn follow(&self, results: &[WriteResult]) {
+        let mut counts = self.0.lock();
+        let mut change = |queue_key: &str, entered: bool| {
+            if entered {
+                *counts.entry(queue_key.to_owned()).or_default() += 1;
+            } else if let Some(count) = counts.get_mut(queue_key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(queue_key);
+                }
+            }
+        };
+        for result in results {
+            match result {
+                WriteResult::Created(CreateOutcome::Created(ticket)) => {
+                    change(&ticket.queue_key, true);
+                }
+                WriteResult::Cancelled(CancelOutcome::Cancelled(ticket)) => {
+                    change(&ticket.queue_key, false);
+                }
+                WriteResult::Committed(outcomes) => {
+                    for outcome in outcomes {
+                        if let CommitOutcome::Applied(tickets) = outcome {
+                            for ticket in tickets {
+                                change(&ticket.queue_key, false);
+                            }
+                        }
+                    }
+                }
+                WriteResult::Expired(tickets) => {
+                    for ticket in tickets {
+                        change(&ticket.queue_key, false);
+                    }
+                }
+                WriteResult::Released(outcomes) => {
+                    for outcome in outcomes {
+                        if let ReleaseOutcome::Requeued(ticket) = outcome {
+                            change(&ticket.queue_key, true);
+                        }
+                    }
+                }
+                // A release that fails a ticket takes it from `assigned`,
+                // and a purge never removes a queued one.
+                _ => {}
+            }
+        }
+    }
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -105,13 +178,20 @@ impl RedbStore {
     fn start(db: Database, durability: Durability, kind: &'static str) -> Result<Self, StoreError> {
         let db = Arc::new(db);
         init_schema(&db)?;
+        let queued = Arc::new(QueuedPerQueue::count(&db)?);
         let (writer, jobs) = mpsc::channel::<WriteJob>();
         let writer_db = Arc::clone(&db);
+        let writer_queued = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("matchplane-store-writer".to_owned())
-            .spawn(move || run_writer(&writer_db, &jobs, durability))
+            .spawn(move || run_writer(&writer_db, &jobs, durability, &writer_queued))
             .map_err(unavailable)?;
-        Ok(Self { db, writer, kind })
+        Ok(Self {
+            db,
+            writer,
+            kind,
+            queued,
+        })
     }
 
     async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
@@ -273,7 +353,12 @@ fn index_assigned_tickets(txn: &redb::WriteTransaction) -> Result<(), StoreError
     Ok(())
 }
 
-fn run_writer(db: &Database, jobs: &mpsc::Receiver<WriteJob>, durability: Durability) {
+fn run_writer(
+    db: &Database,
+    jobs: &mpsc::Receiver<WriteJob>,
+    durability: Durability,
+    queued: &QueuedPerQueue,
+) {
     // Exits when every RedbStore handle (and so every sender) is gone.
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -285,6 +370,7 @@ fn run_writer(db: &Database, jobs: &mpsc::Receiver<WriteJob>, durability: Durabi
         }
         match apply_batch(db, &mut batch, durability) {
             Ok(results) => {
+                queued.follow(&results);
                 for (job, result) in batch.into_iter().zip(results) {
                     // The requester may have gone away (client disconnect); the write stands.
                     let _ = job.reply.send(Ok(result));
@@ -338,36 +424,26 @@ struct Tables<'txn> {
     server_tickets: Table<'txn, (&'static str, &'static str), ()>,
 }
 
-fn finished_key(updated_at: Millis, ticket_id: &str) -> String {
-    format!("{updated_at:020}:{ticket_id}")
-}
-
 impl Tables<'_> {
     fn apply(&mut self, op: WriteOp) -> Result<WriteResult, StoreError> {
         Ok(match op {
-            WriteOp::Create(ticket, now) => WriteResult::Created(self.create(*ticket, now)?),
+            WriteOp::Create(ticket, now) => {
+                WriteResult::Created(ticket_rules::create(self, *ticket, now)?)
+            }
             WriteOp::Cancel(ticket_id, now) => {
-                WriteResult::Cancelled(self.cancel(&ticket_id, now)?)
+                WriteResult::Cancelled(ticket_rules::cancel(self, &ticket_id, now)?)
             }
             WriteOp::Commit(matches, now) => {
-                let mut outcomes = Vec::with_capacity(matches.len());
-                for commit in matches {
-                    outcomes.push(self.commit(commit, now)?);
-                }
-                WriteResult::Committed(outcomes)
+                WriteResult::Committed(ticket_rules::commit_all(self, matches, now)?)
             }
             WriteOp::Expire(ticket_ids, now) => {
-                WriteResult::Expired(self.expire(&ticket_ids, now)?)
+                WriteResult::Expired(ticket_rules::expire(self, &ticket_ids, now)?)
             }
             WriteOp::Release(releases, now) => {
-                let mut outcomes = Vec::with_capacity(releases.len());
-                for release in releases {
-                    outcomes.push(self.release(release, now)?);
-                }
-                WriteResult::Released(outcomes)
+                WriteResult::Released(ticket_rules::release_all(self, releases, now)?)
             }
             WriteOp::Purge(before, keep_at_most) => {
-                WriteResult::Purged(self.purge(before, keep_at_most)?)
+                WriteResult::Purged(ticket_rules::purge(self, before, keep_at_most, u64::MAX)?)
             }
             WriteOp::PutServer(server) => {
                 let bytes = encode(&*server)?;
@@ -384,285 +460,117 @@ impl Tables<'_> {
             ),
         })
     }
+}
 
-    fn get_ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+impl TicketTables for Tables<'_> {
+    fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
         match self.tickets.get(ticket_id).map_err(unavailable)? {
             Some(bytes) => decode_ticket(ticket_id, bytes.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    fn put_ticket(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
+    fn insert_ticket(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
         let bytes = encode(ticket)?;
         self.tickets
             .insert(ticket.ticket_id.as_str(), bytes.as_slice())
             .map_err(unavailable)?;
-        // A ticket is indexed as finished once per time it leaves `queued`
-        // (a released assignment takes its entry out again, see `release`).
-        if ticket.status != TicketStatus::Queued {
-            self.finished
-                .insert(
-                    finished_key(ticket.updated_at, &ticket.ticket_id).as_str(),
-                    (),
-                )
-                .map_err(unavailable)?;
-            // Leaving the queue frees the members to queue again at once.
-            self.release_players(ticket)?;
-        }
         Ok(())
     }
 
-    /// Drops the ticket's members from the queued-player index, except where
-    /// a newer ticket has taken the entry over.
-    fn release_players(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
-        for member in &ticket.members {
-            let points_here = self
-                .queued_players
-                .get(member.as_str())
-                .map_err(unavailable)?
-                .is_some_and(|id| id.value() == ticket.ticket_id);
-            if points_here {
-                self.queued_players
-                    .remove(member.as_str())
-                    .map_err(unavailable)?;
-            }
-        }
+    fn remove_ticket(&mut self, ticket_id: &str) -> Result<(), StoreError> {
+        self.tickets.remove(ticket_id).map_err(unavailable)?;
         Ok(())
     }
 
-    /// The first member already waiting in another queued ticket, if any.
-    fn queued_elsewhere(
-        &self,
-        members: &[String],
-        now: Millis,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        for member in members {
-            let Some(ticket_id) = self
-                .queued_players
-                .get(member.as_str())
-                .map_err(unavailable)?
-                .map(|id| id.value().to_owned())
-            else {
-                continue;
-            };
-            // A ticket past its expiry that the matcher has not marked yet no
-            // longer holds the player.
-            if self
-                .get_ticket(&ticket_id)?
-                .is_some_and(|queued| queued.is_queued_at(now))
-            {
-                return Ok(Some((member.clone(), ticket_id)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn create(&mut self, ticket: TicketRecord, now: Millis) -> Result<CreateOutcome, StoreError> {
-        let ticket = ticket.with_default_owner();
-        let group_key = (ticket.owner.as_str(), ticket.group_id.as_str());
-        let existing_id = self
+    fn owner_group(&self, owner: &str, group_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
             .owner_groups
-            .get(group_key)
+            .get((owner, group_id))
             .map_err(unavailable)?
-            .map(|id| id.value().to_owned());
-        // Dedup first: an idempotent retry must get its ticket back, not be
-        // refused because its own members are queued (in that very ticket).
-        if let Some(existing_id) = existing_id
-            && let Some(existing) = self.get_ticket(&existing_id)?
-            && existing.is_live(now)
-        {
-            return Ok(CreateOutcome::Existing(existing));
-        }
-        if let Some((player_id, ticket_id)) = self.queued_elsewhere(&ticket.members, now)? {
-            return Ok(CreateOutcome::PlayerAlreadyQueued {
-                player_id,
-                ticket_id,
-            });
-        }
-        self.put_ticket(&ticket)?;
+            .map(|id| id.value().to_owned()))
+    }
+
+    fn insert_owner_group(
+        &mut self,
+        owner: &str,
+        group_id: &str,
+        ticket_id: &str,
+    ) -> Result<(), StoreError> {
         self.owner_groups
-            .insert(
-                (ticket.owner.as_str(), ticket.group_id.as_str()),
-                ticket.ticket_id.as_str(),
-            )
+            .insert((owner, group_id), ticket_id)
             .map_err(unavailable)?;
-        for member in &ticket.members {
-            self.queued_players
-                .insert(member.as_str(), ticket.ticket_id.as_str())
-                .map_err(unavailable)?;
-        }
-        Ok(CreateOutcome::Created(ticket))
+        Ok(())
     }
 
-    fn cancel(&mut self, ticket_id: &str, now: Millis) -> Result<CancelOutcome, StoreError> {
-        let Some(mut ticket) = self.get_ticket(ticket_id)? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        if ticket.status != TicketStatus::Queued {
-            return Ok(CancelOutcome::NotQueued(ticket));
-        }
-        ticket.status = TicketStatus::Cancelled;
-        ticket.updated_at = now;
-        self.put_ticket(&ticket)?;
-        Ok(CancelOutcome::Cancelled(ticket))
-    }
-
-    fn commit(&mut self, commit: MatchCommit, now: Millis) -> Result<CommitOutcome, StoreError> {
-        let mut tickets = Vec::with_capacity(commit.assignments.len());
-        let mut not_queued = Vec::new();
-        for (ticket_id, _) in &commit.assignments {
-            match self.get_ticket(ticket_id)? {
-                Some(ticket) if ticket.status == TicketStatus::Queued => tickets.push(ticket),
-                _ => not_queued.push(ticket_id.clone()),
-            }
-        }
-        if !not_queued.is_empty() {
-            return Ok(CommitOutcome::Rejected { not_queued });
-        }
-        for (ticket, (_, assignment)) in tickets.iter_mut().zip(commit.assignments) {
-            ticket.status = TicketStatus::Assigned;
-            ticket.updated_at = now;
-            self.server_tickets
-                .insert(
-                    (assignment.server_id.as_str(), ticket.ticket_id.as_str()),
-                    (),
-                )
-                .map_err(unavailable)?;
-            ticket.assignment = Some(assignment);
-            ticket.assignment_expires_at = Some(commit.assignment_expires_at);
-            ticket
-                .assigned_instance
-                .clone_from(&commit.server_instance_id);
-        }
-        for ticket in &tickets {
-            self.put_ticket(ticket)?;
-        }
-        Ok(CommitOutcome::Applied(tickets))
-    }
-
-    fn expire(
-        &mut self,
-        ticket_ids: &[String],
-        now: Millis,
-    ) -> Result<Vec<TicketRecord>, StoreError> {
-        let mut expired = Vec::new();
-        for ticket_id in ticket_ids {
-            if let Some(mut ticket) = self.get_ticket(ticket_id)?
-                && ticket.status == TicketStatus::Queued
-            {
-                ticket.status = TicketStatus::Expired;
-                ticket.updated_at = now;
-                self.put_ticket(&ticket)?;
-                expired.push(ticket);
-            }
-        }
-        Ok(expired)
-    }
-
-    fn release(
-        &mut self,
-        request: ReleaseRequest,
-        now: Millis,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        let Some(mut ticket) = self.get_ticket(&request.ticket_id)? else {
-            return Ok(ReleaseOutcome::Unchanged(request.ticket_id));
-        };
-        let holds_it = ticket.status == TicketStatus::Assigned
-            && ticket
-                .assignment
-                .as_ref()
-                .is_some_and(|assignment| assignment.assignment_id == request.assignment_id);
-        if !holds_it {
-            return Ok(ReleaseOutcome::Unchanged(request.ticket_id));
-        }
-        self.finished
-            .remove(finished_key(ticket.updated_at, &ticket.ticket_id).as_str())
+    fn remove_owner_group(&mut self, owner: &str, group_id: &str) -> Result<(), StoreError> {
+        self.owner_groups
+            .remove((owner, group_id))
             .map_err(unavailable)?;
-        if let Some(assignment) = &ticket.assignment {
-            self.server_tickets
-                .remove((assignment.server_id.as_str(), ticket.ticket_id.as_str()))
-                .map_err(unavailable)?;
-        }
-        ticket.assignment = None;
-        ticket.assignment_expires_at = None;
-        ticket.assigned_instance = None;
-        ticket.updated_at = now;
-        let release = match request.release {
-            // A member who queued again meanwhile keeps that ticket; this one ends.
-            Release::Requeue { .. } if self.queued_elsewhere(&ticket.members, now)?.is_some() => {
-                Release::Fail {
-                    reason: matchplane_contracts::realtime::reason::PLAYER_QUEUED_ELSEWHERE
-                        .to_owned(),
-                }
-            }
-            release => release,
-        };
-        match release {
-            Release::Requeue { expires_at } => {
-                ticket.status = TicketStatus::Queued;
-                ticket.expires_at = expires_at;
-                self.put_ticket(&ticket)?;
-                for member in &ticket.members {
-                    self.queued_players
-                        .insert(member.as_str(), ticket.ticket_id.as_str())
-                        .map_err(unavailable)?;
-                }
-                Ok(ReleaseOutcome::Requeued(ticket))
-            }
-            Release::Fail { reason } => {
-                ticket.status = TicketStatus::Failed;
-                ticket.failure_reason = Some(reason);
-                self.put_ticket(&ticket)?;
-                Ok(ReleaseOutcome::Failed(ticket))
-            }
-        }
+        Ok(())
     }
 
-    fn purge(&mut self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError> {
-        let upper = finished_key(before, "");
-        let finished = self.finished.len().map_err(unavailable)?;
-        // Oldest first: everything past the retention, then as many more as
-        // it takes to get down to the cap.
-        let over_cap = finished.saturating_sub(keep_at_most);
-        let mut doomed = Vec::new();
+    fn queued_player(&self, player_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .queued_players
+            .get(player_id)
+            .map_err(unavailable)?
+            .map(|id| id.value().to_owned()))
+    }
+
+    fn insert_queued_player(&mut self, player_id: &str, ticket_id: &str) -> Result<(), StoreError> {
+        self.queued_players
+            .insert(player_id, ticket_id)
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn remove_queued_player(&mut self, player_id: &str) -> Result<(), StoreError> {
+        self.queued_players.remove(player_id).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn insert_finished(&mut self, key: &str) -> Result<(), StoreError> {
+        self.finished.insert(key, ()).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn remove_finished(&mut self, key: &str) -> Result<(), StoreError> {
+        self.finished.remove(key).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn finished_len(&self) -> Result<u64, StoreError> {
+        self.finished.len().map_err(unavailable)
+    }
+
+    fn oldest_finished(
+        &self,
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
         for entry in self.finished.iter().map_err(unavailable)? {
             let (key, _) = entry.map_err(unavailable)?;
-            let key = key.value();
-            if key >= upper.as_str() && doomed.len() as u64 >= over_cap {
+            if !wanted(key.value()) {
                 break;
             }
-            doomed.push(key.to_owned());
+            keys.push(key.value().to_owned());
         }
-        for key in &doomed {
-            self.finished.remove(key.as_str()).map_err(unavailable)?;
-            let Some((_, ticket_id)) = key.split_once(':') else {
-                continue;
-            };
-            let Some(ticket) = self.get_ticket(ticket_id)? else {
-                continue;
-            };
-            // A stale entry of a ticket that was queued again: never purge a live ticket.
-            if ticket.status == TicketStatus::Queued {
-                continue;
-            }
-            self.tickets.remove(ticket_id).map_err(unavailable)?;
-            if let Some(assignment) = &ticket.assignment {
-                self.server_tickets
-                    .remove((assignment.server_id.as_str(), ticket_id))
-                    .map_err(unavailable)?;
-            }
-            let group_key = (ticket.owner.as_str(), ticket.group_id.as_str());
-            let group_points_here = self
-                .owner_groups
-                .get(group_key)
-                .map_err(unavailable)?
-                .is_some_and(|id| id.value() == ticket_id);
-            if group_points_here {
-                self.owner_groups.remove(group_key).map_err(unavailable)?;
-            }
-            self.release_players(&ticket)?;
-        }
-        Ok(doomed.len() as u64)
+        Ok(keys)
+    }
+
+    fn insert_server_ticket(&mut self, server_id: &str, ticket_id: &str) -> Result<(), StoreError> {
+        self.server_tickets
+            .insert((server_id, ticket_id), ())
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn remove_server_ticket(&mut self, server_id: &str, ticket_id: &str) -> Result<(), StoreError> {
+        self.server_tickets
+            .remove((server_id, ticket_id))
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 
@@ -868,30 +776,15 @@ impl Store for RedbStore {
             for entry in table.iter().map_err(unavailable)? {
                 let (key, value) = entry.map_err(unavailable)?;
                 let ticket = decode_ticket(key.value(), value.value())?;
-                let queue = counts
-                    .entry(ticket.queue_key.clone())
-                    .or_insert_with(|| QueueCounts {
-                        queue_key: ticket.queue_key.clone(),
-                        ..QueueCounts::default()
-                    });
-                match ticket.status {
-                    TicketStatus::Queued => {
-                        queue.queued += 1;
-                        queue.queued_players += ticket.members.len() as u64;
-                        queue.oldest_queued_at =
-                            Some(queue.oldest_queued_at.map_or(ticket.enqueued_at, |oldest| {
-                                oldest.min(ticket.enqueued_at)
-                            }));
-                    }
-                    TicketStatus::Assigned => queue.assigned += 1,
-                    TicketStatus::Cancelled => queue.cancelled += 1,
-                    TicketStatus::Expired => queue.expired += 1,
-                    TicketStatus::Failed => queue.failed += 1,
-                }
+                count_ticket(&mut counts, &ticket);
             }
             Ok(counts.into_values().collect())
         })
         .await
+    }
+
+    async fn queued_per_queue(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(self.queued.0.lock().clone())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -905,6 +798,8 @@ mod tests {
     use matchplane_contracts::matchmaking::Assignment;
 
     use super::*;
+    use crate::store::Release;
+    use crate::store::test_fixtures::{assignment_on, party, ticket};
 
     /// Reopens a data dir once the previous handle's writer thread has let go of it.
     async fn reopen(dir: &Path) -> RedbStore {
@@ -917,28 +812,22 @@ mod tests {
         RedbStore::open(dir).unwrap()
     }
 
-    fn ticket(id: &str, group: &str, now: Millis) -> TicketRecord {
-        TicketRecord {
-            ticket_id: id.to_owned(),
-            queue_key: "q".to_owned(),
-            group_id: group.to_owned(),
-            owner: format!("{id}-player"),
-            members: vec![format!("{id}-player")],
-            region: None,
-            constraints: None,
-            attributes: BTreeMap::new(),
-            tags: Vec::new(),
-            string_args: BTreeMap::new(),
-            latencies: BTreeMap::new(),
-            status: TicketStatus::Queued,
-            enqueued_at: now,
-            expires_at: now + 600_000,
-            updated_at: now,
-            assignment: None,
-            assignment_expires_at: None,
-            assigned_instance: None,
-            failure_reason: None,
+    #[tokio::test]
+    async fn queued_counts_are_recounted_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            for id in ["a", "b", "c"] {
+                store
+                    .create_ticket(ticket(id, id, 1_000), 1_000)
+                    .await
+                    .unwrap();
+            }
+            store.cancel_ticket("b", 2_000).await.unwrap();
         }
+        let store = reopen(dir.path()).await;
+        let counts = store.queued_per_queue().await.unwrap();
+        assert_eq!(counts, BTreeMap::from([("q".to_owned(), 2)]));
     }
 
     #[tokio::test]
@@ -996,14 +885,6 @@ mod tests {
             assert_eq!(store.ticket(id).await.unwrap().is_some(), kept, "{id}");
         }
         assert_eq!(store.purge_finished(0, 2).await.unwrap(), 0);
-    }
-
-    fn party(id: &str, owner: &str, group: &str, members: &[&str], now: Millis) -> TicketRecord {
-        TicketRecord {
-            owner: owner.to_owned(),
-            members: members.iter().map(|m| (*m).to_owned()).collect(),
-            ..ticket(id, group, now)
-        }
     }
 
     fn created(outcome: CreateOutcome) -> TicketRecord {
@@ -1074,20 +955,6 @@ mod tests {
                 .await
                 .unwrap(),
         );
-    }
-
-    fn assignment_on(server: &str, id: &str) -> Assignment {
-        Assignment {
-            assignment_id: id.to_owned(),
-            match_token: String::new(),
-            connect_url: "ws://127.0.0.1:1/game/q".to_owned(),
-            land_id: format!("q:{id}"),
-            server_id: server.to_owned(),
-            expires_at: "1970-01-01T00:01:00Z".to_owned(),
-            member_tokens: BTreeMap::new(),
-            match_id: None,
-            team: Some(0),
-        }
     }
 
     async fn assign(

@@ -55,8 +55,9 @@ pub struct FeedEntry {
     pub queue_key: String,
     pub event: FeedEvent,
     /// For an entry that may have put the ticket in a queue (enqueued,
-    /// requeued, match lost): the ticket read after the entry, if it is still
-    /// queued then. A later entry tells what became of it otherwise.
+    /// requeued, match lost): the ticket as the entry carries it (enqueued),
+    /// or as read after the entry if it was still queued then. A later entry
+    /// tells what became of it otherwise.
     pub queued: Option<TicketRecord>,
 }
 
@@ -236,16 +237,20 @@ impl RedisFeed {
         Ok(FeedRead::Entries { entries, last_id })
     }
 
-    /// Reads the tickets that entries may have put in a queue, in one round trip.
+    /// Reads the tickets that entries may have put in a queue and do not
+    /// carry (requeues, and enqueues by older builds), in one round trip.
     async fn fill_queued(&mut self, entries: &mut [FeedEntry]) -> Result<(), StoreError> {
         let wanted: Vec<usize> = entries
             .iter()
             .enumerate()
             .filter(|(_, entry)| {
-                matches!(
-                    entry.event,
-                    FeedEvent::Enqueued | FeedEvent::Requeued { .. } | FeedEvent::MatchLost { .. }
-                )
+                entry.queued.is_none()
+                    && matches!(
+                        entry.event,
+                        FeedEvent::Enqueued
+                            | FeedEvent::Requeued { .. }
+                            | FeedEvent::MatchLost { .. }
+                    )
             })
             .map(|(index, _)| index)
             .collect();
@@ -307,12 +312,25 @@ fn parse_entry(
         .next()
         .and_then(|ms| ms.parse().ok())
         .unwrap_or_default();
+    let ticket_id = take("ticket");
+    // An enqueued entry carries the ticket as created: no read needed. A later
+    // entry says if it left the queue since (the matcher removes it then).
+    let record = take("record");
+    let queued = if record.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str::<TicketRecord>(&record)
+                .map(TicketRecord::with_default_owner)
+                .map_err(|err| bad_reply(&format!("ticket record in entry {id}: {err}")))?,
+        )
+    };
     Ok(Some(FeedEntry {
         appended_at,
-        ticket_id: take("ticket"),
+        ticket_id,
         queue_key: take("queue"),
         event,
-        queued: None,
+        queued,
         id,
     }))
 }

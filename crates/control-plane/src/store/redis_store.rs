@@ -9,7 +9,7 @@
 //! Scripts only ever read and write those plain fields and never re-encode
 //! the JSON, because Redis' cjson would turn `[]` into `{}` and round floats.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -109,9 +109,12 @@ end
 ";
 
 /// ARGV[5] ticket id, [6] owner-group field, [7] enqueued_at, [8] members
-/// JSON, [9..] the ticket hash's field/value pairs.
+/// JSON, [9..] the ticket hash's field/value pairs, `record` first. The feed
+/// entry carries the record, so other replicas' matchers need no read of the
+/// ticket (one HGETALL per ticket per replica saved).
 const CREATE: &str = r"
 local id, gfield = ARGV[5], ARGV[6]
+if ARGV[9] ~= 'record' then return redis.error_reply('CREATE: the record must come first') end
 local existing = redis.call('HGET', groups, gfield)
 if existing and live(existing) then return {'existing', dump(existing)} end
 local list = cjson.decode(ARGV[8])
@@ -124,7 +127,7 @@ redis.call('HSET', tkey(id), unpack(fields))
 redis.call('HSET', groups, gfield, id)
 for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
 index_queued(id, ARGV[7])
-emit('enqueued', id)
+emit('enqueued', id, 'record', ARGV[10])
 return {'created'}
 ";
 
@@ -589,7 +592,8 @@ impl RedisStore {
     }
 }
 
-/// The hash a new queued ticket is stored as.
+/// The hash a new queued ticket is stored as; `record` (the whole request as
+/// JSON) comes first, where the create script finds it for the feed entry.
 fn ticket_fields(ticket: &TicketRecord, group_field: &str) -> Result<Vec<String>, StoreError> {
     let mut fields = vec![
         "record".to_owned(),
@@ -1000,29 +1004,27 @@ impl Store for RedisStore {
             std::collections::BTreeMap::new();
         for chunk in ids.chunks(READ_BATCH as usize) {
             for ticket in self.tickets_by_id(chunk).await? {
-                let queue = counts
-                    .entry(ticket.queue_key.clone())
-                    .or_insert_with(|| QueueCounts {
-                        queue_key: ticket.queue_key.clone(),
-                        ..QueueCounts::default()
-                    });
-                match ticket.status {
-                    TicketStatus::Queued => {
-                        queue.queued += 1;
-                        queue.queued_players += ticket.members.len() as u64;
-                        queue.oldest_queued_at =
-                            Some(queue.oldest_queued_at.map_or(ticket.enqueued_at, |oldest| {
-                                oldest.min(ticket.enqueued_at)
-                            }));
-                    }
-                    TicketStatus::Assigned => queue.assigned += 1,
-                    TicketStatus::Cancelled => queue.cancelled += 1,
-                    TicketStatus::Expired => queue.expired += 1,
-                    TicketStatus::Failed => queue.failed += 1,
-                }
+                super::count_ticket(&mut counts, &ticket);
             }
         }
         Ok(counts.into_values().collect())
+    }
+
+    async fn queued_per_queue(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let queues: Vec<String> = conn
+            .smembers(&self.keys.queues)
+            .await
+            .map_err(unavailable)?;
+        if queues.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for queue_key in &queues {
+            pipe.zcard(self.keys.queue_index(queue_key));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(queues.into_iter().zip(counts).collect())
     }
 
     fn event_feed(&self) -> Option<super::RedisFeed> {
