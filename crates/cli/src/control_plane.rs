@@ -298,6 +298,7 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = crate::signals::Shutdown::listen();
     let storage = if let Some(url) = args.redis_url.clone() {
         StorageConfig::Redis {
             url,
@@ -373,7 +374,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let control_plane = ControlPlane::start(config).await?;
     control_plane
-        .run_until(crate::signals::shutdown_signal())
+        .run_until(shutdown.received())
         .await;
     Ok(())
 }

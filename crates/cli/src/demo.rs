@@ -262,7 +262,7 @@ async fn play(
             client.clone(),
             args.round_timeout,
         ));
-        crate::signals::shutdown_signal().await;
+        crate::signals::Shutdown::listen().received().await;
         filler.abort();
     }
     planes.shutdown().await;

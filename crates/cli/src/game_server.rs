@@ -56,10 +56,11 @@ pub struct GameServerArgs {
     /// The control plane's registration token, sent as `Authorization: Bearer` when
     /// registering, heartbeating and deregistering (its <data-dir>/registration-token).
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true,
-        conflicts_with = "registration_token_file", value_parser = parse_registration_token)]
+        value_parser = parse_registration_token)]
     pub registration_token: Option<Secret>,
 
-    /// File whose first line is the registration token (e.g. a mounted secret).
+    /// File whose first line is the registration token (e.g. a mounted secret); wins
+    /// over --registration-token, also when that comes from the environment.
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
     pub registration_token_file: Option<PathBuf>,
 
@@ -161,17 +162,25 @@ pub struct GameServerArgs {
 
 const REGISTRATION_TOKEN: &str = "registration token";
 
-fn parse_registration_token(value: &str) -> Result<Secret, SecretError> {
+pub(crate) fn parse_registration_token(value: &str) -> Result<Secret, SecretError> {
     Secret::new(value, REGISTRATION_TOKEN)
 }
 
 /// The token from the flag, or from the file (which must exist and hold one).
 fn registration_token(args: &GameServerArgs) -> anyhow::Result<Option<Secret>> {
-    if let Some(token) = &args.registration_token {
-        return Ok(Some(token.clone()));
-    }
-    let Some(path) = &args.registration_token_file else {
-        return Ok(None);
+    registration_token_from(
+        args.registration_token.as_ref(),
+        args.registration_token_file.as_deref(),
+    )
+}
+
+/// `--registration-token-file` (its first line) wins over `--registration-token`.
+pub(crate) fn registration_token_from(
+    flag: Option<&Secret>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Secret>> {
+    let Some(path) = file else {
+        return Ok(flag.cloned());
     };
     Secret::from_file(path, REGISTRATION_TOKEN)
         .map(Some)
@@ -267,6 +276,7 @@ fn registry(args: &GameServerArgs) -> anyhow::Result<LandRegistry> {
 }
 
 pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
+    let shutdown_signal = crate::signals::Shutdown::listen();
     let registry = registry(&args)?;
     let registration_token = registration_token(&args)?;
     let admin_tokens = admin_tokens(&args)?;
@@ -335,8 +345,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
         config.server_id = server_id;
     }
     let server = GameServer::new(registry, auth, config);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
-        .await
+    let listener = matchplane_edge::serve::bind(SocketAddr::new(args.bind, args.port))
         .with_context(|| format!("cannot bind {}:{}", args.bind, args.port))?;
     let addr = listener.local_addr()?;
     let lands: Vec<&str> = server.manager().registry().names().collect();
@@ -371,7 +380,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
     // With a control plane, SIGTERM first drains (no new lands, running ones
     // finish, then deregister); the server then closes whatever is left.
     let shutdown = async move {
-        crate::signals::shutdown_signal().await;
+        shutdown_signal.received().await;
         if let Some(heartbeats) = heartbeats {
             heartbeats.abort();
         }
@@ -443,16 +452,17 @@ mod tests {
         let args = parse(&["--registration-token-file", path.to_str().unwrap()]);
         assert!(registration_token(&args).is_err());
         assert!(Wrapper::try_parse_from(["game-server", "--registration-token", "short"]).is_err());
-        assert!(
-            Wrapper::try_parse_from([
-                "game-server",
-                "--registration-token",
-                token,
-                "--registration-token-file",
-                "x"
-            ])
-            .is_err()
-        );
+
+        // Both given (e.g. the value from the environment): the file wins.
+        let from_file = "fedcba9876543210-registration";
+        std::fs::write(&path, format!("{from_file}\n")).unwrap();
+        let args = parse(&[
+            "--registration-token",
+            token,
+            "--registration-token-file",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(registration_token(&args).unwrap().unwrap().expose(), from_file);
     }
 
     #[test]

@@ -115,11 +115,11 @@ pub struct LoadtestArgs {
 
     /// Heartbeat mode: the control plane's registration token (`Authorization: Bearer`).
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN", hide_env_values = true,
-        conflicts_with = "registration_token_file",
-        value_parser = heartbeat::parse_registration_token)]
+        value_parser = crate::game_server::parse_registration_token)]
     pub registration_token: Option<matchplane_edge::secret::Secret>,
 
-    /// Heartbeat mode: file whose first line is the registration token.
+    /// Heartbeat mode: file whose first line is the registration token; wins over
+    /// --registration-token.
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
     pub registration_token_file: Option<PathBuf>,
 

@@ -12,6 +12,54 @@ use serde_json::{Value, json};
 
 use support::{BIN, Proc};
 
+/// Credential variables a developer's shell might carry; tests of the defaults
+/// remove them so the process really runs without credentials.
+const CREDENTIAL_ENV: [&str; 4] = [
+    "MATCHPLANE_ADMIN_TOKEN",
+    "MATCHPLANE_ADMIN_TOKEN_FILE",
+    "MATCHPLANE_REGISTRATION_TOKEN",
+    "MATCHPLANE_REGISTRATION_TOKEN_FILE",
+];
+
+/// `matchplane control-plane --port 0 <extra>` in `cwd`, with no credential from the
+/// environment, logging at `filter`.
+async fn start_without_credentials(cwd: &Path, extra: &[&str], filter: &str) -> Proc {
+    let mut args = support::args(&["control-plane", "--port", "0"]);
+    args.extend(support::args(extra));
+    support::spawn_configured(&args, "control plane listening", filter, |command| {
+        command.current_dir(cwd).env_remove("MATCHPLANE_DATA_DIR");
+        for name in CREDENTIAL_ENV {
+            command.env_remove(name);
+        }
+    })
+    .await
+}
+
+/// SIGTERM, then the exit status once the process is gone. At once: the handler is
+/// installed before the control plane starts, so even an early SIGTERM is graceful.
+async fn stop_gracefully(proc: &mut Proc) {
+    proc.sigterm();
+    let exit = proc.wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "{exit}: {:?}", proc.output.lock().unwrap());
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 async fn start(data_dir: &Path) -> Proc {
     let args = vec![
         "control-plane".to_owned(),
@@ -224,4 +272,258 @@ fn a_split_role_needs_a_shared_store() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'both'"));
+}
+
+/// Generated credentials are written to private files whose paths the log names;
+/// neither secret, nor a wrong one a client presented, appears in anything the
+/// process prints, even at debug level, on first start or on restart.
+#[tokio::test]
+async fn generated_credentials_are_logged_by_path_and_never_by_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.display().to_string();
+    let admin_file = data_dir.join("admin-token");
+    let registration_file = data_dir.join("registration-token");
+    let wrong = "wrong-token-presented-by-a-client-0123456789";
+
+    let mut first = start_without_credentials(dir.path(), &["--data-dir", &data], "debug").await;
+    let admin = std::fs::read_to_string(&admin_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let registration = std::fs::read_to_string(&registration_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(admin.len() >= 32 && registration.len() >= 32);
+    for (message, file) in [
+        (
+            "generated a new admin token; read it from this file",
+            &admin_file,
+        ),
+        (
+            "generated a new registration token; read it from this file",
+            &registration_file,
+        ),
+    ] {
+        let line = first.wait_log(message, Duration::from_secs(5)).await;
+        assert_eq!(line["path"], file.display().to_string(), "{line}");
+    }
+    // Use both, and present a wrong one, so request handling gets its chance to leak.
+    let base = first.http();
+    let servers = format!("{base}/v1/admin/servers");
+    let reply = support::call(reqwest::Method::GET, &servers, Some(&admin), None).await;
+    assert_eq!(reply.status, 200);
+    let reply = support::call(reqwest::Method::GET, &servers, Some(wrong), None).await;
+    assert_eq!(reply.status, 401);
+    let register = format!("{base}/v1/provisioning/servers/register");
+    let body = json!({"serverId": "game-1", "host": "127.0.0.1", "port": 9000, "landType": "t"});
+    let reply = support::call(
+        reqwest::Method::POST,
+        &register,
+        Some(&registration),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let reply = support::call(reqwest::Method::POST, &register, Some(wrong), Some(&body)).await;
+    assert_eq!(reply.status, 401);
+    stop_gracefully(&mut first).await;
+
+    // A restart reads the same files and says so, by path again.
+    let mut second = start_without_credentials(dir.path(), &["--data-dir", &data], "debug").await;
+    let line = second
+        .wait_log(
+            "using the admin token from this file",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(line["path"], admin_file.display().to_string());
+    stop_gracefully(&mut second).await;
+
+    for proc in [&first, &second] {
+        // The readers finish once the pipes close with the process.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let output = proc.output.lock().unwrap().clone();
+        assert!(output.len() > 5, "the process printed: {output:?}");
+        for secret in [admin.as_str(), registration.as_str(), wrong] {
+            let leaks: Vec<&String> = output.iter().filter(|line| line.contains(secret)).collect();
+            assert!(leaks.is_empty(), "a secret was printed: {leaks:?}");
+        }
+    }
+}
+
+/// `--ephemeral` without credentials keeps generated tokens in memory: no file
+/// appears anywhere under the working directory (where the default data dir would
+/// be), the log says how to supply them instead, and no guessable credential opens
+/// the admin API.
+#[tokio::test]
+async fn ephemeral_credentials_stay_in_memory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut proc = start_without_credentials(cwd.path(), &["--ephemeral"], "info").await;
+    for what in ["admin token", "registration token"] {
+        proc.wait_log(
+            &format!(
+                "generated a new {what} in memory (--ephemeral); pass it explicitly to use it from outside"
+            ),
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    let servers = format!("{}/v1/admin/servers", proc.http());
+    for bearer in [None, Some(support::ADMIN_TOKEN)] {
+        let reply = support::call(reqwest::Method::GET, &servers, bearer, None).await;
+        assert_eq!(reply.status, 401, "{bearer:?}");
+    }
+    stop_gracefully(&mut proc).await;
+    assert_eq!(files_under(cwd.path()), Vec::<std::path::PathBuf>::new());
+}
+
+/// `rotate-key --url` without a token flag reads `<data-dir>/admin-token`: the file
+/// the control plane generated on first start.
+#[tokio::test]
+async fn rotate_key_over_http_reads_the_admin_token_from_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.display().to_string();
+    let proc = start_without_credentials(dir.path(), &["--data-dir", &data], "info").await;
+    let kid_before = get(&proc.http(), "/health").await["currentKid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rotate = |data_dir: std::path::PathBuf| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args([
+                "control-plane",
+                "rotate-key",
+                "--url",
+                &proc.http(),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env_remove("MATCHPLANE_URL")
+            .env_remove("MATCHPLANE_DATA_DIR");
+        for name in CREDENTIAL_ENV {
+            command.env_remove(name);
+        }
+        command.output()
+    };
+
+    let output = rotate(data_dir.clone()).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let new_kid = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(!new_kid.is_empty());
+    assert_ne!(new_kid, kid_before);
+    // The running control plane rotated: it signs with the new key now.
+    assert_eq!(
+        get(&proc.http(), "/health").await["currentKid"],
+        new_kid.as_str()
+    );
+
+    // A data dir without the file: refused before any request, naming the file.
+    let empty = tempfile::tempdir().unwrap();
+    let output = rotate(empty.path().to_owned()).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("reading the admin token from")
+            && stderr.contains(&empty.path().join("admin-token").display().to_string()),
+        "{stderr}"
+    );
+    // A data dir with another token: the control plane refuses it.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("admin-token"),
+        "not-the-admin-token-0123456789\n",
+    )
+    .unwrap();
+    let output = rotate(other.path().to_owned()).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rotation failed with 401"), "{stderr}");
+    assert_eq!(
+        get(&proc.http(), "/health").await["currentKid"],
+        new_kid.as_str()
+    );
+}
+
+/// One registration credential per game server, one per line of
+/// `--registration-token-file`: each listed token registers its server, an unlisted
+/// one is refused, and a server's id stays with its token.
+#[tokio::test]
+async fn a_registration_token_file_admits_one_token_per_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = [
+        "game-1-registration-token-aaaaaaaa",
+        "game-2-registration-token-bbbbbbbb",
+    ];
+    let file = dir.path().join("registration-tokens");
+    std::fs::write(&file, format!("{}\n{}\n", tokens[0], tokens[1])).unwrap();
+    let file_arg = file.display().to_string();
+    let control_plane = support::control_plane(&["--registration-token-file", &file_arg]).await;
+    let base = control_plane.http();
+
+    // game-1 reads its token from a file of its own, game-2 gets it as a flag.
+    let own_file = dir.path().join("game-1-token");
+    std::fs::write(&own_file, format!("{}\n", tokens[0])).unwrap();
+    let own_file_arg = own_file.display().to_string();
+    // Through `support::game_server`, whose MATCHPLANE_REGISTRATION_TOKEN the control
+    // plane refuses here: game-1 registers only because its file wins over that value.
+    let _game_1 = support::game_server(
+        &base,
+        &[
+            "--server-id",
+            "game-1",
+            "--registration-token-file",
+            &own_file_arg,
+        ],
+    )
+    .await;
+    let _game_2 = support::game_server(
+        &base,
+        &["--server-id", "game-2", "--registration-token", tokens[1]],
+    )
+    .await;
+    support::wait_servers(&base, Duration::from_secs(20), |servers| {
+        let ids: Vec<&str> = servers
+            .iter()
+            .filter_map(|server| server["serverId"].as_str())
+            .collect();
+        ids.contains(&"game-1") && ids.contains(&"game-2")
+    })
+    .await;
+
+    let register = format!("{base}/v1/provisioning/servers/register");
+    let body =
+        |id: &str| json!({"serverId": id, "host": "127.0.0.1", "port": 9000, "landType": "t"});
+    // The token the control plane would accept without the file, and one never listed.
+    for unlisted in [
+        support::REGISTRATION_TOKEN,
+        "game-3-registration-token-cccccccc",
+    ] {
+        let reply = support::call(
+            reqwest::Method::POST,
+            &register,
+            Some(unlisted),
+            Some(&body("game-3")),
+        )
+        .await;
+        assert_eq!(reply.status, 401, "{unlisted}: {:?}", reply.body);
+        assert_eq!(reply.error_code(), Some("UNAUTHENTICATED"));
+    }
+    // game-2's token cannot take game-1's id.
+    let reply = support::call(
+        reqwest::Method::POST,
+        &register,
+        Some(tokens[1]),
+        Some(&body("game-1")),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{:?}", reply.body);
+    assert_eq!(reply.error_code(), Some("FORBIDDEN"));
 }

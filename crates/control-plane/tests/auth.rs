@@ -217,6 +217,8 @@ struct IdentityProvider {
     key: jsonwebtoken::EncodingKey,
     kid: String,
     url: String,
+    public: p256::ecdsa::VerifyingKey,
+    jwk: Value,
 }
 
 impl IdentityProvider {
@@ -225,8 +227,9 @@ impl IdentityProvider {
         let point = signing.verifying_key().to_encoded_point(false);
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let kid = "idp-key-1".to_owned();
-        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
-            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())}]});
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())});
+        let jwks = json!({"keys": [jwk.clone()]});
         let app = axum::Router::new().route(
             "/jwks.json",
             axum::routing::get(move || {
@@ -242,6 +245,8 @@ impl IdentityProvider {
             key: jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
             kid,
             url,
+            public: *signing.verifying_key(),
+            jwk,
         }
     }
 
@@ -253,6 +258,85 @@ impl IdentityProvider {
 
     fn token(&self, sub: &str) -> String {
         self.token_with(json!({"sub": sub, "iss": "idp", "aud": "game", "exp": now() + 600}))
+    }
+
+    /// Tokens for `sub` under this provider's kid that a naive verifier would accept
+    /// without the private key: `alg: none` (without a signature part, with an empty
+    /// one) and HS256/HS512 with the HMAC secret set to the public key in every
+    /// encoding such a verifier might load it in. Each comes with what it tries.
+    fn forgeries(&self, sub: &str) -> Vec<(String, String)> {
+        use p256::pkcs8::EncodePublicKey as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let claims = json!({"sub": sub, "iss": "idp", "aud": "game", "exp": now() + 600});
+        let body = b64(claims.to_string().as_bytes());
+        let mut forged = Vec::new();
+        for alg in ["none", "None", "NONE"] {
+            let header = b64(json!({"alg": alg, "typ": "JWT", "kid": self.kid})
+                .to_string()
+                .as_bytes());
+            forged.push((
+                format!("alg {alg}, no signature part"),
+                format!("{header}.{body}"),
+            ));
+            forged.push((
+                format!("alg {alg}, empty signature"),
+                format!("{header}.{body}."),
+            ));
+        }
+        let genuine = self.token(sub);
+        let unsigned = genuine.rsplit_once('.').unwrap().0;
+        forged.push((
+            "ES256 with the signature cut off".to_owned(),
+            format!("{unsigned}."),
+        ));
+
+        let point = self.public.to_encoded_point(false);
+        let pem = self
+            .public
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let public_encodings: Vec<(&str, Vec<u8>)> = vec![
+            ("the SEC1 uncompressed point", point.as_bytes().to_vec()),
+            (
+                "the SEC1 compressed point",
+                self.public.to_encoded_point(true).as_bytes().to_vec(),
+            ),
+            (
+                "x || y",
+                [&point.x().unwrap()[..], &point.y().unwrap()[..]].concat(),
+            ),
+            (
+                "the SPKI DER",
+                self.public.to_public_key_der().unwrap().as_bytes().to_vec(),
+            ),
+            ("the SPKI PEM", pem.as_bytes().to_vec()),
+            (
+                "the SPKI PEM without its last newline",
+                pem.trim_end().as_bytes().to_vec(),
+            ),
+            ("the JWK as published", self.jwk.to_string().into_bytes()),
+            (
+                "the JWK's x",
+                self.jwk["x"].as_str().unwrap().as_bytes().to_vec(),
+            ),
+        ];
+        for (encoding, secret) in &public_encodings {
+            for algorithm in [
+                jsonwebtoken::Algorithm::HS256,
+                jsonwebtoken::Algorithm::HS512,
+            ] {
+                let mut header = jsonwebtoken::Header::new(algorithm);
+                header.kid = Some(self.kid.clone());
+                let token = jsonwebtoken::encode(
+                    &header,
+                    &claims,
+                    &jsonwebtoken::EncodingKey::from_secret(secret),
+                )
+                .unwrap();
+                forged.push((format!("{algorithm:?} keyed with {encoding}"), token));
+            }
+        }
+        forged
     }
 }
 
@@ -417,4 +501,121 @@ async fn next_text(
             return serde_json::from_str(&text).unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn forged_player_tokens_are_refused_with_401_and_enqueue_nothing() {
+    let idp = IdentityProvider::start().await;
+    let h = jwt_harness(&idp).await;
+    let enqueue = "/v1/matchmaking/enqueue";
+    let body = json!({"queueKey": "q:1v1", "members": ["alice"]});
+    let forged = idp.forgeries("alice");
+    assert!(forged.len() > 20);
+    for (what, token) in &forged {
+        let (status, reply) = call(
+            &h,
+            reqwest::Method::POST,
+            enqueue,
+            Some(token),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 401, "{what}: {reply}");
+        assert_eq!(reply["error"]["code"], "UNAUTHENTICATED", "{what}: {reply}");
+    }
+    // The provider's genuine token for the same player is accepted.
+    let (status, reply) = call(
+        &h,
+        reqwest::Method::POST,
+        enqueue,
+        Some(&idp.token("alice")),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{reply}");
+    // Only that one ticket is queued: no forgery got one in.
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    let queues = summary["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 1, "{summary}");
+    assert_eq!(queues[0]["queueKey"], "q:1v1", "{summary}");
+    assert_eq!(queues[0]["queued"], 1, "{summary}");
+}
+
+/// The per-player bucket follows the token's subject, not the address: a player whose
+/// requests arrive from many forwarded addresses is still limited, and only that player.
+#[tokio::test]
+async fn one_player_spread_over_many_addresses_is_rate_limited_and_others_are_not() {
+    let idp = IdentityProvider::start().await;
+    let mut config = Config::ephemeral_for_tests();
+    config.player_auth = PlayerAuth::Jwt {
+        jwks_url: idp.url.clone(),
+        issuer: "idp".to_owned(),
+        audience: "game".to_owned(),
+    };
+    // 2 per second with a burst of 4, per address and per player.
+    config.rate_limit =
+        matchplane_edge::ratelimit::RateLimit::PerSecond(std::num::NonZeroU32::new(2).unwrap());
+    config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let h = Harness::start_with(config).await;
+    let status_as = |player: String, client: String| {
+        h.http
+            .get(h.url("/v1/matchmaking/status/no-such-ticket"))
+            .bearer_auth(player)
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    let alice = idp.token("alice");
+    let mut refused = None;
+    // Each request from a fresh address: no address bucket ever runs dry.
+    for sent in 0..40u32 {
+        let response = status_as(alice.clone(), format!("198.51.100.{}", sent + 1))
+            .await
+            .unwrap();
+        if response.status().as_u16() == 429 {
+            assert!(sent >= 4, "refused within the burst, after {sent}");
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status().as_u16(), 404, "request {sent}");
+    }
+    let refused = refused.expect("40 requests of one player were never rate limited");
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let reply: Value = refused.json().await.unwrap();
+    assert_eq!(reply["error"]["code"], "RATE_LIMITED", "{reply}");
+
+    // Enqueue from yet another address is refused too: the bucket is the player's.
+    let response = h
+        .http
+        .post(h.url("/v1/matchmaking/enqueue"))
+        .bearer_auth(&alice)
+        .header("x-forwarded-for", "198.51.100.200")
+        .json(&json!({"queueKey": "q:1v1", "members": ["alice"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+
+    // Bob, behind one of the addresses alice used, is unaffected.
+    let bob = idp.token("bob");
+    let response = status_as(bob.clone(), "198.51.100.1".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let response = h
+        .http
+        .post(h.url("/v1/matchmaking/enqueue"))
+        .bearer_auth(&bob)
+        .header("x-forwarded-for", "198.51.100.2")
+        .json(&json!({"queueKey": "q:1v1", "members": ["bob"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    h.cp.shutdown().await;
 }

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, Socket, TestServer, closed, leave, test_limits};
+use common::{Client, Socket, TestServer, closed, flood, leave, open_already_sending, test_limits};
 use futures_util::{SinkExt as _, StreamExt as _};
 use matchplane_contracts::game::{ClientMessage, Ping, ServerMessage, close_code, error_code};
 use matchplane_runtime::counter::Counter;
@@ -30,50 +30,6 @@ fn counter_registry(dispose_after_empty: Duration) -> LandRegistry {
         reconnect_grace: Duration::from_secs(10),
     };
     LandRegistry::new().register_with_settings::<Counter>("counter", (), settings)
-}
-
-/// What the client saw at the end: the close code (`None`: no close frame, e.g. a
-/// reset), the `error` codes before it, and how many frames it managed to send.
-#[derive(Debug)]
-struct Outcome {
-    code: Option<u16>,
-    errors: Vec<String>,
-    sent: usize,
-}
-
-/// Sends `frame()` as fast as the connection takes it, without ever pausing to
-/// read, while another task reads until the server closes.
-async fn flood(socket: Socket, frame: impl Fn() -> Message + Send + 'static) -> Outcome {
-    let (mut sink, mut stream) = socket.split();
-    let sender = tokio::spawn(async move {
-        let mut sent = 0usize;
-        while sink.send(frame()).await.is_ok() {
-            sent += 1;
-            if sent.is_multiple_of(64) {
-                tokio::task::yield_now().await;
-            }
-        }
-        sent
-    });
-    let mut errors = Vec::new();
-    let code = loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => {
-                if let Ok(ServerMessage::Error(error)) = ServerMessage::decode(text.as_str()) {
-                    errors.push(error.code);
-                }
-            }
-            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break None,
-        }
-    };
-    // The sender stops once the close handshake (or the socket) ends.
-    let sent = tokio::time::timeout(Duration::from_secs(10), sender)
-        .await
-        .expect("the sender must stop once the server closed")
-        .unwrap();
-    Outcome { code, errors, sent }
 }
 
 async fn assert_healthy(server: &TestServer) {
@@ -225,6 +181,15 @@ async fn a_refused_connection_that_keeps_sending_still_receives_its_close_code()
         Some(close_code::UNKNOWN_LAND_TYPE),
         "{outcome:?}"
     );
+    // The same with the client's frames already sent behind its upgrade request.
+    for (path, code) in [
+        ("/game/counter?landId=room", close_code::UNAUTHENTICATED),
+        ("/game/chess?playerId=ann", close_code::UNKNOWN_LAND_TYPE),
+    ] {
+        let socket = open_already_sending(server.addr, path, 1000).await;
+        let outcome = flood(socket, || Message::text("hello?")).await;
+        assert_eq!(outcome.code, Some(code), "{path}: {outcome:?}");
+    }
     assert_healthy(&server).await;
     server.shutdown().await.unwrap();
 }
@@ -331,4 +296,129 @@ async fn a_draining_server_disposes_empty_lands_at_once() {
     leave(ann).await;
     assert!(manager.wait_until_empty(Duration::from_secs(10)).await);
     server.shutdown().await.unwrap();
+}
+
+/// A counter socket whose client has sent frames before the server could answer.
+async fn already_sending(server: &TestServer, query: &str) -> Socket {
+    open_already_sending(server.addr, &format!("/game/counter?{query}"), 1000).await
+}
+
+/// Unsolicited pongs: read and discarded by the server without a reply and without
+/// counting against the rate limit, so the only close a seated flooder can get is
+/// the one the test causes.
+fn pong() -> Message {
+    Message::Pong(Bytes::from_static(b"still here"))
+}
+
+#[tokio::test]
+async fn refusals_of_a_full_land_or_server_reach_a_client_that_keeps_sending_with_4409() {
+    let config = GameServerConfig {
+        server_id: "small".into(),
+        limits: test_limits(),
+        max_lands: Some(1),
+        ..GameServerConfig::default()
+    };
+    let server = TestServer::start_with_config(
+        counter_registry(Duration::from_secs(60)),
+        Arc::new(DevAuthenticator),
+        config,
+    )
+    .await;
+    let mut seated = Vec::new();
+    for player in ["p1", "p2", "p3", "p4"] {
+        seated.push(server.connect("counter", "room", player).await);
+    }
+    for (query, error) in [
+        ("landId=room&playerId=p5", error_code::LAND_FULL),
+        ("landId=other&playerId=p5", error_code::SERVER_FULL),
+    ] {
+        let socket = already_sending(&server, query).await;
+        let outcome = flood(socket, || Message::text("let me in")).await;
+        assert_eq!(
+            outcome.code,
+            Some(close_code::LAND_FULL_OR_CLOSED),
+            "{query}: {outcome:?}"
+        );
+        assert_eq!(outcome.errors, vec![error], "{query}: {outcome:?}");
+    }
+    assert_eq!(server.server.manager().load().lands, 1);
+    assert!(seated[0].action("increment", json!({})).await.ok);
+    assert_eq!(server.get_json("/health").await["status"], "ok");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_whose_seat_is_taken_over_while_it_keeps_sending_receives_4410() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(5))).await;
+    for attempt in 0..3 {
+        let old = seated(&server, "ann").await;
+        let flooding = tokio::spawn(flood(old, pong));
+        // Let the flood get going before the takeover.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut newer = server.connect("counter", "room", "ann").await;
+        let outcome = flooding.await.unwrap();
+        assert_eq!(
+            outcome.code,
+            Some(close_code::SESSION_REPLACED),
+            "attempt {attempt}: {outcome:?}"
+        );
+        assert!(outcome.sent > 0, "{outcome:?}");
+        // The seat went to the newer connection, which plays on.
+        assert!(newer.action("increment", json!({})).await.ok);
+        newer.barrier().await;
+    }
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_draining_server_refuses_clients_that_keep_sending_with_1001() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(60))).await;
+    let mut ann = server.connect("counter", "room", "ann").await;
+    server.server.manager().start_draining();
+    // Neither a new land nor a new seat in a running one.
+    for query in ["landId=elsewhere&playerId=bob", "landId=room&playerId=bob"] {
+        let socket = already_sending(&server, query).await;
+        let outcome = flood(socket, || Message::text("let me in")).await;
+        assert_eq!(
+            outcome.code,
+            Some(close_code::GOING_AWAY),
+            "{query}: {outcome:?}"
+        );
+        assert_eq!(
+            outcome.errors,
+            vec![error_code::DRAINING],
+            "{query}: {outcome:?}"
+        );
+    }
+    // The seated player plays on while the server drains.
+    assert!(ann.action("increment", json!({})).await.ok);
+    leave(ann).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_shutdown_reaches_players_that_keep_sending_with_land_closed_and_1001() {
+    let server = TestServer::start(counter_registry(Duration::from_secs(60))).await;
+    let mut floods = Vec::new();
+    for (land, player) in [("one", "ann"), ("one", "bob"), ("two", "cid")] {
+        let socket = server.connect("counter", land, player).await.socket;
+        floods.push(tokio::spawn(flood(socket, pong)));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopped = tokio::spawn(server.shutdown());
+    for flooding in floods {
+        let outcome = flooding.await.unwrap();
+        assert_eq!(outcome.code, Some(close_code::GOING_AWAY), "{outcome:?}");
+        assert!(
+            outcome.land_closed.is_some(),
+            "land.closed first: {outcome:?}"
+        );
+        assert!(outcome.sent > 0, "{outcome:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(20), stopped)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
 }

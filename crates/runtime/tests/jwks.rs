@@ -20,6 +20,7 @@ mod common;
 struct Key {
     pem: String,
     jwk: Value,
+    public: p256::ecdsa::VerifyingKey,
 }
 
 fn key(kid: &str) -> Key {
@@ -29,6 +30,7 @@ fn key(kid: &str) -> Key {
         pem: signing.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
         jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
             "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}),
+        public: *signing.verifying_key(),
     }
 }
 
@@ -50,15 +52,7 @@ fn token_for_instance(
 ) -> String {
     let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.to_owned());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 60;
-    let claims = json!({"iss": "matchplane", "aud": "matchplane-game", "sub": "p1", "playerId": "p1",
-        "members": ["p1"], "assignmentId": "a1", "landId": land_id, "landType": "counter", "serverId": server_id,
-        "iat": exp - 60, "exp": exp, "jti": "a1", "matchId": "m1", "roster": [["p1"]]});
-    let mut claims = claims;
+    let mut claims = claims(land_id, server_id);
     if let Some(instance) = instance {
         claims["serverInstanceId"] = json!(instance);
     }
@@ -68,6 +62,96 @@ fn token_for_instance(
         &EncodingKey::from_ec_pem(key.pem.as_bytes()).unwrap(),
     )
     .unwrap()
+}
+
+/// The claims of a valid match token for player `p1`, alive for another minute.
+fn claims(land_id: &str, server_id: &str) -> Value {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    json!({"iss": "matchplane", "aud": "matchplane-game", "sub": "p1", "playerId": "p1",
+        "members": ["p1"], "assignmentId": "a1", "landId": land_id, "landType": "counter", "serverId": server_id,
+        "iat": exp - 60, "exp": exp, "jti": "a1", "matchId": "m1", "roster": [["p1"]]})
+}
+
+/// Tokens for `signer`'s kid that a naive verifier would accept without the private
+/// key: `alg: none` (without a signature part, with an empty one) and HS256/HS512 with
+/// the HMAC secret set to the public key in every encoding such a verifier might load
+/// it in. Each comes with what it tries.
+fn forgeries(signer: &Key, kid: &str, land_id: &str) -> Vec<(String, String)> {
+    use p256::pkcs8::EncodePublicKey as _;
+    let body = URL_SAFE_NO_PAD.encode(claims(land_id, "s").to_string());
+    let mut forged = Vec::new();
+    for alg in ["none", "None", "NONE"] {
+        let header =
+            URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT", "kid": kid}).to_string());
+        forged.push((
+            format!("alg {alg}, no signature part"),
+            format!("{header}.{body}"),
+        ));
+        forged.push((
+            format!("alg {alg}, empty signature"),
+            format!("{header}.{body}."),
+        ));
+    }
+    let genuine = token(signer, kid, land_id);
+    let unsigned = genuine.rsplit_once('.').unwrap().0;
+    forged.push((
+        "ES256 with the signature cut off".to_owned(),
+        format!("{unsigned}."),
+    ));
+
+    let point = signer.public.to_encoded_point(false);
+    let pem = signer.public.to_public_key_pem(LineEnding::LF).unwrap();
+    let public_encodings: Vec<(&str, Vec<u8>)> = vec![
+        ("the SEC1 uncompressed point", point.as_bytes().to_vec()),
+        (
+            "the SEC1 compressed point",
+            signer.public.to_encoded_point(true).as_bytes().to_vec(),
+        ),
+        (
+            "x || y",
+            [&point.x().unwrap()[..], &point.y().unwrap()[..]].concat(),
+        ),
+        (
+            "the SPKI DER",
+            signer
+                .public
+                .to_public_key_der()
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+        ),
+        ("the SPKI PEM", pem.as_bytes().to_vec()),
+        (
+            "the SPKI PEM without its last newline",
+            pem.trim_end().as_bytes().to_vec(),
+        ),
+        ("the JWK as published", signer.jwk.to_string().into_bytes()),
+        (
+            "the JWK's x",
+            signer.jwk["x"].as_str().unwrap().as_bytes().to_vec(),
+        ),
+    ];
+    for (encoding, secret) in &public_encodings {
+        for algorithm in [
+            jsonwebtoken::Algorithm::HS256,
+            jsonwebtoken::Algorithm::HS512,
+        ] {
+            let mut header = Header::new(algorithm);
+            header.kid = Some(kid.to_owned());
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims(land_id, "s"),
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap();
+            forged.push((format!("{algorithm:?} keyed with {encoding}"), token));
+        }
+    }
+    forged
 }
 
 /// Serves `keys` as a JWKS and counts the requests.
@@ -348,4 +432,105 @@ async fn the_authenticator_compares_the_instance_claim_with_the_requests_instanc
         admit(&verifier, &for_instance(None), "counter:1").await,
         Ok("p1".to_owned())
     );
+}
+
+#[tokio::test]
+async fn alg_none_and_hmac_keyed_with_the_public_key_are_refused() {
+    let signer = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![signer.jwk.clone()]));
+    let url = stand_in(keys, Arc::new(AtomicUsize::new(0))).await;
+    let verifier = JwksAuthenticator::new(JwksSettings::new(url));
+    // The key is known and trusted: a refusal below is about the forgery alone.
+    assert_eq!(
+        admit(&verifier, &token(&signer, "k1", "counter:1"), "counter:1").await,
+        Ok("p1".to_owned())
+    );
+    let forged = forgeries(&signer, "k1", "counter:1");
+    assert!(forged.len() > 20);
+    for (what, token) in &forged {
+        assert_eq!(
+            admit(&verifier, token, "counter:1").await,
+            Err(4401),
+            "{what}: {token}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_game_server_closes_forged_tokens_with_4401_and_creates_no_land() {
+    use common::{Client, TestServer, closed, test_limits};
+    use matchplane_runtime::counter::Counter;
+    use matchplane_runtime::{GameServerConfig, LandRegistry};
+
+    let signer = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![signer.jwk.clone()]));
+    let url = stand_in(keys, Arc::new(AtomicUsize::new(0))).await;
+    let verifier = Arc::new(JwksAuthenticator::new(JwksSettings::new(url)));
+    let config = GameServerConfig {
+        server_id: "s".to_owned(),
+        limits: test_limits(),
+        ..GameServerConfig::default()
+    };
+    let server = TestServer::start_with_config(
+        LandRegistry::new().register::<Counter>("counter", ()),
+        verifier,
+        config,
+    )
+    .await;
+    for (what, token) in forgeries(&signer, "k1", "counter:m1") {
+        let mut socket =
+            Client::open(&server.url("counter", &format!("landId=counter:m1&token={token}"))).await;
+        let refused = closed(&mut socket).await;
+        assert_eq!(refused.code, Some(4401), "{what}: {refused:?}");
+        assert_eq!(refused.errors, vec!["unauthenticated".to_owned()], "{what}");
+        assert_eq!(server.server.manager().load().lands, 0, "{what}: no land");
+    }
+    // The genuine token opens the land the forgeries could not.
+    let genuine = token(&signer, "k1", "counter:m1");
+    let admitted =
+        Client::connect(&server.url("counter", &format!("landId=counter:m1&token={genuine}")))
+            .await;
+    assert_eq!(admitted.player_id, "p1");
+    assert_eq!(server.server.manager().load().lands, 1);
+    drop(admitted);
+    server.shutdown().await.unwrap();
+}
+
+/// The 4403 of a token for another server reaches a client whose frames were already
+/// on their way, and one that keeps sending.
+#[tokio::test]
+async fn a_token_for_another_game_server_is_refused_with_4403_while_the_client_keeps_sending() {
+    use common::{Client, TestServer, flood, open_already_sending, test_limits};
+    use matchplane_runtime::counter::Counter;
+    use matchplane_runtime::{GameServerConfig, LandRegistry};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let signer = key("k1");
+    let keys = Arc::new(parking_lot::Mutex::new(vec![signer.jwk.clone()]));
+    let url = stand_in(keys, Arc::new(AtomicUsize::new(0))).await;
+    let config = GameServerConfig {
+        server_id: "game-b".to_owned(),
+        limits: test_limits(),
+        ..GameServerConfig::default()
+    };
+    let server = TestServer::start_with_config(
+        LandRegistry::new().register::<Counter>("counter", ()),
+        Arc::new(JwksAuthenticator::new(JwksSettings::new(url))),
+        config,
+    )
+    .await;
+    let for_a = token_for_server(&signer, "k1", "counter:m1", "game-a");
+    let query = format!("landId=counter:m1&token={for_a}");
+    for attempt in 0..3 {
+        let socket = if attempt == 0 {
+            Client::open(&server.url("counter", &query)).await
+        } else {
+            open_already_sending(server.addr, &format!("/game/counter?{query}"), 1000).await
+        };
+        let outcome = flood(socket, || Message::text("let me in")).await;
+        assert_eq!(outcome.code, Some(4403), "attempt {attempt}: {outcome:?}");
+        assert_eq!(outcome.errors, vec!["forbidden".to_owned()], "{outcome:?}");
+    }
+    assert_eq!(server.server.manager().load().lands, 0);
+    server.shutdown().await.unwrap();
 }

@@ -165,24 +165,11 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-const REGISTRATION_TOKEN: &str = "registration token";
-
-pub fn parse_registration_token(
-    value: &str,
-) -> Result<Secret, matchplane_edge::secret::SecretError> {
-    Secret::new(value, REGISTRATION_TOKEN)
-}
-
 fn registration_token(args: &LoadtestArgs) -> anyhow::Result<Option<Secret>> {
-    if let Some(token) = &args.registration_token {
-        return Ok(Some(token.clone()));
-    }
-    let Some(path) = &args.registration_token_file else {
-        return Ok(None);
-    };
-    Secret::from_file(path, REGISTRATION_TOKEN)
-        .map(Some)
-        .with_context(|| format!("--registration-token-file {}", path.display()))
+    crate::game_server::registration_token_from(
+        args.registration_token.as_ref(),
+        args.registration_token_file.as_deref(),
+    )
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -21,6 +21,9 @@ pub struct Proc {
     pub addr: String,
     /// Every log line seen so far (JSON), for assertions on what was logged.
     pub logs: tokio::sync::watch::Receiver<Vec<Value>>,
+    /// Every line written to stdout or stderr, JSON or not, for assertions on what
+    /// must never be printed at all.
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -88,19 +91,36 @@ pub async fn spawn_with_env(
     filter: &str,
     env: &[(&str, &str)],
 ) -> Proc {
-    let mut child = Command::new(BIN)
+    spawn_configured(args, listening_message, filter, |command| {
+        command.envs(env.iter().copied());
+    })
+    .await
+}
+
+/// Like [`spawn_logging`], with the command adjusted by `configure` before it starts
+/// (working directory, environment).
+pub async fn spawn_configured(
+    args: &[String],
+    listening_message: &str,
+    filter: &str,
+    configure: impl FnOnce(&mut Command),
+) -> Proc {
+    let mut command = Command::new(BIN);
+    command
         .arg("--log-format")
         .arg("json")
         .args(args)
         .env("RUST_LOG", filter)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn matchplane");
+        .kill_on_drop(true);
+    configure(&mut command);
+    let mut child = command.spawn().expect("spawn matchplane");
+    let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (logs_tx, logs) = tokio::sync::watch::channel(Vec::new());
+    let stderr_output = std::sync::Arc::clone(&output);
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         // Keep draining so the child never blocks on a full pipe.
@@ -108,12 +128,21 @@ pub async fn spawn_with_env(
             if let Ok(event) = serde_json::from_str::<Value>(&line) {
                 logs_tx.send_modify(|logs| logs.push(event));
             }
+            stderr_output.lock().unwrap().push(line);
+        }
+    });
+    let stdout_output = std::sync::Arc::clone(&output);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            stdout_output.lock().unwrap().push(line);
         }
     });
     let mut proc = Proc {
         child,
         addr: String::new(),
         logs,
+        output,
     };
     let line = proc
         .wait_log(listening_message, Duration::from_secs(30))

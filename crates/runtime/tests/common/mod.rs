@@ -338,6 +338,104 @@ pub async fn closed(socket: &mut Socket) -> Closed {
     }
 }
 
+/// Opens a game socket whose client sends `prelude` small text frames right behind its
+/// upgrade request, before reading any answer: a server that refuses the connection at
+/// once still has them unread when it closes, the case where a careless close turns
+/// into a reset that destroys the close frame.
+pub async fn open_already_sending(
+    addr: SocketAddr,
+    path_and_query: &str,
+    prelude: usize,
+) -> Socket {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut bytes = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    let payload = b"let me in";
+    for _ in 0..prelude {
+        // FIN + text, masked (as a client must) with an all-zero key: payload as is.
+        bytes.extend_from_slice(&[
+            0x81,
+            0x80 | u8::try_from(payload.len()).unwrap(),
+            0,
+            0,
+            0,
+            0,
+        ]);
+        bytes.extend_from_slice(payload);
+    }
+    stream.write_all(&bytes).await.unwrap();
+    // Byte by byte up to the blank line, so the frames behind it stay for the socket.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    WebSocketStream::from_raw_socket(
+        MaybeTlsStream::Plain(stream),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
+/// What a flooding client saw at the end: the close code (`None`: no close frame,
+/// e.g. a reset), the `error` codes and `land.closed` before it, and how many frames
+/// it managed to send.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<u16>,
+    pub errors: Vec<String>,
+    pub land_closed: Option<LandClosed>,
+    pub sent: usize,
+}
+
+/// Sends `frame()` as fast as the connection takes it, without ever pausing to
+/// read, while another task reads until the server closes.
+pub async fn flood(socket: Socket, frame: impl Fn() -> Message + Send + 'static) -> Outcome {
+    let (mut sink, mut stream) = socket.split();
+    let sender = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sink.send(frame()).await.is_ok() {
+            sent += 1;
+            if sent.is_multiple_of(64) {
+                tokio::task::yield_now().await;
+            }
+        }
+        sent
+    });
+    let mut errors = Vec::new();
+    let mut land_closed = None;
+    let code = loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(text))) => match ServerMessage::decode(text.as_str()) {
+                Ok(ServerMessage::Error(error)) => errors.push(error.code),
+                Ok(ServerMessage::LandClosed(closed)) => land_closed = Some(closed),
+                _ => {}
+            },
+            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    // The sender stops once the close handshake (or the socket) ends.
+    let sent = tokio::time::timeout(Duration::from_secs(10), sender)
+        .await
+        .expect("the sender must stop once the server closed")
+        .unwrap();
+    Outcome {
+        code,
+        errors,
+        land_closed,
+        sent,
+    }
+}
+
 /// Closes with 1000: a deliberate leave that releases the seat.
 pub async fn leave(mut client: Client) {
     client
