@@ -373,9 +373,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         QueueKeyRuleArg::Seed => matchplane_matchmaker::QueueKeyRule::Seed,
     };
     let control_plane = ControlPlane::start(config).await?;
-    control_plane
-        .run_until(shutdown.received())
-        .await;
+    control_plane.run_until(shutdown.received()).await;
     Ok(())
 }
 

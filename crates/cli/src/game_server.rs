@@ -462,7 +462,10 @@ mod tests {
             "--registration-token-file",
             path.to_str().unwrap(),
         ]);
-        assert_eq!(registration_token(&args).unwrap().unwrap().expose(), from_file);
+        assert_eq!(
+            registration_token(&args).unwrap().unwrap().expose(),
+            from_file
+        );
     }
 
     #[test]
