@@ -268,7 +268,7 @@ impl Builder {
         );
         let request_limits = Arc::new(api::limits::RequestLimits::new(config.rate_limit));
         let serve_limits = config.serve_limits.clone();
-        let state = AppState {
+        let state = AppState::new(api::SharedState {
             config: Arc::new(config),
             store,
             registry,
@@ -284,7 +284,7 @@ impl Builder {
             shutdown: shutdown_rx.clone(),
             cluster,
             history,
-        };
+        });
         let server_task = spawn_serve(
             listener,
             api::router(state.clone()),
