@@ -705,25 +705,147 @@ async fn trickle_headers(addr: String) {
     }
 }
 
-#[tokio::test]
-async fn a_slowloris_is_cut_off_by_the_header_timeout_while_health_answers() {
-    let mut cp = control_plane(&["--header-timeout", "1s"]).await;
+/// Holds 50 clients trickling a request head a line at a time: `proc` must
+/// answer `/health` meanwhile and cut every one off (its header timeout is short).
+async fn slowloris(proc: &mut Proc) {
     let slow: Vec<_> = (0..50)
-        .map(|_| tokio::spawn(trickle_headers(cp.addr.clone())))
+        .map(|_| tokio::spawn(trickle_headers(proc.addr.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         slow.iter().all(|task| !task.is_finished()),
         "the slow clients are being held"
     );
-    assert_alive(&mut cp).await;
+    assert_alive(proc).await;
     for task in slow {
         tokio::time::timeout(SECONDS_30, task)
             .await
             .expect("a slow client still connected long after the header timeout")
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_slowloris_is_cut_off_by_the_header_timeout_while_health_answers() {
+    let mut cp = control_plane(&["--header-timeout", "1s"]).await;
+    slowloris(&mut cp).await;
     assert_control_plane_serves(&mut cp).await;
+}
+
+#[tokio::test]
+async fn a_slowloris_against_the_game_server_is_cut_off_while_health_answers() {
+    let mut gs = dev_game_server(&["--header-timeout", "1s"]).await;
+    slowloris(&mut gs).await;
+    assert_dev_game_server_serves(&mut gs).await;
+}
+
+/// The default `--max-connections-per-ip`, which the flood tests keep.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
+/// Connections one address opens in the flood tests: the 1,100 of issue 10.
+const FLOOD_CONNECTIONS: usize = 1100;
+
+/// How the server ended one connection of a flood.
+#[derive(Debug, PartialEq, Eq)]
+enum FloodEnd {
+    /// A complete 503 `TOO_MANY_CONNECTIONS`, then a clean close.
+    Refused,
+    /// Closed without a byte: held until the header timeout.
+    CutOff,
+}
+
+/// Reads one flood connection to its end; panics on a reset or on anything
+/// but the refusal or a silent close.
+async fn flood_end(mut stream: tokio::net::TcpStream) -> FloodEnd {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(SECONDS_30, stream.read_to_end(&mut received))
+        .await
+        .expect("a flood connection still open long after the header timeout");
+    let text = String::from_utf8_lossy(&received).into_owned();
+    if let Err(err) = read {
+        panic!("a flood connection ended in {err} after {text:?}");
+    }
+    // A reset after the end of stream leaves its error on the socket.
+    assert!(
+        stream.take_error().unwrap().is_none(),
+        "reset after {text:?}"
+    );
+    if received.is_empty() {
+        return FloodEnd::CutOff;
+    }
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    assert!(head.starts_with("HTTP/1.1 503 "), "{text}");
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}"));
+    assert_eq!(body["error"]["code"], "TOO_MANY_CONNECTIONS", "{text}");
+    FloodEnd::Refused
+}
+
+/// Opens [`FLOOD_CONNECTIONS`] connections from 127.0.0.1 that each send half
+/// a request head, then nothing; while they are held `/health` answers another
+/// address and refuses this one with the 503 envelope. Returns how many got
+/// the 503 and how many the header timeout cut off.
+async fn half_sent_flood(proc: &Proc) -> (usize, usize) {
+    let mut flood = Vec::with_capacity(FLOOD_CONNECTIONS);
+    for _ in 0..FLOOD_CONNECTIONS {
+        let mut stream = tokio::net::TcpStream::connect(&proc.addr).await.unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: flood\r\nX-Half: ")
+            .await
+            .unwrap();
+        flood.push(stream);
+    }
+
+    let other_address = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let health = format!("{}/health", proc.http());
+    let response = other_address.get(&health).send().await.unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "health from another address"
+    );
+    let reply = call(Method::GET, &health, None, None).await;
+    api_refusal(&reply, 503, "TOO_MANY_CONNECTIONS");
+
+    let ends: Vec<_> = flood
+        .into_iter()
+        .map(|s| tokio::spawn(flood_end(s)))
+        .collect();
+    let (mut refused, mut cut_off) = (0, 0);
+    for end in ends {
+        match end.await.unwrap() {
+            FloodEnd::Refused => refused += 1,
+            FloodEnd::CutOff => cut_off += 1,
+        }
+    }
+    (refused, cut_off)
+}
+
+#[tokio::test]
+async fn a_flood_of_1100_half_sent_requests_gets_503s_never_a_reset_and_the_rest_time_out() {
+    // Default connection caps; only the header timeout is shortened (from 10 s),
+    // still far longer than opening the flood takes.
+    let mut cp = control_plane(&["--header-timeout", "4s"]).await;
+    let (refused, cut_off) = half_sent_flood(&cp).await;
+    assert_eq!(
+        cut_off, DEFAULT_MAX_CONNECTIONS_PER_IP,
+        "held until the header timeout"
+    );
+    assert_eq!(refused, FLOOD_CONNECTIONS - DEFAULT_MAX_CONNECTIONS_PER_IP);
+    assert_control_plane_serves(&mut cp).await;
+}
+
+#[tokio::test]
+async fn a_flood_of_half_sent_requests_against_the_game_server_gets_503s_and_times_out() {
+    let mut gs = dev_game_server(&["--header-timeout", "4s"]).await;
+    let (refused, cut_off) = half_sent_flood(&gs).await;
+    assert_eq!(
+        cut_off, DEFAULT_MAX_CONNECTIONS_PER_IP,
+        "held until the header timeout"
+    );
+    assert_eq!(refused, FLOOD_CONNECTIONS - DEFAULT_MAX_CONNECTIONS_PER_IP);
+    assert_dev_game_server_serves(&mut gs).await;
 }
 
 /// Reads until the server's close frame and returns its code; `None` if the

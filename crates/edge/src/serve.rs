@@ -22,7 +22,7 @@
 //! to a WebSocket (the application runs its own pings and idle rules), and
 //! shutdown does not wait for it (the application closes its sockets).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -41,8 +41,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use matchplane_contracts::ErrorCode;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -72,17 +72,44 @@ impl Default for ServeLimits {
     }
 }
 
+/// Connections the kernel queues for `accept` (it caps this at `net.core.somaxconn`).
+/// tokio's default of 128 overflows as soon as a connection flood outpaces the
+/// accept loop, and an overflowing queue drops handshakes: every client, not
+/// only the flood, then waits out a SYN retransmission of a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// How long shutdown waits for in-flight requests before dropping their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How long a refused client has to read the 503 before its socket is dropped.
+/// How long a refused client has to read the 503 and close before its socket is dropped.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Refusals being written at once; past this a refused socket is simply dropped,
-/// so a connection flood cannot turn the refusals themselves into the leak.
-const MAX_REFUSALS_IN_PROGRESS: usize = 256;
+/// How long a refused connection waits for its request to start before it
+/// gets the 503 anyway.
+const REFUSAL_REQUEST_WAIT: Duration = Duration::from_secs(1);
+/// Bytes discarded from a refused client; one that keeps sending past this
+/// gets its socket closed, even if that costs it the 503.
+const REFUSAL_DRAIN_LIMIT: usize = 64 * 1024;
+/// Refused sockets lingering at once (503 written, reads discarded until the
+/// client closes). Past this the oldest is closed early, so a connection flood
+/// cannot turn the refusals themselves into the file-descriptor leak.
+const MAX_REFUSALS_LINGERING: usize = 256;
 /// Pause after an accept error such as EMFILE, which would otherwise repeat at once.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(250);
 /// Least time between two log lines about refusals (or accept errors).
 const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Binds a public listener for [`serve`], with a deeper accept queue than
+/// `TcpListener::bind` (see `LISTEN_BACKLOG`). Must run inside a tokio runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind`: a restarted process can take its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, with the timeouts and
 /// connection caps of `limits`. Handlers can extract `ConnectInfo<SocketAddr>`
@@ -106,7 +133,7 @@ where
     // Our watchdog owns the header timeout (see the module docs). hyper still
     // gets a timer: without one an explicit timeout would panic.
     http.timer(TokioTimer::new()).header_read_timeout(None);
-    let refusals = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(Refusals::default());
     let refusal_log = Arc::new(LogThrottle::default());
     let accept_error_log = LogThrottle::default();
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -140,11 +167,12 @@ where
                     Err(cap) => {
                         if let Some(suppressed) = refusal_log.should_log() {
                             tracing::warn!(peer = %peer.ip(), cap = cap.as_str(), suppressed,
+                                lingering_cut_short = refusals.cut_short.load(Ordering::Relaxed),
+                                unanswered = refusals.unanswered.load(Ordering::Relaxed),
                                 "connection refused: too many open connections");
                         }
-                        if let Some(in_progress) = RefusalInProgress::start(&refusals) {
-                            connections.spawn(refuse(stream, cap, in_progress));
-                        }
+                        let cut_short = refusals.admit();
+                        connections.spawn(refuse(stream, cap, cut_short, Arc::clone(&refusals)));
                     }
                 },
                 Err(err) if is_per_connection_error(&err) => {}
@@ -532,20 +560,36 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// One refusal being written, counted so their number stays bounded.
-struct RefusalInProgress(Arc<AtomicUsize>);
-
-impl RefusalInProgress {
-    fn start(counter: &Arc<AtomicUsize>) -> Option<Self> {
-        let previous = counter.fetch_add(1, Ordering::AcqRel);
-        let guard = Self(Arc::clone(counter));
-        (previous < MAX_REFUSALS_IN_PROGRESS).then_some(guard)
-    }
+/// The refused sockets still lingering, and what the bound on them cost.
+#[derive(Default)]
+struct Refusals {
+    /// One sender per lingering refusal, oldest first; a sender whose refusal
+    /// has ended is closed and skipped.
+    lingering: Mutex<VecDeque<oneshot::Sender<()>>>,
+    /// Refusals closed early to make room for newer ones (since start).
+    cut_short: AtomicU64,
+    /// Refusals whose 503 could not be written (since start).
+    unanswered: AtomicU64,
 }
 
-impl Drop for RefusalInProgress {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Refusals {
+    /// Makes room for one more lingering refusal, closing the oldest early if
+    /// the bound is reached; the receiver fires when this one is to close early.
+    fn admit(&self) -> oneshot::Receiver<()> {
+        let (close_early, closing_early) = oneshot::channel();
+        let mut lingering = self.lingering.lock();
+        if lingering.len() >= MAX_REFUSALS_LINGERING {
+            lingering.retain(|refusal| !refusal.is_closed());
+        }
+        while lingering.len() >= MAX_REFUSALS_LINGERING {
+            if let Some(oldest) = lingering.pop_front()
+                && oldest.send(()).is_ok()
+            {
+                self.cut_short.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        lingering.push_back(close_early);
+        closing_early
     }
 }
 
@@ -562,20 +606,89 @@ fn refusal_response(cap: Cap) -> String {
     )
 }
 
-async fn refuse(mut stream: TcpStream, cap: Cap, _in_progress: RefusalInProgress) {
-    let answered = tokio::time::timeout(REFUSAL_TIMEOUT, async {
-        stream.write_all(refusal_response(cap).as_bytes()).await?;
+/// Waits for the request to start, writes the 503, then lingers until the
+/// client closes: closing a socket with
+/// unread request bytes makes the kernel send a reset, which can destroy the
+/// 503 before the client reads it. So the write half is shut (the client reads
+/// the response and an end of stream) and what the client still sends is
+/// discarded, within `REFUSAL_TIMEOUT` and `REFUSAL_DRAIN_LIMIT`, or until
+/// `close_early` fires.
+async fn refuse(
+    mut stream: TcpStream,
+    cap: Cap,
+    mut close_early: oneshot::Receiver<()>,
+    refusals: Arc<Refusals>,
+) {
+    let response = refusal_response(cap);
+    let response = response.as_bytes();
+    let deadline = Instant::now() + REFUSAL_TIMEOUT;
+    let mut written = 0;
+    let mut drained = 0;
+    let answer_then_drain = async {
+        // An HTTP client that reads a response before it has sent its request
+        // takes it for a broken connection, not a 503: let the request start first.
+        let mut first = [0_u8; 4096];
+        if let Ok(read) = tokio::time::timeout(REFUSAL_REQUEST_WAIT, stream.read(&mut first)).await
+        {
+            drained += read?;
+        }
+        while written < response.len() {
+            match stream.write(&response[written..]).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                sent => written += sent,
+            }
+        }
         stream.shutdown().await?;
-        // Closing with unread request bytes would make the kernel send a reset,
-        // which can destroy the 503 before the client reads it: drain until the
-        // client closes.
-        let mut scratch = [0_u8; 1024];
-        while stream.read(&mut scratch).await? > 0 {}
-        Ok::<(), io::Error>(())
-    })
-    .await;
-    if let Ok(Err(err)) = answered {
-        tracing::debug!(error = %err, "writing a connection refusal failed");
+        discard_reads(&mut stream, &mut drained).await
+    };
+    let result = tokio::select! {
+        result = answer_then_drain => result,
+        _ = &mut close_early => Ok(()),
+        () = tokio::time::sleep_until(deadline) => Ok(()),
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "a refused connection failed");
+    }
+    if written < response.len() {
+        // Closed early by a burst of refusals, possibly before this task first
+        // ran: a fresh socket's send buffer takes the whole answer at once.
+        while written < response.len() {
+            match stream.try_write(&response[written..]) {
+                Ok(sent) if sent > 0 => written += sent,
+                _ => break,
+            }
+        }
+        if written < response.len() {
+            refusals.unanswered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = stream.shutdown().await;
+    }
+    // What arrived since the last read would still reset the connection.
+    discard_ready_reads(&stream, &mut drained);
+}
+
+/// Reads and discards until the peer closes or `REFUSAL_DRAIN_LIMIT` is reached.
+async fn discard_reads(stream: &mut TcpStream, drained: &mut usize) -> io::Result<()> {
+    let mut scratch = [0_u8; 4096];
+    while *drained < REFUSAL_DRAIN_LIMIT {
+        let read = stream.read(&mut scratch).await?;
+        if read == 0 {
+            break;
+        }
+        *drained += read;
+    }
+    Ok(())
+}
+
+/// Discards what has already arrived, without waiting, up to `REFUSAL_DRAIN_LIMIT`.
+fn discard_ready_reads(stream: &TcpStream, drained: &mut usize) {
+    let mut scratch = [0_u8; 4096];
+    while *drained < REFUSAL_DRAIN_LIMIT {
+        match stream.try_read(&mut scratch) {
+            Ok(read) if read > 0 => *drained += read,
+            _ => break,
+        }
     }
 }
 
@@ -643,6 +756,28 @@ mod tests {
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(parsed["error"]["code"], "TOO_MANY_CONNECTIONS");
+    }
+
+    #[test]
+    fn lingering_refusals_are_bounded_by_closing_the_oldest_early() {
+        let refusals = Refusals::default();
+        let mut admitted: Vec<_> = (0..MAX_REFUSALS_LINGERING)
+            .map(|_| refusals.admit())
+            .collect();
+        assert!(admitted.iter_mut().all(|r| r.try_recv().is_err()));
+        let newest = refusals.admit();
+        assert_eq!(admitted[0].try_recv(), Ok(()), "the oldest closes early");
+        assert!(admitted[1..].iter_mut().all(|r| r.try_recv().is_err()));
+        assert_eq!(refusals.cut_short.load(Ordering::Relaxed), 1);
+
+        // Refusals that ended on their own make room without cutting anyone short.
+        admitted.truncate(1);
+        let _room: Vec<_> = (0..MAX_REFUSALS_LINGERING - 1)
+            .map(|_| refusals.admit())
+            .collect();
+        assert_eq!(refusals.cut_short.load(Ordering::Relaxed), 1);
+        assert!(refusals.lingering.lock().len() <= MAX_REFUSALS_LINGERING);
+        drop(newest);
     }
 
     #[tokio::test(start_paused = true)]

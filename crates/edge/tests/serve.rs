@@ -30,7 +30,7 @@ struct Server {
 
 impl Server {
     async fn start(limits: ServeLimits) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = matchplane_edge::serve::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, app(), limits, async move {
@@ -302,6 +302,33 @@ async fn per_ip_cap_refuses_with_503_and_other_addresses_still_get_in() {
     server.shutdown().await;
 }
 
+// Several threads, so that the server can refuse while the client is still
+// preparing its request, as it can across processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http_client_over_the_cap_reads_the_503_as_a_response() {
+    let server = Server::start(ServeLimits {
+        max_connections_per_ip: 1,
+        ..limits()
+    })
+    .await;
+    let mut held = connect_from([127, 0, 0, 1], server.addr).await;
+    assert_eq!(get_on(&mut held, "/health").await.unwrap().status, 200);
+    // A client that has not written its request when the refusal arrives must
+    // still get it as the response, not as garbage on an idle connection.
+    for _ in 0..200 {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/health", server.addr))
+            .send()
+            .await
+            .expect("the refusal is an HTTP response");
+        assert_eq!(response.status().as_u16(), 503);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "TOO_MANY_CONNECTIONS");
+    }
+    drop(held);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn total_cap_refuses_with_503() {
     let server = Server::start(ServeLimits {
@@ -319,6 +346,135 @@ async fn total_cap_refuses_with_503() {
     assert_refused(&get_from([127, 0, 0, 1], server.addr, "/health").await);
     drop(held);
     server.shutdown().await;
+}
+
+/// Sends a complete request and more bytes before (and after) the server
+/// refuses, then reads everything up to the server's close: closing with those
+/// bytes unread would reset the connection and could destroy the 503.
+async fn refused_after_sending_more_than_a_request(local: [u8; 4], server: SocketAddr) {
+    let mut stream = connect_from(local, server).await;
+    let mut request =
+        b"POST /health HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 16 * 1024));
+    stream.write_all(&request).await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    // The server has refused by now; a client still sending must not cost the answer.
+    stream
+        .write_all(&[b'y'; 8 * 1024])
+        .await
+        .expect("the server reset the connection while the client was sending");
+    assert_refused_then_closed(stream).await;
+}
+
+/// Reads to the end of the stream: a complete 503 and a clean close, no reset.
+async fn assert_refused_then_closed(mut stream: TcpStream) {
+    let mut received = Vec::new();
+    timeout(PATIENCE, stream.read_to_end(&mut received))
+        .await
+        .expect("the refused connection was never closed")
+        .unwrap_or_else(|err| {
+            panic!(
+                "refusal ended in {err} after {:?}",
+                String::from_utf8_lossy(&received)
+            )
+        });
+    // A reset after the end of stream still leaves its error on the socket.
+    assert!(
+        stream.take_error().unwrap().is_none(),
+        "the server reset the connection"
+    );
+    let text = String::from_utf8_lossy(&received);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert_refused(&RawResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    });
+}
+
+#[tokio::test]
+async fn a_client_refused_after_sending_its_request_reads_the_whole_503_per_ip_and_total() {
+    let server = Server::start(ServeLimits {
+        max_connections: 3,
+        max_connections_per_ip: 2,
+        ..limits()
+    })
+    .await;
+    let mut held = Vec::new();
+    for local in [[127, 0, 0, 1], [127, 0, 0, 1]] {
+        let mut stream = connect_from(local, server.addr).await;
+        assert_eq!(get_on(&mut stream, "/health").await.unwrap().status, 200);
+        held.push(stream);
+    }
+    // Per address: 127.0.0.1 has its two.
+    refused_after_sending_more_than_a_request([127, 0, 0, 1], server.addr).await;
+    let mut third = connect_from([127, 0, 0, 2], server.addr).await;
+    assert_eq!(get_on(&mut third, "/health").await.unwrap().status, 200);
+    held.push(third);
+    // In total: three are open, so a fresh address is refused too.
+    refused_after_sending_more_than_a_request([127, 0, 0, 3], server.addr).await;
+    drop(held);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_half_sent_requests_past_the_caps_gets_only_503s_never_a_reset() {
+    // More refused connections than the server lingers on at once (256): the
+    // oldest refusals are closed early, still cleanly.
+    const HELD: usize = 8;
+    const REFUSED: usize = 600;
+    let server = Server::start(ServeLimits {
+        max_connections_per_ip: HELD,
+        ..limits()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let mut stream = connect_from([127, 0, 0, 1], server.addr).await;
+        assert_eq!(get_on(&mut stream, "/health").await.unwrap().status, 200);
+        held.push(stream);
+    }
+    let mut refused = Vec::new();
+    for _ in 0..REFUSED {
+        let mut stream = connect_from([127, 0, 0, 1], server.addr).await;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Half: ")
+            .await
+            .unwrap();
+        refused.push(stream);
+    }
+    for stream in refused {
+        assert_refused_then_closed(stream).await;
+    }
+    // Another address is unaffected, and the held ones still work.
+    assert_eq!(
+        get_from([127, 0, 0, 2], server.addr, "/health")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get_on(&mut held[0], "/health").await.unwrap().status, 200);
+    drop(held);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_accept_queue_holds_a_burst_of_a_thousand_handshakes() {
+    // Nothing accepts: every handshake waits in the kernel's queue. With
+    // tokio's default backlog of 128 the rest would be dropped and retried
+    // for as long as the queue stays full.
+    let listener = matchplane_edge::serve::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for i in 0..1000 {
+        let stream = timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("handshake {i} was not queued"))
+            .unwrap();
+        queued.push(stream);
+    }
+    drop(listener);
 }
 
 #[tokio::test]
