@@ -30,6 +30,11 @@ use crate::store::{FeedEntry, FeedEvent, FeedRead, RedisFeed, Store, StoreError}
 const READ_BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per round trip.
 const READ_COUNT: usize = 1000;
+/// Under load, reads come at most this often: a read answers as soon as one
+/// entry is there, so without a pause every entry costs a round trip (and a
+/// wakeup of Redis and of this replica). Waiting a little lets entries pile
+/// up into one read; a full batch reads on at once.
+const READ_EVERY: Duration = Duration::from_millis(4);
 /// Longest wait between attempts while Redis is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -86,12 +91,20 @@ impl FeedTask {
                 }
                 continue;
             }
+            let read_started = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = paused.changed() => continue,
                 read = self.feed.read_after(&self.position, READ_BLOCK, READ_COUNT) => match read {
                     Ok(FeedRead::Entries { entries, last_id }) => {
+                        let batch_was_full = entries.len() >= READ_COUNT;
                         self.deliver(entries);
+                        if !batch_was_full {
+                            tokio::select! {
+                                _ = shutdown.changed() => break,
+                                () = tokio::time::sleep_until(read_started + READ_EVERY) => {}
+                            }
+                        }
                         if let Some(last_id) = last_id {
                             self.position = last_id;
                         }

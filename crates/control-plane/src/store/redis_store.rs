@@ -147,8 +147,10 @@ return {'cancelled', dump(id)}
 /// lease key, the `replicaId:epoch` it must hold, the match's marker key and
 /// its TTL in ms; then per ticket: id, assignment JSON, assignment id, server
 /// id. A match whose marker exists was committed before: nothing is written
-/// and the tickets are answered as then. Otherwise it is applied only if the
-/// lease still holds exactly that value and all its tickets are queued.
+/// and the tickets are answered as then (`applied`, whole hashes). Otherwise it
+/// is applied only if the lease still holds exactly that value and all its
+/// tickets are queued; the answer (`assigned`) is each ticket's `record` and
+/// `expires_at` only, since the caller knows what the commit wrote.
 const COMMIT: &str = r"
 local results = {}
 local i = 6
@@ -185,9 +187,11 @@ for _ = 1, tonumber(ARGV[5]) do
       emit('assigned', id, 'assignment', ARGV[base + 1])
     end
     if marker ~= '' then redis.call('SET', marker, '1', 'PX', marker_ttl) end
-    local applied = {}
-    for k = 0, n - 1 do applied[#applied + 1] = dump(ARGV[i + 4 * k]) end
-    results[#results + 1] = {'applied', applied}
+    local assigned = {}
+    for k = 0, n - 1 do
+      assigned[#assigned + 1] = redis.call('HMGET', tkey(ARGV[i + 4 * k]), 'record', 'expires_at')
+    end
+    results[#results + 1] = {'assigned', assigned}
   end
   i = i + 4 * n
 end
@@ -525,10 +529,19 @@ impl RedisStore {
         }
         let reply = self.run(&self.scripts.commit, now, args).await?;
         let mut outcomes = Vec::with_capacity(matches.len());
-        for outcome in into_array(reply)? {
+        for (outcome, (commit, _)) in into_array(reply)?.into_iter().zip(&matches) {
             let (tag, mut rest) = tagged(outcome)?;
             let items = into_array(next(&mut rest)?)?;
             outcomes.push(match tag.as_str() {
+                "assigned" => CommitOutcome::Applied(
+                    items
+                        .into_iter()
+                        .zip(&commit.assignments)
+                        .map(|(item, (ticket_id, assignment))| {
+                            assigned_ticket(item, ticket_id, assignment, commit, now)
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
                 "applied" => CommitOutcome::Applied(
                     items
                         .into_iter()
@@ -547,6 +560,13 @@ impl RedisStore {
         }
         if outcomes.len() != matches.len() {
             return Err(bad_reply("one outcome per match"));
+        }
+        for (outcome, (commit, _)) in outcomes.iter().zip(&matches) {
+            if let CommitOutcome::Applied(tickets) = outcome
+                && tickets.len() != commit.assignments.len()
+            {
+                return Err(bad_reply("one ticket per assignment"));
+            }
         }
         Ok(outcomes)
     }
@@ -704,6 +724,33 @@ fn into_string(value: Value) -> Result<String, StoreError> {
         Value::Int(number) => Ok(number.to_string()),
         other => Err(bad_reply(&format!("expected a string, got {other:?}"))),
     }
+}
+
+/// A ticket the commit script just assigned, from its stored request and
+/// queue expiry (`[record, expires_at]`) and what the commit wrote.
+fn assigned_ticket(
+    item: Value,
+    ticket_id: &str,
+    assignment: &Assignment,
+    commit: &MatchCommit,
+    now: Millis,
+) -> Result<TicketRecord, StoreError> {
+    let mut fields = into_array(item)?.into_iter();
+    let record = into_string(next(&mut fields)?)?;
+    let expires_at = into_string(next(&mut fields)?)?;
+    let mut ticket: TicketRecord = serde_json::from_str(&record)
+        .map_err(|err| corrupt(ticket_id, err))
+        .map(TicketRecord::with_default_owner)?;
+    ticket.expires_at = expires_at
+        .parse()
+        .map_err(|err| corrupt(ticket_id, format!("field expires_at: {err}")))?;
+    ticket.status = TicketStatus::Assigned;
+    ticket.updated_at = now;
+    ticket.assignment = Some(assignment.clone());
+    ticket.assignment_expires_at = Some(commit.assignment_expires_at);
+    ticket.assigned_instance.clone_from(&commit.server_instance_id);
+    ticket.failure_reason = None;
+    Ok(ticket)
 }
 
 /// A dumped ticket hash (HGETALL's flat field/value list) as a record.
