@@ -748,7 +748,9 @@ fn assigned_ticket(
     ticket.updated_at = now;
     ticket.assignment = Some(assignment.clone());
     ticket.assignment_expires_at = Some(commit.assignment_expires_at);
-    ticket.assigned_instance.clone_from(&commit.server_instance_id);
+    ticket
+        .assigned_instance
+        .clone_from(&commit.server_instance_id);
     ticket.failure_reason = None;
     Ok(ticket)
 }
