@@ -127,6 +127,13 @@ pub struct LoadtestArgs {
     /// (from /proc) over the heartbeat window.
     #[arg(long, env = "MATCHPLANE_LOADTEST_PID_CP")]
     pub pid_cp: Option<u32>,
+
+    /// Threads the load generator runs on (default: one per core). On the same box as
+    /// the planes, `1` keeps it off the second core and saves the hand-offs between
+    /// threads, so the planes' figures are less disturbed by the tool measuring them.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_WORKER_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 /// Counters and histograms shared by every simulated player.

@@ -51,9 +51,23 @@ fn main() -> anyhow::Result<()> {
         logging::init(cli.log_format);
     }
     let log_format = cli.log_format;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match &cli.command {
+        Command::Loadtest(args) if args.worker_threads == Some(1) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        }
+        Command::Loadtest(args) if args.worker_threads.is_some() => {
+            let threads = args.worker_threads.map_or(1, usize::from);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?
+        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::ControlPlane(args) => control_plane::run(*args).await,
