@@ -261,82 +261,16 @@ impl IdentityProvider {
     }
 
     /// Tokens for `sub` under this provider's kid that a naive verifier would accept
-    /// without the private key: `alg: none` (without a signature part, with an empty
-    /// one) and HS256/HS512 with the HMAC secret set to the public key in every
-    /// encoding such a verifier might load it in. Each comes with what it tries.
+    /// without the private key (see [`matchplane_test_support::forgeries`]).
     fn forgeries(&self, sub: &str) -> Vec<(String, String)> {
-        use p256::pkcs8::EncodePublicKey as _;
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let claims = json!({"sub": sub, "iss": "idp", "aud": "game", "exp": now() + 600});
-        let body = b64(claims.to_string().as_bytes());
-        let mut forged = Vec::new();
-        for alg in ["none", "None", "NONE"] {
-            let header = b64(json!({"alg": alg, "typ": "JWT", "kid": self.kid})
-                .to_string()
-                .as_bytes());
-            forged.push((
-                format!("alg {alg}, no signature part"),
-                format!("{header}.{body}"),
-            ));
-            forged.push((
-                format!("alg {alg}, empty signature"),
-                format!("{header}.{body}."),
-            ));
-        }
-        let genuine = self.token(sub);
-        let unsigned = genuine.rsplit_once('.').unwrap().0;
-        forged.push((
-            "ES256 with the signature cut off".to_owned(),
-            format!("{unsigned}."),
-        ));
-
-        let point = self.public.to_encoded_point(false);
-        let pem = self
-            .public
-            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
-            .unwrap();
-        let public_encodings: Vec<(&str, Vec<u8>)> = vec![
-            ("the SEC1 uncompressed point", point.as_bytes().to_vec()),
-            (
-                "the SEC1 compressed point",
-                self.public.to_encoded_point(true).as_bytes().to_vec(),
-            ),
-            (
-                "x || y",
-                [&point.x().unwrap()[..], &point.y().unwrap()[..]].concat(),
-            ),
-            (
-                "the SPKI DER",
-                self.public.to_public_key_der().unwrap().as_bytes().to_vec(),
-            ),
-            ("the SPKI PEM", pem.as_bytes().to_vec()),
-            (
-                "the SPKI PEM without its last newline",
-                pem.trim_end().as_bytes().to_vec(),
-            ),
-            ("the JWK as published", self.jwk.to_string().into_bytes()),
-            (
-                "the JWK's x",
-                self.jwk["x"].as_str().unwrap().as_bytes().to_vec(),
-            ),
-        ];
-        for (encoding, secret) in &public_encodings {
-            for algorithm in [
-                jsonwebtoken::Algorithm::HS256,
-                jsonwebtoken::Algorithm::HS512,
-            ] {
-                let mut header = jsonwebtoken::Header::new(algorithm);
-                header.kid = Some(self.kid.clone());
-                let token = jsonwebtoken::encode(
-                    &header,
-                    &claims,
-                    &jsonwebtoken::EncodingKey::from_secret(secret),
-                )
-                .unwrap();
-                forged.push((format!("{algorithm:?} keyed with {encoding}"), token));
-            }
-        }
-        forged
+        matchplane_test_support::forgeries(
+            &self.public,
+            &self.jwk,
+            &self.kid,
+            &claims,
+            &self.token(sub),
+        )
     }
 }
 

@@ -77,81 +77,15 @@ fn claims(land_id: &str, server_id: &str) -> Value {
 }
 
 /// Tokens for `signer`'s kid that a naive verifier would accept without the private
-/// key: `alg: none` (without a signature part, with an empty one) and HS256/HS512 with
-/// the HMAC secret set to the public key in every encoding such a verifier might load
-/// it in. Each comes with what it tries.
+/// key (see [`matchplane_test_support::forgeries`]).
 fn forgeries(signer: &Key, kid: &str, land_id: &str) -> Vec<(String, String)> {
-    use p256::pkcs8::EncodePublicKey as _;
-    let body = URL_SAFE_NO_PAD.encode(claims(land_id, "s").to_string());
-    let mut forged = Vec::new();
-    for alg in ["none", "None", "NONE"] {
-        let header =
-            URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT", "kid": kid}).to_string());
-        forged.push((
-            format!("alg {alg}, no signature part"),
-            format!("{header}.{body}"),
-        ));
-        forged.push((
-            format!("alg {alg}, empty signature"),
-            format!("{header}.{body}."),
-        ));
-    }
-    let genuine = token(signer, kid, land_id);
-    let unsigned = genuine.rsplit_once('.').unwrap().0;
-    forged.push((
-        "ES256 with the signature cut off".to_owned(),
-        format!("{unsigned}."),
-    ));
-
-    let point = signer.public.to_encoded_point(false);
-    let pem = signer.public.to_public_key_pem(LineEnding::LF).unwrap();
-    let public_encodings: Vec<(&str, Vec<u8>)> = vec![
-        ("the SEC1 uncompressed point", point.as_bytes().to_vec()),
-        (
-            "the SEC1 compressed point",
-            signer.public.to_encoded_point(true).as_bytes().to_vec(),
-        ),
-        (
-            "x || y",
-            [&point.x().unwrap()[..], &point.y().unwrap()[..]].concat(),
-        ),
-        (
-            "the SPKI DER",
-            signer
-                .public
-                .to_public_key_der()
-                .unwrap()
-                .as_bytes()
-                .to_vec(),
-        ),
-        ("the SPKI PEM", pem.as_bytes().to_vec()),
-        (
-            "the SPKI PEM without its last newline",
-            pem.trim_end().as_bytes().to_vec(),
-        ),
-        ("the JWK as published", signer.jwk.to_string().into_bytes()),
-        (
-            "the JWK's x",
-            signer.jwk["x"].as_str().unwrap().as_bytes().to_vec(),
-        ),
-    ];
-    for (encoding, secret) in &public_encodings {
-        for algorithm in [
-            jsonwebtoken::Algorithm::HS256,
-            jsonwebtoken::Algorithm::HS512,
-        ] {
-            let mut header = Header::new(algorithm);
-            header.kid = Some(kid.to_owned());
-            let token = jsonwebtoken::encode(
-                &header,
-                &claims(land_id, "s"),
-                &EncodingKey::from_secret(secret),
-            )
-            .unwrap();
-            forged.push((format!("{algorithm:?} keyed with {encoding}"), token));
-        }
-    }
-    forged
+    matchplane_test_support::forgeries(
+        &signer.public,
+        &signer.jwk,
+        kid,
+        &claims(land_id, "s"),
+        &token(signer, kid, land_id),
+    )
 }
 
 /// Serves `keys` as a JWKS and counts the requests.
