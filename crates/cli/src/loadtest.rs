@@ -134,12 +134,21 @@ pub struct LoadtestArgs {
     #[arg(long, env = "MATCHPLANE_LOADTEST_WORKER_THREADS",
         value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+
+    /// Tickets due within this long of the start are sent and counted like the others,
+    /// but their latencies stay out of the histograms: the first ~100–200 ms of a run
+    /// pay for opening connections and sockets, which is not the steady state.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_WARMUP", default_value = "0s",
+        value_parser = parse_duration)]
+    pub warmup: Duration,
 }
 
 /// Counters and histograms shared by every simulated player.
 #[derive(Debug)]
 pub struct Recorder {
     start: Instant,
+    /// Latencies of tickets due before this are not recorded (`--warmup`).
+    measure_from: Instant,
     enqueue: Mutex<Latency>,
     time_to_match: Mutex<Latency>,
     assigned_to_join: Mutex<Latency>,
@@ -170,9 +179,10 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Recorder {
-    fn new(start: Instant) -> Self {
+    fn new(start: Instant, warmup: Duration) -> Self {
         Self {
             start,
+            measure_from: start + warmup,
             enqueue: Mutex::default(),
             time_to_match: Mutex::default(),
             assigned_to_join: Mutex::default(),
@@ -303,7 +313,10 @@ impl Plan {
             Err(err) => return recorder.error(&matchmaking_error_kind("enqueue", &err)),
         };
         let enqueued_at = Instant::now();
-        locked(&recorder.enqueue).record(enqueued_at - due);
+        let measured = due >= recorder.measure_from;
+        if measured {
+            locked(&recorder.enqueue).record(enqueued_at - due);
+        }
         recorder.enqueued.fetch_add(1, Ordering::Relaxed);
         recorder.mark(&recorder.last_enqueue_ns, enqueued_at);
 
@@ -312,7 +325,9 @@ impl Plan {
         else {
             return;
         };
-        locked(&recorder.time_to_match).record(assigned_at.saturating_duration_since(due));
+        if measured {
+            locked(&recorder.time_to_match).record(assigned_at.saturating_duration_since(due));
+        }
         recorder.matched.fetch_add(1, Ordering::Relaxed);
         recorder.mark(&recorder.last_match_ns, assigned_at);
         if !self.join {
@@ -325,6 +340,7 @@ impl Plan {
                 &assignment,
                 member,
                 assigned_at,
+                measured,
             )
         });
         futures_util::future::join_all(joins).await;
@@ -398,6 +414,7 @@ impl Plan {
         assignment: &Assignment,
         player: &str,
         assigned_at: Instant,
+        measured: bool,
     ) {
         let recorder = &self.recorder;
         let options = ConnectOptions {
@@ -422,7 +439,9 @@ impl Plan {
             }
         };
         let joined_at = Instant::now();
-        locked(&recorder.assigned_to_join).record(joined_at - assigned_at);
+        if measured {
+            locked(&recorder.assigned_to_join).record(joined_at - assigned_at);
+        }
         recorder.joined.fetch_add(1, Ordering::Relaxed);
         recorder.mark(&recorder.last_join_ns, joined_at);
         let until = joined_at + self.play;
@@ -573,6 +592,8 @@ pub struct Report {
     pub play_seconds: f64,
     pub join: bool,
     pub duration_secs: f64,
+    /// Latencies leave out the tickets due in the first this many seconds (`--warmup`).
+    pub warmup_secs: f64,
     pub enqueued: u64,
     /// Tickets assigned (one assignment per ticket).
     pub matched: u64,
@@ -676,7 +697,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     );
     // A short lead so the first tickets are not late because of start-up work.
     let start = Instant::now() + Duration::from_millis(50);
-    let recorder = Arc::new(Recorder::new(start));
+    let recorder = Arc::new(Recorder::new(start, args.warmup));
     let replicas = clients
         .into_iter()
         .map(|client| Replica {
@@ -809,6 +830,7 @@ fn build_report(
         play_seconds: args.play_seconds,
         join: !args.no_join,
         duration_secs: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        warmup_secs: args.warmup.as_secs_f64(),
         enqueued,
         matched,
         joined,
@@ -869,6 +891,14 @@ fn render(report: &Report) -> String {
             report.throughput.assignments,
             report.throughput.joins
         ),
+    ]);
+    if report.warmup_secs > 0.0 {
+        lines.push(format!(
+            "latencies of the tickets due after a {}s warm-up:",
+            report.warmup_secs
+        ));
+    }
+    lines.extend([
         LatencySummary::header(),
         report.latency_ms.enqueue.row("enqueue"),
         report.latency_ms.time_to_match.row("time to match"),

@@ -141,6 +141,40 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
     assert_latency(&report, "timeToMatch", 40);
     assert_eq!(report["latencyMs"]["assignedToJoin"]["count"], 0);
 
+    // A warm-up: every ticket is sent and matched, but only those due after it
+    // (40 tickets at 100/s, due every 10 ms: the last 20) have their latencies kept.
+    let path = dir.path().join("warmup.json");
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--players",
+            "40",
+            "--rate",
+            "100",
+            "--queue",
+            "hero-defense:1v1",
+            "--no-join",
+            "--warmup",
+            "200ms",
+        ],
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&path);
+    assert_eq!(report["warmupSecs"], 0.2);
+    assert_eq!(
+        (&report["tickets"], &report["matched"]),
+        (&40.into(), &40.into())
+    );
+    assert_eq!(report["complete"], true);
+    assert_latency(&report, "enqueue", 20);
+    assert_latency(&report, "timeToMatch", 20);
+
     game.sigterm();
     cp.sigterm();
     assert!(game.wait_exit(Duration::from_secs(20)).await.success());

@@ -224,6 +224,12 @@ async fn serve_connection(
     limits: Arc<ServeLimits>,
     mut closing: watch::Receiver<bool>,
 ) {
+    // Answers, pushes and game frames are small writes. With Nagle's algorithm a
+    // write waits for the ACK of the previous one, which the peer may delay by up
+    // to 40 ms: measured as a p99 time-to-match stuck near 48 ms at any rate.
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(peer = %peer, error = %err, "cannot disable Nagle's algorithm");
+    }
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(TrackedStream {
         stream,
