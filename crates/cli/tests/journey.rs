@@ -320,6 +320,11 @@ async fn rotated_keys_are_picked_up_without_restarting_the_game_server() {
     let (status, rotated) =
         admin_post(&format!("{}/v1/admin/keys/rotate", cp.http()), &json!({})).await;
     assert_eq!(status, 200);
+    // The game server refetches for an unknown kid at most once per cooldown (100 ms
+    // here) since its last fetch; with fast loopback the late join could otherwise
+    // come within the cooldown of the fetch at its start-up and be refused (4401).
+    // See docs/security.md, "Rotating credentials".
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let after = enqueue(
         &cp.http(),
         json!({"queueKey": "counter", "members": ["late"]}),
