@@ -56,6 +56,11 @@ export function spawnMatchplane(args, listeningMessage, { timeoutMs = 30_000 } =
       logs.push(event);
       if (event.message === listeningMessage && typeof event.addr === "string") {
         clearTimeout(timer);
+        if (!event.addr.startsWith("127.0.0.1:") || event.addr.endsWith(":0")) {
+          child.kill("SIGKILL");
+          rejectStart(new Error(`unexpected bound address ${event.addr}`));
+          return;
+        }
         resolveStart({
           child,
           addr: event.addr,
