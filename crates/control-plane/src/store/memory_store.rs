@@ -6,7 +6,7 @@
 //! batches, each atomic, as the Redis store's does). No call awaits while it
 //! holds the lock, so the lock is only ever held for the work itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use matchplane_contracts::matchmaking::TicketStatus;
@@ -47,7 +47,9 @@ struct Tables {
     queued_players: HashMap<String, String>,
     finished: BTreeSet<String>,
     /// server id → ids of the tickets assigned to a land on it.
-    server_tickets: HashMap<String, BTreeSet<String>>,
+    // Hashed, not ordered: tens of thousands of ids per server made the
+    // ordered set's string comparisons ~7 % of the control plane's CPU.
+    server_tickets: HashMap<String, HashSet<String>>,
     servers: BTreeMap<String, ServerRecord>,
     /// Kept with every ticket write, so counting and listing the queued never
     /// walk the finished tickets while the lock is held.
@@ -265,7 +267,7 @@ impl TicketTables for Tables {
             }
             None => {
                 self.server_tickets
-                    .insert(server_id.to_owned(), BTreeSet::from([ticket_id.to_owned()]));
+                    .insert(server_id.to_owned(), HashSet::from([ticket_id.to_owned()]));
             }
         }
         Ok(())
@@ -353,12 +355,15 @@ impl Store for MemoryStore {
             let Some(ticket_ids) = tables.server_tickets.get(server_id) else {
                 return Ok(Vec::new());
             };
-            Ok(ticket_ids
+            let mut assigned: Vec<TicketRecord> = ticket_ids
                 .iter()
                 .filter_map(|ticket_id| tables.tickets.get(ticket_id))
                 .filter(|ticket| ticket.status == TicketStatus::Assigned)
                 .map(|ticket| ticket.as_ref().clone())
-                .collect())
+                .collect();
+            // In ticket id order, as the other stores answer.
+            assigned.sort_unstable_by(|a, b| a.ticket_id.cmp(&b.ticket_id));
+            Ok(assigned)
         })
     }
 

@@ -52,26 +52,20 @@ local now = tonumber(now_arg)
 local groups, players, queued, finished, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local queues = KEYS[6]
 local function tkey(id) return tprefix .. id end
-local function field(id, name) return redis.call('HGET', tkey(id), name) end
-local function index_queued(id, score)
-  local queue = field(id, 'queue_key') or ''
+-- Callers pass what they already read of the ticket (its queue key, its
+-- members JSON): every call a script saves is paid once per ticket per change.
+local function index_queued(id, score, queue)
   redis.call('ZADD', queued, score, id)
   redis.call('ZADD', queues .. ':' .. queue, score, id)
   redis.call('SADD', queues, queue)
 end
-local function unindex_queued(id)
-  local queue = field(id, 'queue_key') or ''
+local function unindex_queued(id, queue)
   redis.call('ZREM', queued, id)
   local index = queues .. ':' .. queue
   redis.call('ZREM', index, id)
   if redis.call('ZCARD', index) == 0 then redis.call('SREM', queues, queue) end
 end
 local function dump(id) return redis.call('HGETALL', tkey(id)) end
-local function members(id)
-  local raw = field(id, 'members')
-  if not raw then return {} end
-  return cjson.decode(raw)
-end
 local function queued_at(id)
   local t = redis.call('HMGET', tkey(id), 'status', 'expires_at')
   return t[1] == 'queued' and now < tonumber(t[2])
@@ -89,32 +83,34 @@ local function queued_elsewhere(list)
   end
   return nil, nil
 end
-local function release_players(id)
-  for _, m in ipairs(members(id)) do
+local function release_players(id, members_json)
+  if not members_json then return end
+  for _, m in ipairs(cjson.decode(members_json)) do
     if redis.call('HGET', players, m) == id then redis.call('HDEL', players, m) end
   end
 end
-local function finish(id, status)
-  redis.call('HSET', tkey(id), 'status', status, 'updated_at', now_arg)
-  unindex_queued(id)
+-- Further field/value pairs to set go after `members_json`.
+local function finish(id, status, queue, members_json, ...)
+  redis.call('HSET', tkey(id), 'status', status, 'updated_at', now_arg, ...)
+  unindex_queued(id, queue)
   redis.call('ZADD', finished, now_arg, id)
-  release_players(id)
+  release_players(id, members_json)
 end
 -- Appends a ticket event to the cluster feed in the same script as the
 -- change, so the feed holds exactly the changes that happened, in order.
-local function emit(kind, id, ...)
+local function emit(kind, id, queue, ...)
   redis.call('XADD', events, 'MAXLEN', '~', '100000', '*', 'kind', kind, 'ticket', id,
-    'queue', field(id, 'queue_key') or '', 'origin', origin, ...)
+    'queue', queue, 'origin', origin, ...)
 end
 ";
 
 /// ARGV[5] ticket id, [6] owner-group field, [7] enqueued_at, [8] members
-/// JSON, [9..] the ticket hash's field/value pairs, `record` first. The feed
+/// JSON, [9] queue key, [10..] the ticket hash's field/value pairs, `record` first. The feed
 /// entry carries the record, so other replicas' matchers need no read of the
 /// ticket (one HGETALL per ticket per replica saved).
 const CREATE: &str = r"
-local id, gfield = ARGV[5], ARGV[6]
-if ARGV[9] ~= 'record' then return redis.error_reply('CREATE: the record must come first') end
+local id, gfield, queue = ARGV[5], ARGV[6], ARGV[9]
+if ARGV[10] ~= 'record' then return redis.error_reply('CREATE: the record must come first') end
 local existing = redis.call('HGET', groups, gfield)
 if existing and live(existing) then return {'existing', dump(existing)} end
 local list = cjson.decode(ARGV[8])
@@ -122,23 +118,24 @@ local player, other = queued_elsewhere(list)
 if player then return {'player_queued', player, other} end
 redis.call('DEL', tkey(id))
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', tkey(id), unpack(fields))
 redis.call('HSET', groups, gfield, id)
 for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
-index_queued(id, ARGV[7])
-emit('enqueued', id, 'record', ARGV[10])
+index_queued(id, ARGV[7], queue)
+emit('enqueued', id, queue, 'record', ARGV[11])
 return {'created'}
 ";
 
 /// ARGV[5] ticket id.
 const CANCEL: &str = r"
 local id = ARGV[5]
-local status = field(id, 'status')
-if not status then return {'not_found'} end
-if status ~= 'queued' then return {'not_queued', dump(id)} end
-finish(id, 'cancelled')
-emit('cancelled', id)
+local t = redis.call('HMGET', tkey(id), 'status', 'queue_key', 'members')
+if not t[1] then return {'not_found'} end
+if t[1] ~= 'queued' then return {'not_queued', dump(id)} end
+local queue = t[2] or ''
+finish(id, 'cancelled', queue, t[3])
+emit('cancelled', id, queue)
 return {'cancelled', dump(id)}
 ";
 
@@ -158,10 +155,13 @@ for _ = 1, tonumber(ARGV[5]) do
   local n, expires, has_instance, instance = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local lease, holder, marker, marker_ttl = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   i = i + 8
-  local not_queued = {}
+  -- One read per ticket serves the check, the writes and the answer.
+  local state, not_queued = {}, {}
   for k = 0, n - 1 do
     local id = ARGV[i + 4 * k]
-    if field(id, 'status') ~= 'queued' then not_queued[#not_queued + 1] = id end
+    local t = redis.call('HMGET', tkey(id), 'status', 'queue_key', 'members', 'record', 'expires_at')
+    state[k] = t
+    if t[1] ~= 'queued' then not_queued[#not_queued + 1] = id end
   end
   if marker ~= '' and redis.call('EXISTS', marker) == 1 then
     local applied = {}
@@ -172,25 +172,27 @@ for _ = 1, tonumber(ARGV[5]) do
   elseif #not_queued > 0 then
     results[#results + 1] = {'rejected', not_queued}
   else
-    for k = 0, n - 1 do
-      local base = i + 4 * k
-      local id, server_id = ARGV[base], ARGV[base + 3]
-      redis.call('HSET', tkey(id), 'assignment', ARGV[base + 1], 'assignment_id', ARGV[base + 2],
-        'server_id', server_id, 'assignment_expires_at', expires)
-      if has_instance == '1' then
-        redis.call('HSET', tkey(id), 'assigned_instance', instance)
-      else
-        redis.call('HDEL', tkey(id), 'assigned_instance')
-      end
-      redis.call('SADD', sprefix .. server_id, id)
-      finish(id, 'assigned')
-      emit('assigned', id, 'assignment', ARGV[base + 1])
-    end
-    if marker ~= '' then redis.call('SET', marker, '1', 'PX', marker_ttl) end
     local assigned = {}
     for k = 0, n - 1 do
-      assigned[#assigned + 1] = redis.call('HMGET', tkey(ARGV[i + 4 * k]), 'record', 'expires_at')
+      local base = i + 4 * k
+      local id, server_id, t = ARGV[base], ARGV[base + 3], state[k]
+      local queue = t[2] or ''
+      if has_instance == '1' then
+        finish(id, 'assigned', queue, t[3], 'assignment', ARGV[base + 1],
+          'assignment_id', ARGV[base + 2], 'server_id', server_id,
+          'assignment_expires_at', expires, 'assigned_instance', instance)
+      else
+        redis.call('HDEL', tkey(id), 'assigned_instance')
+        finish(id, 'assigned', queue, t[3], 'assignment', ARGV[base + 1],
+          'assignment_id', ARGV[base + 2], 'server_id', server_id,
+          'assignment_expires_at', expires)
+      end
+      redis.call('SADD', sprefix .. server_id, id)
+      emit('assigned', id, queue, 'assignment', ARGV[base + 1])
+      -- The commit changes neither, so the read before it answers.
+      assigned[#assigned + 1] = {t[4], t[5]}
     end
+    if marker ~= '' then redis.call('SET', marker, '1', 'PX', marker_ttl) end
     results[#results + 1] = {'assigned', assigned}
   end
   i = i + 4 * n
@@ -203,9 +205,11 @@ const EXPIRE: &str = r"
 local out = {}
 for i = 5, #ARGV do
   local id = ARGV[i]
-  if field(id, 'status') == 'queued' then
-    finish(id, 'expired')
-    emit('expired', id)
+  local t = redis.call('HMGET', tkey(id), 'status', 'queue_key', 'members')
+  if t[1] == 'queued' then
+    local queue = t[2] or ''
+    finish(id, 'expired', queue, t[3])
+    emit('expired', id, queue)
     out[#out + 1] = dump(id)
   end
 end
@@ -225,7 +229,8 @@ local i = 8
 for _ = 1, tonumber(ARGV[7]) do
   local id, assignment_id, kind, value, joined = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
-  local t = redis.call('HMGET', tkey(id), 'status', 'assignment_id', 'server_id')
+  local t = redis.call('HMGET', tkey(id), 'status', 'assignment_id', 'server_id', 'queue_key',
+    'enqueued_at', 'members')
   if t[1] ~= 'assigned' or t[2] ~= assignment_id then
     out[#out + 1] = {'unchanged', id}
   else
@@ -233,25 +238,24 @@ for _ = 1, tonumber(ARGV[7]) do
     if t[3] then redis.call('SREM', sprefix .. t[3], id) end
     redis.call('HDEL', tkey(id), 'assignment', 'assignment_id', 'server_id',
       'assignment_expires_at', 'assigned_instance')
-    redis.call('HSET', tkey(id), 'updated_at', now_arg)
-    local list = members(id)
+    local queue = t[4] or ''
+    local list = t[6] and cjson.decode(t[6]) or {}
     if kind == 'requeue' and queued_elsewhere(list) then kind, value = 'fail', elsewhere end
     if kind == 'requeue' then
-      redis.call('HSET', tkey(id), 'status', 'queued', 'expires_at', value)
-      index_queued(id, field(id, 'enqueued_at'))
+      redis.call('HSET', tkey(id), 'status', 'queued', 'expires_at', value, 'updated_at', now_arg)
+      index_queued(id, t[5], queue)
       for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
       out[#out + 1] = {'requeued', dump(id)}
     else
-      redis.call('HSET', tkey(id), 'failure_reason', value)
-      finish(id, 'failed')
+      finish(id, 'failed', queue, t[6], 'failure_reason', value)
       out[#out + 1] = {'failed', dump(id)}
     end
     if joined ~= '' then
-      emit('match_lost', id, 'land', joined, 'reason', lost_reason)
+      emit('match_lost', id, queue, 'land', joined, 'reason', lost_reason)
     elseif kind == 'requeue' then
-      emit('requeued', id, 'reason', lost_reason)
+      emit('requeued', id, queue, 'reason', lost_reason)
     end
-    if kind ~= 'requeue' then emit('failed', id, 'reason', value) end
+    if kind ~= 'requeue' then emit('failed', id, queue, 'reason', value) end
   end
 end
 return out
@@ -269,12 +273,12 @@ for k = 1, #entries, 2 do
   if score >= before and doomed >= over then break end
   doomed = doomed + 1
   redis.call('ZREM', finished, id)
-  local t = redis.call('HMGET', tkey(id), 'status', 'server_id', 'group_field')
+  local t = redis.call('HMGET', tkey(id), 'status', 'server_id', 'group_field', 'members')
   -- A stale entry of a ticket queued again: never purge a live ticket.
   if t[1] and t[1] ~= 'queued' then
     if t[2] then redis.call('SREM', sprefix .. t[2], id) end
     if t[3] and redis.call('HGET', groups, t[3]) == id then redis.call('HDEL', groups, t[3]) end
-    release_players(id)
+    release_players(id, t[4])
     redis.call('DEL', tkey(id))
   end
 end
@@ -798,6 +802,7 @@ impl Store for RedisStore {
             group.clone(),
             ticket.enqueued_at.to_string(),
             serde_json::to_string(&ticket.members).map_err(unavailable)?,
+            ticket.queue_key.clone(),
         ];
         args.extend(ticket_fields(&ticket, &group)?);
         let (tag, mut rest) = tagged(self.run(&self.scripts.create, now, args).await?)?;
