@@ -12,6 +12,12 @@ mod signals;
 
 use clap::{Parser, Subcommand};
 
+// jemalloc instead of glibc's malloc: under matchmaking load glibc's
+// consolidation and free-list walks were ~20 % of a control-plane replica's
+// CPU (docs/benchmarks.md, "What limits the figures").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "matchplane",
@@ -41,7 +47,7 @@ enum Command {
     /// Run a control plane, a game server and bots playing hero-defense, in one command.
     Demo(demo::DemoArgs),
     /// Drive the real journey against a running control plane and report latencies.
-    Loadtest(loadtest::LoadtestArgs),
+    Loadtest(Box<loadtest::LoadtestArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,7 +79,7 @@ fn main() -> anyhow::Result<()> {
             Command::ControlPlane(args) => control_plane::run(*args).await,
             Command::GameServer(args) => game_server::run(*args).await,
             Command::Demo(args) => demo::run(args, log_format).await,
-            Command::Loadtest(args) => loadtest::run(args).await,
+            Command::Loadtest(args) => loadtest::run(*args).await,
         }
     })
 }

@@ -169,9 +169,18 @@ impl MatchmakingClient {
     }
 
     fn transport_error(url: &str, err: &reqwest::Error) -> MatchmakingError {
+        // reqwest's own message only says that sending failed; the cause
+        // (refused, reset, timed out) is down its source chain.
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
         MatchmakingError::Transport {
             url: url.to_owned(),
-            message: err.to_string(),
+            message,
         }
     }
 
