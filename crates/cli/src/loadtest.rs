@@ -28,6 +28,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
 
+use self::heartbeat::{ProcessProbe, ProcessSample, round};
 use self::pool::{PushPool, Pushed};
 use self::stats::{Latency, LatencySummary};
 use crate::duration::parse_duration;
@@ -123,10 +124,15 @@ pub struct LoadtestArgs {
     #[arg(long, env = "MATCHPLANE_REGISTRATION_TOKEN_FILE")]
     pub registration_token_file: Option<PathBuf>,
 
-    /// Heartbeat mode: pid of the control plane, to report its CPU time and memory
-    /// (from /proc) over the heartbeat window.
+    /// Pid of the control plane, to report its CPU time and memory (from /proc) over the
+    /// run (heartbeat mode: over the heartbeat window).
     #[arg(long, env = "MATCHPLANE_LOADTEST_PID_CP")]
     pub pid_cp: Option<u32>,
+
+    /// Pid of the game server (same box), to report its CPU time over the run and its peak
+    /// RSS, also per player at the peak of players in lands.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_PID_GS")]
+    pub pid_gs: Option<u32>,
 
     /// Threads the load generator runs on (default: one per core). On the same box as
     /// the planes, `1` keeps it off the second core and saves the hand-offs between
@@ -134,6 +140,15 @@ pub struct LoadtestArgs {
     #[arg(long, env = "MATCHPLANE_LOADTEST_WORKER_THREADS",
         value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+
+    /// Most enqueue requests in flight per control plane, each on its own HTTP
+    /// connection. Past it a ticket waits for a slot, and the wait counts in its
+    /// enqueue latency (latencies run from the ticket's due time). Without a cap,
+    /// a stalled plane made the generator open a connection per due ticket until
+    /// it ran out of file descriptors.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_MAX_CONNECTIONS", default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
 
     /// Tickets due within this long of the start are sent and counted like the others,
     /// but their latencies stay out of the histograms: the first ~100–200 ms of a run
@@ -152,12 +167,21 @@ pub struct Recorder {
     enqueue: Mutex<Latency>,
     time_to_match: Mutex<Latency>,
     assigned_to_join: Mutex<Latency>,
+    /// A `move` sent → the first patch showing its `moves` count.
+    action_to_patch: Mutex<Latency>,
+    /// Moves answered without their patch having been seen (replaced by a snapshot).
+    actions_without_patch: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     issued: AtomicU64,
     enqueued: AtomicU64,
     matched: AtomicU64,
     joined: AtomicU64,
     in_land: AtomicI64,
+    peak_in_land: AtomicI64,
+    /// Payload bytes the players received after `join.ok`, and the player-time over which
+    /// they did (both counted when a player leaves its land).
+    land_bytes: AtomicU64,
+    land_micros: AtomicU64,
     done: AtomicU64,
     closed_early: AtomicU64,
     polled: AtomicU64,
@@ -186,12 +210,17 @@ impl Recorder {
             enqueue: Mutex::default(),
             time_to_match: Mutex::default(),
             assigned_to_join: Mutex::default(),
+            action_to_patch: Mutex::default(),
+            actions_without_patch: AtomicU64::new(0),
             errors: Mutex::default(),
             issued: AtomicU64::new(0),
             enqueued: AtomicU64::new(0),
             matched: AtomicU64::new(0),
             joined: AtomicU64::new(0),
             in_land: AtomicI64::new(0),
+            peak_in_land: AtomicI64::new(0),
+            land_bytes: AtomicU64::new(0),
+            land_micros: AtomicU64::new(0),
             done: AtomicU64::new(0),
             closed_early: AtomicU64::new(0),
             polled: AtomicU64::new(0),
@@ -206,6 +235,21 @@ impl Recorder {
 
     pub fn error(&self, kind: &str) {
         *locked(&self.errors).entry(kind.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a failed call of the journey and logs the first of each kind
+    /// with its message: a count alone does not say why thousands failed.
+    fn matchmaking_error(&self, stage: &str, err: &MatchmakingError) {
+        let kind = matchmaking_error_kind(stage, err);
+        let first = {
+            let mut errors = locked(&self.errors);
+            let count = errors.entry(kind.clone()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            tracing::warn!(kind = %kind, error = %err, "first error of this kind");
+        }
     }
 
     fn mark(&self, last: &AtomicU64, at: Instant) {
@@ -260,6 +304,7 @@ fn land_error_kind(err: &LandError) -> String {
 struct Replica {
     client: MatchmakingClient,
     pool: PushPool,
+    enqueue_slots: tokio::sync::Semaphore,
 }
 
 struct Plan {
@@ -308,9 +353,16 @@ impl Plan {
                 .attributes
                 .insert("skill".to_owned(), 1500.0 + offset);
         }
-        let ticket = match home.client.enqueue(&request).await {
+        let enqueued = {
+            // Never closed, so acquiring fails only if that changes.
+            let Ok(_slot) = home.enqueue_slots.acquire().await else {
+                return recorder.error("enqueue_slots_closed");
+            };
+            home.client.enqueue(&request).await
+        };
+        let ticket = match enqueued {
             Ok(ticket) => ticket,
-            Err(err) => return recorder.error(&matchmaking_error_kind("enqueue", &err)),
+            Err(err) => return recorder.matchmaking_error("enqueue", &err),
         };
         let enqueued_at = Instant::now();
         let measured = due >= recorder.measure_from;
@@ -367,7 +419,7 @@ impl Plan {
                 }
             },
             Err(err) => {
-                recorder.error(&matchmaking_error_kind("realtime", &err));
+                recorder.matchmaking_error("realtime", &err);
                 None
             }
         };
@@ -397,7 +449,7 @@ impl Plan {
                 {
                     Ok(assignment) => Some((assignment, Instant::now())),
                     Err(err) => {
-                        recorder.error(&matchmaking_error_kind("status", &err));
+                        recorder.matchmaking_error("status", &err);
                         None
                     }
                 }
@@ -435,7 +487,7 @@ impl Plan {
             Ok(joined) => joined,
             Err(JoinError::Land(err)) => return recorder.error(&land_error_kind(&err)),
             Err(JoinError::Matchmaking(err)) => {
-                return recorder.error(&matchmaking_error_kind("recheck", &err));
+                return recorder.matchmaking_error("recheck", &err);
             }
         };
         let joined_at = Instant::now();
@@ -449,13 +501,20 @@ impl Plan {
             recorder
                 .recovered
                 .fetch_add(u64::from(joined.reassignments), Ordering::Relaxed);
-            recorder.in_land.fetch_add(1, Ordering::Relaxed);
+            let in_land = recorder.in_land.fetch_add(1, Ordering::Relaxed) + 1;
+            recorder.peak_in_land.fetch_max(in_land, Ordering::Relaxed);
+            let entered = Instant::now();
             let played = if self.play.is_zero() {
                 Played::Done
             } else {
-                self.play(&joined.connection, until).await
+                self.play(&joined.connection, until, measured).await
             };
             recorder.in_land.fetch_sub(1, Ordering::Relaxed);
+            let stayed = u64::try_from(entered.elapsed().as_micros()).unwrap_or(u64::MAX);
+            recorder.land_micros.fetch_add(stayed, Ordering::Relaxed);
+            recorder
+                .land_bytes
+                .fetch_add(joined.connection.stats().bytes_received, Ordering::Relaxed);
             joined.connection.leave().await;
             if !matches!(played, Played::Lost) {
                 return;
@@ -469,7 +528,7 @@ impl Plan {
             .await;
             let next = match waited {
                 Ok(Ok(next)) => next,
-                Ok(Err(err)) => return recorder.error(&matchmaking_error_kind("recheck", &err)),
+                Ok(Err(err)) => return recorder.matchmaking_error("recheck", &err),
                 Err(_) => return recorder.error("play_disconnected"),
             };
             recorder.matches_lost.fetch_add(1, Ordering::Relaxed);
@@ -481,14 +540,17 @@ impl Plan {
                 Ok(joined) => joined,
                 Err(JoinError::Land(err)) => return recorder.error(&land_error_kind(&err)),
                 Err(JoinError::Matchmaking(err)) => {
-                    return recorder.error(&matchmaking_error_kind("recheck", &err));
+                    return recorder.matchmaking_error("recheck", &err);
                 }
             };
         }
     }
 
-    /// Moves once a second until `until` or the land ends.
-    async fn play(&self, land: &LandConnection, until: Instant) -> Played {
+    /// Moves once a second until `until` or the land ends, timing each move to the patch
+    /// that shows it: hero-defense counts a hero's move orders in its `moves`.
+    async fn play(&self, land: &LandConnection, until: Instant, measured: bool) -> Played {
+        let moves_pointer = format!("/heroes/{}/moves", json_pointer_token(&land.player_id()));
+        let mut moves = 0u64;
         let mut every = tokio::time::interval(Duration::from_secs(1));
         while Instant::now() < until {
             tokio::select! {
@@ -499,6 +561,8 @@ impl Plan {
                 let mut rng = rand::thread_rng();
                 (rng.gen_range(30.0..70.0_f64), rng.gen_range(30.0..70.0_f64))
             };
+            let mut patch_seen = land.watch_patch(&moves_pointer, json!(moves + 1));
+            let sent_at = Instant::now();
             let moved = land
                 .action(
                     "move",
@@ -506,7 +570,21 @@ impl Plan {
                 )
                 .await;
             match moved {
-                Ok(_) => {}
+                Ok(_) => {
+                    moves += 1;
+                    // The runtime sends the patch before the result, so it is in by now
+                    // unless a snapshot replaced it.
+                    match patch_seen.try_recv() {
+                        Ok(seen_at) if measured => locked(&self.recorder.action_to_patch)
+                            .record(seen_at.saturating_duration_since(sent_at)),
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.recorder
+                                .actions_without_patch
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
                 Err(ActionError::LandClosed) => {
                     self.recorder.closed_early.fetch_add(1, Ordering::Relaxed);
                     return Played::Done;
@@ -526,6 +604,11 @@ impl Plan {
         }
         Played::Done
     }
+}
+
+/// RFC 6901: `~` is written `~0` and `/` is written `~1`.
+fn json_pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// How a player's time in a land ended.
@@ -611,10 +694,102 @@ pub struct Report {
     pub recovered: u64,
     pub throughput: Throughput,
     pub latency_ms: Latencies,
+    pub state_sync: StateSync,
+    pub processes: Processes,
     pub errors: BTreeMap<String, u64>,
     pub errors_total: u64,
     /// Every ticket was enqueued, assigned and (unless `--no-join`) every player joined.
     pub complete: bool,
+}
+
+/// What the players received from their lands.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateSync {
+    /// Most players in lands at the same time.
+    pub peak_players_in_lands: u64,
+    /// Payload bytes of the frames after `join.ok`, all players together.
+    pub bytes_received: u64,
+    /// Sum over players of the time each spent in its land.
+    pub player_seconds: f64,
+    /// `bytesReceived / playerSeconds`: the bandwidth one player costs.
+    pub bytes_per_player_second: f64,
+    /// `bytesPerPlayerSecond × peakPlayersInLands`: the server's outgoing state-sync
+    /// bandwidth with every player of the peak in its land.
+    pub bytes_per_second_at_peak: f64,
+    /// Moves answered before any patch with their `moves` count arrived (a snapshot
+    /// replaced it, or the land is not hero-defense).
+    pub actions_without_patch: u64,
+}
+
+/// CPU and memory of the processes involved, over the run (`--pid-cp`, `--pid-gs`; the
+/// load generator always).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Processes {
+    pub control_plane: Option<ProcessUse>,
+    pub game_server: Option<ProcessUse>,
+    pub load_generator: Option<ProcessUse>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessUse {
+    pub pid: u32,
+    /// User + system, all threads, from the first due time to the end of the run.
+    pub cpu_seconds: f64,
+    pub wall_seconds: f64,
+    pub cpu_percent_of_core: f64,
+    /// `VmHWM` at the end: the highest resident set since the process started.
+    pub peak_rss_kib: Option<u64>,
+    pub rss_kib: Option<u64>,
+    /// Control plane: `cpuSeconds / assignments`, in µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_assignment: Option<f64>,
+    /// Game server: `peakRssKib / peakPlayersInLands` (the process's whole footprint,
+    /// lands and connections included, per connected player).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib_per_player: Option<f64>,
+}
+
+/// A process whose CPU time is measured over the run.
+struct Measured {
+    probe: ProcessProbe,
+    before: ProcessSample,
+}
+
+impl Measured {
+    fn start(pid: Option<u32>, flag: &str) -> anyhow::Result<Option<Self>> {
+        let Some(pid) = pid else {
+            return Ok(None);
+        };
+        let probe = ProcessProbe::new(pid).with_context(|| format!("{flag} {pid}"))?;
+        let before = probe.sample()?;
+        Ok(Some(Self { probe, before }))
+    }
+
+    fn finish(&self) -> Option<ProcessUse> {
+        let after = self.probe.sample().ok()?;
+        let cpu_seconds = (after.cpu_seconds - self.before.cpu_seconds).max(0.0);
+        let wall_seconds = after
+            .at
+            .saturating_duration_since(self.before.at)
+            .as_secs_f64();
+        Some(ProcessUse {
+            pid: self.probe.pid,
+            cpu_seconds: round(cpu_seconds, 3),
+            wall_seconds: round(wall_seconds, 3),
+            cpu_percent_of_core: if wall_seconds > 0.0 {
+                round(cpu_seconds / wall_seconds * 100.0, 2)
+            } else {
+                0.0
+            },
+            peak_rss_kib: self.probe.status_kib("VmHWM:"),
+            rss_kib: self.probe.status_kib("VmRSS:"),
+            cpu_us_per_assignment: None,
+            peak_rss_kib_per_player: None,
+        })
+    }
 }
 
 /// Per second, each over the window from the first due time to the last such event.
@@ -636,6 +811,8 @@ pub struct Latencies {
     pub time_to_match: LatencySummary,
     /// `match.assigned` → `join.ok`.
     pub assigned_to_join: LatencySummary,
+    /// A `move` sent → the first `state.patch` showing it (hero-defense's `moves`).
+    pub action_to_patch: LatencySummary,
 }
 
 fn per_second(count: u64, window_ns: u64) -> f64 {
@@ -703,6 +880,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         .map(|client| Replica {
             pool: PushPool::new(client.clone(), Arc::clone(&recorder)),
             client,
+            enqueue_slots: tokio::sync::Semaphore::new(args.max_connections as usize),
         })
         .collect();
     let plan = Arc::new(Plan {
@@ -717,6 +895,9 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         join_timeout: args.join_timeout,
         prefix,
     });
+    let control_plane_process = Measured::start(args.pid_cp, "--pid-cp")?;
+    let game_server_process = Measured::start(args.pid_gs, "--pid-gs")?;
+    let load_generator_process = Measured::start(Some(std::process::id()), "loadtest")?;
     let progress = tokio::spawn(report_progress(Arc::clone(&plan), tickets));
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..tickets {
@@ -729,8 +910,13 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     progress.abort();
     let elapsed = start.elapsed();
+    let processes = Processes {
+        control_plane: control_plane_process.as_ref().and_then(Measured::finish),
+        game_server: game_server_process.as_ref().and_then(Measured::finish),
+        load_generator: load_generator_process.as_ref().and_then(Measured::finish),
+    };
 
-    let report = build_report(&args, &urls, tickets, &recorder, elapsed);
+    let report = build_report(&args, &urls, tickets, &recorder, elapsed, processes);
     println!("{}", render(&report));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -811,6 +997,7 @@ fn build_report(
     tickets: u64,
     recorder: &Recorder,
     elapsed: Duration,
+    mut processes: Processes,
 ) -> Report {
     let enqueued = recorder.enqueued.load(Ordering::Relaxed);
     let matched = recorder.matched.load(Ordering::Relaxed);
@@ -819,6 +1006,27 @@ fn build_report(
     let errors = locked(&recorder.errors).clone();
     let errors_total = errors.values().sum();
     let offered_window = ((tickets.saturating_sub(1)) as f64 / args.rate * 1e9) as u64;
+    let peak_players = u64::try_from(recorder.peak_in_land.load(Ordering::Relaxed)).unwrap_or(0);
+    let land_bytes = recorder.land_bytes.load(Ordering::Relaxed);
+    let player_seconds = recorder.land_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let bytes_per_player_second = if player_seconds > 0.0 {
+        land_bytes as f64 / player_seconds
+    } else {
+        0.0
+    };
+    if let Some(control_plane) = &mut processes.control_plane
+        && matched > 0
+    {
+        control_plane.cpu_us_per_assignment =
+            Some(round(control_plane.cpu_seconds * 1e6 / matched as f64, 1));
+    }
+    if let Some(game_server) = &mut processes.game_server
+        && peak_players > 0
+    {
+        game_server.peak_rss_kib_per_player = game_server
+            .peak_rss_kib
+            .map(|kib| round(kib as f64 / peak_players as f64, 1));
+    }
     Report {
         control_plane: urls.join(","),
         control_planes: urls.to_vec(),
@@ -852,7 +1060,17 @@ fn build_report(
             enqueue: locked(&recorder.enqueue).summary(),
             time_to_match: locked(&recorder.time_to_match).summary(),
             assigned_to_join: locked(&recorder.assigned_to_join).summary(),
+            action_to_patch: locked(&recorder.action_to_patch).summary(),
         },
+        state_sync: StateSync {
+            peak_players_in_lands: peak_players,
+            bytes_received: land_bytes,
+            player_seconds: round(player_seconds, 3),
+            bytes_per_player_second: round(bytes_per_player_second, 1),
+            bytes_per_second_at_peak: round(bytes_per_player_second * peak_players as f64, 0),
+            actions_without_patch: recorder.actions_without_patch.load(Ordering::Relaxed),
+        },
+        processes,
         errors,
         errors_total,
         complete: errors_total == 0
@@ -904,6 +1122,42 @@ fn render(report: &Report) -> String {
         report.latency_ms.time_to_match.row("time to match"),
         report.latency_ms.assigned_to_join.row("assigned → join.ok"),
     ]);
+    if report.latency_ms.action_to_patch.count > 0 {
+        lines.push(report.latency_ms.action_to_patch.row("action → patch"));
+    }
+    let sync = &report.state_sync;
+    if sync.player_seconds > 0.0 {
+        lines.push(format!(
+            "state sync: {} players in lands at the peak · {:.0} B/s per player · {:.2} MB/s at the peak · {} moves answered without their patch",
+            sync.peak_players_in_lands,
+            sync.bytes_per_player_second,
+            sync.bytes_per_second_at_peak / 1e6,
+            sync.actions_without_patch,
+        ));
+    }
+    let processes = [
+        ("control plane", &report.processes.control_plane),
+        ("game server", &report.processes.game_server),
+        ("load generator", &report.processes.load_generator),
+    ];
+    for (name, process) in processes {
+        let Some(process) = process else { continue };
+        let mut line = format!(
+            "{name} (pid {}): {:.2} s CPU in {:.1} s = {:.1}% of a core · peak RSS {}",
+            process.pid,
+            process.cpu_seconds,
+            process.wall_seconds,
+            process.cpu_percent_of_core,
+            mib(process.peak_rss_kib),
+        );
+        if let Some(us) = process.cpu_us_per_assignment {
+            line.push_str(&format!(" · {us:.1} µs CPU per assignment"));
+        }
+        if let Some(kib) = process.peak_rss_kib_per_player {
+            line.push_str(&format!(" · {kib:.1} KiB per player at the peak"));
+        }
+        lines.push(line);
+    }
     if report.errors.is_empty() {
         lines.push("errors: none".to_owned());
     } else {
@@ -913,6 +1167,13 @@ fn render(report: &Report) -> String {
         }
     }
     lines.join("\n")
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "?".to_owned(),
+        |kib| format!("{:.1} MiB", kib as f64 / 1024.0),
+    )
 }
 
 async fn open_sockets(replicas: &[Replica]) -> usize {

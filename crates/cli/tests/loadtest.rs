@@ -45,6 +45,100 @@ fn assert_latency(report: &Value, name: &str, count: u64) {
 }
 
 #[tokio::test]
+async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_reported() {
+    let mut cp = support::control_plane(&["--rate-limit", "off"]).await;
+    let mut game = support::game_server(
+        &cp.http(),
+        &[
+            "--lands",
+            "hero-defense",
+            "--drain-timeout",
+            "1s",
+            "--rate-limit",
+            "off",
+        ],
+    )
+    .await;
+    support::wait_servers(&cp.http(), Duration::from_secs(10), |servers| {
+        servers.iter().any(|server| server["state"] == "live")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("play.json");
+    let cp_pid = cp.child.id().unwrap().to_string();
+    let gs_pid = game.child.id().unwrap().to_string();
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--players",
+            "12",
+            "--rate",
+            "100",
+            "--queue",
+            "hero-defense:3v3",
+            "--play-seconds",
+            "2.5",
+            "--pid-cp",
+            &cp_pid,
+            "--pid-gs",
+            &gs_pid,
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("action → patch"), "{stdout}");
+    assert!(stdout.contains("KiB per player at the peak"), "{stdout}");
+    let report = read_report(&path);
+    assert_eq!(report["complete"], true, "{report}");
+    // Each player moves at once and then every second while it stays 2.5 s: 3 moves.
+    assert_latency(&report, "actionToPatch", 36);
+    let sync = &report["stateSync"];
+    assert_eq!(sync["actionsWithoutPatch"], 0, "{sync}");
+    assert_eq!(sync["peakPlayersInLands"], 12, "{sync}");
+    assert!(sync["bytesReceived"].as_u64().unwrap() > 0, "{sync}");
+    assert!(
+        sync["playerSeconds"].as_f64().unwrap() >= 12.0 * 2.5,
+        "{sync}"
+    );
+    assert!(
+        sync["bytesPerPlayerSecond"].as_f64().unwrap() > 0.0,
+        "{sync}"
+    );
+    let processes = &report["processes"];
+    let game_server = &processes["gameServer"];
+    assert_eq!(game_server["pid"].as_u64().unwrap().to_string(), gs_pid);
+    assert!(
+        game_server["cpuSeconds"].as_f64().unwrap() >= 0.0,
+        "{game_server}"
+    );
+    let peak = game_server["peakRssKib"].as_f64().unwrap();
+    let per_player = game_server["peakRssKibPerPlayer"].as_f64().unwrap();
+    assert!((per_player * 12.0 - peak).abs() <= 12.0, "{game_server}");
+    let control_plane = &processes["controlPlane"];
+    assert_eq!(control_plane["pid"].as_u64().unwrap().to_string(), cp_pid);
+    // CPU time is counted in clock ticks (10 ms): a short run may round to 0.
+    assert!(
+        control_plane["cpuUsPerAssignment"].as_f64().unwrap() >= 0.0,
+        "{control_plane}"
+    );
+    assert!(
+        processes["loadGenerator"]["cpuSeconds"].as_f64().unwrap() >= 0.0,
+        "{processes}"
+    );
+
+    game.sigterm();
+    game.wait_exit(Duration::from_secs(10)).await;
+    cp.sigterm();
+    cp.wait_exit(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
 async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() {
     // A load test offers hundreds of requests per second from one address:
     // exactly what the per-address limit refuses, so it is off here (as in the bench scripts).

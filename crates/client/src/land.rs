@@ -132,6 +132,8 @@ pub struct ConnectionStats {
     pub resyncs: u64,
     pub reconnects: u64,
     pub dropped_events: u64,
+    /// Payload bytes of the frames received after `join.ok` (what state sync costs).
+    pub bytes_received: u64,
 }
 
 #[derive(Debug)]
@@ -153,6 +155,39 @@ struct Counters {
     resyncs: AtomicU64,
     reconnects: AtomicU64,
     dropped_events: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+/// A caller waiting for the first patch that carries `value` at `pointer`.
+#[derive(Debug)]
+struct PatchWatch {
+    pointer: String,
+    value: Value,
+    seen: oneshot::Sender<Instant>,
+}
+
+impl PatchWatch {
+    /// Whether one of `ops` sets `pointer` to `value`, directly or inside a larger value
+    /// it adds or replaces (a new hero arrives as one `add` of the whole object).
+    fn is_met_by(&self, ops: &Value) -> bool {
+        let Some(ops) = ops.as_array() else {
+            return false;
+        };
+        ops.iter().any(|op| {
+            let (Some(path), Some(value)) =
+                (op.get("path").and_then(Value::as_str), op.get("value"))
+            else {
+                return false;
+            };
+            let Some(rest) = self.pointer.strip_prefix(path) else {
+                return false;
+            };
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return false;
+            }
+            value.pointer(rest) == Some(&self.value)
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -162,6 +197,7 @@ struct Shared {
     /// Bumped on every change of the mirror or the connection's life, so waiters wake.
     version: watch::Sender<u64>,
     counters: Counters,
+    patch_watches: Mutex<Vec<PatchWatch>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +218,28 @@ impl Shared {
     /// Pending actions will never be answered on this connection.
     fn fail_pending(&self) {
         locked(&self.pending).clear();
+        locked(&self.patch_watches).clear();
+    }
+
+    fn watching_patches(&self) -> bool {
+        !locked(&self.patch_watches).is_empty()
+    }
+
+    fn settle_patch_watches(&self, ops: &Value) {
+        let mut watches = locked(&self.patch_watches);
+        if watches.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (met, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *watches)
+            .into_iter()
+            .filter(|watch| !watch.seen.is_closed())
+            .partition(|watch| watch.is_met_by(ops));
+        *watches = waiting;
+        drop(watches);
+        for watch in met {
+            let _ = watch.seen.send(now);
+        }
     }
 }
 
@@ -247,7 +305,22 @@ impl LandHandle {
             resyncs: counters.resyncs.load(Ordering::Relaxed),
             reconnects: counters.reconnects.load(Ordering::Relaxed),
             dropped_events: counters.dropped_events.load(Ordering::Relaxed),
+            bytes_received: counters.bytes_received.load(Ordering::Relaxed),
         }
+    }
+
+    /// Resolves with the moment the first `state.patch` setting `pointer` (an RFC 6901
+    /// JSON Pointer into the player's view) to `value` arrived, also on connections
+    /// without a mirror; its error means the connection ended or the patch never came
+    /// (e.g. it was replaced by a snapshot). Watch before sending what causes the change.
+    pub fn watch_patch(&self, pointer: &str, value: Value) -> oneshot::Receiver<Instant> {
+        let (seen, receiver) = oneshot::channel();
+        locked(&self.shared.patch_watches).push(PatchWatch {
+            pointer: pointer.to_owned(),
+            value,
+            seen,
+        });
+        receiver
     }
 
     fn send(&self, message: &ClientMessage) -> Result<(), LandError> {
@@ -443,6 +516,7 @@ impl LandConnection {
             pending: Mutex::new(HashMap::new()),
             version,
             counters: Counters::default(),
+            patch_watches: Mutex::new(Vec::new()),
         });
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let (event_tx, receiver) = mpsc::channel(options.event_buffer.max(1));
@@ -684,7 +758,12 @@ impl Driver {
 
     /// Handles one server frame; returns a frame to send back (`sync.request`).
     fn on_text(&mut self, text: &str) -> Option<String> {
-        if !self.options.mirror && text.starts_with(PATCH_PREFIX) {
+        self.shared
+            .counters
+            .bytes_received
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        let fast_patch = text.starts_with(PATCH_PREFIX);
+        if !self.options.mirror && fast_patch && !self.shared.watching_patches() {
             // Without a mirror a patch changes nothing; skipping its decode is what lets
             // one load generator hold thousands of 20 Hz players.
             return None;
@@ -701,7 +780,14 @@ impl Driver {
                 self.install(join);
                 None
             }
-            ServerMessage::StatePatch(patch) => self.apply_patch(patch.seq, patch.ops),
+            ServerMessage::StatePatch(patch) => {
+                self.shared.settle_patch_watches(&patch.ops);
+                if !self.options.mirror && fast_patch {
+                    // Decoded only for a watch: the mirror-less seq stays where it was.
+                    return None;
+                }
+                self.apply_patch(patch.seq, patch.ops)
+            }
             ServerMessage::StateSnapshot(snapshot) => {
                 let resynced = {
                     let mut mirror = self.shared.mirror();

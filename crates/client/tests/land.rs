@@ -63,6 +63,38 @@ async fn actions_resolve_by_request_id_and_failures_are_typed() {
 }
 
 #[tokio::test]
+async fn a_patch_watch_fires_on_the_patch_that_carries_the_value_even_without_a_mirror() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let url = dev_land_url(&game.http_url(), "counter", Some("room-watch"), "ann");
+    let ann = LandConnection::connect_url(&url, ConnectOptions::lightweight())
+        .await
+        .unwrap();
+    let before = ann.stats().bytes_received;
+    let not_yet = ann.watch_patch("/count", json!(7));
+    let seen = ann.watch_patch("/count", json!(5));
+    let sent_at = tokio::time::Instant::now();
+    let result = ann.action("add", json!({"amount": 5})).await.unwrap();
+    assert_eq!(result["count"], 5);
+    // The patch comes before the result, so the watch has fired by now.
+    let mut seen = seen;
+    let at = seen
+        .try_recv()
+        .expect("the patch setting /count to 5 was seen");
+    assert!(at >= sent_at);
+    let mut not_yet = not_yet;
+    assert!(not_yet.try_recv().is_err(), "/count never was 7");
+    // Without a mirror the state stays at join.ok, and no resync was asked for.
+    assert_eq!(ann.state()["count"], 0);
+    assert_eq!(ann.stats().gaps, 0);
+    assert!(ann.stats().bytes_received > before);
+    ann.leave().await;
+    // The connection ended: a watch still waiting is answered with an error.
+    assert!(not_yet.await.is_err());
+    game.stop().await;
+}
+
+#[tokio::test]
 async fn the_mirror_matches_the_servers_view() {
     init_tracing();
     let game = Game::dev(fast_hero_defense()).await;

@@ -150,6 +150,9 @@ pub struct Hero {
     pub range_level: u32,
     pub kills: u32,
     pub online: bool,
+    /// Move orders accepted so far: the order's own effect (a new target) is not in the
+    /// state, so this is what lets a client find the patch that reflects its order.
+    pub moves: u32,
     #[serde(skip)]
     target: (f32, f32),
     #[serde(skip)]
@@ -535,6 +538,7 @@ impl Land for HeroDefense {
                 range_level: 0,
                 kills: 0,
                 online: true,
+                moves: 0,
                 target: position,
                 cooldown: 0.0,
             },
@@ -587,6 +591,7 @@ impl Land for HeroDefense {
                 }
                 let target = (x.clamp(0.0, MAP_SIZE), y.clamp(0.0, MAP_SIZE));
                 hero.target = target;
+                hero.moves = hero.moves.wrapping_add(1);
                 Ok(HeroOutput::Moved {
                     x: target.0,
                     y: target.1,
@@ -678,6 +683,37 @@ mod tests {
         let error = result.error.unwrap();
         assert_eq!(error.code, "not_enough_gold");
         assert!(error.message.contains("costs 10 gold"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_move_order_shows_in_the_patch_sent_before_its_result() {
+        use matchplane_contracts::game::ServerMessage;
+        let mut land = LandHarness::<HeroDefense>::new(HeroDefenseConfig::quick(), "hd-unit");
+        land.join("ann").unwrap();
+        land.messages("ann");
+        for expected in 1..=2u64 {
+            let result = land
+                .action("ann", "move", json!({"x": 10.0, "y": 20.0}))
+                .unwrap();
+            assert!(result.ok);
+            let messages = land.messages("ann");
+            let patch_at = messages.iter().position(|message| {
+                let ServerMessage::StatePatch(patch) = message else {
+                    return false;
+                };
+                patch.ops.as_array().unwrap().iter().any(|op| {
+                    op["path"] == "/heroes/ann/moves" && op["value"].as_u64() == Some(expected)
+                })
+            });
+            let result_at = messages
+                .iter()
+                .position(|message| matches!(message, ServerMessage::ActionResult(_)));
+            assert!(
+                patch_at.unwrap() < result_at.unwrap(),
+                "move {expected}: {messages:?}"
+            );
+        }
+        assert_eq!(land.land().public_state().heroes["ann"].moves, 2);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("no control plane at {control_plane}"))?;
     let probe = match args.pid_cp {
-        Some(pid) => Some(ProcessProbe::new(pid)?),
+        Some(pid) => Some(ProcessProbe::new(pid).with_context(|| format!("--pid-cp {pid}"))?),
         None => None,
     };
     let prefix = format!("hb{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32));
@@ -334,33 +334,33 @@ impl Fleet {
 
 /// Reads another process's CPU time and memory from /proc.
 #[derive(Debug, Clone)]
-struct ProcessProbe {
-    pid: u32,
+pub(super) struct ProcessProbe {
+    pub(super) pid: u32,
     ticks_per_second: f64,
 }
 
 #[derive(Debug, Clone)]
-struct ProcessSample {
-    cpu_seconds: f64,
-    at: Instant,
+pub(super) struct ProcessSample {
+    pub(super) cpu_seconds: f64,
+    pub(super) at: Instant,
 }
 
 impl ProcessProbe {
-    fn new(pid: u32) -> anyhow::Result<Self> {
+    pub(super) fn new(pid: u32) -> anyhow::Result<Self> {
         let probe = Self {
             pid,
             ticks_per_second: clock_ticks_per_second(),
         };
         probe
             .sample()
-            .with_context(|| format!("--pid-cp {pid}: cannot read its CPU time"))?;
+            .with_context(|| format!("pid {pid}: cannot read its CPU time"))?;
         Ok(probe)
     }
 
     /// `utime + stime` of /proc/PID/stat: every thread of the process, including threads
     /// that already exited (per-thread `schedstat` would lose those), at clock-tick
     /// resolution (10 ms), which is fine over a window of seconds.
-    fn sample(&self) -> anyhow::Result<ProcessSample> {
+    pub(super) fn sample(&self) -> anyhow::Result<ProcessSample> {
         let path = format!("/proc/{}/stat", self.pid);
         let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
         let ticks = cpu_ticks(&stat).with_context(|| format!("unexpected format of {path}"))?;
@@ -370,7 +370,7 @@ impl ProcessProbe {
         })
     }
 
-    fn status_kib(&self, key: &str) -> Option<u64> {
+    pub(super) fn status_kib(&self, key: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
         status_kib(&status, key)
     }
@@ -427,7 +427,7 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn round(value: f64, digits: i32) -> f64 {
+pub(super) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }
