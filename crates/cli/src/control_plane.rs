@@ -108,6 +108,11 @@ struct ServeArgs {
         default_value_t = 1_000_000
     )]
     max_finished_tickets: u64,
+    /// MiB of memory the embedded store may use to cache its pages (redb's own
+    /// default, 1 GiB, made a busy control plane's footprint about that).
+    #[arg(long, env = "MATCHPLANE_STORE_CACHE_MIB", default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    store_cache_mib: u64,
     /// Where new lands go: `spread` (least loaded) or `pack` (fullest with room).
     #[arg(long, env = "MATCHPLANE_PLACEMENT", default_value = "spread")]
     placement: PlacementArg,
@@ -329,6 +334,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.match_tick = args.match_tick;
     config.retention = args.retention;
     config.limits.max_finished_tickets = args.max_finished_tickets;
+    config.store_cache_bytes = usize::try_from(args.store_cache_mib * 1024 * 1024)
+        .context("--store-cache-mib does not fit in memory on this machine")?;
     config.issuer = args.issuer;
     config.audience = args.audience;
     config.signing.algorithm = args.signing_alg;

@@ -30,6 +30,10 @@ pub struct Config {
     pub match_tick: Duration,
     /// How long finished (assigned/cancelled/expired) tickets stay readable.
     pub retention: Duration,
+    /// Memory the embedded (redb) store may use to cache its pages. redb's own
+    /// default is 1 GiB, which a busy store fills: the process' footprint then
+    /// grows with the retained tickets, not with the load.
+    pub store_cache_bytes: usize,
     pub issuer: String,
     pub audience: String,
     pub signing: SigningConfig,
@@ -124,6 +128,9 @@ pub enum PlayerAuth {
         audience: String,
     },
 }
+
+/// The embedded store's page cache unless `--store-cache` says otherwise.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub enum StorageConfig {
@@ -235,6 +242,7 @@ impl Config {
             assignment_ttl: Duration::from_secs(60),
             match_tick: Duration::from_millis(100),
             retention: Duration::from_secs(3600),
+            store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             issuer: "matchplane".to_owned(),
             audience: "matchplane-game".to_owned(),
             signing: SigningConfig {

@@ -69,7 +69,9 @@ impl Builder {
         let store: Arc<dyn Store> = match store {
             Some(store) => store,
             None => match &config.storage {
-                StorageConfig::Durable { data_dir } => Arc::new(RedbStore::open(data_dir)?),
+                StorageConfig::Durable { data_dir } => {
+                    Arc::new(RedbStore::open(data_dir, config.store_cache_bytes)?)
+                }
                 StorageConfig::Ephemeral => Arc::new(MemoryStore::new()),
                 StorageConfig::Redis { url, data_dir } => {
                     let redis = RedisStore::connect(url, REDIS_DEFAULT_KEY_PREFIX).await?;

@@ -159,11 +159,16 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) `data_dir/matchplane.redb`; every commit is fsynced.
     /// The dir is owner-only (0700) and the file 0600: tickets name players.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+    /// `cache_bytes` bounds redb's page cache (reads past it come from the
+    /// OS page cache).
+    pub fn open(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         crate::auth::create_private_dir(data_dir).map_err(unavailable)?;
         let path = data_dir.join("matchplane.redb");
         create_private_file(&path).map_err(unavailable)?;
-        let db = Database::create(&path).map_err(unavailable)?;
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(unavailable)?;
         Self::start(db, Durability::Immediate, "redb")
     }
 
@@ -804,19 +809,20 @@ mod tests {
     /// Reopens a data dir once the previous handle's writer thread has let go of it.
     async fn reopen(dir: &Path) -> RedbStore {
         for _ in 0..200 {
-            if let Ok(store) = RedbStore::open(dir) {
+            if let Ok(store) = RedbStore::open(dir, crate::config::DEFAULT_STORE_CACHE_BYTES) {
                 return store;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        RedbStore::open(dir).unwrap()
+        RedbStore::open(dir, crate::config::DEFAULT_STORE_CACHE_BYTES).unwrap()
     }
 
     #[tokio::test]
     async fn queued_counts_are_recounted_when_the_store_opens() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = RedbStore::open(dir.path()).unwrap();
+            let store =
+                RedbStore::open(dir.path(), crate::config::DEFAULT_STORE_CACHE_BYTES).unwrap();
             for id in ["a", "b", "c"] {
                 store
                     .create_ticket(ticket(id, id, 1_000), 1_000)
@@ -1199,7 +1205,7 @@ mod tests {
         let old = party("old", "", "team", &["dana", "eve"], 1_000);
         write_schema_1(&dir.path().join("matchplane.redb"), &[old]);
 
-        let store = RedbStore::open(dir.path()).unwrap();
+        let store = RedbStore::open(dir.path(), crate::config::DEFAULT_STORE_CACHE_BYTES).unwrap();
         let loaded = store.ticket("old").await.unwrap().unwrap();
         assert_eq!(
             loaded.owner, "dana",
@@ -1255,7 +1261,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("fresh").join("data");
         let file = data_dir.join("matchplane.redb");
-        let store = RedbStore::open(&data_dir).unwrap();
+        let store = RedbStore::open(&data_dir, crate::config::DEFAULT_STORE_CACHE_BYTES).unwrap();
         assert_eq!(mode_of(&data_dir), 0o700);
         assert_eq!(mode_of(&file), 0o600);
         store
