@@ -44,10 +44,12 @@ fn assert_latency(report: &Value, name: &str, count: u64) {
     assert!(value("p99") <= value("max"), "{name}: {summary}");
 }
 
-#[tokio::test]
-async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_reported() {
-    let mut cp = support::control_plane(&["--rate-limit", "off"]).await;
-    let mut game = support::game_server(
+/// A control plane and a hero-defense game server registered with it. A load
+/// test offers hundreds of requests per second from one address: exactly what
+/// the per-address limit refuses, so it is off here (as in the bench scripts).
+async fn planes() -> (support::Proc, support::Proc) {
+    let cp = support::control_plane(&["--rate-limit", "off"]).await;
+    let game = support::game_server(
         &cp.http(),
         &[
             "--lands",
@@ -63,6 +65,12 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
         servers.iter().any(|server| server["state"] == "live")
     })
     .await;
+    (cp, game)
+}
+
+#[tokio::test]
+async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_reported() {
+    let (mut cp, mut game) = planes().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("play.json");
     let cp_pid = cp.child.id().unwrap().to_string();
@@ -140,25 +148,7 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
 
 #[tokio::test]
 async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() {
-    // A load test offers hundreds of requests per second from one address:
-    // exactly what the per-address limit refuses, so it is off here (as in the bench scripts).
-    let mut cp = support::control_plane(&["--rate-limit", "off"]).await;
-    let mut game = support::game_server(
-        &cp.http(),
-        &[
-            "--lands",
-            "hero-defense",
-            "--drain-timeout",
-            "1s",
-            "--rate-limit",
-            "off",
-        ],
-    )
-    .await;
-    support::wait_servers(&cp.http(), Duration::from_secs(10), |servers| {
-        servers.iter().any(|server| server["state"] == "live")
-    })
-    .await;
+    let (mut cp, mut game) = planes().await;
     let dir = tempfile::tempdir().unwrap();
 
     let path = dir.path().join("journey.json");
