@@ -30,6 +30,23 @@ fn read_report(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The text report of a run that must have exited 0 (both streams shown if not).
+fn successful_stdout(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The JSON report of a run that must have exited 0.
+fn successful_report(output: &Output, path: &Path) -> Value {
+    successful_stdout(output);
+    read_report(path)
+}
+
 fn assert_latency(report: &Value, name: &str, count: u64) {
     let summary = &report["latencyMs"][name];
     assert_eq!(summary["count"], count, "{name}: {summary}");
@@ -94,12 +111,7 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
         ],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = successful_stdout(&output);
     assert!(stdout.contains("action → patch"), "{stdout}");
     assert!(stdout.contains("KiB per player at the peak"), "{stdout}");
     let report = read_report(&path);
@@ -165,12 +177,7 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
         ],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = successful_stdout(&output);
     assert!(stdout.contains("assigned → join.ok"), "{stdout}");
     let report = read_report(&path);
     assert_eq!(report["players"], 300);
@@ -211,12 +218,7 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
         ],
     )
     .await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = read_report(&path);
+    let report = successful_report(&output, &path);
     assert_eq!(report["tickets"], 40);
     assert_eq!(report["matched"], 40);
     assert_eq!(report["joined"], 0);
@@ -244,12 +246,7 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
         ],
     )
     .await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = read_report(&path);
+    let report = successful_report(&output, &path);
     assert_eq!(report["warmupSecs"], 0.2);
     assert_eq!(
         (&report["tickets"], &report["matched"]),
@@ -312,12 +309,7 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
         &pid,
     ];
     let (output, servers) = tokio::join!(loadtest(&base, &path, &args), seen_live);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = successful_stdout(&output);
     assert!(stdout.contains("µs CPU per heartbeat"), "{stdout}");
     let fake: Vec<&Value> = servers.iter().filter(|server| is_fake(server)).collect();
     assert_eq!(fake.len(), 20, "{servers:?}");
@@ -443,12 +435,7 @@ async fn two_replicas_on_redis_assign_every_ticket_across_replicas() {
         ],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = successful_stdout(&output);
     assert!(stdout.contains("control planes (2)"), "{stdout}");
     let report = read_report(&path);
     assert_eq!(
