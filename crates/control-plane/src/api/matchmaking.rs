@@ -11,7 +11,7 @@ use matchplane_matchmaker::{InsertError, TicketId};
 
 use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::auth::{PlayerIdentity, forbidden, may_access};
-use crate::clock::{duration_ms, format_rfc3339};
+use crate::clock::{Millis, duration_ms, format_rfc3339};
 use crate::events::TicketEvent;
 use crate::matcher::engine_ticket;
 use crate::metrics;
@@ -96,7 +96,7 @@ pub(crate) async fn enqueue_ticket(
         ));
     }
     let now = state.clock.now_ms();
-    let ticket_id = uuid::Uuid::new_v4().to_string();
+    let ticket_id = new_ticket_id(now);
     let request = valid.request;
     // The authenticated player owns the ticket; without player authentication
     // the first member speaks for it.
@@ -300,4 +300,46 @@ pub async fn cancel(
             status: Some(status),
         }),
     ))
+}
+
+/// A UUIDv7 whose first 48 bits are the enqueue time: the durable store's
+/// indexes keyed by ticket id then take new tickets at their end instead of
+/// dirtying a random page per ticket (fewer pages written per commit, fuller
+/// pages on disk). The other 74 bits are all random, with no per-millisecond
+/// counter, so one ticket id says nothing about another's.
+fn new_ticket_id(now: Millis) -> String {
+    uuid::Builder::from_unix_timestamp_millis(now, &rand::random())
+        .into_uuid()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_ticket_id;
+
+    #[test]
+    fn ticket_ids_sort_by_enqueue_time_and_keep_74_random_bits() {
+        let earlier = new_ticket_id(1_795_792_408_210);
+        let later = new_ticket_id(1_795_792_408_211);
+        assert!(earlier < later, "{earlier} !< {later}");
+        let parsed = uuid::Uuid::parse_str(&earlier).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        let (secs, nanos) = parsed.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            secs * 1000 + u64::from(nanos) / 1_000_000,
+            1_795_792_408_210
+        );
+        // Ids of the same millisecond share nothing past the timestamp: no
+        // counter that would let one ticket's id predict its neighbour's.
+        let same_ms: Vec<u128> = (0..64)
+            .map(|_| uuid::Uuid::parse_str(&new_ticket_id(7)).unwrap().as_u128())
+            .collect();
+        let random_bits = |id: u128| id & ((1u128 << 80) - 1) & !(0xF << 76);
+        let distinct: std::collections::HashSet<u128> =
+            same_ms.iter().map(|&id| random_bits(id) >> 62).collect();
+        assert!(
+            distinct.len() > 48,
+            "rand_a + top of rand_b repeat: {distinct:?}"
+        );
+    }
 }
