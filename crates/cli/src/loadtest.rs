@@ -700,6 +700,8 @@ pub struct Report {
     pub errors_total: u64,
     /// Every ticket was enqueued, assigned and (unless `--no-join`) every player joined.
     pub complete: bool,
+    /// Ctrl-C or SIGTERM ended the run early: the figures cover it until then.
+    pub interrupted: bool,
 }
 
 /// What the players received from their lands.
@@ -824,8 +826,11 @@ fn per_second(count: u64, window_ns: u64) -> f64 {
 }
 
 pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    // Listening before any work starts: a Ctrl-C during start-up is answered
+    // like one during the run, not with the default kill.
+    let shutdown = crate::signals::Shutdown::listen();
     if let Some(servers) = args.heartbeat_servers {
-        return heartbeat::run(&args, servers).await;
+        return heartbeat::run(&args, servers, shutdown).await;
     }
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number of tickets per second");
@@ -900,14 +905,25 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     let load_generator_process = Measured::start(Some(std::process::id()), "loadtest")?;
     let progress = tokio::spawn(report_progress(Arc::clone(&plan), tickets));
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..tickets {
-        let due = start + Duration::from_secs_f64(index as f64 / args.rate);
-        tokio::time::sleep_until(due).await;
-        tasks.spawn(Arc::clone(&plan).ticket(index, due));
-        // Reap finished tasks as we go so the set stays small.
-        while tasks.try_join_next().is_some() {}
+    let drive = async {
+        for index in 0..tickets {
+            let due = start + Duration::from_secs_f64(index as f64 / args.rate);
+            tokio::time::sleep_until(due).await;
+            tasks.spawn(Arc::clone(&plan).ticket(index, due));
+            // Reap finished tasks as we go so the set stays small.
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    };
+    // Ctrl-C ends a long run early with the report of what it did so far.
+    let interrupted = tokio::select! {
+        () = drive => false,
+        () = shutdown.received() => true,
+    };
+    if interrupted {
+        eprintln!("interrupted: no more tickets; the report covers the run until now");
+        tasks.shutdown().await;
     }
-    while tasks.join_next().await.is_some() {}
     progress.abort();
     let elapsed = start.elapsed();
     let processes = Processes {
@@ -916,13 +932,20 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         load_generator: load_generator_process.as_ref().and_then(Measured::finish),
     };
 
-    let report = build_report(&args, &urls, tickets, &recorder, elapsed, processes);
+    let mut report = build_report(&args, &urls, tickets, &recorder, elapsed, processes);
+    if interrupted {
+        report.interrupted = true;
+        report.complete = false;
+    }
     println!("{}", render(&report));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("report written to {}", path.display());
+    }
+    if report.interrupted {
+        bail!("interrupted before every ticket was done; see the report");
     }
     if report.errors_total > 0 || !report.complete {
         bail!("{} errors; see the report", report.errors_total);
@@ -1077,6 +1100,7 @@ fn build_report(
             && enqueued == tickets
             && matched == tickets
             && (args.no_join || joined == players),
+        interrupted: false,
     }
 }
 
@@ -1091,7 +1115,12 @@ fn render(report: &Report) -> String {
     }
     lines.extend([
         format!(
-            "done in {:.1}s: {} enqueued · {} assigned · {} joined{}",
+            "{} {:.1}s: {} enqueued · {} assigned · {} joined{}",
+            if report.interrupted {
+                "interrupted after"
+            } else {
+                "done in"
+            },
             report.duration_secs,
             report.enqueued,
             report.matched,

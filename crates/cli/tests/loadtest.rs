@@ -262,6 +262,139 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
 }
 
+/// Runs `loadtest` with `args`, sends it Ctrl-C (SIGINT) after its second
+/// progress line, and returns its exit status and what it printed (stdout, then
+/// the rest of stderr).
+async fn interrupted_loadtest(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut run = tokio::process::Command::new(support::BIN)
+        .arg("loadtest")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = run.stdout.take().unwrap();
+    let stderr = run.stderr.take().unwrap();
+    let mut progress = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let mut progress_lines = 0;
+    while progress_lines < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), progress.next_line())
+            .await
+            .expect("progress within 30 s")
+            .unwrap()
+            .expect("the run prints progress before it ends");
+        progress_lines += usize::from(line.starts_with('['));
+    }
+    let pid = run.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), run.wait())
+        .await
+        .expect("the run stops within 20 s of Ctrl-C")
+        .unwrap();
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+        .await
+        .unwrap();
+    while let Some(line) = progress.next_line().await.unwrap() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    (status, text)
+}
+
+#[tokio::test]
+async fn ctrl_c_ends_a_run_early_with_the_report_of_what_it_did() {
+    let (mut cp, mut game) = planes().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.json");
+    let base = cp.http();
+    // 20,000 players at 100/s would take over three minutes.
+    let (status, text) = interrupted_loadtest(&[
+        "--control-plane",
+        &base,
+        "--json",
+        path.to_str().unwrap(),
+        "--queue",
+        "hero-defense:1v1",
+        "--no-join",
+        "--rate",
+        "100",
+        "--players",
+        "20000",
+    ])
+    .await;
+    // Not killed by the signal: it exited by itself, with a failure status.
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted after"), "{text}");
+    let report = read_report(&path);
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["complete"], false, "{report}");
+    let enqueued = report["enqueued"].as_u64().unwrap();
+    let matched = report["matched"].as_u64().unwrap();
+    assert!(matched >= 2 && enqueued < 20_000, "{report}");
+    assert!(matched <= enqueued, "{report}");
+    assert_eq!(
+        report["latencyMs"]["timeToMatch"]["count"], matched,
+        "{report}"
+    );
+
+    game.sigterm();
+    cp.sigterm();
+    assert!(game.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}
+
+#[tokio::test]
+async fn ctrl_c_in_heartbeat_mode_still_deregisters_every_fake_server() {
+    let mut cp = support::control_plane(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heartbeats.json");
+    let base = cp.http();
+    let (status, text) = interrupted_loadtest(&[
+        "--control-plane",
+        &base,
+        "--json",
+        path.to_str().unwrap(),
+        "--heartbeat-servers",
+        "20",
+        "--heartbeat-interval",
+        "500ms",
+        "--duration",
+        "10m",
+        "--registration-token",
+        support::REGISTRATION_TOKEN,
+    ])
+    .await;
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("interrupted after"), "{text}");
+    let report = read_report(&path);
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["complete"], false, "{report}");
+    assert_eq!(report["registered"], 20, "{report}");
+    assert!(
+        report["heartbeats"]["ok"].as_u64().unwrap() >= 20,
+        "{report}"
+    );
+    assert_eq!(report["deregistered"], 20, "{report}");
+    let (_, body) = support::admin_get(&format!("{base}/v1/admin/servers")).await;
+    let servers = body["servers"].as_array().unwrap();
+    assert!(
+        !servers.iter().any(|server| server["serverId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("hb"))),
+        "{body}"
+    );
+
+    cp.sigterm();
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}
+
 #[tokio::test]
 async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server() {
     let mut cp = support::control_plane(&[]).await;

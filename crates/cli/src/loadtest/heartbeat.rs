@@ -34,7 +34,11 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// The land type the fake servers claim: one the built-in game server hosts too.
 const LAND_TYPE: &str = "counter";
 
-pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
+pub async fn run(
+    args: &LoadtestArgs,
+    servers: u32,
+    shutdown: crate::signals::Shutdown,
+) -> anyhow::Result<()> {
     if args.heartbeat_interval.is_zero() {
         bail!("--heartbeat-interval must be more than 0");
     }
@@ -121,8 +125,22 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
         probe.clone(),
         before.clone(),
     ));
-    tokio::time::sleep_until(end).await;
-    while beats.join_next().await.is_some() {}
+    let beating = async {
+        tokio::time::sleep_until(end).await;
+        while beats.join_next().await.is_some() {}
+    };
+    // Ctrl-C stops the beats early; the fake servers are still deregistered
+    // so the control plane is not left waiting for them to time out.
+    let interrupted = tokio::select! {
+        () = beating => false,
+        () = shutdown.received() => true,
+    };
+    if interrupted {
+        eprintln!(
+            "interrupted: deregistering the fake servers; the report covers the run until now"
+        );
+        beats.shutdown().await;
+    }
     let after = probe.as_ref().map(ProcessProbe::sample).transpose()?;
     progress.abort();
     let window = start.elapsed();
@@ -143,7 +161,7 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let report = build_report(
+    let mut report = build_report(
         args,
         servers,
         &fleet,
@@ -152,12 +170,19 @@ pub async fn run(args: &LoadtestArgs, servers: u32) -> anyhow::Result<()> {
         window,
         cost,
     );
+    if interrupted {
+        report.interrupted = true;
+        report.complete = false;
+    }
     println!("{}", render(&report));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("report written to {}", path.display());
+    }
+    if report.interrupted {
+        bail!("interrupted before the run's duration was over; see the report");
     }
     if !report.complete {
         bail!("{} errors; see the report", report.errors_total);
@@ -471,6 +496,8 @@ pub struct HeartbeatReport {
     pub errors_total: u64,
     /// Every server registered, every heartbeat accepted, every server deregistered.
     pub complete: bool,
+    /// Ctrl-C or SIGTERM ended the run early: the figures cover it until then.
+    pub interrupted: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -527,6 +554,7 @@ fn build_report(
             && registered == u64::from(servers)
             && ok == sent
             && deregistered == u64::from(servers),
+        interrupted: false,
     }
 }
 
@@ -535,7 +563,12 @@ fn render(report: &HeartbeatReport) -> String {
     let mut lines = vec![
         String::new(),
         format!(
-            "done in {:.1}s: {} servers registered · {} heartbeats sent · {} ok · {} errors · {} late · {} deregistered ({}/s)",
+            "{} {:.1}s: {} servers registered · {} heartbeats sent · {} ok · {} errors · {} late · {} deregistered ({}/s)",
+            if report.interrupted {
+                "interrupted after"
+            } else {
+                "done in"
+            },
             report.duration_secs,
             report.registered,
             beats.sent,
