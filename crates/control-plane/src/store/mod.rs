@@ -57,27 +57,29 @@ pub struct TicketRecord {
     #[serde(default)]
     pub owner: String,
     pub members: Vec<String>,
-    #[serde(default)]
+    // Empty request fields are left out of the stored record (a tenth of a
+    // 1v1 ticket's bytes without its token); they decode as empty again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraints: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub string_args: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latencies: BTreeMap<String, u32>,
     pub status: TicketStatus,
     pub enqueued_at: Millis,
     /// When a still-queued ticket expires.
     pub expires_at: Millis,
     pub updated_at: Millis,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<Assignment>,
     /// `assignment.expiresAt` as a number, for liveness checks.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment_expires_at: Option<Millis>,
     /// The game-server process (registration `instanceId`) the assignment is on,
     /// so a server's loss releases only what its lost instance held.

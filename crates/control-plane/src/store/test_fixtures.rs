@@ -61,3 +61,42 @@ pub(super) fn assignment_on(server: &str, id: &str) -> Assignment {
         team: Some(0),
     }
 }
+
+#[test]
+fn empty_request_fields_are_left_out_of_the_record_and_older_records_still_decode() {
+    let record = ticket("t1", "g1", 1_000);
+    let json = serde_json::to_value(&record).unwrap();
+    for absent in [
+        "region",
+        "constraints",
+        "attributes",
+        "tags",
+        "stringArgs",
+        "latencies",
+        "assignment",
+        "assignmentExpiresAt",
+    ] {
+        assert!(json.get(absent).is_none(), "{absent} in {json}");
+    }
+    assert_eq!(serde_json::from_value::<TicketRecord>(json).unwrap(), record);
+    // As earlier versions wrote it: every field, empty ones as null / {} / [].
+    let mut older = serde_json::to_value(&record).unwrap();
+    let object = older.as_object_mut().unwrap();
+    for (name, empty) in [
+        ("region", serde_json::Value::Null),
+        ("constraints", serde_json::Value::Null),
+        ("attributes", serde_json::json!({})),
+        ("tags", serde_json::json!([])),
+        ("stringArgs", serde_json::json!({})),
+        ("latencies", serde_json::json!({})),
+        ("assignment", serde_json::Value::Null),
+        ("assignmentExpiresAt", serde_json::Value::Null),
+    ] {
+        object.insert(name.to_owned(), empty);
+    }
+    assert_eq!(serde_json::from_value::<TicketRecord>(older).unwrap(), record);
+    // A filled field is still written.
+    let mut tagged = record;
+    tagged.tags = vec!["eu".to_owned()];
+    assert_eq!(serde_json::to_value(&tagged).unwrap()["tags"], serde_json::json!(["eu"]));
+}
