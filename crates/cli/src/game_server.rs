@@ -42,7 +42,7 @@ pub struct GameServerArgs {
     pub server_id: Option<String>,
 
     /// Land types to host, comma-separated (default: all built-in).
-    #[arg(long, value_delimiter = ',', default_values_t = BUILT_IN_LANDS.map(str::to_owned))]
+    #[arg(long, env = "MATCHPLANE_LANDS", value_delimiter = ',', default_values_t = BUILT_IN_LANDS.map(str::to_owned))]
     pub lands: Vec<String>,
 
     /// How players are admitted: `jwks` (default with --control-plane-url) or `none` (development).
@@ -121,7 +121,7 @@ pub struct GameServerArgs {
     pub audience: String,
 
     /// Least time between JWKS refetches caused by tokens with an unknown key id.
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+    #[arg(long, env = "MATCHPLANE_JWKS_REFETCH_COOLDOWN", default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub jwks_refetch_cooldown: Duration,
 
     /// A load balancer (IP or CIDR) whose X-Forwarded-For names the real client; repeatable or comma-separated.
@@ -130,7 +130,7 @@ pub struct GameServerArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// How often the JWKS is refreshed so rotated-out keys stop being trusted.
-    #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
+    #[arg(long, env = "MATCHPLANE_JWKS_REFRESH", default_value = "5m", value_parser = crate::duration::parse_duration)]
     pub jwks_refresh: Duration,
 
     /// Per land type configuration: `hero-defense=quick`, or a JSON object of overrides
@@ -139,11 +139,15 @@ pub struct GameServerArgs {
     pub land_configs: Vec<String>,
 
     /// Largest client message in bytes.
-    #[arg(long, default_value_t = 16 * 1024)]
+    #[arg(long, env = "MATCHPLANE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
     pub max_message_bytes: usize,
 
     /// Sustained client messages per second per connection.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(
+        long,
+        env = "MATCHPLANE_MAX_MESSAGES_PER_SECOND",
+        default_value_t = 50.0
+    )]
     pub max_messages_per_second: f64,
 
     /// Close connections silent for this long: WebSockets with no client message and
@@ -156,7 +160,7 @@ pub struct GameServerArgs {
     pub listener: crate::listener::ListenerArgs,
 
     /// On SIGTERM, how long to wait for lands to say goodbye before exiting.
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
+    #[arg(long, env = "MATCHPLANE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub shutdown_timeout: Duration,
 }
 

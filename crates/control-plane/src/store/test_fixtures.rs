@@ -78,7 +78,10 @@ fn empty_request_fields_are_left_out_of_the_record_and_older_records_still_decod
     ] {
         assert!(json.get(absent).is_none(), "{absent} in {json}");
     }
-    assert_eq!(serde_json::from_value::<TicketRecord>(json).unwrap(), record);
+    assert_eq!(
+        serde_json::from_value::<TicketRecord>(json).unwrap(),
+        record
+    );
     // As earlier versions wrote it: every field, empty ones as null / {} / [].
     let mut older = serde_json::to_value(&record).unwrap();
     let object = older.as_object_mut().unwrap();
@@ -94,9 +97,15 @@ fn empty_request_fields_are_left_out_of_the_record_and_older_records_still_decod
     ] {
         object.insert(name.to_owned(), empty);
     }
-    assert_eq!(serde_json::from_value::<TicketRecord>(older).unwrap(), record);
+    assert_eq!(
+        serde_json::from_value::<TicketRecord>(older).unwrap(),
+        record
+    );
     // A filled field is still written.
     let mut tagged = record;
     tagged.tags = vec!["eu".to_owned()];
-    assert_eq!(serde_json::to_value(&tagged).unwrap()["tags"], serde_json::json!(["eu"]));
+    assert_eq!(
+        serde_json::to_value(&tagged).unwrap()["tags"],
+        serde_json::json!(["eu"])
+    );
 }
