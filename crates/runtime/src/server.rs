@@ -66,8 +66,13 @@ impl Default for GameServerConfig {
     }
 }
 
-/// Read and write buffer of each WebSocket connection.
-const WS_BUFFER_BYTES: usize = 8 * 1024;
+/// Read buffer of each WebSocket connection. tungstenite zero-fills it to its
+/// capacity on every read, so all of it is resident for every connected
+/// player; client messages are a few hundred bytes, and a larger one (up to
+/// `--max-message-bytes`) is read in more than one go.
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Frames written are flushed once this much is buffered (or on every send).
+const WS_WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
 pub(crate) struct Shared {
     pub(crate) manager: LandManager,
@@ -253,8 +258,8 @@ async fn game_socket(
     // Small buffers: an idle connection costs little memory, and the frame limits let a
     // larger frame be refused (1009) from its header instead of being buffered.
     upgrade
-        .read_buffer_size(WS_BUFFER_BYTES)
-        .write_buffer_size(WS_BUFFER_BYTES)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
