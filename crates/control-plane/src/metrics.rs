@@ -40,6 +40,8 @@ pub struct Metrics {
     pub feed_resyncs: AtomicU64,
     /// Matcher leases this replica was granted (Redis only).
     pub lease_acquisitions: AtomicU64,
+    /// Lease rounds run early because a ticket arrived for a queue nobody held.
+    pub lease_woken_rounds: AtomicU64,
     /// Matcher leases this replica lost: not renewed in time, taken over, or fenced.
     pub lease_losses: AtomicU64,
     /// Matcher leases this replica gave back: idle queue, spreading, or shutdown.
@@ -168,6 +170,11 @@ impl Metrics {
                 "matchplane_lease_acquisitions_total",
                 "Per-queue matcher leases granted to this replica (Redis store).",
                 &self.lease_acquisitions,
+            ),
+            (
+                "matchplane_lease_woken_rounds_total",
+                "Lease rounds run at once because a ticket arrived for a queue no replica held (Redis store).",
+                &self.lease_woken_rounds,
             ),
             (
                 "matchplane_lease_losses_total",

@@ -470,3 +470,37 @@ async fn a_holder_shutting_down_releases_its_lease_and_the_queue_moves_on_at_onc
         0
     );
 }
+
+/// A ticket of a queue nobody holds asks for a lease round at once instead of
+/// waiting for the next scheduled one (every second here, with a 6 s lease).
+/// Three new queues one after the other: a scheduled round could take one
+/// before its ticket reaches the matching loop, but not all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_for_a_queue_nobody_holds_wakes_the_lease_round() {
+    let redis = RedisServer::start();
+    let (h, _dir) = replica_with_lease(&redis, Duration::from_secs(6)).await;
+    let woken = || {
+        h.cp.state()
+            .metrics
+            .lease_woken_rounds
+            .load(Ordering::Relaxed)
+    };
+    assert_eq!(woken(), 0);
+    for (queue, player) in [
+        (QUEUE, "alice"),
+        (OTHER_QUEUE, "bob"),
+        ("arena:2v2", "carol"),
+    ] {
+        h.enqueue(json!({"queueKey": queue, "members": [player]}))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while lease_holder(&redis, queue).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} never leased"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(woken() >= 1, "no lease round was woken by a ticket");
+}

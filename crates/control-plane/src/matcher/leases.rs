@@ -9,7 +9,7 @@
 //! On shutdown it releases what it holds, so other replicas take those queues
 //! over at their next round instead of after the lease lapses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +31,33 @@ const IDLE_QUEUE_RELEASE: Duration = Duration::from_secs(30);
 /// lease, if longer) no longer counts as a live matcher. Entries are
 /// refreshed every second.
 const REPLICA_LIVE_FOR: Duration = Duration::from_secs(3);
+/// Least time between two lease rounds that tickets asked for (see
+/// [`LeaseWake`]): a burst of tickets for a new queue costs one round, not one each.
+const WOKEN_ROUND_GAP: Duration = Duration::from_millis(50);
 /// How long shutdown waits on each step of giving leases back (the round in
 /// progress, the matching loop stopping, the releases), so an unreachable
 /// Redis delays the exit by seconds at most; leases not released then lapse.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(1);
+
+/// Lets the matching loop ask for a lease round now. A ticket of a queue that
+/// no replica holds (a new queue, or one whose lease was given up while idle)
+/// would otherwise wait for the next scheduled round, up to a second, before
+/// any replica matches it.
+#[derive(Default)]
+pub struct LeaseWake {
+    notify: tokio::sync::Notify,
+    /// Queues another replica held at the last round: their tickets need no round.
+    held_elsewhere: parking_lot::Mutex<HashSet<String>>,
+}
+
+impl LeaseWake {
+    /// A ticket of `queue_key` arrived and this replica does not match that queue.
+    pub fn unheld_ticket(&self, queue_key: &str) {
+        if !self.held_elsewhere.lock().contains(queue_key) {
+            self.notify.notify_one();
+        }
+    }
+}
 
 struct Held {
     epoch: u64,
@@ -57,6 +80,7 @@ struct LeaseTask {
     /// Queues seen without a holder, and since when.
     unheld_since: HashMap<String, Instant>,
     failing: bool,
+    wake: Arc<LeaseWake>,
 }
 
 /// Switches the matcher to leased matching and keeps its leases.
@@ -69,7 +93,8 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    matcher.use_leases(leases.replica_id().to_owned());
+    let wake = Arc::new(LeaseWake::default());
+    matcher.use_leases(leases.replica_id().to_owned(), Arc::clone(&wake));
     let mut task = LeaseTask {
         leases,
         store,
@@ -80,17 +105,24 @@ pub fn spawn(
         held: BTreeMap::new(),
         unheld_since: HashMap::new(),
         failing: false,
+        wake: Arc::clone(&wake),
     };
     tokio::spawn(async move {
         let round = (task.lease / 3).clamp(Duration::from_millis(10), MAX_ROUND);
         let mut ticker = tokio::time::interval(round);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_round = Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 _ = ticker.tick() => {}
+                () = wake.notify.notified() => {
+                    tokio::time::sleep_until(last_round + WOKEN_ROUND_GAP).await;
+                    metrics::inc(&task.metrics.lease_woken_rounds);
+                }
             }
+            last_round = Instant::now();
             let round = task.round();
             tokio::pin!(round);
             tokio::select! {
@@ -216,10 +248,12 @@ impl LeaseTask {
             .map(|replica| (replica.clone(), 0))
             .collect();
         let mut unheld = Vec::new();
+        let mut held_elsewhere = HashSet::new();
         for (queue, holder) in others.into_iter().zip(holders) {
             match holder {
                 Some((replica, _)) => {
                     self.unheld_since.remove(&queue);
+                    held_elsewhere.insert(queue.clone());
                     *held_by.entry(replica).or_default() += 1;
                 }
                 None => {
@@ -256,9 +290,12 @@ impl LeaseTask {
                     self.unheld_since.remove(queue);
                     self.granted(queue.clone(), epoch, sent).await?;
                 }
-                LeaseReply::Held { .. } => {}
+                LeaseReply::Held { .. } => {
+                    held_elsewhere.insert(queue.clone());
+                }
             }
         }
+        *self.wake.held_elsewhere.lock() = held_elsewhere;
 
         // Over its share while another live matcher is under it: hand one
         // queue over (it stops matching here first, then frees the lease).

@@ -46,6 +46,7 @@ use crate::tokens::TokenIssuer;
 
 use commit::{CommitError, Settled};
 use held::HeldLeases;
+use leases::LeaseWake;
 use plan::TokenTerms;
 use pool::Pool;
 pub(crate) use pool::engine_ticket;
@@ -72,7 +73,7 @@ enum Command {
     /// Every queued ticket, read after events may have been missed.
     Resync(Vec<TicketRecord>),
     /// From now on match only the queues whose lease this replica (`holder`) holds.
-    UseLeases(String),
+    UseLeases(String, Arc<LeaseWake>),
     /// This replica now holds the queue's lease; its queued tickets are
     /// being read (sent before the read, so no feed event falls between).
     LeaseLoading(String),
@@ -164,8 +165,8 @@ impl MatcherHandle {
 
     /// Switches the loop to leased matching: it forgets every ticket and
     /// matches only queues granted through [`MatcherHandle::lease_granted`].
-    pub fn use_leases(&self, holder: String) {
-        let _ = self.commands.send(Command::UseLeases(holder));
+    pub fn use_leases(&self, holder: String, wake: Arc<LeaseWake>) {
+        let _ = self.commands.send(Command::UseLeases(holder, wake));
     }
 
     /// The queue's lease is this replica's; its queued tickets are read next
@@ -252,6 +253,8 @@ pub struct MatchLoop {
     /// The queues this replica may match and their lease epochs; `None`
     /// without leases (one process, or a store without them): every queue.
     leases: Option<HeldLeases>,
+    /// Asks the lease task for a round when a ticket's queue has no holder.
+    lease_wake: Option<Arc<LeaseWake>>,
 }
 
 /// How long a "no game server" warning silences the next one for a land type.
@@ -311,6 +314,7 @@ pub fn spawn(
         recent_waits: HashMap::new(),
         no_server_warned_at: HashMap::new(),
         leases: None,
+        lease_wake: None,
     };
     let task = tokio::spawn(async move { matcher.run(shutdown).await });
     (
@@ -387,7 +391,11 @@ impl MatchLoop {
                     return;
                 };
                 let queue_key = ticket.queue_key.clone();
-                if self.owns(&queue_key) && self.pool.track(ticket, self.clock.now_ms()) {
+                if !self.owns(&queue_key) {
+                    if let Some(wake) = &self.lease_wake {
+                        wake.unheld_ticket(&queue_key);
+                    }
+                } else if self.pool.track(ticket, self.clock.now_ms()) {
                     round.touched.insert(queue_key);
                 }
             }
@@ -425,9 +433,10 @@ impl MatchLoop {
                     }
                 }
             }
-            Command::UseLeases(holder) => {
+            Command::UseLeases(holder, wake) => {
                 self.pool.withdraw_queue(None);
                 self.leases = Some(HeldLeases::new(holder));
+                self.lease_wake = Some(wake);
             }
             Command::LeaseLoading(queue_key) => {
                 if let Some(leases) = &mut self.leases {
