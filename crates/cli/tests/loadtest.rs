@@ -262,13 +262,17 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
 }
 
-/// Runs `loadtest` with `args`, sends it Ctrl-C (SIGINT) after its second
-/// progress line, and returns its exit status and what it printed (stdout, then
-/// the rest of stderr).
-async fn interrupted_loadtest(args: &[&str]) -> (std::process::ExitStatus, String) {
+/// Runs `loadtest --control-plane <control_plane> --json <file> <extra>`,
+/// sends it Ctrl-C (SIGINT) after its second progress line, checks that it
+/// stopped by itself as an interrupted run (exit 1, "interrupted after", the
+/// report marked interrupted and incomplete) and returns its JSON report.
+async fn interrupted_loadtest(control_plane: &str, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.json");
     let mut run = tokio::process::Command::new(support::BIN)
-        .arg("loadtest")
-        .args(args)
+        .args(["loadtest", "--control-plane", control_plane, "--json"])
+        .arg(&path)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -305,36 +309,32 @@ async fn interrupted_loadtest(args: &[&str]) -> (std::process::ExitStatus, Strin
         text.push_str(&line);
         text.push('\n');
     }
-    (status, text)
-}
-
-#[tokio::test]
-async fn ctrl_c_ends_a_run_early_with_the_report_of_what_it_did() {
-    let (mut cp, mut game) = planes().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("report.json");
-    let base = cp.http();
-    // 20,000 players at 100/s would take over three minutes.
-    let (status, text) = interrupted_loadtest(&[
-        "--control-plane",
-        &base,
-        "--json",
-        path.to_str().unwrap(),
-        "--queue",
-        "hero-defense:1v1",
-        "--no-join",
-        "--rate",
-        "100",
-        "--players",
-        "20000",
-    ])
-    .await;
     // Not killed by the signal: it exited by itself, with a failure status.
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("interrupted after"), "{text}");
     let report = read_report(&path);
     assert_eq!(report["interrupted"], true, "{report}");
     assert_eq!(report["complete"], false, "{report}");
+    report
+}
+
+#[tokio::test]
+async fn ctrl_c_ends_a_run_early_with_the_report_of_what_it_did() {
+    let (mut cp, mut game) = planes().await;
+    // 20,000 players at 100/s would take over three minutes.
+    let report = interrupted_loadtest(
+        &cp.http(),
+        &[
+            "--queue",
+            "hero-defense:1v1",
+            "--no-join",
+            "--rate",
+            "100",
+            "--players",
+            "20000",
+        ],
+    )
+    .await;
     let enqueued = report["enqueued"].as_u64().unwrap();
     let matched = report["matched"].as_u64().unwrap();
     assert!(matched >= 2 && enqueued < 20_000, "{report}");
@@ -353,29 +353,21 @@ async fn ctrl_c_ends_a_run_early_with_the_report_of_what_it_did() {
 #[tokio::test]
 async fn ctrl_c_in_heartbeat_mode_still_deregisters_every_fake_server() {
     let mut cp = support::control_plane(&[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("heartbeats.json");
     let base = cp.http();
-    let (status, text) = interrupted_loadtest(&[
-        "--control-plane",
+    let report = interrupted_loadtest(
         &base,
-        "--json",
-        path.to_str().unwrap(),
-        "--heartbeat-servers",
-        "20",
-        "--heartbeat-interval",
-        "500ms",
-        "--duration",
-        "10m",
-        "--registration-token",
-        support::REGISTRATION_TOKEN,
-    ])
+        &[
+            "--heartbeat-servers",
+            "20",
+            "--heartbeat-interval",
+            "500ms",
+            "--duration",
+            "10m",
+            "--registration-token",
+            support::REGISTRATION_TOKEN,
+        ],
+    )
     .await;
-    assert_eq!(status.code(), Some(1), "{text}");
-    assert!(text.contains("interrupted after"), "{text}");
-    let report = read_report(&path);
-    assert_eq!(report["interrupted"], true, "{report}");
-    assert_eq!(report["complete"], false, "{report}");
     assert_eq!(report["registered"], 20, "{report}");
     assert!(
         report["heartbeats"]["ok"].as_u64().unwrap() >= 20,
