@@ -150,6 +150,11 @@ pub struct LoadtestArgs {
         value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_connections: u32,
 
+    /// How the players' lands send state changes: `patch` (RFC 6902 `state.patch`,
+    /// the protocol's default) or `merge` (RFC 7386 `state.merge`, fewer bytes).
+    #[arg(long, value_enum, default_value_t = SyncArg::Patch)]
+    pub sync: SyncArg,
+
     /// Tickets due within this long of the start are sent and counted like the others,
     /// but their latencies stay out of the histograms: the first ~100–200 ms of a run
     /// pay for opening connections and sockets, which is not the steady state.
@@ -307,7 +312,15 @@ struct Replica {
     enqueue_slots: tokio::sync::Semaphore,
 }
 
+/// `--sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncArg {
+    Patch,
+    Merge,
+}
+
 struct Plan {
+    sync: matchplane_client::StateSync,
     replicas: Vec<Replica>,
     recorder: Arc<Recorder>,
     queue: String,
@@ -471,6 +484,7 @@ impl Plan {
         let recorder = &self.recorder;
         let options = ConnectOptions {
             join_timeout: self.join_timeout,
+            sync: self.sync,
             ..ConnectOptions::lightweight()
         };
         let policy = RecoveryPolicy::default();
@@ -708,6 +722,8 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StateSync {
+    /// `patch` or `merge` (`--sync`).
+    pub encoding: &'static str,
     /// Most players in lands at the same time.
     pub peak_players_in_lands: u64,
     /// Payload bytes of the frames after `join.ok`, all players together.
@@ -889,6 +905,10 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         })
         .collect();
     let plan = Arc::new(Plan {
+        sync: match args.sync {
+            SyncArg::Patch => matchplane_client::StateSync::Patch,
+            SyncArg::Merge => matchplane_client::StateSync::Merge,
+        },
         replicas,
         recorder: Arc::clone(&recorder),
         queue: args.queue.clone(),
@@ -1086,6 +1106,10 @@ fn build_report(
             action_to_patch: locked(&recorder.action_to_patch).summary(),
         },
         state_sync: StateSync {
+            encoding: match args.sync {
+                SyncArg::Patch => "patch",
+                SyncArg::Merge => "merge",
+            },
             peak_players_in_lands: peak_players,
             bytes_received: land_bytes,
             player_seconds: round(player_seconds, 3),
@@ -1157,7 +1181,8 @@ fn render(report: &Report) -> String {
     let sync = &report.state_sync;
     if sync.player_seconds > 0.0 {
         lines.push(format!(
-            "state sync: {} players in lands at the peak · {:.0} B/s per player · {:.2} MB/s at the peak · {} moves answered without their patch",
+            "state sync ({}): {} players in lands at the peak · {:.0} B/s per player · {:.2} MB/s at the peak · {} moves answered without their patch",
+            sync.encoding,
             sync.peak_players_in_lands,
             sync.bytes_per_player_second,
             sync.bytes_per_second_at_peak / 1e6,

@@ -151,6 +151,32 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
         processes["loadGenerator"]["cpuSeconds"].as_f64().unwrap() >= 0.0,
         "{processes}"
     );
+    assert_eq!(sync["encoding"], "patch", "{sync}");
+
+    // The same journey with `state.merge` frames: every move is still seen.
+    let path = dir.path().join("merge.json");
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--players",
+            "6",
+            "--rate",
+            "100",
+            "--queue",
+            "hero-defense:3v3",
+            "--play-seconds",
+            "2.5",
+            "--sync",
+            "merge",
+        ],
+    )
+    .await;
+    let report = successful_report(&output, &path);
+    assert_latency(&report, "actionToPatch", 18);
+    let sync = &report["stateSync"];
+    assert_eq!(sync["encoding"], "merge", "{sync}");
+    assert_eq!(sync["actionsWithoutPatch"], 0, "{sync}");
 
     game.sigterm();
     game.wait_exit(Duration::from_secs(10)).await;

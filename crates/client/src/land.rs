@@ -36,6 +36,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How the game server starts every `state.patch` frame (fast path only: frames written
 /// differently are decoded normally).
 const PATCH_PREFIX: &str = r#"{"type":"state.patch""#;
+const MERGE_PREFIX: &str = r#"{"type":"state.merge""#;
 
 /// How a dropped connection is re-established.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,6 +75,19 @@ pub struct ConnectOptions {
     /// read, which dominates the CPU of thousands of connections receiving small frames;
     /// larger frames still arrive whole (the buffer grows).
     pub read_buffer_bytes: usize,
+    /// How the server sends state changes (`?sync=`).
+    pub sync: StateSync,
+}
+
+/// How a connection asks to receive state changes between snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateSync {
+    /// `state.patch`: RFC 6902 operations (the protocol's default).
+    #[default]
+    Patch,
+    /// `state.merge` (RFC 7386 merge patches, fewer bytes), with a
+    /// `state.patch` whenever a merge patch cannot say the change.
+    Merge,
 }
 
 impl Default for ConnectOptions {
@@ -85,6 +99,7 @@ impl Default for ConnectOptions {
             mirror: true,
             event_buffer: 256,
             read_buffer_bytes: 16 * 1024,
+            sync: StateSync::Patch,
         }
     }
 }
@@ -188,6 +203,12 @@ impl PatchWatch {
             value.pointer(rest) == Some(&self.value)
         })
     }
+
+    /// Whether the merge patch sets `pointer` to `value`: a merge patch has the
+    /// state's shape, so the value sits at the same pointer in it.
+    fn is_met_by_merge(&self, merge: &Value) -> bool {
+        merge.pointer(&self.pointer) == Some(&self.value)
+    }
 }
 
 #[derive(Debug)]
@@ -225,7 +246,7 @@ impl Shared {
         !locked(&self.patch_watches).is_empty()
     }
 
-    fn settle_patch_watches(&self, ops: &Value) {
+    fn settle_patch_watches(&self, is_met: impl Fn(&PatchWatch) -> bool) {
         let mut watches = locked(&self.patch_watches);
         if watches.is_empty() {
             return;
@@ -234,7 +255,7 @@ impl Shared {
         let (met, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *watches)
             .into_iter()
             .filter(|watch| !watch.seen.is_closed())
-            .partition(|watch| watch.is_met_by(ops));
+            .partition(|watch| is_met(watch));
         *watches = waiting;
         drop(watches);
         for watch in met {
@@ -500,6 +521,13 @@ impl LandConnection {
     /// Joins through any game-server URL, e.g. [`crate::dev_land_url`] for a server
     /// started with `--auth none`.
     pub async fn connect_url(url: &str, options: ConnectOptions) -> Result<Self, LandError> {
+        let url = &match options.sync {
+            StateSync::Patch => url.to_owned(),
+            StateSync::Merge => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}sync=merge")
+            }
+        };
         let (socket, join) = open(url, &options).await?;
         let (version, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -762,7 +790,7 @@ impl Driver {
             .counters
             .bytes_received
             .fetch_add(text.len() as u64, Ordering::Relaxed);
-        let fast_patch = text.starts_with(PATCH_PREFIX);
+        let fast_patch = text.starts_with(PATCH_PREFIX) || text.starts_with(MERGE_PREFIX);
         if !self.options.mirror && fast_patch && !self.shared.watching_patches() {
             // Without a mirror a patch changes nothing; skipping its decode is what lets
             // one load generator hold thousands of 20 Hz players.
@@ -781,12 +809,28 @@ impl Driver {
                 None
             }
             ServerMessage::StatePatch(patch) => {
-                self.shared.settle_patch_watches(&patch.ops);
+                self.shared
+                    .settle_patch_watches(|watch| watch.is_met_by(&patch.ops));
                 if !self.options.mirror && fast_patch {
                     // Decoded only for a watch: the mirror-less seq stays where it was.
                     return None;
                 }
-                self.apply_patch(patch.seq, patch.ops)
+                self.apply_change(patch.seq, |state| {
+                    serde_json::from_value::<json_patch::Patch>(patch.ops)
+                        .ok()
+                        .is_some_and(|patch| json_patch::patch(state, &patch.0).is_ok())
+                })
+            }
+            ServerMessage::StateMerge(merge) => {
+                self.shared
+                    .settle_patch_watches(|watch| watch.is_met_by_merge(&merge.merge));
+                if !self.options.mirror && fast_patch {
+                    return None;
+                }
+                self.apply_change(merge.seq, |state| {
+                    json_patch::merge(state, &merge.merge);
+                    true
+                })
             }
             ServerMessage::StateSnapshot(snapshot) => {
                 let resynced = {
@@ -842,7 +886,8 @@ impl Driver {
         self.shared.bump();
     }
 
-    fn apply_patch(&self, seq: u64, ops: Value) -> Option<String> {
+    /// Applies the change to `seq` with `apply` (false: it did not apply).
+    fn apply_change(&self, seq: u64, apply: impl FnOnce(&mut Value) -> bool) -> Option<String> {
         let mut mirror = self.shared.mirror();
         if mirror.awaiting_snapshot || seq <= mirror.seq {
             // Before the snapshot arrives patches are meaningless; older ones are stale.
@@ -850,11 +895,7 @@ impl Driver {
         }
         let counters = &self.shared.counters;
         let in_order = seq == mirror.seq + 1;
-        let applied = in_order
-            && (!self.options.mirror
-                || serde_json::from_value::<json_patch::Patch>(ops)
-                    .ok()
-                    .is_some_and(|patch| json_patch::patch(&mut mirror.state, &patch.0).is_ok()));
+        let applied = in_order && (!self.options.mirror || apply(&mut mirror.state));
         if applied {
             mirror.seq = seq;
             drop(mirror);

@@ -32,7 +32,7 @@ mod url;
 pub use error::{ActionError, JoinError, LandError, MatchmakingError};
 pub use land::{
     ConnectOptions, ConnectionStats, LandConnection, LandEvent, LandEvents, LandHandle,
-    ReconnectPolicy,
+    ReconnectPolicy, StateSync,
 };
 pub use matchmaking::{Delivery, MatchmakingClient, PollBackoff};
 pub use realtime::{MAX_TICKETS_PER_SOCKET, RealtimeSubscriber, RealtimeWatch};

@@ -10,7 +10,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use matchplane_client::contracts::game::{ClientMessage, ServerMessage, close_code};
 use matchplane_client::{
     ActionError, ConnectOptions, LandConnection, LandError, LandEvent, MatchmakingClient,
-    dev_land_url,
+    StateSync, dev_land_url,
 };
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -213,6 +213,59 @@ async fn a_ticking_land_ends_with_a_mirror_matching_its_result() {
                 ..
             }
         ),
+        "{err:?}"
+    );
+    game.stop().await;
+}
+
+/// `?sync=merge`: the same state as `state.patch` gives, in fewer bytes; an
+/// encoding the server does not know is refused with 4400 before anything else.
+#[tokio::test]
+async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let merged_url = dev_land_url(&game.http_url(), "counter", Some("room-sync"), "ann");
+    let merge = ConnectOptions {
+        sync: StateSync::Merge,
+        ..ConnectOptions::default()
+    };
+    let ann = LandConnection::connect_url(&merged_url, merge)
+        .await
+        .unwrap();
+    let bob = dev_connect(&game, "counter", "room-sync", "bob").await;
+    let (before_ann, before_bob) = (ann.stats().bytes_received, bob.stats().bytes_received);
+    for amount in 1..=20 {
+        ann.action("add", json!({ "amount": amount }))
+            .await
+            .unwrap();
+        bob.action("increment", Value::Null).await.unwrap();
+    }
+    // A fresh join.ok is the server's view; both mirrors must equal it.
+    let carol = dev_connect(&game, "counter", "room-sync", "carol").await;
+    let server_view = carol.state();
+    assert_eq!(server_view["count"], 210 + 20);
+    for mirror in [&ann, &bob] {
+        let mirrored = mirror
+            .wait_for_state(|state| state["players"]["carol"].is_number(), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(mirrored, server_view);
+        assert_eq!(mirror.stats().gaps, 0);
+        assert!(mirror.stats().patches_applied >= 40);
+    }
+    let merged_bytes = ann.stats().bytes_received - before_ann;
+    let patched_bytes = bob.stats().bytes_received - before_bob;
+    assert!(
+        merged_bytes < patched_bytes,
+        "merge {merged_bytes} B, patch {patched_bytes} B"
+    );
+
+    let unknown = format!("{merged_url}&sync=zip");
+    let err = LandConnection::connect_url(&unknown, ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LandError::Rejected { close_code: Some(close_code::MALFORMED), code, .. } if code == "unsupported_sync"),
         "{err:?}"
     );
     game.stop().await;

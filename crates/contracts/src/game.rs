@@ -16,6 +16,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub mod kind {
     pub const JOIN_OK: &str = "join.ok";
     pub const STATE_PATCH: &str = "state.patch";
+    /// Sent instead of most `state.patch`es to a connection that asked for
+    /// `?sync=merge`.
+    pub const STATE_MERGE: &str = "state.merge";
     pub const STATE_SNAPSHOT: &str = "state.snapshot";
     pub const ACTION_RESULT: &str = "action.result";
     pub const EVENT: &str = "event";
@@ -74,6 +77,8 @@ pub mod error_code {
     pub const LAND_FULL: &str = "land_full";
     /// The game server already runs its `--max-lands` and creates no more (close 4409).
     pub const SERVER_FULL: &str = "server_full";
+    /// `?sync=` named an encoding the server does not speak (close 4400).
+    pub const UNSUPPORTED_SYNC: &str = "unsupported_sync";
     /// The token names an earlier instance of this game server (it restarted).
     pub const LAND_LOST: &str = "land_lost";
     pub const DRAINING: &str = "draining";
@@ -112,6 +117,17 @@ pub struct StatePatch {
     pub seq: u64,
     /// RFC 6902 operations turning the state at `seq - 1` into the state at `seq`.
     pub ops: Value,
+}
+
+/// An RFC 7386 JSON Merge Patch turning the state at `seq - 1` into the state
+/// at `seq`: changed members with their new values, removed ones as `null`,
+/// arrays whole. Only sent to a connection that asked for `?sync=merge`, and
+/// only when it can say the change (a member that becomes `null` cannot be
+/// said; that change comes as a `state.patch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateMerge {
+    pub seq: u64,
+    pub merge: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +225,7 @@ pub struct GameServerHealth {
 pub enum ServerMessage {
     JoinOk(JoinOk),
     StatePatch(StatePatch),
+    StateMerge(StateMerge),
     StateSnapshot(StateSnapshot),
     ActionResult(ActionResult),
     Event(EventBody),
@@ -231,6 +248,7 @@ impl ServerMessage {
         match self {
             Self::JoinOk(_) => kind::JOIN_OK,
             Self::StatePatch(_) => kind::STATE_PATCH,
+            Self::StateMerge(_) => kind::STATE_MERGE,
             Self::StateSnapshot(_) => kind::STATE_SNAPSHOT,
             Self::ActionResult(_) => kind::ACTION_RESULT,
             Self::Event(_) => kind::EVENT,
@@ -284,6 +302,7 @@ impl Serialize for ServerMessage {
         match self {
             Self::JoinOk(data) => serialize_envelope(serializer, kind, data),
             Self::StatePatch(data) => serialize_envelope(serializer, kind, data),
+            Self::StateMerge(data) => serialize_envelope(serializer, kind, data),
             Self::StateSnapshot(data) => serialize_envelope(serializer, kind, data),
             Self::ActionResult(data) => serialize_envelope(serializer, kind, data),
             Self::Event(data) => serialize_envelope(serializer, kind, data),
@@ -369,6 +388,7 @@ impl ServerMessage {
         match kind.as_str() {
             kind::JOIN_OK => decode_data(&kind, data).map(Self::JoinOk),
             kind::STATE_PATCH => decode_data(&kind, data).map(Self::StatePatch),
+            kind::STATE_MERGE => decode_data(&kind, data).map(Self::StateMerge),
             kind::STATE_SNAPSHOT => decode_data(&kind, data).map(Self::StateSnapshot),
             kind::ACTION_RESULT => decode_data(&kind, data).map(Self::ActionResult),
             kind::EVENT => decode_data(&kind, data).map(Self::Event),

@@ -37,6 +37,31 @@ pub(crate) struct ConnHandle {
     pub(crate) tx: mpsc::Sender<Outbound>,
     /// Closes the socket at once, skipping queued frames (takeover, slow consumer).
     pub(crate) kill: Arc<watch::Sender<Option<(u16, String)>>>,
+    /// How this connection asked for state changes (`?sync=`).
+    pub(crate) sync: SyncEncoding,
+}
+
+/// How a connection receives state changes between snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SyncEncoding {
+    /// `state.patch`: RFC 6902 operations (the default).
+    #[default]
+    Patch,
+    /// `state.merge`: RFC 7386 merge patches, about a third of the bytes for
+    /// states whose changes are a few fields deep; a change a merge patch
+    /// cannot say (a member set to `null`) still comes as `state.patch`.
+    Merge,
+}
+
+impl SyncEncoding {
+    /// The `?sync=` query value: `patch` (or absent) or `merge`.
+    pub(crate) fn from_query(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("patch") => Some(Self::Patch),
+            Some("merge") => Some(Self::Merge),
+            Some(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,8 +566,11 @@ impl<L: Land> LandCore<L> {
                 return;
             }
         };
-        let shared_ops = ops_list(&self.shared, &shared);
-        self.shared = shared;
+        // Each encoding of the shared change is made once per land, when a
+        // seat first needs it, and spliced into every seat's frame.
+        let mut shared_ops: Option<String> = None;
+        let mut shared_merge: Option<Option<String>> = None;
+        let before = std::mem::replace(&mut self.shared, shared);
         let mut shared_document: Option<String> = None;
         for seat in &mut self.seats {
             let Some(conn) = &seat.conn else {
@@ -584,9 +612,25 @@ impl<L: Land> LandCore<L> {
                     }
                 }
                 SeatSync::Live => {
-                    let private_ops = ops_list(&seat.private, &wrapped);
-                    if !shared_ops.is_empty() || !private_ops.is_empty() {
-                        let frame = frame::patch(seat.seq + 1, &shared_ops, &private_ops);
+                    let merged = match conn.sync {
+                        SyncEncoding::Merge => shared_merge
+                            .get_or_insert_with(|| merge_members(&before, &self.shared))
+                            .as_deref()
+                            .zip(merge_members(&seat.private, &wrapped))
+                            .map(|(shared, private)| {
+                                (!shared.is_empty() || !private.is_empty())
+                                    .then(|| frame::merge(seat.seq + 1, shared, &private))
+                            }),
+                        SyncEncoding::Patch => None,
+                    };
+                    let frame = merged.unwrap_or_else(|| {
+                        let shared_ops =
+                            shared_ops.get_or_insert_with(|| ops_list(&before, &self.shared));
+                        let private_ops = ops_list(&seat.private, &wrapped);
+                        (!shared_ops.is_empty() || !private_ops.is_empty())
+                            .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops))
+                    });
+                    if let Some(frame) = frame {
                         match conn.send(frame) {
                             Delivery::Sent => seat.seq += 1,
                             // A gap: the next sync sends a snapshot instead of patches.
@@ -610,6 +654,15 @@ fn deliver(seat: &Seat, frame: Utf8Bytes) {
         tracing::warn!(player_id = %seat.player_id, "client too slow, disconnecting");
         conn.force_close(close_code::SLOW_CONSUMER, "client too slow");
     }
+}
+
+/// The members of the merge patch turning object `before` into object `after`
+/// (`"key":value,…`, empty for no change), or `None` when a merge patch cannot
+/// say the change.
+fn merge_members(before: &Value, after: &Value) -> Option<String> {
+    let mut out = Vec::new();
+    crate::diff::merge_into(before, after, &mut out).ok()?;
+    String::from_utf8(out).ok()
 }
 
 /// The operations turning `before` into `after` as a JSON array's inside (`op,op`),

@@ -92,6 +92,79 @@ fn diff_at(left: &Value, right: &Value, path: &mut String, out: &mut Vec<u8>) {
     }
 }
 
+/// A change an RFC 7386 merge patch cannot express: an object member whose new
+/// value is `null` (a merge patch's `null` removes the member).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct NotMergeable;
+
+/// Appends the members of the merge patch turning object `left` into object
+/// `right` to `out` as `"key":value,…` (no braces; nothing when they are
+/// equal). Objects are merged member by member, anything else (arrays
+/// included) is replaced whole, a removed member is `null`.
+pub(crate) fn merge_into(
+    left: &Value,
+    right: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), NotMergeable> {
+    match (left, right) {
+        (Value::Object(before), Value::Object(after)) => merge_members(before, after, out),
+        _ => Err(NotMergeable),
+    }
+}
+
+fn merge_members(
+    before: &serde_json::Map<String, Value>,
+    after: &serde_json::Map<String, Value>,
+    out: &mut Vec<u8>,
+) -> Result<(), NotMergeable> {
+    for (key, value) in after {
+        match (before.get(key), value) {
+            (Some(previous), _) if previous == value => {}
+            (Some(Value::Object(previous)), Value::Object(next)) => {
+                let mut inner = Vec::new();
+                merge_members(previous, next, &mut inner)?;
+                if !inner.is_empty() {
+                    push_member_key(out, key);
+                    out.push(b'{');
+                    out.extend_from_slice(&inner);
+                    out.push(b'}');
+                }
+            }
+            _ => {
+                // Applied to a missing or non-object member, an object value is
+                // merged into `{}`: a `null` anywhere in it would be dropped.
+                if value.is_null() || has_null_member(value) {
+                    return Err(NotMergeable);
+                }
+                push_member_key(out, key);
+                let _ = serde_json::to_writer(&mut *out, value);
+            }
+        }
+    }
+    for key in before.keys().filter(|key| !after.contains_key(*key)) {
+        push_member_key(out, key);
+        out.extend_from_slice(b"null");
+    }
+    Ok(())
+}
+
+fn has_null_member(value: &Value) -> bool {
+    match value {
+        Value::Object(members) => members
+            .values()
+            .any(|member| member.is_null() || has_null_member(member)),
+        _ => false,
+    }
+}
+
+fn push_member_key(out: &mut Vec<u8>, key: &str) {
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+}
+
 /// RFC 6901: `~` is written `~0` and `/` is written `~1`.
 fn push_token(path: &mut String, key: &str) {
     path.push('/');
@@ -184,5 +257,85 @@ mod tests {
             ),
             json!([])
         );
+    }
+    /// The merge patch of `left` → `right`, or `None` when it cannot be one;
+    /// when it can, applying it (RFC 7386, `json_patch::merge`) gives `right`.
+    fn merge_round_trip(left: Value, right: Value) -> Option<Value> {
+        let mut out = Vec::new();
+        merge_into(&left, &right, &mut out).ok()?;
+        let merge: Value =
+            serde_json::from_str(&format!("{{{}}}", String::from_utf8(out).unwrap())).unwrap();
+        let mut doc = left;
+        json_patch::merge(&mut doc, &merge);
+        assert_eq!(doc, right);
+        Some(merge)
+    }
+
+    #[test]
+    fn merge_patches_apply_and_refuse_a_member_set_to_null() {
+        let merge = merge_round_trip(
+            json!({"heroes": {"a": {"x": 1.5, "y": 2, "hp": 9}, "b": {"x": 0}}, "wave": 1, "gone": [1]}),
+            json!({"heroes": {"a": {"x": 1.75, "y": 2, "hp": 9}, "c": {"x": 4}}, "wave": 1, "new": "s/~"}),
+        );
+        assert_eq!(
+            merge,
+            Some(
+                json!({"heroes": {"a": {"x": 1.75}, "c": {"x": 4}, "b": null}, "gone": null, "new": "s/~"})
+            )
+        );
+        assert_eq!(
+            merge_round_trip(json!({"a": [1, 2]}), json!({"a": [1, 2]})),
+            Some(json!({}))
+        );
+        // Arrays go whole, nulls inside them included; an object replaces a number.
+        merge_round_trip(
+            json!({"a": [1, 2], "b": 3}),
+            json!({"a": [null, {"k": null}], "b": {"c": 1}}),
+        )
+        .unwrap();
+        // A member that becomes null, also inside a new object, cannot be said.
+        assert_eq!(merge_round_trip(json!({"a": 1}), json!({"a": null})), None);
+        assert_eq!(
+            merge_round_trip(json!({"a": 1}), json!({"a": {"b": {"c": null}}})),
+            None
+        );
+        assert_eq!(
+            merge_round_trip(json!({"a": {"b": 1}}), json!({"a": {"b": null}})),
+            None
+        );
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            "[a-c/~]{0,2}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn json_object() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        proptest::collection::btree_map("[a-d]", json_value(), 0..5)
+            .prop_map(|members| Value::Object(members.into_iter().collect()))
+    }
+
+    proptest::proptest! {
+        /// Any two objects: the merge patch applies to the new one exactly, or is
+        /// refused only because some member of the new one is null.
+        #[test]
+        fn merge_patches_round_trip_or_name_a_null_member(left in json_object(), right in json_object()) {
+            if merge_round_trip(left.clone(), right.clone()).is_none() {
+                proptest::prop_assert!(has_null_member(&right), "{left} -> {right}");
+            }
+        }
     }
 }

@@ -87,6 +87,21 @@ pub(crate) fn patch(seq: u64, shared_ops: &str, private_ops: &str) -> Utf8Bytes 
     Utf8Bytes::from(out)
 }
 
+/// `shared` and `private` are merge-patch members without braces (see
+/// `diff::merge_into`): the shared state's, and the `me` member's.
+pub(crate) fn merge(seq: u64, shared: &str, private: &str) -> Utf8Bytes {
+    let mut out = String::with_capacity(shared.len() + private.len() + 64);
+    header(&mut out, kind::STATE_MERGE);
+    let _ = write!(out, "\"seq\":{seq},\"merge\":{{");
+    out.push_str(shared);
+    if !shared.is_empty() && !private.is_empty() {
+        out.push(',');
+    }
+    out.push_str(private);
+    out.push_str("}}}");
+    Utf8Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

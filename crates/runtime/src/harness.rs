@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::auth::{Admission, Rejection};
-use crate::core::{ConnHandle, Disconnect, LandCore, Outbound};
+use crate::core::{ConnHandle, Disconnect, LandCore, Outbound, SyncEncoding};
 use crate::land::{CreateInfo, Land, LandSettings};
 
 /// Frames a harness player can hold before it counts as a slow client.
@@ -90,6 +90,7 @@ impl<L: Land> LandHarness<L> {
             id: self.next_conn_id,
             tx,
             kill: Arc::new(kill),
+            sync: SyncEncoding::default(),
         };
         self.next_conn_id += 1;
         let admission = Admission {

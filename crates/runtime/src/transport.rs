@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::auth::{AdmissionRequest, Rejection};
-use crate::core::{ConnHandle, Disconnect, Outbound};
+use crate::core::{ConnHandle, Disconnect, Outbound, SyncEncoding};
 use crate::frame;
 use crate::keeper::KeeperCommand;
 use crate::server::Shared;
@@ -159,6 +159,18 @@ pub(crate) async fn serve_connection(
         );
         return refuse(sink, &mut stream, &rejection).await;
     }
+    let Some(sync) = SyncEncoding::from_query(query.get("sync").map(String::as_str)) else {
+        let shown: String = query
+            .get("sync")
+            .map(|value| value.chars().take(32).collect())
+            .unwrap_or_default();
+        let rejection = Rejection::new(
+            close_code::MALFORMED,
+            error_code::UNSUPPORTED_SYNC,
+            format!("sync must be \"patch\" or \"merge\", got {shown:?}"),
+        );
+        return refuse(sink, &mut stream, &rejection).await;
+    };
     let request = AdmissionRequest {
         server_id: &shared.config.server_id,
         server_instance_id: &shared.config.instance_id,
@@ -178,6 +190,7 @@ pub(crate) async fn serve_connection(
         id: conn_id,
         tx: outbound.clone(),
         kill: Arc::new(kill),
+        sync,
     };
     let seated = match manager.join(&land_type, &admission, conn.clone()).await {
         Ok(seated) => seated,
