@@ -232,6 +232,12 @@ export type ServerMessage = {
         ops: PatchOperation[];
     };
 } | {
+    type: "state.merge";
+    data: {
+        seq: number;
+        merge: JsonValue;
+    };
+} | {
     type: "state.snapshot";
     data: {
         seq: number;
@@ -336,6 +342,13 @@ export declare class JsonPatchError extends Error {
 }
 /** Deep equality of JSON values (object member order does not matter). */
 export declare function jsonEqual(a: JsonValue | undefined, b: JsonValue | undefined): boolean;
+/**
+ * Applies an RFC 7386 JSON Merge Patch and returns the new document: object members are
+ * merged one by one, a `null` member removes it, anything else (arrays included)
+ * replaces the target whole. `document` is not modified; the result shares unchanged
+ * parts with it and with the patch, so treat both as read-only.
+ */
+export declare function applyMergePatch(document: JsonValue, patch: JsonValue): JsonValue;
 /**
  * Applies an RFC 6902 patch (`add`, `remove`, `replace`, `move`, `copy`, `test`) and
  * returns the new document; atomic: on a {@link JsonPatchError} nothing changed.
@@ -517,6 +530,12 @@ export interface LandConnectOptions {
     /** Aborts the join (not the connection once joined: use {@link LandConnection.leave}). */
     signal?: AbortSignal;
     /**
+     * How state changes arrive: `patch` (RFC 6902 `state.patch`, the default) or `merge`
+     * (RFC 7386 `state.merge`, fewer bytes; changes a merge patch cannot say still come
+     * as `state.patch`).
+     */
+    sync?: "patch" | "merge";
+    /**
      * Sees every decoded server message before the SDK does; returning `false` drops it.
      * For tests and diagnostics (e.g. dropping a `state.patch` to exercise the resync).
      */
@@ -660,7 +679,8 @@ export declare class LandConnection {
     private attach;
     private onServerText;
     private install;
-    private applyIncomingPatch;
+    /** Applies the change to `seq` (`apply` throws when it does not apply). */
+    private applyIncoming;
     private failPending;
     private onSocketClosed;
     /** Tries to get the seat back within the grace (same URL, same token). */

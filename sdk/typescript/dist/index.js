@@ -393,6 +393,30 @@ function requireValue(operation) {
     return operation.value;
 }
 /**
+ * Applies an RFC 7386 JSON Merge Patch and returns the new document: object members are
+ * merged one by one, a `null` member removes it, anything else (arrays included)
+ * replaces the target whole. `document` is not modified; the result shares unchanged
+ * parts with it and with the patch, so treat both as read-only.
+ */
+export function applyMergePatch(document, patch) {
+    if (!isRecord(patch))
+        return patch;
+    const target = {};
+    if (isRecord(document)) {
+        for (const [key, value] of Object.entries(document))
+            setMember(target, key, value);
+    }
+    for (const [key, value] of Object.entries(patch)) {
+        if (value === null) {
+            delete target[key];
+        }
+        else {
+            setMember(target, key, applyMergePatch(hasMember(target, key) ? target[key] : null, value));
+        }
+    }
+    return target;
+}
+/**
  * Applies an RFC 6902 patch (`add`, `remove`, `replace`, `move`, `copy`, `test`) and
  * returns the new document; atomic: on a {@link JsonPatchError} nothing changed.
  *
@@ -966,6 +990,8 @@ function decodeServerMessage(text) {
                 : null;
         case "state.patch":
             return typeof data.seq === "number" && Array.isArray(data.ops) ? parsed : null;
+        case "state.merge":
+            return typeof data.seq === "number" && "merge" in data ? parsed : null;
         case "state.snapshot":
             return typeof data.seq === "number" && "state" in data ? parsed : null;
         case "action.result":
@@ -1167,8 +1193,12 @@ export class LandConnection {
         if (Socket === undefined) {
             throw new MatchplaneError("invalidArgument", "no WebSocket available: pass options.WebSocket (e.g. the `ws` package's) on Node < 22");
         }
-        const opened = await openLand(Socket, url, options.joinTimeoutMs ?? 10_000, options.signal, options.interceptMessage);
-        return new LandConnection(url, Socket, options, opened);
+        if (options.sync !== undefined && options.sync !== "patch" && options.sync !== "merge") {
+            throw new MatchplaneError("invalidArgument", `sync must be "patch" or "merge", got ${String(options.sync)}`);
+        }
+        const syncUrl = options.sync === "merge" ? `${url}${url.includes("?") ? "&" : "?"}sync=merge` : url;
+        const opened = await openLand(Socket, syncUrl, options.joinTimeoutMs ?? 10_000, options.signal, options.interceptMessage);
+        return new LandConnection(syncUrl, Socket, options, opened);
     }
     /** The mirrored state: the player's view (shared state plus `me`). Read-only. */
     get state() {
@@ -1362,9 +1392,16 @@ export class LandConnection {
             case "join.ok":
                 this.install(message.data);
                 break;
-            case "state.patch":
-                this.applyIncomingPatch(message.data.seq, message.data.ops);
+            case "state.patch": {
+                const ops = message.data.ops;
+                this.applyIncoming(message.data.seq, (mirror) => applyPatch(mirror, ops));
                 break;
+            }
+            case "state.merge": {
+                const merge = message.data.merge;
+                this.applyIncoming(message.data.seq, (mirror) => applyMergePatch(mirror, merge));
+                break;
+            }
             case "state.snapshot": {
                 const resynced = this.awaitingSnapshot;
                 this.mirror = message.data.state;
@@ -1411,13 +1448,14 @@ export class LandConnection {
         this.connected = true;
         this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
     }
-    applyIncomingPatch(seq, ops) {
+    /** Applies the change to `seq` (`apply` throws when it does not apply). */
+    applyIncoming(seq, apply) {
         // Before the snapshot arrives patches are meaningless; older ones are stale.
         if (this.awaitingSnapshot || seq <= this.mirrorSeq)
             return;
         if (seq === this.mirrorSeq + 1) {
             try {
-                this.mirror = applyPatch(this.mirror, ops);
+                this.mirror = apply(this.mirror);
                 this.mirrorSeq = seq;
                 this.counters.patchesApplied += 1;
                 this.emitter.emit("state", { state: this.mirror, seq });

@@ -231,6 +231,7 @@ export interface LandClosed {
 export type ServerMessage =
   | { type: "join.ok"; data: JoinOk }
   | { type: "state.patch"; data: { seq: number; ops: PatchOperation[] } }
+  | { type: "state.merge"; data: { seq: number; merge: JsonValue } }
   | { type: "state.snapshot"; data: { seq: number; state: JsonValue } }
   | { type: "action.result"; data: ActionResult }
   | { type: "event"; data: LandEventBody }
@@ -651,6 +652,28 @@ class PatchApplication {
 function requireValue(operation: { value?: JsonValue }): JsonValue {
   if (operation.value === undefined) throw new Error("the operation has no value");
   return operation.value;
+}
+
+/**
+ * Applies an RFC 7386 JSON Merge Patch and returns the new document: object members are
+ * merged one by one, a `null` member removes it, anything else (arrays included)
+ * replaces the target whole. `document` is not modified; the result shares unchanged
+ * parts with it and with the patch, so treat both as read-only.
+ */
+export function applyMergePatch(document: JsonValue, patch: JsonValue): JsonValue {
+  if (!isRecord(patch)) return patch;
+  const target: JsonObject = {};
+  if (isRecord(document)) {
+    for (const [key, value] of Object.entries(document as JsonObject)) setMember(target, key, value);
+  }
+  for (const [key, value] of Object.entries(patch as JsonObject)) {
+    if (value === null) {
+      delete target[key];
+    } else {
+      setMember(target, key, applyMergePatch(hasMember(target, key) ? target[key]! : null, value));
+    }
+  }
+  return target;
 }
 
 /**
@@ -1322,6 +1345,12 @@ export interface LandConnectOptions {
   /** Aborts the join (not the connection once joined: use {@link LandConnection.leave}). */
   signal?: AbortSignal;
   /**
+   * How state changes arrive: `patch` (RFC 6902 `state.patch`, the default) or `merge`
+   * (RFC 7386 `state.merge`, fewer bytes; changes a merge patch cannot say still come
+   * as `state.patch`).
+   */
+  sync?: "patch" | "merge";
+  /**
    * Sees every decoded server message before the SDK does; returning `false` drops it.
    * For tests and diagnostics (e.g. dropping a `state.patch` to exercise the resync).
    */
@@ -1392,6 +1421,8 @@ function decodeServerMessage(text: string | null): ServerMessage | null {
         : null;
     case "state.patch":
       return typeof data.seq === "number" && Array.isArray(data.ops) ? (parsed as ServerMessage) : null;
+    case "state.merge":
+      return typeof data.seq === "number" && "merge" in data ? (parsed as ServerMessage) : null;
     case "state.snapshot":
       return typeof data.seq === "number" && "state" in data ? (parsed as ServerMessage) : null;
     case "action.result":
@@ -1627,14 +1658,18 @@ export class LandConnection {
         "no WebSocket available: pass options.WebSocket (e.g. the `ws` package's) on Node < 22",
       );
     }
+    if (options.sync !== undefined && options.sync !== "patch" && options.sync !== "merge") {
+      throw new MatchplaneError("invalidArgument", `sync must be "patch" or "merge", got ${String(options.sync)}`);
+    }
+    const syncUrl = options.sync === "merge" ? `${url}${url.includes("?") ? "&" : "?"}sync=merge` : url;
     const opened = await openLand(
       Socket,
-      url,
+      syncUrl,
       options.joinTimeoutMs ?? 10_000,
       options.signal,
       options.interceptMessage,
     );
-    return new LandConnection(url, Socket, options, opened);
+    return new LandConnection(syncUrl, Socket, options, opened);
   }
 
   /** The mirrored state: the player's view (shared state plus `me`). Read-only. */
@@ -1847,9 +1882,16 @@ export class LandConnection {
       case "join.ok":
         this.install(message.data);
         break;
-      case "state.patch":
-        this.applyIncomingPatch(message.data.seq, message.data.ops);
+      case "state.patch": {
+        const ops = message.data.ops;
+        this.applyIncoming(message.data.seq, (mirror) => applyPatch(mirror, ops));
         break;
+      }
+      case "state.merge": {
+        const merge = message.data.merge;
+        this.applyIncoming(message.data.seq, (mirror) => applyMergePatch(mirror, merge));
+        break;
+      }
       case "state.snapshot": {
         const resynced = this.awaitingSnapshot;
         this.mirror = message.data.state;
@@ -1895,12 +1937,13 @@ export class LandConnection {
     this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
   }
 
-  private applyIncomingPatch(seq: number, ops: PatchOperation[]): void {
+  /** Applies the change to `seq` (`apply` throws when it does not apply). */
+  private applyIncoming(seq: number, apply: (mirror: JsonValue) => JsonValue): void {
     // Before the snapshot arrives patches are meaningless; older ones are stale.
     if (this.awaitingSnapshot || seq <= this.mirrorSeq) return;
     if (seq === this.mirrorSeq + 1) {
       try {
-        this.mirror = applyPatch(this.mirror, ops);
+        this.mirror = apply(this.mirror);
         this.mirrorSeq = seq;
         this.counters.patchesApplied += 1;
         this.emitter.emit("state", { state: this.mirror, seq });

@@ -110,6 +110,36 @@ withPlanes(JOURNEY, async ({ planes, client, track }) => {
   assert.equal(late.kind, "landClosed");
 });
 
+withPlanes("sync: merge mirrors the same state as patches, in state.merge frames", async ({ client, track }) => {
+  const [forAlice, forBob] = await matchPair(client, ["alice", "bob"]);
+  const kinds = [];
+  const aliceLand = track(
+    await joinLand(forAlice, "alice", {
+      WebSocket,
+      sync: "merge",
+      interceptMessage: (message) => {
+        kinds.push(message.type);
+        return true;
+      },
+    }),
+  );
+  const bobLand = track(await joinLand(forBob, "bob", { WebSocket }));
+  for (let i = 0; i < 5; i += 1) {
+    await aliceLand.action("increment");
+    await bobLand.action("increment");
+  }
+  await aliceLand.waitForState((state) => state.count === 10);
+  await bobLand.waitForState((state) => state.count === 10);
+  assert.deepEqual(aliceLand.state, { count: 10, players: { alice: 5, bob: 5 } });
+  assert.deepEqual(aliceLand.state, bobLand.state);
+  assert.ok(kinds.includes("state.merge"), `merge frames arrived: ${kinds}`);
+  assert.ok(!kinds.includes("state.patch"), `no patch was needed: ${kinds}`);
+  assert.equal(aliceLand.stats.gaps, 0);
+
+  const refused = await rejection(joinLand(forBob, "bob", { WebSocket, sync: "zip" }));
+  assert.equal(refused.kind, "invalidArgument");
+});
+
 withPlanes("matchmaking errors and ticket ends are typed", async ({ planes, client }) => {
   const missing = await rejection(client.status("no-such-ticket"));
   assert.equal(missing.kind, "http");

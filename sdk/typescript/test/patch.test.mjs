@@ -2,7 +2,15 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { JsonPatchError, applyPatch, assignmentUrl, devLandUrl, jsonEqual, percentEncode } from "../dist/index.js";
+import {
+  JsonPatchError,
+  applyMergePatch,
+  applyPatch,
+  assignmentUrl,
+  devLandUrl,
+  jsonEqual,
+  percentEncode,
+} from "../dist/index.js";
 
 test("the RFC 6902 appendix examples apply", () => {
   assert.deepEqual(applyPatch({ foo: "bar" }, [{ op: "add", path: "/baz", value: "qux" }]), { foo: "bar", baz: "qux" });
@@ -117,4 +125,34 @@ test("URLs keep prefixes and encode values", () => {
   };
   assert.equal(assignmentUrl(assignment, "ann"), `${assignment.connectUrl}&token=first.token`);
   assert.ok(assignmentUrl(assignment, "bob").endsWith("&token=bob.t%2Bk"));
+});
+
+test("the RFC 7386 appendix examples merge, without touching their inputs", () => {
+  const cases = [
+    [{ a: "b" }, { a: "c" }, { a: "c" }],
+    [{ a: "b" }, { b: "c" }, { a: "b", b: "c" }],
+    [{ a: "b" }, { a: null }, {}],
+    [{ a: "b", b: "c" }, { a: null }, { b: "c" }],
+    [{ a: ["b"] }, { a: "c" }, { a: "c" }],
+    [{ a: "c" }, { a: ["b"] }, { a: ["b"] }],
+    [{ a: { b: "c" } }, { a: { b: "d", c: null } }, { a: { b: "d" } }],
+    [{ a: [{ b: "c" }] }, { a: [1] }, { a: [1] }],
+    [["a", "b"], ["c", "d"], ["c", "d"]],
+    [{ a: "b" }, ["c"], ["c"]],
+    [{ a: "foo" }, null, null],
+    [{ a: "foo" }, "bar", "bar"],
+    [{ e: null }, { a: 1 }, { e: null, a: 1 }],
+    [[1, 2], { a: "b", c: null }, { a: "b" }],
+    [{}, { a: { bb: { ccc: null } } }, { a: { bb: {} } }],
+  ];
+  for (const [document, patch, expected] of cases) {
+    const before = JSON.stringify(document);
+    assert.deepEqual(applyMergePatch(document, patch), expected, `${before} + ${JSON.stringify(patch)}`);
+    assert.equal(JSON.stringify(document), before, "the document is not modified");
+  }
+  // A "__proto__" member is data, never the object's prototype.
+  const merged = applyMergePatch({}, JSON.parse('{"__proto__": {"polluted": true}}'));
+  assert.equal(Object.getPrototypeOf(merged), Object.prototype);
+  assert.equal({}.polluted, undefined);
+  assert.deepEqual(Object.keys(merged), ["__proto__"]);
 });
