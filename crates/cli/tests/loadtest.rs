@@ -85,6 +85,16 @@ async fn planes() -> (support::Proc, support::Proc) {
     (cp, game)
 }
 
+/// Players of hero-defense 3v3 arriving at 100/s, each staying 2.5 s (3 moves).
+const PLAYING_3V3: [&str; 6] = [
+    "--rate",
+    "100",
+    "--queue",
+    "hero-defense:3v3",
+    "--play-seconds",
+    "2.5",
+];
+
 #[tokio::test]
 async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_reported() {
     let (mut cp, mut game) = planes().await;
@@ -96,19 +106,10 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
         &cp.http(),
         &path,
         &[
-            "--players",
-            "12",
-            "--rate",
-            "100",
-            "--queue",
-            "hero-defense:3v3",
-            "--play-seconds",
-            "2.5",
-            "--pid-cp",
-            &cp_pid,
-            "--pid-gs",
-            &gs_pid,
-        ],
+            &["--players", "12", "--pid-cp", &cp_pid, "--pid-gs", &gs_pid][..],
+            &PLAYING_3V3,
+        ]
+        .concat(),
     )
     .await;
     let stdout = successful_stdout(&output);
@@ -158,18 +159,7 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
     let output = loadtest(
         &cp.http(),
         &path,
-        &[
-            "--players",
-            "6",
-            "--rate",
-            "100",
-            "--queue",
-            "hero-defense:3v3",
-            "--play-seconds",
-            "2.5",
-            "--sync",
-            "merge",
-        ],
+        &[&["--players", "6", "--sync", "merge"][..], &PLAYING_3V3].concat(),
     )
     .await;
     let report = successful_report(&output, &path);

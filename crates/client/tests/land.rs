@@ -24,6 +24,29 @@ async fn dev_connect(game: &Game, land_type: &str, land: &str, player: &str) -> 
         .unwrap()
 }
 
+/// Carol joins counter land `land`: her `join.ok` is the server's current view,
+/// which every mirror must reach (once it shows her) without a gap, having
+/// applied at least `changes` patches. Returns Carol and that view.
+async fn mirrors_equal_a_fresh_join(
+    game: &Game,
+    land: &str,
+    mirrors: [&LandConnection; 2],
+    changes: u64,
+) -> (LandConnection, Value) {
+    let carol = dev_connect(game, "counter", land, "carol").await;
+    let server_view = carol.state();
+    for mirror in mirrors {
+        let mirrored = mirror
+            .wait_for_state(|state| state["players"]["carol"].is_number(), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(mirrored, server_view);
+        assert_eq!(mirror.stats().gaps, 0);
+        assert!(mirror.stats().patches_applied >= changes);
+    }
+    (carol, server_view)
+}
+
 #[tokio::test]
 async fn actions_resolve_by_request_id_and_failures_are_typed() {
     init_tracing();
@@ -119,20 +142,9 @@ async fn the_mirror_matches_the_servers_view() {
         .await
         .unwrap();
 
-    // A fresh join.ok is the server's current view; the patched mirrors must equal it.
-    let carol = dev_connect(&game, "counter", "room-m", "carol").await;
-    let server_view = carol.state();
+    let (carol, server_view) = mirrors_equal_a_fresh_join(&game, "room-m", [&ann, &bob], 30).await;
     assert_eq!(server_view["players"]["ann"], 30);
     assert_eq!(server_view["players"]["bob"], 30);
-    for mirror in [&ann, &bob] {
-        let mirrored = mirror
-            .wait_for_state(|state| state["players"]["carol"].is_number(), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(mirrored, server_view);
-        assert_eq!(mirror.stats().gaps, 0);
-        assert!(mirror.stats().patches_applied >= 30);
-    }
     // Events arrive on the stream.
     let mut shouted = None;
     for _ in 0..10 {
@@ -240,19 +252,9 @@ async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
             .unwrap();
         bob.action("increment", Value::Null).await.unwrap();
     }
-    // A fresh join.ok is the server's view; both mirrors must equal it.
-    let carol = dev_connect(&game, "counter", "room-sync", "carol").await;
-    let server_view = carol.state();
+    let (_carol, server_view) =
+        mirrors_equal_a_fresh_join(&game, "room-sync", [&ann, &bob], 40).await;
     assert_eq!(server_view["count"], 210 + 20);
-    for mirror in [&ann, &bob] {
-        let mirrored = mirror
-            .wait_for_state(|state| state["players"]["carol"].is_number(), WAIT)
-            .await
-            .unwrap();
-        assert_eq!(mirrored, server_view);
-        assert_eq!(mirror.stats().gaps, 0);
-        assert!(mirror.stats().patches_applied >= 40);
-    }
     let merged_bytes = ann.stats().bytes_received - before_ann;
     let patched_bytes = bob.stats().bytes_received - before_bob;
     assert!(

@@ -75,30 +75,42 @@ pub(crate) fn snapshot(seq: u64, document: &str) -> Utf8Bytes {
 
 /// `shared_ops` and `private_ops` are comma-separated operation lists without brackets.
 pub(crate) fn patch(seq: u64, shared_ops: &str, private_ops: &str) -> Utf8Bytes {
-    let mut out = String::with_capacity(shared_ops.len() + private_ops.len() + 64);
-    header(&mut out, kind::STATE_PATCH);
-    let _ = write!(out, "\"seq\":{seq},\"ops\":[");
-    out.push_str(shared_ops);
-    if !shared_ops.is_empty() && !private_ops.is_empty() {
-        out.push(',');
-    }
-    out.push_str(private_ops);
-    out.push_str("]}}");
-    Utf8Bytes::from(out)
+    state_change(
+        kind::STATE_PATCH,
+        seq,
+        "ops",
+        ('[', ']'),
+        shared_ops,
+        private_ops,
+    )
 }
 
 /// `shared` and `private` are merge-patch members without braces (see
 /// `diff::merge_into`): the shared state's, and the `me` member's.
 pub(crate) fn merge(seq: u64, shared: &str, private: &str) -> Utf8Bytes {
+    state_change(kind::STATE_MERGE, seq, "merge", ('{', '}'), shared, private)
+}
+
+/// `{"type":kind,…,"data":{"seq":seq,"<field>":<open>shared,private<close>}}`, the
+/// shared part encoded once per land and the private part per player.
+fn state_change(
+    message_kind: &str,
+    seq: u64,
+    field: &str,
+    (open, close): (char, char),
+    shared: &str,
+    private: &str,
+) -> Utf8Bytes {
     let mut out = String::with_capacity(shared.len() + private.len() + 64);
-    header(&mut out, kind::STATE_MERGE);
-    let _ = write!(out, "\"seq\":{seq},\"merge\":{{");
+    header(&mut out, message_kind);
+    let _ = write!(out, "\"seq\":{seq},\"{field}\":{open}");
     out.push_str(shared);
     if !shared.is_empty() && !private.is_empty() {
         out.push(',');
     }
     out.push_str(private);
-    out.push_str("}}}");
+    out.push(close);
+    out.push_str("}}");
     Utf8Bytes::from(out)
 }
 
