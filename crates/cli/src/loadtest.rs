@@ -753,14 +753,9 @@ pub struct Processes {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessUse {
-    pub pid: u32,
-    /// User + system, all threads, from the first due time to the end of the run.
-    pub cpu_seconds: f64,
-    pub wall_seconds: f64,
-    pub cpu_percent_of_core: f64,
-    /// `VmHWM` at the end: the highest resident set since the process started.
-    pub peak_rss_kib: Option<u64>,
-    pub rss_kib: Option<u64>,
+    /// From the first due time to the end of the run.
+    #[serde(flatten)]
+    pub usage: heartbeat::ProcessUsage,
     /// Control plane: `cpuSeconds / assignments`, in µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_assignment: Option<f64>,
@@ -788,22 +783,8 @@ impl Measured {
 
     fn finish(&self) -> Option<ProcessUse> {
         let after = self.probe.sample().ok()?;
-        let cpu_seconds = (after.cpu_seconds - self.before.cpu_seconds).max(0.0);
-        let wall_seconds = after
-            .at
-            .saturating_duration_since(self.before.at)
-            .as_secs_f64();
         Some(ProcessUse {
-            pid: self.probe.pid,
-            cpu_seconds: round(cpu_seconds, 3),
-            wall_seconds: round(wall_seconds, 3),
-            cpu_percent_of_core: if wall_seconds > 0.0 {
-                round(cpu_seconds / wall_seconds * 100.0, 2)
-            } else {
-                0.0
-            },
-            peak_rss_kib: self.probe.status_kib("VmHWM:"),
-            rss_kib: self.probe.status_kib("VmRSS:"),
+            usage: self.probe.usage(&self.before, &after),
             cpu_us_per_assignment: None,
             peak_rss_kib_per_player: None,
         })
@@ -1060,13 +1041,16 @@ fn build_report(
     if let Some(control_plane) = &mut processes.control_plane
         && matched > 0
     {
-        control_plane.cpu_us_per_assignment =
-            Some(round(control_plane.cpu_seconds * 1e6 / matched as f64, 1));
+        control_plane.cpu_us_per_assignment = Some(round(
+            control_plane.usage.cpu_seconds * 1e6 / matched as f64,
+            1,
+        ));
     }
     if let Some(game_server) = &mut processes.game_server
         && peak_players > 0
     {
         game_server.peak_rss_kib_per_player = game_server
+            .usage
             .peak_rss_kib
             .map(|kib| round(kib as f64 / peak_players as f64, 1));
     }
@@ -1198,11 +1182,11 @@ fn render(report: &Report) -> String {
         let Some(process) = process else { continue };
         let mut line = format!(
             "{name} (pid {}): {:.2} s CPU in {:.1} s = {:.1}% of a core · peak RSS {}",
-            process.pid,
-            process.cpu_seconds,
-            process.wall_seconds,
-            process.cpu_percent_of_core,
-            mib(process.peak_rss_kib),
+            process.usage.pid,
+            process.usage.cpu_seconds,
+            process.usage.wall_seconds,
+            process.usage.cpu_percent_of_core,
+            mib(process.usage.peak_rss_kib),
         );
         if let Some(us) = process.cpu_us_per_assignment {
             line.push_str(&format!(" · {us:.1} µs CPU per assignment"));

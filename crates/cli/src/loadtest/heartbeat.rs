@@ -400,10 +400,11 @@ impl ProcessProbe {
         status_kib(&status, key)
     }
 
-    fn cost(&self, before: &ProcessSample, after: &ProcessSample, heartbeats: u64) -> ProcessCost {
+    /// CPU and memory of the process between two samples, memory as of now.
+    pub(super) fn usage(&self, before: &ProcessSample, after: &ProcessSample) -> ProcessUsage {
         let cpu_seconds = (after.cpu_seconds - before.cpu_seconds).max(0.0);
         let wall = after.at.saturating_duration_since(before.at).as_secs_f64();
-        ProcessCost {
+        ProcessUsage {
             pid: self.pid,
             cpu_seconds: round(cpu_seconds, 3),
             wall_seconds: round(wall, 3),
@@ -412,10 +413,17 @@ impl ProcessProbe {
             } else {
                 0.0
             },
-            cpu_us_per_heartbeat: (heartbeats > 0)
-                .then(|| round(cpu_seconds * 1e6 / heartbeats as f64, 1)),
             peak_rss_kib: self.status_kib("VmHWM:"),
             rss_kib: self.status_kib("VmRSS:"),
+        }
+    }
+
+    fn cost(&self, before: &ProcessSample, after: &ProcessSample, heartbeats: u64) -> ProcessCost {
+        let usage = self.usage(before, after);
+        ProcessCost {
+            cpu_us_per_heartbeat: (heartbeats > 0)
+                .then(|| round(usage.cpu_seconds * 1e6 / heartbeats as f64, 1)),
+            usage,
             clock_ticks_per_second: self.ticks_per_second,
         }
     }
@@ -460,18 +468,26 @@ pub(super) fn round(value: f64, digits: i32) -> f64 {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessCost {
+    #[serde(flatten)]
+    pub usage: ProcessUsage,
+    /// `cpuSeconds / ok heartbeats` in µs (includes whatever else the process did).
+    pub cpu_us_per_heartbeat: Option<f64>,
+    pub clock_ticks_per_second: f64,
+}
+
+/// What a process used over a window (both load-test modes report it).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessUsage {
     pub pid: u32,
     /// CPU time (user + system, all threads) the process used during the window.
     pub cpu_seconds: f64,
     pub wall_seconds: f64,
     /// `cpuSeconds / wallSeconds`, in % of one core.
     pub cpu_percent_of_core: f64,
-    /// `cpuSeconds / ok heartbeats` in µs (includes whatever else the process did).
-    pub cpu_us_per_heartbeat: Option<f64>,
     /// `VmHWM` at the end: the highest resident set since the process started.
     pub peak_rss_kib: Option<u64>,
     pub rss_kib: Option<u64>,
-    pub clock_ticks_per_second: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -592,15 +608,15 @@ fn render(report: &HeartbeatReport) -> String {
     if let Some(cost) = &report.control_plane_process {
         lines.push(format!(
             "control plane (pid {}): {:.3} s CPU in {:.1} s = {:.2}% of a core{} · peak RSS {} · RSS now {}",
-            cost.pid,
-            cost.cpu_seconds,
-            cost.wall_seconds,
-            cost.cpu_percent_of_core,
+            cost.usage.pid,
+            cost.usage.cpu_seconds,
+            cost.usage.wall_seconds,
+            cost.usage.cpu_percent_of_core,
             cost.cpu_us_per_heartbeat
                 .map(|us| format!(" · {us:.1} µs CPU per heartbeat"))
                 .unwrap_or_default(),
-            kib(cost.peak_rss_kib),
-            kib(cost.rss_kib),
+            kib(cost.usage.peak_rss_kib),
+            kib(cost.usage.rss_kib),
         ));
     }
     if report.errors.is_empty() {
