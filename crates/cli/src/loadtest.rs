@@ -151,7 +151,8 @@ pub struct LoadtestArgs {
     pub max_connections: u32,
 
     /// How the players' lands send state changes: `patch` (RFC 6902 `state.patch`,
-    /// the protocol's default) or `merge` (RFC 7386 `state.merge`, fewer bytes).
+    /// the protocol's default), `merge` (RFC 7386 `state.merge`, fewer bytes) or
+    /// `binary` (the merge patches in binary frames, the fewest bytes).
     #[arg(long, value_enum, default_value_t = SyncArg::Patch)]
     pub sync: SyncArg,
 
@@ -317,6 +318,7 @@ struct Replica {
 pub enum SyncArg {
     Patch,
     Merge,
+    Binary,
 }
 
 struct Plan {
@@ -889,6 +891,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         sync: match args.sync {
             SyncArg::Patch => matchplane_client::StateSync::Patch,
             SyncArg::Merge => matchplane_client::StateSync::Merge,
+            SyncArg::Binary => matchplane_client::StateSync::Binary,
         },
         replicas,
         recorder: Arc::clone(&recorder),
@@ -1093,6 +1096,7 @@ fn build_report(
             encoding: match args.sync {
                 SyncArg::Patch => "patch",
                 SyncArg::Merge => "merge",
+                SyncArg::Binary => "binary",
             },
             peak_players_in_lands: peak_players,
             bytes_received: land_bytes,

@@ -154,19 +154,22 @@ async fn playing_players_time_their_moves_to_the_patch_and_the_planes_costs_are_
     );
     assert_eq!(sync["encoding"], "patch", "{sync}");
 
-    // The same journey with `state.merge` frames: every move is still seen.
-    let path = dir.path().join("merge.json");
-    let output = loadtest(
-        &cp.http(),
-        &path,
-        &[&["--players", "6", "--sync", "merge"][..], &PLAYING_3V3].concat(),
-    )
-    .await;
-    let report = successful_report(&output, &path);
-    assert_latency(&report, "actionToPatch", 18);
-    let sync = &report["stateSync"];
-    assert_eq!(sync["encoding"], "merge", "{sync}");
-    assert_eq!(sync["actionsWithoutPatch"], 0, "{sync}");
+    // The same journey with `state.merge` frames, then binary ones: every move is
+    // still seen.
+    for encoding in ["merge", "binary"] {
+        let path = dir.path().join(format!("{encoding}.json"));
+        let output = loadtest(
+            &cp.http(),
+            &path,
+            &[&["--players", "6", "--sync", encoding][..], &PLAYING_3V3].concat(),
+        )
+        .await;
+        let report = successful_report(&output, &path);
+        assert_latency(&report, "actionToPatch", 18);
+        let sync = &report["stateSync"];
+        assert_eq!(sync["encoding"], encoding, "{sync}");
+        assert_eq!(sync["actionsWithoutPatch"], 0, "{sync}");
+    }
 
     game.sigterm();
     game.wait_exit(Duration::from_secs(10)).await;

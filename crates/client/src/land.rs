@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, Stream, StreamExt as _};
+use matchplane_contracts::binary_state;
 use matchplane_contracts::game::{
     ActionRequest, ActionResult, ClientMessage, ErrorBody, EventBody, JoinOk, LandClosed,
     ServerMessage, close_code,
@@ -88,6 +89,21 @@ pub enum StateSync {
     /// `state.merge` (RFC 7386 merge patches, fewer bytes), with a
     /// `state.patch` whenever a merge patch cannot say the change.
     Merge,
+    /// The same merge patches in binary frames that number member names once per
+    /// land (`?sync=binary`, the fewest bytes), with a `state.snapshot` whenever a
+    /// merge patch cannot say the change.
+    Binary,
+}
+
+impl StateSync {
+    /// The `?sync=` value, `None` for the protocol's default.
+    fn query_value(self) -> Option<&'static str> {
+        match self {
+            Self::Patch => None,
+            Self::Merge => Some("merge"),
+            Self::Binary => Some("binary"),
+        }
+    }
 }
 
 impl Default for ConnectOptions {
@@ -521,14 +537,15 @@ impl LandConnection {
     /// Joins through any game-server URL, e.g. [`crate::dev_land_url`] for a server
     /// started with `--auth none`.
     pub async fn connect_url(url: &str, options: ConnectOptions) -> Result<Self, LandError> {
-        let url = &match options.sync {
-            StateSync::Patch => url.to_owned(),
-            StateSync::Merge => {
+        let url = &match options.sync.query_value() {
+            None => url.to_owned(),
+            Some(sync) => {
                 let separator = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{separator}sync=merge")
+                format!("{url}{separator}sync={sync}")
             }
         };
-        let (socket, join) = open(url, &options).await?;
+        let (socket, mut join) = open(url, &options).await?;
+        let keys = join.keys.take().unwrap_or_default();
         let (version, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             mirror: Mutex::new(Mirror {
@@ -561,6 +578,7 @@ impl LandConnection {
             outgoing: outgoing_rx,
             held: VecDeque::new(),
             events: event_tx,
+            keys,
         };
         let task = tokio::spawn(driver.run(socket));
         Ok(Self {
@@ -689,6 +707,9 @@ struct Driver {
     /// Messages the caller sent while reconnecting, delivered after `join.ok`.
     held: VecDeque<String>,
     events: mpsc::Sender<LandEvent>,
+    /// The land's key table for binary state frames, from the latest `join.ok` or
+    /// `state.snapshot` plus the definitions since.
+    keys: Vec<String>,
 }
 
 impl Driver {
@@ -766,6 +787,13 @@ impl Driver {
                             return End::Dropped { close_code: None };
                         }
                     }
+                    Some(Ok(Message::Binary(frame))) => {
+                        if let Some(reply) = self.on_binary(&frame)
+                            && socket.send(Message::Text(reply.into())).await.is_err()
+                        {
+                            return End::Dropped { close_code: None };
+                        }
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         if self.shared.mirror().closed.is_some() {
                             return End::LandClosed;
@@ -833,6 +861,9 @@ impl Driver {
                 })
             }
             ServerMessage::StateSnapshot(snapshot) => {
+                if let Some(keys) = snapshot.keys {
+                    self.keys = keys;
+                }
                 let resynced = {
                     let mut mirror = self.shared.mirror();
                     let resynced = mirror.awaiting_snapshot;
@@ -873,7 +904,50 @@ impl Driver {
         }
     }
 
-    fn install(&self, join: JoinOk) {
+    /// Handles one binary state frame; returns `sync.request` when it does not decode
+    /// or apply.
+    fn on_binary(&mut self, frame: &[u8]) -> Option<String> {
+        self.shared
+            .counters
+            .bytes_received
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        if !self.options.mirror && !self.shared.watching_patches() {
+            // As for text patches, skip the members; the definitions still count, for
+            // the frames decoded later.
+            return match binary_state::decode_definitions(frame, &mut self.keys) {
+                Ok(_) => None,
+                Err(err) => self.undecodable_frame(&err),
+            };
+        }
+        let (seq, merge) = match binary_state::decode_state_merge(frame, &mut self.keys) {
+            Ok(decoded) => decoded,
+            Err(err) => return self.undecodable_frame(&err),
+        };
+        self.shared
+            .settle_patch_watches(|watch| watch.is_met_by_merge(&merge));
+        if !self.options.mirror {
+            return None;
+        }
+        self.apply_change(seq, |state| {
+            json_patch::merge(state, &merge);
+            true
+        })
+    }
+
+    /// A frame that does not decode is a gap: only a snapshot repairs it.
+    fn undecodable_frame(&self, err: &binary_state::DecodeError) -> Option<String> {
+        tracing::warn!(url = %self.url, error = %err, "undecodable binary state frame; requesting a snapshot");
+        let mut mirror = self.shared.mirror();
+        if mirror.awaiting_snapshot {
+            return None;
+        }
+        mirror.awaiting_snapshot = true;
+        self.shared.counters.gaps.fetch_add(1, Ordering::Relaxed);
+        serde_json::to_string(&ClientMessage::SyncRequest).ok()
+    }
+
+    fn install(&mut self, mut join: JoinOk) {
+        self.keys = join.keys.take().unwrap_or_default();
         {
             let mut mirror = self.shared.mirror();
             mirror.state = join.state;

@@ -12,6 +12,7 @@ use matchplane_client::{
     ActionError, ConnectOptions, LandConnection, LandError, LandEvent, MatchmakingClient,
     StateSync, dev_land_url,
 };
+use matchplane_hero_defense::HeroDefenseConfig;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -271,6 +272,189 @@ async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
         "{err:?}"
     );
     game.stop().await;
+}
+
+/// `?sync=binary`: the same state again, in binary frames that spell each member
+/// name once per land; a player joining later gets the key table in its `join.ok`.
+#[tokio::test]
+async fn binary_sync_mirrors_the_same_state_in_the_fewest_bytes() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let connect = |player: &'static str, sync: StateSync| {
+        let url = dev_land_url(&game.http_url(), "counter", Some("room-bin"), player);
+        async move {
+            LandConnection::connect_url(
+                &url,
+                ConnectOptions {
+                    sync,
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let ann = connect("ann", StateSync::Binary).await;
+    let bob = connect("bob", StateSync::Merge).await;
+    let (before_ann, before_bob) = (ann.stats().bytes_received, bob.stats().bytes_received);
+    for amount in 1..=20 {
+        ann.action("add", json!({ "amount": amount }))
+            .await
+            .unwrap();
+        bob.action("increment", Value::Null).await.unwrap();
+    }
+    let binary_bytes = ann.stats().bytes_received - before_ann;
+    let merged_bytes = bob.stats().bytes_received - before_bob;
+    // Dave joins late: the names ann's frames numbered come in his join.ok.
+    let dave = connect("dave", StateSync::Binary).await;
+    dave.action("increment", Value::Null).await.unwrap();
+    let (_carol, server_view) =
+        mirrors_equal_a_fresh_join(&game, "room-bin", [&ann, &bob], 40).await;
+    assert_eq!(server_view["count"], 210 + 20 + 1);
+    assert_eq!(
+        dave.wait_for_state(|state| state == &server_view, WAIT)
+            .await
+            .unwrap(),
+        server_view
+    );
+    assert_eq!(dave.stats().gaps, 0);
+    assert!(
+        binary_bytes < merged_bytes,
+        "binary {binary_bytes} B, merge {merged_bytes} B"
+    );
+    game.stop().await;
+}
+
+/// A hero-defense game played to its end by a binary, a merge and a patch player
+/// (with a binary one joining mid-game): floats, numbered enemies, private gold and
+/// removed members all arrive, and every mirror ends on the same shared state.
+#[tokio::test]
+async fn binary_sync_plays_hero_defense_to_the_same_end() {
+    init_tracing();
+    let config = HeroDefenseConfig {
+        waves: 2,
+        enemies_first_wave: 4,
+        ..fast_hero_defense()
+    };
+    let game = Game::dev(config).await;
+    let connect = |player: &'static str, sync: StateSync| {
+        let url = dev_land_url(&game.http_url(), "hero-defense", Some("hd-bin"), player);
+        async move {
+            LandConnection::connect_url(
+                &url,
+                ConnectOptions {
+                    sync,
+                    ..ConnectOptions::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut players = vec![
+        connect("ann", StateSync::Binary).await,
+        connect("bob", StateSync::Merge).await,
+        connect("cid", StateSync::Patch).await,
+    ];
+    for (index, player) in players.iter().enumerate() {
+        let spot = 40.0 + 10.0 * index as f64;
+        player
+            .action("move", json!({"x": spot, "y": 55.5}))
+            .await
+            .unwrap();
+    }
+    players[0]
+        .wait_for_state(
+            |state| state["enemies"].as_object().is_some_and(|e| !e.is_empty()),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    players.push(connect("dee", StateSync::Binary).await);
+    players[3]
+        .action("move", json!({"x": 50.25, "y": 45}))
+        .await
+        .unwrap();
+    let mut ends = Vec::new();
+    for player in &players {
+        player.wait_closed(Duration::from_secs(30)).await.unwrap();
+        let mut state = player.state();
+        assert!(state["me"]["gold"].is_number(), "{state}");
+        state.as_object_mut().unwrap().remove("me");
+        assert_eq!(player.stats().gaps, 0);
+        assert!(player.stats().patches_applied > 20, "{:?}", player.stats());
+        ends.push(state);
+    }
+    assert!(ends[0]["heroes"]["dee"]["x"].is_number(), "{}", ends[0]);
+    for end in &ends[1..] {
+        assert_eq!(end, &ends[0]);
+    }
+    game.stop().await;
+}
+
+/// A scripted server: binary frames extend the key table, one that does not decode
+/// is a gap, and the snapshot that repairs it brings a table of its own.
+#[tokio::test]
+async fn undecodable_binary_frames_are_repaired_with_snapshots() {
+    init_tracing();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let s = &mut socket;
+        send_frame(
+            s,
+            "join.ok",
+            json!({"landId": "l", "playerId": "p", "seq": 0, "state": {"a": 1}, "keys": ["a"]}),
+        )
+        .await;
+        // seq 1 defines entry 1 = "b": {"a": 2, "b": "a"} (a string from the table).
+        let frame = [0x01, 1, 1, 1, 1, b'b', 0x00, 0x05, 4, 0x04, 0x09, 0, 0x03];
+        s.send(Message::Binary(frame.to_vec().into()))
+            .await
+            .unwrap();
+        // seq 2 names entry 7, which nobody defined.
+        let frame = [0x01, 2, 0, 0x1c, 0x02, 0x03];
+        s.send(Message::Binary(frame.to_vec().into()))
+            .await
+            .unwrap();
+        expect_sync_request(s).await;
+        send_frame(
+            s,
+            "state.snapshot",
+            json!({"seq": 2, "state": {"z": 0}, "keys": ["z", "y"]}),
+        )
+        .await;
+        // seq 3: {"y": true}, "y" being entry 1 of the snapshot's table.
+        let frame = [0x01, 3, 0, 0x04, 0x02, 0x03];
+        s.send(Message::Binary(frame.to_vec().into()))
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+    let options = ConnectOptions {
+        reconnect: None,
+        sync: StateSync::Binary,
+        ..ConnectOptions::default()
+    };
+    let land = LandConnection::connect_url(&format!("ws://{addr}/game/x"), options)
+        .await
+        .unwrap();
+    let state = land
+        .wait_for_state(|state| state == &json!({"z": 0, "y": true}), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(state, json!({"z": 0, "y": true}));
+    assert_eq!(land.stats().gaps, 1);
+    assert_eq!(land.stats().resyncs, 1);
+    assert_eq!(land.stats().patches_applied, 2);
+    land.leave().await;
+    server.await.unwrap();
 }
 
 #[tokio::test]

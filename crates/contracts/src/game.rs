@@ -110,6 +110,9 @@ pub struct JoinOk {
     pub seq: u64,
     /// The full state as this player sees it.
     pub state: Value,
+    /// With `?sync=binary`: the land's key table so far (see `binary_state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +137,9 @@ pub struct StateMerge {
 pub struct StateSnapshot {
     pub seq: u64,
     pub state: Value,
+    /// With `?sync=binary`: the land's key table so far (see `binary_state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
 }
 
 /// Outcome of one `action`, matched to it by `requestId`.

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod binary_state;
 pub mod error;
 pub mod forwarded;
 pub mod game;

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
+use matchplane_contracts::binary_state::{self, BinaryWriter, KeyTable};
 use matchplane_contracts::game::{
     ActionRequest, ActionResult, ErrorBody, EventBody, LandClosed, ServerMessage, close_code,
     error_code,
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::auth::{Admission, Rejection};
+use crate::diff::JsonMerge;
 use crate::frame;
 use crate::land::{
     CreateInfo, Ctx, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target,
@@ -27,7 +30,12 @@ use crate::land::{
 #[derive(Debug, Clone)]
 pub(crate) enum Outbound {
     Text(Utf8Bytes),
-    Close { code: u16, reason: String },
+    /// A binary state frame (`?sync=binary`).
+    Binary(Bytes),
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// The keeper's end of one WebSocket connection.
@@ -51,14 +59,19 @@ pub(crate) enum SyncEncoding {
     /// states whose changes are a few fields deep; a change a merge patch
     /// cannot say (a member set to `null`) still comes as `state.patch`.
     Merge,
+    /// The merge patches as binary frames with a land-wide key table
+    /// (`matchplane_contracts::binary_state`); a change a merge patch cannot say
+    /// comes as a `state.snapshot`, which also carries the table.
+    Binary,
 }
 
 impl SyncEncoding {
-    /// The `?sync=` query value: `patch` (or absent) or `merge`.
+    /// The `?sync=` query value: `patch` (or absent), `merge` or `binary`.
     pub(crate) fn from_query(value: Option<&str>) -> Option<Self> {
         match value {
             None | Some("patch") => Some(Self::Patch),
             Some("merge") => Some(Self::Merge),
+            Some("binary") => Some(Self::Binary),
             Some(_) => None,
         }
     }
@@ -73,7 +86,11 @@ enum Delivery {
 
 impl ConnHandle {
     fn send(&self, frame: Utf8Bytes) -> Delivery {
-        match self.tx.try_send(Outbound::Text(frame)) {
+        self.push(Outbound::Text(frame))
+    }
+
+    fn push(&self, frame: Outbound) -> Delivery {
+        match self.tx.try_send(frame) {
             Ok(()) => Delivery::Sent,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
@@ -137,6 +154,9 @@ pub(crate) struct LandCore<L: Land> {
     seat_ids: Vec<PlayerId>,
     /// The shared view as last sent, the base of the next shared diff.
     shared: Value,
+    /// Member names numbered for `?sync=binary` connections, grown as the shared
+    /// state names new members.
+    keys: KeyTable,
     outbox: Outbox,
     state_touched: bool,
     closing: Option<(LandClosed, u16)>,
@@ -177,6 +197,7 @@ impl<L: Land> LandCore<L> {
             seats: Vec::new(),
             seat_ids: Vec::new(),
             shared: Value::Object(Map::new()),
+            keys: KeyTable::default(),
             outbox,
             state_touched: true,
             closing: None,
@@ -567,11 +588,30 @@ impl<L: Land> LandCore<L> {
             }
         };
         // Each encoding of the shared change is made once per land, when a
-        // seat first needs it, and spliced into every seat's frame.
+        // seat first needs it, and spliced into every seat's frame. The binary
+        // one is made first: it may number new member names, and a seat joining
+        // in this round must get the table with them.
         let mut shared_ops: Option<String> = None;
         let mut shared_merge: Option<Option<String>> = None;
         let before = std::mem::replace(&mut self.shared, shared);
+        let binary_live = self.seats.iter().any(|seat| {
+            seat.sync == SeatSync::Live
+                && seat
+                    .conn
+                    .as_ref()
+                    .is_some_and(|conn| conn.sync == SyncEncoding::Binary)
+        });
+        let shared_binary = if binary_live {
+            binary_members(
+                &before,
+                &self.shared,
+                BinaryWriter::entering(&mut self.keys),
+            )
+        } else {
+            None
+        };
         let mut shared_document: Option<String> = None;
+        let mut keys_json: Option<String> = None;
         for seat in &mut self.seats {
             let Some(conn) = &seat.conn else {
                 continue;
@@ -593,16 +633,32 @@ impl<L: Land> LandCore<L> {
                 wrapped.insert("me".to_owned(), view);
             }
             let wrapped = Value::Object(wrapped);
+            let mut document = || {
+                let shared_text = shared_document.get_or_insert_with(|| self.shared.to_string());
+                let private_text = wrapped.get("me").map(Value::to_string);
+                let keys = (conn.sync == SyncEncoding::Binary).then(|| {
+                    keys_json
+                        .get_or_insert_with(|| frame::json_names(self.keys.names()))
+                        .clone()
+                });
+                (
+                    frame::state_document(shared_text, private_text.as_deref()),
+                    keys,
+                )
+            };
             match seat.sync {
                 SeatSync::NeedsJoin | SeatSync::NeedsSnapshot => {
-                    let shared_text =
-                        shared_document.get_or_insert_with(|| self.shared.to_string());
-                    let private_text = wrapped.get("me").map(Value::to_string);
-                    let document = frame::state_document(shared_text, private_text.as_deref());
+                    let (document, keys) = document();
                     let frame = if seat.sync == SeatSync::NeedsJoin {
-                        frame::join_ok(&self.land_id_json, &seat.player_id, seat.seq, &document)
+                        frame::join_ok(
+                            &self.land_id_json,
+                            &seat.player_id,
+                            seat.seq,
+                            &document,
+                            keys.as_deref(),
+                        )
                     } else {
-                        frame::snapshot(seat.seq + 1, &document)
+                        frame::snapshot(seat.seq + 1, &document, keys.as_deref())
                     };
                     if conn.send(frame) == Delivery::Sent {
                         if seat.sync == SeatSync::NeedsSnapshot {
@@ -612,26 +668,56 @@ impl<L: Land> LandCore<L> {
                     }
                 }
                 SeatSync::Live => {
-                    let merged = match conn.sync {
+                    let next = seat.seq + 1;
+                    let frame = match conn.sync {
+                        SyncEncoding::Binary => {
+                            let private = binary_members(
+                                &seat.private,
+                                &wrapped,
+                                BinaryWriter::looking_up(&self.keys),
+                            );
+                            match shared_binary.as_ref().zip(private) {
+                                Some(((definitions, shared), (_, private))) => (!shared.is_empty()
+                                    || !private.is_empty())
+                                .then(|| {
+                                    Outbound::Binary(Bytes::from(binary_state::state_merge_frame(
+                                        next,
+                                        definitions,
+                                        shared,
+                                        &private,
+                                    )))
+                                }),
+                                // A change a merge patch cannot say: the whole view,
+                                // with the key table.
+                                None => {
+                                    let (document, keys) = document();
+                                    Some(Outbound::Text(frame::snapshot(
+                                        next,
+                                        &document,
+                                        keys.as_deref(),
+                                    )))
+                                }
+                            }
+                        }
                         SyncEncoding::Merge => shared_merge
                             .get_or_insert_with(|| merge_members(&before, &self.shared))
                             .as_deref()
                             .zip(merge_members(&seat.private, &wrapped))
                             .map(|(shared, private)| {
                                 (!shared.is_empty() || !private.is_empty())
-                                    .then(|| frame::merge(seat.seq + 1, shared, &private))
-                            }),
-                        SyncEncoding::Patch => None,
+                                    .then(|| frame::merge(next, shared, &private))
+                            })
+                            .unwrap_or_else(|| {
+                                patch_frame(&mut shared_ops, &before, &self.shared, seat, &wrapped)
+                            })
+                            .map(Outbound::Text),
+                        SyncEncoding::Patch => {
+                            patch_frame(&mut shared_ops, &before, &self.shared, seat, &wrapped)
+                                .map(Outbound::Text)
+                        }
                     };
-                    let frame = merged.unwrap_or_else(|| {
-                        let shared_ops =
-                            shared_ops.get_or_insert_with(|| ops_list(&before, &self.shared));
-                        let private_ops = ops_list(&seat.private, &wrapped);
-                        (!shared_ops.is_empty() || !private_ops.is_empty())
-                            .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops))
-                    });
                     if let Some(frame) = frame {
-                        match conn.send(frame) {
+                        match conn.push(frame) {
                             Delivery::Sent => seat.seq += 1,
                             // A gap: the next sync sends a snapshot instead of patches.
                             Delivery::Full => seat.sync = SeatSync::NeedsSnapshot,
@@ -643,6 +729,20 @@ impl<L: Land> LandCore<L> {
             seat.private = wrapped;
         }
     }
+}
+
+/// The seat's `state.patch`: the shared operations (made once per land) and its own.
+fn patch_frame(
+    shared_ops: &mut Option<String>,
+    before: &Value,
+    after: &Value,
+    seat: &Seat,
+    wrapped: &Value,
+) -> Option<Utf8Bytes> {
+    let shared_ops = shared_ops.get_or_insert_with(|| ops_list(before, after));
+    let private_ops = ops_list(&seat.private, wrapped);
+    (!shared_ops.is_empty() || !private_ops.is_empty())
+        .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops))
 }
 
 fn deliver(seat: &Seat, frame: Utf8Bytes) {
@@ -661,8 +761,20 @@ fn deliver(seat: &Seat, frame: Utf8Bytes) {
 /// say the change.
 fn merge_members(before: &Value, after: &Value) -> Option<String> {
     let mut out = Vec::new();
-    crate::diff::merge_into(before, after, &mut out).ok()?;
+    crate::diff::merge_into(before, after, &mut JsonMerge, &mut out).ok()?;
     String::from_utf8(out).ok()
+}
+
+/// The same merge patch in the binary encoding: the definitions of the names the
+/// writer numbered, and the members; `None` when a merge patch cannot say it.
+fn binary_members(
+    before: &Value,
+    after: &Value,
+    mut writer: BinaryWriter<'_>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut members = Vec::new();
+    crate::diff::merge_into(before, after, &mut writer, &mut members).ok()?;
+    Some((writer.into_definitions(), members))
 }
 
 /// The operations turning `before` into `after` as a JSON array's inside (`op,op`),

@@ -6,6 +6,7 @@
 //! pointer and value clones roughly halves its cost. Tests apply the output with
 //! `json_patch::patch` to prove it round-trips.
 
+use matchplane_contracts::binary_state::BinaryWriter;
 use serde_json::Value;
 
 /// How far the walk over the previous object's keys may skip ahead to line up with the
@@ -97,17 +98,65 @@ fn diff_at(left: &Value, right: &Value, path: &mut String, out: &mut Vec<u8>) {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct NotMergeable;
 
+/// How the members of a merge patch are written: as JSON text (`state.merge`) or in
+/// the binary encoding (`?sync=binary`); the walk over the two states is the same.
+pub(crate) trait MergeWriter {
+    /// A member's key (with whatever separates it from the previous member).
+    fn key(&mut self, out: &mut Vec<u8>, key: &str);
+    /// An object value whose members were written to `members`.
+    fn object(&mut self, out: &mut Vec<u8>, members: &[u8]);
+    fn value(&mut self, out: &mut Vec<u8>, value: &Value);
+}
+
+/// `"key":value,…` without braces.
+pub(crate) struct JsonMerge;
+
+impl MergeWriter for JsonMerge {
+    fn key(&mut self, out: &mut Vec<u8>, key: &str) {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, members: &[u8]) {
+        out.push(b'{');
+        out.extend_from_slice(members);
+        out.push(b'}');
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, value: &Value) {
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+}
+
+impl MergeWriter for BinaryWriter<'_> {
+    fn key(&mut self, out: &mut Vec<u8>, key: &str) {
+        BinaryWriter::key(self, out, key);
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, members: &[u8]) {
+        BinaryWriter::object(out, members);
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, value: &Value) {
+        BinaryWriter::value(self, out, value);
+    }
+}
+
 /// Appends the members of the merge patch turning object `left` into object
-/// `right` to `out` as `"key":value,…` (no braces; nothing when they are
-/// equal). Objects are merged member by member, anything else (arrays
-/// included) is replaced whole, a removed member is `null`.
+/// `right` to `out`, written by `writer` (nothing when they are equal). Objects
+/// are merged member by member, anything else (arrays included) is replaced
+/// whole, a removed member is `null`.
 pub(crate) fn merge_into(
     left: &Value,
     right: &Value,
+    writer: &mut impl MergeWriter,
     out: &mut Vec<u8>,
 ) -> Result<(), NotMergeable> {
     match (left, right) {
-        (Value::Object(before), Value::Object(after)) => merge_members(before, after, out),
+        (Value::Object(before), Value::Object(after)) => merge_members(before, after, writer, out),
         _ => Err(NotMergeable),
     }
 }
@@ -115,6 +164,7 @@ pub(crate) fn merge_into(
 fn merge_members(
     before: &serde_json::Map<String, Value>,
     after: &serde_json::Map<String, Value>,
+    writer: &mut impl MergeWriter,
     out: &mut Vec<u8>,
 ) -> Result<(), NotMergeable> {
     for (key, value) in after {
@@ -122,12 +172,10 @@ fn merge_members(
             (Some(previous), _) if previous == value => {}
             (Some(Value::Object(previous)), Value::Object(next)) => {
                 let mut inner = Vec::new();
-                merge_members(previous, next, &mut inner)?;
+                merge_members(previous, next, writer, &mut inner)?;
                 if !inner.is_empty() {
-                    push_member_key(out, key);
-                    out.push(b'{');
-                    out.extend_from_slice(&inner);
-                    out.push(b'}');
+                    writer.key(out, key);
+                    writer.object(out, &inner);
                 }
             }
             _ => {
@@ -136,14 +184,14 @@ fn merge_members(
                 if value.is_null() || has_null_member(value) {
                     return Err(NotMergeable);
                 }
-                push_member_key(out, key);
-                let _ = serde_json::to_writer(&mut *out, value);
+                writer.key(out, key);
+                writer.value(out, value);
             }
         }
     }
     for key in before.keys().filter(|key| !after.contains_key(*key)) {
-        push_member_key(out, key);
-        out.extend_from_slice(b"null");
+        writer.key(out, key);
+        writer.value(out, &Value::Null);
     }
     Ok(())
 }
@@ -155,14 +203,6 @@ fn has_null_member(value: &Value) -> bool {
             .any(|member| member.is_null() || has_null_member(member)),
         _ => false,
     }
-}
-
-fn push_member_key(out: &mut Vec<u8>, key: &str) {
-    if !out.is_empty() {
-        out.push(b',');
-    }
-    let _ = serde_json::to_writer(&mut *out, key);
-    out.push(b':');
 }
 
 /// RFC 6901: `~` is written `~0` and `/` is written `~1`.
@@ -262,7 +302,7 @@ mod tests {
     /// when it can, applying it (RFC 7386, `json_patch::merge`) gives `right`.
     fn merge_round_trip(left: Value, right: Value) -> Option<Value> {
         let mut out = Vec::new();
-        merge_into(&left, &right, &mut out).ok()?;
+        merge_into(&left, &right, &mut JsonMerge, &mut out).ok()?;
         let merge: Value =
             serde_json::from_str(&format!("{{{}}}", String::from_utf8(out).unwrap())).unwrap();
         let mut doc = left;
@@ -335,6 +375,34 @@ mod tests {
         fn merge_patches_round_trip_or_name_a_null_member(left in json_object(), right in json_object()) {
             if merge_round_trip(left.clone(), right.clone()).is_none() {
                 proptest::prop_assert!(has_null_member(&right), "{left} -> {right}");
+            }
+        }
+
+        /// A chain of states sent as binary frames: a client that started from the
+        /// table at its join and decodes each frame holds every state exactly, and
+        /// each frame says what the JSON merge patch says.
+        #[test]
+        fn binary_frames_say_the_json_merge_patch(states in proptest::collection::vec(json_object(), 2..6)) {
+            use matchplane_contracts::binary_state::{KeyTable, decode_state_merge, state_merge_frame};
+            let mut table = KeyTable::default();
+            let mut keys = table.names().to_vec();
+            let mut mirror = states[0].clone();
+            for (seq, pair) in states.windows(2).enumerate() {
+                let (left, right) = (&pair[0], &pair[1]);
+                let mut writer = BinaryWriter::entering(&mut table);
+                let mut members = Vec::new();
+                if merge_into(left, right, &mut writer, &mut members).is_err() {
+                    // The server sends a snapshot with the whole table instead.
+                    mirror = right.clone();
+                    keys = table.names().to_vec();
+                    continue;
+                }
+                let frame = state_merge_frame(seq as u64, &writer.into_definitions(), &members, &[]);
+                let (_, merge) = decode_state_merge(&frame, &mut keys).unwrap();
+                proptest::prop_assert_eq!(Some(merge.clone()), merge_round_trip(left.clone(), right.clone()));
+                json_patch::merge(&mut mirror, &merge);
+                proptest::prop_assert_eq!(&mirror, right);
+                proptest::prop_assert_eq!(&keys[..], table.names());
             }
         }
     }

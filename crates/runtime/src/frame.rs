@@ -51,8 +51,20 @@ fn header(out: &mut String, message_kind: &str) {
     out.push_str("\",\"v\":1,\"data\":{");
 }
 
-pub(crate) fn join_ok(land_id_json: &str, player_id: &str, seq: u64, document: &str) -> Utf8Bytes {
-    let mut out = String::with_capacity(document.len() + 96);
+/// A JSON array of the key table's names (the `keys` of `join.ok` and `state.snapshot`).
+pub(crate) fn json_names(names: &[String]) -> String {
+    serde_json::to_string(names).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// `keys` is a JSON array for `?sync=binary` connections.
+pub(crate) fn join_ok(
+    land_id_json: &str,
+    player_id: &str,
+    seq: u64,
+    document: &str,
+    keys: Option<&str>,
+) -> Utf8Bytes {
+    let mut out = String::with_capacity(document.len() + keys.map_or(0, str::len) + 96);
     header(&mut out, kind::JOIN_OK);
     out.push_str("\"landId\":");
     out.push_str(land_id_json);
@@ -60,15 +72,22 @@ pub(crate) fn join_ok(land_id_json: &str, player_id: &str, seq: u64, document: &
     out.push_str(&json_string(player_id));
     let _ = write!(out, ",\"seq\":{seq},\"state\":");
     out.push_str(document);
-    out.push_str("}}");
-    Utf8Bytes::from(out)
+    finish_with_keys(out, keys)
 }
 
-pub(crate) fn snapshot(seq: u64, document: &str) -> Utf8Bytes {
-    let mut out = String::with_capacity(document.len() + 64);
+pub(crate) fn snapshot(seq: u64, document: &str, keys: Option<&str>) -> Utf8Bytes {
+    let mut out = String::with_capacity(document.len() + keys.map_or(0, str::len) + 64);
     header(&mut out, kind::STATE_SNAPSHOT);
     let _ = write!(out, "\"seq\":{seq},\"state\":");
     out.push_str(document);
+    finish_with_keys(out, keys)
+}
+
+fn finish_with_keys(mut out: String, keys: Option<&str>) -> Utf8Bytes {
+    if let Some(keys) = keys {
+        out.push_str(",\"keys\":");
+        out.push_str(keys);
+    }
     out.push_str("}}");
     Utf8Bytes::from(out)
 }
@@ -122,7 +141,7 @@ mod tests {
     #[test]
     fn spliced_frames_decode_as_protocol_messages() {
         let document = state_document(r#"{"count":2}"#, Some(r#"{"gold":5}"#));
-        let frame = join_ok(&json_string("land-1"), "ann", 0, &document);
+        let frame = join_ok(&json_string("land-1"), "ann", 0, &document, None);
         let ServerMessage::JoinOk(join) = ServerMessage::decode(frame.as_str()).unwrap() else {
             panic!("not join.ok");
         };
@@ -144,10 +163,11 @@ mod tests {
         assert_eq!(patch.seq, 3);
         assert_eq!(patch.ops.as_array().map(Vec::len), Some(2));
 
-        let frame = snapshot(9, r#"{"a":[]}"#);
+        let frame = snapshot(9, r#"{"a":[]}"#, Some(&json_names(&["a".to_owned()])));
         assert!(matches!(
             ServerMessage::decode(frame.as_str()).unwrap(),
-            ServerMessage::StateSnapshot(snapshot) if snapshot.seq == 9
+            ServerMessage::StateSnapshot(snapshot)
+                if snapshot.seq == 9 && snapshot.keys == Some(vec!["a".to_owned()])
         ));
     }
 }

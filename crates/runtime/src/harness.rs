@@ -220,8 +220,10 @@ impl<L: Land> LandHarness<L> {
         let mut bytes = 0;
         for state in self.players.values_mut() {
             while let Ok(outbound) = state.frames.try_recv() {
-                if let Outbound::Text(text) = outbound {
-                    bytes += text.len();
+                match outbound {
+                    Outbound::Text(text) => bytes += text.len(),
+                    Outbound::Binary(frame) => bytes += frame.len(),
+                    Outbound::Close { .. } => {}
                 }
             }
         }

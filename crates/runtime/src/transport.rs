@@ -285,6 +285,7 @@ async fn write_loop(
             }
             message = outbound.recv() => match message {
                 Some(Outbound::Text(text)) => Message::Text(text),
+                Some(Outbound::Binary(bytes)) => Message::Binary(bytes),
                 Some(Outbound::Close { code, reason }) => {
                     send_close(&mut sink, code, &reason).await;
                     break;

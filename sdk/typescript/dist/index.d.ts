@@ -6,8 +6,8 @@
  *   over the control plane's `/realtime` socket with automatic fallback to polling.
  * - {@link LandConnection} / {@link joinLand}: the game server's WebSocket protocol
  *   (docs/runtime-protocol.md): `join.ok`, a state mirror kept current by RFC 6902
- *   patches, resync on a sequence gap, actions as promises, events, reconnect within
- *   the land's grace.
+ *   patches (or RFC 7386 merge patches, as JSON or as binary frames), resync on a
+ *   sequence gap, actions as promises, events, reconnect within the land's grace.
  *
  * The package is one self-contained ES module without dependencies, so a page can load
  * `dist/index.js` directly (the control plane's play page does). It only uses the
@@ -204,6 +204,8 @@ export interface JoinOk {
     /** The seq of `state`; the next `state.patch` carries `seq + 1`. */
     seq: number;
     state: JsonValue;
+    /** Only with `?sync=binary`: the land's key table so far (see {@link decodeBinaryState}). */
+    keys?: string[];
 }
 export interface ActionResult {
     requestId: string;
@@ -242,6 +244,7 @@ export type ServerMessage = {
     data: {
         seq: number;
         state: JsonValue;
+        keys?: string[];
     };
 } | {
     type: "action.result";
@@ -357,9 +360,24 @@ export declare function applyMergePatch(document: JsonValue, patch: JsonValue): 
  * operations' values, so treat both as read-only.
  */
 export declare function applyPatch(document: JsonValue, operations: readonly PatchOperation[]): JsonValue;
+/**
+ * Decodes one binary state frame of a `?sync=binary` connection (docs/runtime-protocol.md,
+ * "Binary state frames"): its `seq` and the RFC 7386 merge patch it carries, to apply
+ * with {@link applyMergePatch} like a `state.merge`.
+ *
+ * `keys` is the land's key table (from the latest `join.ok` / `state.snapshot`); the
+ * entries the frame defines are written into it. Throws a {@link MatchplaneError} of kind
+ * `protocol` on a malformed frame, and then `keys` is left as it was.
+ */
+export declare function decodeBinaryState(bytes: Uint8Array, keys: string[]): {
+    seq: number;
+    merge: JsonObject;
+};
 /** The part of the WebSocket API the SDK uses: browsers', Node 22's and the `ws` package's. */
 export interface WebSocketLike {
     readonly readyState: number;
+    /** Set to `"arraybuffer"` by land connections, which read binary state frames. */
+    binaryType?: string;
     send(data: string): void;
     close(code?: number, reason?: string): void;
     addEventListener(type: "open" | "message" | "close" | "error", listener: (event: any) => void): void;
@@ -530,14 +548,19 @@ export interface LandConnectOptions {
     /** Aborts the join (not the connection once joined: use {@link LandConnection.leave}). */
     signal?: AbortSignal;
     /**
-     * How state changes arrive: `patch` (RFC 6902 `state.patch`, the default) or `merge`
+     * How state changes arrive: `patch` (RFC 6902 `state.patch`, the default), `merge`
      * (RFC 7386 `state.merge`, fewer bytes; changes a merge patch cannot say still come
-     * as `state.patch`).
+     * as `state.patch`) or `binary` (the same merge patches in compact binary frames,
+     * see {@link decodeBinaryState}; fewer bytes again).
      */
-    sync?: "patch" | "merge";
+    sync?: "patch" | "merge" | "binary";
     /**
      * Sees every decoded server message before the SDK does; returning `false` drops it.
      * For tests and diagnostics (e.g. dropping a `state.patch` to exercise the resync).
+     * A binary state frame is presented decoded, as the `state.merge` it stands for
+     * (`{type: "state.merge", v: 1, data: {seq, merge}}`); dropping it drops its merge
+     * patch, while the key-table entries it defined are kept. Malformed binary frames
+     * are not presented (they count as a gap), nor are binary frames before `join.ok`.
      */
     interceptMessage?: (message: ServerMessage) => boolean;
 }
@@ -555,7 +578,10 @@ export interface ConnectionEnd {
 }
 /** Counters of one connection, for diagnostics and tests. */
 export interface ConnectionStats {
+    /** `state.patch`, `state.merge` and binary state frames applied to the mirror. */
     patchesApplied: number;
+    /** Binary state frames received after `join.ok` (`sync: "binary"`), malformed ones included. */
+    binaryFrames: number;
     gaps: number;
     resyncs: number;
     reconnects: number;
@@ -615,6 +641,8 @@ export declare class LandConnection {
     private socket;
     private mirror;
     private mirrorSeq;
+    /** The land's key table for binary state frames, as of the mirror's `join.ok` / snapshot. */
+    private keys;
     private awaitingSnapshot;
     private connected;
     private leaving;
@@ -678,9 +706,14 @@ export declare class LandConnection {
     private endedError;
     private attach;
     private onServerText;
+    /** A binary state frame: decoded, then handled as the `state.merge` it stands for. */
+    private onServerBinary;
+    private onServerMessage;
     private install;
     /** Applies the change to `seq` (`apply` throws when it does not apply). */
     private applyIncoming;
+    /** Ignores changes until the `state.snapshot` that `sync.request` asks for. */
+    private requestResync;
     private failPending;
     private onSocketClosed;
     /** Tries to get the seat back within the grace (same URL, same token). */

@@ -6,8 +6,8 @@
  *   over the control plane's `/realtime` socket with automatic fallback to polling.
  * - {@link LandConnection} / {@link joinLand}: the game server's WebSocket protocol
  *   (docs/runtime-protocol.md): `join.ok`, a state mirror kept current by RFC 6902
- *   patches, resync on a sequence gap, actions as promises, events, reconnect within
- *   the land's grace.
+ *   patches (or RFC 7386 merge patches, as JSON or as binary frames), resync on a
+ *   sequence gap, actions as promises, events, reconnect within the land's grace.
  *
  * The package is one self-contained ES module without dependencies, so a page can load
  * `dist/index.js` directly (the control plane's play page does). It only uses the
@@ -439,6 +439,253 @@ export function applyPatch(document, operations) {
     });
     return application.root;
 }
+// ---------------------------------------------------------------------------------------
+// Binary state frames (`?sync=binary`, docs/runtime-protocol.md)
+// ---------------------------------------------------------------------------------------
+/** The only frame kind so far: a state merge. */
+const FRAME_STATE_MERGE = 0x01;
+const TAG_NULL = 0x00;
+const TAG_FALSE = 0x01;
+const TAG_TRUE = 0x02;
+const TAG_OBJECT = 0x03;
+const TAG_ARRAY = 0x04;
+const TAG_ZIGZAG = 0x05;
+const TAG_UNSIGNED = 0x06;
+const TAG_FLOAT64 = 0x07;
+const TAG_STRING = 0x08;
+const TAG_TABLE_STRING = 0x09;
+const TAG_DECIMAL = 0x10;
+const TAG_DECIMAL_LAST = 0x1f;
+/**
+ * 10^0 … 10^15 as literals: each is an exact double, so `m / POWERS_OF_TEN[scale]` is the
+ * single correctly rounded division the server's number came from (`**` is not
+ * guaranteed exact on every engine).
+ */
+const POWERS_OF_TEN = [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+/** Varints of up to 7 bytes (49 bits) are summed exactly in a double; longer ones go through BigInt. */
+const SMALL_VARINT_BYTES = 7;
+// Fatal, so that invalid UTF-8 makes the frame malformed instead of turning into U+FFFD.
+let strictUtf8;
+function decodeUtf8(bytes) {
+    strictUtf8 ??= new TextDecoder("utf-8", { fatal: true });
+    return strictUtf8.decode(bytes);
+}
+class MalformedFrame extends Error {
+}
+/** One pass over a frame; table definitions are logged so that a failure can undo them. */
+class FrameReader {
+    bytes;
+    keys;
+    offset = 0;
+    view;
+    /** `[index, previous entry]` per definition, `undefined` for an appended one. */
+    undo = [];
+    constructor(bytes, keys) {
+        this.bytes = bytes;
+        this.keys = keys;
+        this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    }
+    get position() {
+        return this.offset;
+    }
+    frame() {
+        const kind = this.byte();
+        if (kind !== FRAME_STATE_MERGE)
+            throw new MalformedFrame(`unknown frame kind 0x${hex(kind)}`);
+        const seq = this.unsigned();
+        if (!Number.isSafeInteger(seq))
+            throw new MalformedFrame("seq beyond 2^53 - 1");
+        this.definitions();
+        const merge = this.object();
+        if (this.offset !== this.bytes.length) {
+            throw new MalformedFrame(`${this.bytes.length - this.offset} bytes left over`);
+        }
+        return { seq, merge };
+    }
+    byte() {
+        const value = this.bytes[this.offset];
+        if (value === undefined)
+            throw new MalformedFrame("truncated");
+        this.offset += 1;
+        return value;
+    }
+    take(length) {
+        if (length > this.bytes.length - this.offset)
+            throw new MalformedFrame("truncated");
+        const slice = this.bytes.subarray(this.offset, this.offset + length);
+        this.offset += length;
+        return slice;
+    }
+    /** An unsigned LEB128 varint: a number while exact, a BigInt when it needs more than 49 bits of bytes. */
+    varint() {
+        let value = 0;
+        let scale = 1;
+        for (let index = 0; index < SMALL_VARINT_BYTES; index += 1) {
+            const byte = this.byte();
+            value += (byte & 0x7f) * scale;
+            if (byte < 0x80)
+                return value;
+            scale *= 0x80;
+        }
+        let big = BigInt(value);
+        for (let index = SMALL_VARINT_BYTES; index < 10; index += 1) {
+            const byte = this.byte();
+            big |= BigInt(byte & 0x7f) << BigInt(7 * index);
+            if (byte < 0x80) {
+                if (big >> 64n !== 0n)
+                    throw new MalformedFrame("varint beyond 2^64 - 1");
+                return big;
+            }
+        }
+        throw new MalformedFrame("varint longer than 10 bytes");
+    }
+    /** A varint as a number (rounded to the nearest double beyond 2^53). */
+    unsigned() {
+        const value = this.varint();
+        return typeof value === "number" ? value : Number(value);
+    }
+    /** A zigzag varint: 0, 1, 2, 3 … are 0, −1, 1, −2 … */
+    zigzag() {
+        const value = this.varint();
+        if (typeof value === "number")
+            return value % 2 === 0 ? value / 2 : -(value + 1) / 2;
+        return Number((value >> 1n) ^ -(value & 1n));
+    }
+    string(length) {
+        try {
+            return decodeUtf8(this.take(length));
+        }
+        catch (error) {
+            if (error instanceof MalformedFrame)
+                throw error;
+            throw new MalformedFrame("invalid UTF-8");
+        }
+    }
+    tableEntry(index) {
+        const entry = this.keys[index];
+        if (entry === undefined)
+            throw new MalformedFrame(`key table index ${index} past its end (${this.keys.length})`);
+        return entry;
+    }
+    definitions() {
+        const count = this.unsigned();
+        for (let defined = 0; defined < count; defined += 1) {
+            const index = this.unsigned();
+            const name = this.string(this.unsigned());
+            if (index > this.keys.length) {
+                throw new MalformedFrame(`key table definition ${index} past its end (${this.keys.length})`);
+            }
+            this.undo.push([index, this.keys[index]]);
+            this.keys[index] = name;
+        }
+    }
+    /** A key, or `null` at the object's END. */
+    key() {
+        const header = this.varint();
+        // h >> 2 and h & 3 without 32-bit bitwise operators, which would cut large headers.
+        const kind = typeof header === "number" ? header % 4 : Number(header & 3n);
+        const rest = typeof header === "number" ? (header - kind) / 4 : header >> 2n;
+        switch (kind) {
+            case 0:
+                return this.tableEntry(Number(rest));
+            case 1:
+                // A BigInt keeps the digits of headers beyond 2^53 exact.
+                return String(rest);
+            case 2:
+                return this.string(Number(rest));
+            default:
+                if (Number(rest) !== 0)
+                    throw new MalformedFrame(`key header ${String(header)} is neither a key nor END`);
+                return null;
+        }
+    }
+    object() {
+        const object = {};
+        for (;;) {
+            const key = this.key();
+            if (key === null)
+                return object;
+            setMember(object, key, this.value());
+        }
+    }
+    value() {
+        const at = this.offset;
+        const tag = this.byte();
+        switch (tag) {
+            case TAG_NULL:
+                return null;
+            case TAG_FALSE:
+                return false;
+            case TAG_TRUE:
+                return true;
+            case TAG_OBJECT:
+                return this.object();
+            case TAG_ARRAY: {
+                const count = this.unsigned();
+                // Every value takes at least a byte: a count beyond the rest is not allocated.
+                if (count > this.bytes.length - this.offset)
+                    throw new MalformedFrame("truncated");
+                const array = [];
+                for (let index = 0; index < count; index += 1)
+                    array.push(this.value());
+                return array;
+            }
+            case TAG_ZIGZAG:
+                return this.zigzag();
+            case TAG_UNSIGNED:
+                return this.unsigned();
+            case TAG_FLOAT64: {
+                this.take(8);
+                const float = this.view.getFloat64(at + 1, true);
+                // NaN and infinities are no JSON values: the server never holds them.
+                if (!Number.isFinite(float))
+                    throw new MalformedFrame("a float that is not finite");
+                return float;
+            }
+            case TAG_STRING:
+                return this.string(this.unsigned());
+            case TAG_TABLE_STRING:
+                return this.tableEntry(this.unsigned());
+            default:
+                if (tag >= TAG_DECIMAL && tag <= TAG_DECIMAL_LAST) {
+                    return this.zigzag() / POWERS_OF_TEN[tag - TAG_DECIMAL];
+                }
+                this.offset = at;
+                throw new MalformedFrame(`unknown value tag 0x${hex(tag)}`);
+        }
+    }
+}
+function hex(byte) {
+    return byte.toString(16).padStart(2, "0");
+}
+/**
+ * Decodes one binary state frame of a `?sync=binary` connection (docs/runtime-protocol.md,
+ * "Binary state frames"): its `seq` and the RFC 7386 merge patch it carries, to apply
+ * with {@link applyMergePatch} like a `state.merge`.
+ *
+ * `keys` is the land's key table (from the latest `join.ok` / `state.snapshot`); the
+ * entries the frame defines are written into it. Throws a {@link MatchplaneError} of kind
+ * `protocol` on a malformed frame, and then `keys` is left as it was.
+ */
+export function decodeBinaryState(bytes, keys) {
+    const reader = new FrameReader(bytes, keys);
+    try {
+        return reader.frame();
+    }
+    catch (error) {
+        for (const [index, previous] of reader.undo.reverse()) {
+            if (previous === undefined)
+                keys.length = index;
+            else
+                keys[index] = previous;
+        }
+        // A stack overflow on absurd nesting is a malformed frame too.
+        const reason = error instanceof MalformedFrame ? error.message : describe(error);
+        throw new MatchplaneError("protocol", `malformed binary state frame at byte ${reader.position}: ${reason}`, {
+            cause: error instanceof MalformedFrame ? undefined : error,
+        });
+    }
+}
 const OPEN = 1;
 function defaultWebSocket() {
     return globalThis.WebSocket;
@@ -527,6 +774,35 @@ class Emitter {
 }
 function messageText(event) {
     return typeof event.data === "string" ? event.data : null;
+}
+/**
+ * A frame's text, or the bytes of a binary frame in whichever shape the socket hands
+ * them over: an `ArrayBuffer` (browsers, Node's `WebSocket`, `ws` with `binaryType =
+ * "arraybuffer"`), a `Buffer` or other view (`ws`'s default), or `Buffer` fragments.
+ */
+function messageData(event) {
+    const data = event.data;
+    if (typeof data === "string")
+        return data;
+    // The tag also recognises buffers of another realm (an iframe, a test DOM).
+    if (data instanceof ArrayBuffer || Object.prototype.toString.call(data) === "[object ArrayBuffer]") {
+        return new Uint8Array(data);
+    }
+    if (ArrayBuffer.isView(data))
+        return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (Array.isArray(data) && data.every((part) => ArrayBuffer.isView(part))) {
+        const parts = data;
+        const joined = new Uint8Array(parts.reduce((total, part) => total + part.byteLength, 0));
+        let offset = 0;
+        for (const part of parts) {
+            joined.set(new Uint8Array(part.buffer, part.byteOffset, part.byteLength), offset);
+            offset += part.byteLength;
+        }
+        return joined;
+    }
+    // A Blob could only be read asynchronously, out of order with the text frames:
+    // `binaryType = "arraybuffer"` keeps them from arriving.
+    return null;
 }
 /**
  * Client of the control plane's matchmaking API.
@@ -964,6 +1240,13 @@ export class RealtimeWatch {
         this.socket.close(1000);
     }
 }
+/** A `keys` member of `join.ok` / `state.snapshot` as a table of our own (it is extended in place). */
+function keyTable(keys) {
+    if (!Array.isArray(keys))
+        return [];
+    const entries = keys;
+    return entries.every((key) => typeof key === "string") ? entries.slice() : [];
+}
 /** Abrupt drops and "you were slow": a reconnect can succeed. Anything else is a decision. */
 function reconnectable(code) {
     return code === null || [1005, 1006, 1008, 1011, 1012, 1013, 1014].includes(code);
@@ -1023,6 +1306,14 @@ function openLand(Socket, url, timeoutMs, signal, intercept) {
             reject(new MatchplaneError("network", `cannot connect to ${redactToken(url)}: ${describe(error)}`));
             return;
         }
+        try {
+            // Binary state frames are decoded as they arrive, in order with the text frames;
+            // a Blob (the browsers' default) could only be read asynchronously.
+            socket.binaryType = "arraybuffer";
+        }
+        catch {
+            // A socket without the setting delivers Buffers or views, which are read too.
+        }
         let opened = false;
         let settled = false;
         let joined = false;
@@ -1032,8 +1323,8 @@ function openLand(Socket, url, timeoutMs, signal, intercept) {
         const deliver = (item) => {
             if (receiver === null)
                 backlog.push(item);
-            else if ("text" in item)
-                receiver.message(item.text);
+            else if ("data" in item)
+                receiver.message(item.data);
             else
                 receiver.close(item.closeCode);
         };
@@ -1070,9 +1361,10 @@ function openLand(Socket, url, timeoutMs, signal, intercept) {
         };
         const onMessage = (event) => {
             if (joined) {
-                deliver({ text: messageText(event) });
+                deliver({ data: messageData(event) });
                 return;
             }
+            // Binary frames before join.ok carry nothing a client without the key table can use.
             const message = decodeServerMessage(messageText(event));
             if (message === null || intercept?.(message) === false)
                 return;
@@ -1135,7 +1427,13 @@ export class LandConnection {
     pending = new Map();
     /** Messages sent while reconnecting, delivered after the fresh `join.ok`. */
     held = [];
-    counters = { patchesApplied: 0, gaps: 0, resyncs: 0, reconnects: 0 };
+    counters = {
+        patchesApplied: 0,
+        binaryFrames: 0,
+        gaps: 0,
+        resyncs: 0,
+        reconnects: 0,
+    };
     reconnectPolicy;
     actionTimeoutMs;
     joinTimeoutMs;
@@ -1143,6 +1441,8 @@ export class LandConnection {
     socket;
     mirror;
     mirrorSeq;
+    /** The land's key table for binary state frames, as of the mirror's `join.ok` / snapshot. */
+    keys;
     awaitingSnapshot = false;
     connected = true;
     leaving = false;
@@ -1163,6 +1463,7 @@ export class LandConnection {
         this.socket = opened.socket;
         this.mirror = opened.join.state;
         this.mirrorSeq = opened.join.seq;
+        this.keys = keyTable(opened.join.keys);
         this.landId = opened.join.landId;
         this.playerId = opened.join.playerId;
         this.actionTimeoutMs = options.actionTimeoutMs ?? 10_000;
@@ -1193,10 +1494,12 @@ export class LandConnection {
         if (Socket === undefined) {
             throw new MatchplaneError("invalidArgument", "no WebSocket available: pass options.WebSocket (e.g. the `ws` package's) on Node < 22");
         }
-        if (options.sync !== undefined && options.sync !== "patch" && options.sync !== "merge") {
-            throw new MatchplaneError("invalidArgument", `sync must be "patch" or "merge", got ${String(options.sync)}`);
+        const sync = options.sync ?? "patch";
+        if (sync !== "patch" && sync !== "merge" && sync !== "binary") {
+            throw new MatchplaneError("invalidArgument", `sync must be "patch", "merge" or "binary", got ${String(sync)}`);
         }
-        const syncUrl = options.sync === "merge" ? `${url}${url.includes("?") ? "&" : "?"}sync=merge` : url;
+        // `patch` is the server's default: its URL stays as it was.
+        const syncUrl = sync === "patch" ? url : withQuery(url, "sync", sync);
         const opened = await openLand(Socket, syncUrl, options.joinTimeoutMs ?? 10_000, options.signal, options.interceptMessage);
         return new LandConnection(syncUrl, Socket, options, opened);
     }
@@ -1374,9 +1677,13 @@ export class LandConnection {
     attach(opened) {
         const socket = opened.socket;
         opened.handOver({
-            message: (text) => {
-                if (socket === this.socket)
-                    this.onServerText(text);
+            message: (data) => {
+                if (socket !== this.socket)
+                    return;
+                if (data instanceof Uint8Array)
+                    this.onServerBinary(data);
+                else
+                    this.onServerText(data);
             },
             close: (code) => {
                 if (socket === this.socket)
@@ -1388,6 +1695,31 @@ export class LandConnection {
         const message = decodeServerMessage(text);
         if (message === null || this.options.interceptMessage?.(message) === false)
             return;
+        this.onServerMessage(message);
+    }
+    /** A binary state frame: decoded, then handled as the `state.merge` it stands for. */
+    onServerBinary(bytes) {
+        this.counters.binaryFrames += 1;
+        let decoded;
+        try {
+            decoded = decodeBinaryState(bytes, this.keys);
+        }
+        catch {
+            // Like a patch that does not apply: its seq cannot be trusted, so no staleness check.
+            if (!this.awaitingSnapshot)
+                this.requestResync();
+            return;
+        }
+        const message = {
+            type: "state.merge",
+            v: PROTOCOL_VERSION,
+            data: { seq: decoded.seq, merge: decoded.merge },
+        };
+        if (this.options.interceptMessage?.(message) === false)
+            return;
+        this.onServerMessage(message);
+    }
+    onServerMessage(message) {
         switch (message.type) {
             case "join.ok":
                 this.install(message.data);
@@ -1406,6 +1738,7 @@ export class LandConnection {
                 const resynced = this.awaitingSnapshot;
                 this.mirror = message.data.state;
                 this.mirrorSeq = message.data.seq;
+                this.keys = keyTable(message.data.keys);
                 this.awaitingSnapshot = false;
                 this.counters.resyncs += 1;
                 this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
@@ -1444,6 +1777,8 @@ export class LandConnection {
     install(join) {
         this.mirror = join.state;
         this.mirrorSeq = join.seq;
+        // A fresh join.ok (after a reconnect too) brings the whole table: nothing is kept.
+        this.keys = keyTable(join.keys);
         this.awaitingSnapshot = false;
         this.connected = true;
         this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
@@ -1465,6 +1800,10 @@ export class LandConnection {
                 // Does not apply to our copy: repaired by a snapshot like a gap.
             }
         }
+        this.requestResync();
+    }
+    /** Ignores changes until the `state.snapshot` that `sync.request` asks for. */
+    requestResync() {
         this.awaitingSnapshot = true;
         this.counters.gaps += 1;
         try {

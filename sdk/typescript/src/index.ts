@@ -6,8 +6,8 @@
  *   over the control plane's `/realtime` socket with automatic fallback to polling.
  * - {@link LandConnection} / {@link joinLand}: the game server's WebSocket protocol
  *   (docs/runtime-protocol.md): `join.ok`, a state mirror kept current by RFC 6902
- *   patches, resync on a sequence gap, actions as promises, events, reconnect within
- *   the land's grace.
+ *   patches (or RFC 7386 merge patches, as JSON or as binary frames), resync on a
+ *   sequence gap, actions as promises, events, reconnect within the land's grace.
  *
  * The package is one self-contained ES module without dependencies, so a page can load
  * `dist/index.js` directly (the control plane's play page does). It only uses the
@@ -206,6 +206,8 @@ export interface JoinOk {
   /** The seq of `state`; the next `state.patch` carries `seq + 1`. */
   seq: number;
   state: JsonValue;
+  /** Only with `?sync=binary`: the land's key table so far (see {@link decodeBinaryState}). */
+  keys?: string[];
 }
 
 export interface ActionResult {
@@ -232,7 +234,7 @@ export type ServerMessage =
   | { type: "join.ok"; data: JoinOk }
   | { type: "state.patch"; data: { seq: number; ops: PatchOperation[] } }
   | { type: "state.merge"; data: { seq: number; merge: JsonValue } }
-  | { type: "state.snapshot"; data: { seq: number; state: JsonValue } }
+  | { type: "state.snapshot"; data: { seq: number; state: JsonValue; keys?: string[] } }
   | { type: "action.result"; data: ActionResult }
   | { type: "event"; data: LandEventBody }
   | { type: "error"; data: ErrorBody }
@@ -698,12 +700,266 @@ export function applyPatch(document: JsonValue, operations: readonly PatchOperat
 }
 
 // ---------------------------------------------------------------------------------------
+// Binary state frames (`?sync=binary`, docs/runtime-protocol.md)
+// ---------------------------------------------------------------------------------------
+
+/** The only frame kind so far: a state merge. */
+const FRAME_STATE_MERGE = 0x01;
+
+const TAG_NULL = 0x00;
+const TAG_FALSE = 0x01;
+const TAG_TRUE = 0x02;
+const TAG_OBJECT = 0x03;
+const TAG_ARRAY = 0x04;
+const TAG_ZIGZAG = 0x05;
+const TAG_UNSIGNED = 0x06;
+const TAG_FLOAT64 = 0x07;
+const TAG_STRING = 0x08;
+const TAG_TABLE_STRING = 0x09;
+const TAG_DECIMAL = 0x10;
+const TAG_DECIMAL_LAST = 0x1f;
+
+/**
+ * 10^0 … 10^15 as literals: each is an exact double, so `m / POWERS_OF_TEN[scale]` is the
+ * single correctly rounded division the server's number came from (`**` is not
+ * guaranteed exact on every engine).
+ */
+const POWERS_OF_TEN = [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+
+/** Varints of up to 7 bytes (49 bits) are summed exactly in a double; longer ones go through BigInt. */
+const SMALL_VARINT_BYTES = 7;
+
+// Fatal, so that invalid UTF-8 makes the frame malformed instead of turning into U+FFFD.
+let strictUtf8: TextDecoder | undefined;
+
+function decodeUtf8(bytes: Uint8Array): string {
+  strictUtf8 ??= new TextDecoder("utf-8", { fatal: true });
+  return strictUtf8.decode(bytes);
+}
+
+class MalformedFrame extends Error {}
+
+/** One pass over a frame; table definitions are logged so that a failure can undo them. */
+class FrameReader {
+  private offset = 0;
+  private readonly view: DataView;
+  /** `[index, previous entry]` per definition, `undefined` for an appended one. */
+  readonly undo: Array<[number, string | undefined]> = [];
+
+  constructor(
+    private readonly bytes: Uint8Array,
+    private readonly keys: string[],
+  ) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  get position(): number {
+    return this.offset;
+  }
+
+  frame(): { seq: number; merge: JsonObject } {
+    const kind = this.byte();
+    if (kind !== FRAME_STATE_MERGE) throw new MalformedFrame(`unknown frame kind 0x${hex(kind)}`);
+    const seq = this.unsigned();
+    if (!Number.isSafeInteger(seq)) throw new MalformedFrame("seq beyond 2^53 - 1");
+    this.definitions();
+    const merge = this.object();
+    if (this.offset !== this.bytes.length) {
+      throw new MalformedFrame(`${this.bytes.length - this.offset} bytes left over`);
+    }
+    return { seq, merge };
+  }
+
+  private byte(): number {
+    const value = this.bytes[this.offset];
+    if (value === undefined) throw new MalformedFrame("truncated");
+    this.offset += 1;
+    return value;
+  }
+
+  private take(length: number): Uint8Array {
+    if (length > this.bytes.length - this.offset) throw new MalformedFrame("truncated");
+    const slice = this.bytes.subarray(this.offset, this.offset + length);
+    this.offset += length;
+    return slice;
+  }
+
+  /** An unsigned LEB128 varint: a number while exact, a BigInt when it needs more than 49 bits of bytes. */
+  private varint(): number | bigint {
+    let value = 0;
+    let scale = 1;
+    for (let index = 0; index < SMALL_VARINT_BYTES; index += 1) {
+      const byte = this.byte();
+      value += (byte & 0x7f) * scale;
+      if (byte < 0x80) return value;
+      scale *= 0x80;
+    }
+    let big = BigInt(value);
+    for (let index = SMALL_VARINT_BYTES; index < 10; index += 1) {
+      const byte = this.byte();
+      big |= BigInt(byte & 0x7f) << BigInt(7 * index);
+      if (byte < 0x80) {
+        if (big >> 64n !== 0n) throw new MalformedFrame("varint beyond 2^64 - 1");
+        return big;
+      }
+    }
+    throw new MalformedFrame("varint longer than 10 bytes");
+  }
+
+  /** A varint as a number (rounded to the nearest double beyond 2^53). */
+  private unsigned(): number {
+    const value = this.varint();
+    return typeof value === "number" ? value : Number(value);
+  }
+
+  /** A zigzag varint: 0, 1, 2, 3 … are 0, −1, 1, −2 … */
+  private zigzag(): number {
+    const value = this.varint();
+    if (typeof value === "number") return value % 2 === 0 ? value / 2 : -(value + 1) / 2;
+    return Number((value >> 1n) ^ -(value & 1n));
+  }
+
+  private string(length: number): string {
+    try {
+      return decodeUtf8(this.take(length));
+    } catch (error) {
+      if (error instanceof MalformedFrame) throw error;
+      throw new MalformedFrame("invalid UTF-8");
+    }
+  }
+
+  private tableEntry(index: number): string {
+    const entry = this.keys[index];
+    if (entry === undefined) throw new MalformedFrame(`key table index ${index} past its end (${this.keys.length})`);
+    return entry;
+  }
+
+  private definitions(): void {
+    const count = this.unsigned();
+    for (let defined = 0; defined < count; defined += 1) {
+      const index = this.unsigned();
+      const name = this.string(this.unsigned());
+      if (index > this.keys.length) {
+        throw new MalformedFrame(`key table definition ${index} past its end (${this.keys.length})`);
+      }
+      this.undo.push([index, this.keys[index]]);
+      this.keys[index] = name;
+    }
+  }
+
+  /** A key, or `null` at the object's END. */
+  private key(): string | null {
+    const header = this.varint();
+    // h >> 2 and h & 3 without 32-bit bitwise operators, which would cut large headers.
+    const kind = typeof header === "number" ? header % 4 : Number(header & 3n);
+    const rest = typeof header === "number" ? (header - kind) / 4 : header >> 2n;
+    switch (kind) {
+      case 0:
+        return this.tableEntry(Number(rest));
+      case 1:
+        // A BigInt keeps the digits of headers beyond 2^53 exact.
+        return String(rest);
+      case 2:
+        return this.string(Number(rest));
+      default:
+        if (Number(rest) !== 0) throw new MalformedFrame(`key header ${String(header)} is neither a key nor END`);
+        return null;
+    }
+  }
+
+  private object(): JsonObject {
+    const object: JsonObject = {};
+    for (;;) {
+      const key = this.key();
+      if (key === null) return object;
+      setMember(object, key, this.value());
+    }
+  }
+
+  private value(): JsonValue {
+    const at = this.offset;
+    const tag = this.byte();
+    switch (tag) {
+      case TAG_NULL:
+        return null;
+      case TAG_FALSE:
+        return false;
+      case TAG_TRUE:
+        return true;
+      case TAG_OBJECT:
+        return this.object();
+      case TAG_ARRAY: {
+        const count = this.unsigned();
+        // Every value takes at least a byte: a count beyond the rest is not allocated.
+        if (count > this.bytes.length - this.offset) throw new MalformedFrame("truncated");
+        const array: JsonValue[] = [];
+        for (let index = 0; index < count; index += 1) array.push(this.value());
+        return array;
+      }
+      case TAG_ZIGZAG:
+        return this.zigzag();
+      case TAG_UNSIGNED:
+        return this.unsigned();
+      case TAG_FLOAT64: {
+        this.take(8);
+        const float = this.view.getFloat64(at + 1, true);
+        // NaN and infinities are no JSON values: the server never holds them.
+        if (!Number.isFinite(float)) throw new MalformedFrame("a float that is not finite");
+        return float;
+      }
+      case TAG_STRING:
+        return this.string(this.unsigned());
+      case TAG_TABLE_STRING:
+        return this.tableEntry(this.unsigned());
+      default:
+        if (tag >= TAG_DECIMAL && tag <= TAG_DECIMAL_LAST) {
+          return this.zigzag() / (POWERS_OF_TEN[tag - TAG_DECIMAL] as number);
+        }
+        this.offset = at;
+        throw new MalformedFrame(`unknown value tag 0x${hex(tag)}`);
+    }
+  }
+}
+
+function hex(byte: number): string {
+  return byte.toString(16).padStart(2, "0");
+}
+
+/**
+ * Decodes one binary state frame of a `?sync=binary` connection (docs/runtime-protocol.md,
+ * "Binary state frames"): its `seq` and the RFC 7386 merge patch it carries, to apply
+ * with {@link applyMergePatch} like a `state.merge`.
+ *
+ * `keys` is the land's key table (from the latest `join.ok` / `state.snapshot`); the
+ * entries the frame defines are written into it. Throws a {@link MatchplaneError} of kind
+ * `protocol` on a malformed frame, and then `keys` is left as it was.
+ */
+export function decodeBinaryState(bytes: Uint8Array, keys: string[]): { seq: number; merge: JsonObject } {
+  const reader = new FrameReader(bytes, keys);
+  try {
+    return reader.frame();
+  } catch (error) {
+    for (const [index, previous] of reader.undo.reverse()) {
+      if (previous === undefined) keys.length = index;
+      else keys[index] = previous;
+    }
+    // A stack overflow on absurd nesting is a malformed frame too.
+    const reason = error instanceof MalformedFrame ? error.message : describe(error);
+    throw new MatchplaneError("protocol", `malformed binary state frame at byte ${reader.position}: ${reason}`, {
+      cause: error instanceof MalformedFrame ? undefined : error,
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Small utilities shared by both clients
 // ---------------------------------------------------------------------------------------
 
 /** The part of the WebSocket API the SDK uses: browsers', Node 22's and the `ws` package's. */
 export interface WebSocketLike {
   readonly readyState: number;
+  /** Set to `"arraybuffer"` by land connections, which read binary state frames. */
+  binaryType?: string;
   send(data: string): void;
   close(code?: number, reason?: string): void;
   addEventListener(type: "open" | "message" | "close" | "error", listener: (event: any) => void): void;
@@ -816,6 +1072,34 @@ class Emitter<Events> {
 
 function messageText(event: { data?: unknown }): string | null {
   return typeof event.data === "string" ? event.data : null;
+}
+
+/**
+ * A frame's text, or the bytes of a binary frame in whichever shape the socket hands
+ * them over: an `ArrayBuffer` (browsers, Node's `WebSocket`, `ws` with `binaryType =
+ * "arraybuffer"`), a `Buffer` or other view (`ws`'s default), or `Buffer` fragments.
+ */
+function messageData(event: { data?: unknown }): string | Uint8Array | null {
+  const data = event.data;
+  if (typeof data === "string") return data;
+  // The tag also recognises buffers of another realm (an iframe, a test DOM).
+  if (data instanceof ArrayBuffer || Object.prototype.toString.call(data) === "[object ArrayBuffer]") {
+    return new Uint8Array(data as ArrayBuffer);
+  }
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (Array.isArray(data) && data.every((part) => ArrayBuffer.isView(part))) {
+    const parts = data as ArrayBufferView[];
+    const joined = new Uint8Array(parts.reduce((total, part) => total + part.byteLength, 0));
+    let offset = 0;
+    for (const part of parts) {
+      joined.set(new Uint8Array(part.buffer, part.byteOffset, part.byteLength), offset);
+      offset += part.byteLength;
+    }
+    return joined;
+  }
+  // A Blob could only be read asynchronously, out of order with the text frames:
+  // `binaryType = "arraybuffer"` keeps them from arriving.
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1345,14 +1629,19 @@ export interface LandConnectOptions {
   /** Aborts the join (not the connection once joined: use {@link LandConnection.leave}). */
   signal?: AbortSignal;
   /**
-   * How state changes arrive: `patch` (RFC 6902 `state.patch`, the default) or `merge`
+   * How state changes arrive: `patch` (RFC 6902 `state.patch`, the default), `merge`
    * (RFC 7386 `state.merge`, fewer bytes; changes a merge patch cannot say still come
-   * as `state.patch`).
+   * as `state.patch`) or `binary` (the same merge patches in compact binary frames,
+   * see {@link decodeBinaryState}; fewer bytes again).
    */
-  sync?: "patch" | "merge";
+  sync?: "patch" | "merge" | "binary";
   /**
    * Sees every decoded server message before the SDK does; returning `false` drops it.
    * For tests and diagnostics (e.g. dropping a `state.patch` to exercise the resync).
+   * A binary state frame is presented decoded, as the `state.merge` it stands for
+   * (`{type: "state.merge", v: 1, data: {seq, merge}}`); dropping it drops its merge
+   * patch, while the key-table entries it defined are kept. Malformed binary frames
+   * are not presented (they count as a gap), nor are binary frames before `join.ok`.
    */
   interceptMessage?: (message: ServerMessage) => boolean;
 }
@@ -1372,7 +1661,10 @@ export interface ConnectionEnd {
 
 /** Counters of one connection, for diagnostics and tests. */
 export interface ConnectionStats {
+  /** `state.patch`, `state.merge` and binary state frames applied to the mirror. */
   patchesApplied: number;
+  /** Binary state frames received after `join.ok` (`sync: "binary"`), malformed ones included. */
+  binaryFrames: number;
   gaps: number;
   resyncs: number;
   reconnects: number;
@@ -1396,6 +1688,13 @@ export interface LandConnectionEvents {
   landClosed: LandClosed;
   /** The connection ended for good. */
   end: ConnectionEnd;
+}
+
+/** A `keys` member of `join.ok` / `state.snapshot` as a table of our own (it is extended in place). */
+function keyTable(keys: unknown): string[] {
+  if (!Array.isArray(keys)) return [];
+  const entries: unknown[] = keys;
+  return entries.every((key): key is string => typeof key === "string") ? entries.slice() : [];
 }
 
 /** Abrupt drops and "you were slow": a reconnect can succeed. Anything else is a decision. */
@@ -1445,7 +1744,7 @@ interface PendingAction {
 
 /** Where a joined socket's frames and close go once the connection takes it over. */
 interface SocketReceiver {
-  message(text: string | null): void;
+  message(data: string | Uint8Array | null): void;
   close(code: number | null): void;
 }
 
@@ -1460,7 +1759,7 @@ interface OpenedLand {
   handOver(receiver: SocketReceiver): void;
 }
 
-type Backlogged = { text: string | null } | { closeCode: number | null };
+type Backlogged = { data: string | Uint8Array | null } | { closeCode: number | null };
 
 /**
  * Connects and resolves at `join.ok`. An `error` frame and a close before it are a
@@ -1485,6 +1784,13 @@ function openLand(
       reject(new MatchplaneError("network", `cannot connect to ${redactToken(url)}: ${describe(error)}`));
       return;
     }
+    try {
+      // Binary state frames are decoded as they arrive, in order with the text frames;
+      // a Blob (the browsers' default) could only be read asynchronously.
+      socket.binaryType = "arraybuffer";
+    } catch {
+      // A socket without the setting delivers Buffers or views, which are read too.
+    }
     let opened = false;
     let settled = false;
     let joined = false;
@@ -1493,7 +1799,7 @@ function openLand(
     const backlog: Backlogged[] = [];
     const deliver = (item: Backlogged): void => {
       if (receiver === null) backlog.push(item);
-      else if ("text" in item) receiver.message(item.text);
+      else if ("data" in item) receiver.message(item.data);
       else receiver.close(item.closeCode);
     };
     const handOver = (next: SocketReceiver): void => {
@@ -1525,9 +1831,10 @@ function openLand(
     };
     const onMessage = (event: { data?: unknown }): void => {
       if (joined) {
-        deliver({ text: messageText(event) });
+        deliver({ data: messageData(event) });
         return;
       }
+      // Binary frames before join.ok carry nothing a client without the key table can use.
       const message = decodeServerMessage(messageText(event));
       if (message === null || intercept?.(message) === false) return;
       if (message.type === "join.ok") {
@@ -1593,7 +1900,13 @@ export class LandConnection {
   private readonly pending = new Map<string, PendingAction>();
   /** Messages sent while reconnecting, delivered after the fresh `join.ok`. */
   private readonly held: string[] = [];
-  private readonly counters: ConnectionStats = { patchesApplied: 0, gaps: 0, resyncs: 0, reconnects: 0 };
+  private readonly counters: ConnectionStats = {
+    patchesApplied: 0,
+    binaryFrames: 0,
+    gaps: 0,
+    resyncs: 0,
+    reconnects: 0,
+  };
   private readonly reconnectPolicy: Required<ReconnectPolicy> | null;
   private readonly actionTimeoutMs: number;
   private readonly joinTimeoutMs: number;
@@ -1601,6 +1914,8 @@ export class LandConnection {
   private socket: WebSocketLike;
   private mirror: JsonValue;
   private mirrorSeq: number;
+  /** The land's key table for binary state frames, as of the mirror's `join.ok` / snapshot. */
+  private keys: string[];
   private awaitingSnapshot = false;
   private connected = true;
   private leaving = false;
@@ -1624,6 +1939,7 @@ export class LandConnection {
     this.socket = opened.socket;
     this.mirror = opened.join.state;
     this.mirrorSeq = opened.join.seq;
+    this.keys = keyTable(opened.join.keys);
     this.landId = opened.join.landId;
     this.playerId = opened.join.playerId;
     this.actionTimeoutMs = options.actionTimeoutMs ?? 10_000;
@@ -1658,10 +1974,12 @@ export class LandConnection {
         "no WebSocket available: pass options.WebSocket (e.g. the `ws` package's) on Node < 22",
       );
     }
-    if (options.sync !== undefined && options.sync !== "patch" && options.sync !== "merge") {
-      throw new MatchplaneError("invalidArgument", `sync must be "patch" or "merge", got ${String(options.sync)}`);
+    const sync = options.sync ?? "patch";
+    if (sync !== "patch" && sync !== "merge" && sync !== "binary") {
+      throw new MatchplaneError("invalidArgument", `sync must be "patch", "merge" or "binary", got ${String(sync)}`);
     }
-    const syncUrl = options.sync === "merge" ? `${url}${url.includes("?") ? "&" : "?"}sync=merge` : url;
+    // `patch` is the server's default: its URL stays as it was.
+    const syncUrl = sync === "patch" ? url : withQuery(url, "sync", sync);
     const opened = await openLand(
       Socket,
       syncUrl,
@@ -1866,8 +2184,10 @@ export class LandConnection {
   private attach(opened: OpenedLand): void {
     const socket = opened.socket;
     opened.handOver({
-      message: (text) => {
-        if (socket === this.socket) this.onServerText(text);
+      message: (data) => {
+        if (socket !== this.socket) return;
+        if (data instanceof Uint8Array) this.onServerBinary(data);
+        else this.onServerText(data);
       },
       close: (code) => {
         if (socket === this.socket) this.onSocketClosed(code);
@@ -1878,6 +2198,30 @@ export class LandConnection {
   private onServerText(text: string | null): void {
     const message = decodeServerMessage(text);
     if (message === null || this.options.interceptMessage?.(message) === false) return;
+    this.onServerMessage(message);
+  }
+
+  /** A binary state frame: decoded, then handled as the `state.merge` it stands for. */
+  private onServerBinary(bytes: Uint8Array): void {
+    this.counters.binaryFrames += 1;
+    let decoded: { seq: number; merge: JsonObject };
+    try {
+      decoded = decodeBinaryState(bytes, this.keys);
+    } catch {
+      // Like a patch that does not apply: its seq cannot be trusted, so no staleness check.
+      if (!this.awaitingSnapshot) this.requestResync();
+      return;
+    }
+    const message = {
+      type: "state.merge",
+      v: PROTOCOL_VERSION,
+      data: { seq: decoded.seq, merge: decoded.merge },
+    } as const;
+    if (this.options.interceptMessage?.(message) === false) return;
+    this.onServerMessage(message);
+  }
+
+  private onServerMessage(message: ServerMessage): void {
     switch (message.type) {
       case "join.ok":
         this.install(message.data);
@@ -1896,6 +2240,7 @@ export class LandConnection {
         const resynced = this.awaitingSnapshot;
         this.mirror = message.data.state;
         this.mirrorSeq = message.data.seq;
+        this.keys = keyTable(message.data.keys);
         this.awaitingSnapshot = false;
         this.counters.resyncs += 1;
         this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
@@ -1932,6 +2277,8 @@ export class LandConnection {
   private install(join: JoinOk): void {
     this.mirror = join.state;
     this.mirrorSeq = join.seq;
+    // A fresh join.ok (after a reconnect too) brings the whole table: nothing is kept.
+    this.keys = keyTable(join.keys);
     this.awaitingSnapshot = false;
     this.connected = true;
     this.emitter.emit("state", { state: this.mirror, seq: this.mirrorSeq });
@@ -1952,6 +2299,11 @@ export class LandConnection {
         // Does not apply to our copy: repaired by a snapshot like a gap.
       }
     }
+    this.requestResync();
+  }
+
+  /** Ignores changes until the `state.snapshot` that `sync.request` asks for. */
+  private requestResync(): void {
     this.awaitingSnapshot = true;
     this.counters.gaps += 1;
     try {

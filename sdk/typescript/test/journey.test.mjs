@@ -6,8 +6,8 @@ import { test } from "node:test";
 
 import { WebSocket } from "ws";
 
-import { MatchmakingClient, MatchplaneError, joinLand } from "../dist/index.js";
-import { startCuttingProxy, startPlanes, waitUntil, within } from "./support.mjs";
+import { LandConnection, MatchmakingClient, MatchplaneError, devLandUrl, joinLand } from "../dist/index.js";
+import { spawnMatchplane, startCuttingProxy, startPlanes, waitUntil, within } from "./support.mjs";
 
 const QUEUE = "counter:2";
 
@@ -138,6 +138,126 @@ withPlanes("sync: merge mirrors the same state as patches, in state.merge frames
 
   const refused = await rejection(joinLand(forBob, "bob", { WebSocket, sync: "zip" }));
   assert.equal(refused.kind, "invalidArgument");
+});
+
+withPlanes("sync: binary mirrors the same state as patches, in binary frames", async ({ client, track }) => {
+  const [forAlice, forBob] = await matchPair(client, ["alice", "bob"]);
+  const kinds = [];
+  const aliceLand = track(
+    await joinLand(forAlice, "alice", {
+      WebSocket,
+      sync: "binary",
+      interceptMessage: (message) => {
+        kinds.push(message.type);
+        return true;
+      },
+    }),
+  );
+  const bobLand = track(await joinLand(forBob, "bob", { WebSocket }));
+  for (let i = 0; i < 5; i += 1) {
+    await aliceLand.action("increment");
+    await bobLand.action("increment");
+  }
+  await aliceLand.waitForState((state) => state.count === 10);
+  await bobLand.waitForState((state) => state.count === 10);
+  assert.deepEqual(aliceLand.state, { count: 10, players: { alice: 5, bob: 5 } });
+  assert.deepEqual(aliceLand.state, bobLand.state);
+  // Binary frames are presented to the hook as the state.merge they stand for.
+  assert.ok(aliceLand.stats.binaryFrames > 0, "binary frames arrived");
+  const merges = kinds.filter((kind) => kind === "state.merge").length;
+  assert.equal(merges, aliceLand.stats.binaryFrames, "every merge came as a binary frame");
+  assert.ok(kinds.includes("state.merge"), `merges arrived: ${kinds}`);
+  assert.ok(!kinds.includes("state.patch"), `no patch was needed: ${kinds}`);
+  assert.equal(aliceLand.stats.gaps, 0);
+  assert.equal(bobLand.stats.binaryFrames, 0, "only a binary connection gets binary frames");
+
+  // A fresh join (taking Bob's seat over, binary too) sees what Alice's mirror shows.
+  const freshBob = track(await joinLand(forBob, "bob", { WebSocket, sync: "binary" }));
+  assert.deepEqual(freshBob.state, aliceLand.state);
+  await freshBob.action("add", { amount: 3 });
+  await aliceLand.waitForState((state) => state.count === 13);
+  assert.deepEqual(aliceLand.state, freshBob.state);
+  assert.equal(aliceLand.stats.gaps + freshBob.stats.gaps, 0);
+
+  const refused = await rejection(joinLand(forBob, "bob", { WebSocket, sync: "zip" }));
+  assert.equal(refused.kind, "invalidArgument");
+  assert.match(refused.message, /"patch", "merge" or "binary"/);
+});
+
+test("sync: binary, merge and patch mirror a hero-defense game to the same end", { timeout: 120_000 }, async () => {
+  const server = await spawnMatchplane(
+    [
+      "game-server",
+      "--port",
+      "0",
+      "--auth",
+      "none",
+      "--lands",
+      "hero-defense",
+      // Two short waves: a whole game (spawns, walks, kills, a break, the end) in seconds.
+      "--land-config",
+      'hero-defense={"waves":2,"firstWaveDelaySecs":0.5,"waveBreakSecs":0.5,"enemiesFirstWave":3,' +
+        '"enemiesGrowthPerWave":1,"spawnIntervalSecs":0.3,"enemyHp":20,"enemySpeed":10}',
+    ],
+    "game server listening",
+  );
+  const lands = [];
+  try {
+    const landId = "binary-journey";
+    // Ann loses one binary frame mid-game: the snapshot repairing it brings a fresh key table.
+    let dropped = null;
+    const dropOne = (message) => {
+      if (dropped === null && message.type === "state.merge" && message.data.seq >= 40) {
+        dropped = message.data.seq;
+        return false;
+      }
+      return true;
+    };
+    const join = async (playerId, sync) => {
+      const land = await LandConnection.connect(devLandUrl(server.http, "hero-defense", playerId, landId), {
+        WebSocket,
+        sync,
+        reconnect: false,
+        interceptMessage: playerId === "ann" ? dropOne : undefined,
+      });
+      lands.push(land);
+      return land;
+    };
+    const [ann, bea, cid] = [await join("ann", "binary"), await join("bea", "merge"), await join("cid", "patch")];
+    // Keep the heroes walking, so that every tick changes floats of every view.
+    const spots = [[30, 30], [70, 30], [70, 70], [30, 70], [50, 52.5]];
+    let step = 0;
+    const walking = setInterval(() => {
+      step += 1;
+      for (const [index, land] of [ann, bea, cid].entries()) {
+        const [x, y] = spots[(step + index) % spots.length];
+        land.action("move", { x, y }).catch(() => undefined);
+      }
+    }, 150);
+    let ends;
+    try {
+      ends = await within(Promise.all([ann.ended, bea.ended, cid.ended]), "the end of the game", 90_000);
+    } finally {
+      clearInterval(walking);
+    }
+    for (const end of ends) assert.equal(end.reason, "landClosed", JSON.stringify(end));
+    assert.ok(["victory", "defeat"].includes(ann.landClosed.reason), ann.landClosed.reason);
+
+    const shared = ({ me, ...rest }) => rest;
+    assert.deepEqual(shared(ann.state), shared(cid.state), "binary and patch mirrors end alike");
+    assert.deepEqual(shared(bea.state), shared(cid.state), "merge and patch mirrors end alike");
+    assert.ok(ann.state.me !== undefined && typeof ann.state.me.gold === "number", JSON.stringify(ann.state.me));
+    assert.deepEqual(Object.keys(ann.state.heroes).sort(), ["ann", "bea", "cid"]);
+    assert.ok(ann.stats.binaryFrames >= 50, `binary frames: ${ann.stats.binaryFrames}`);
+    assert.equal(bea.stats.binaryFrames + cid.stats.binaryFrames, 0);
+    assert.ok(dropped !== null, "a binary frame was dropped");
+    assert.equal(ann.stats.gaps, 1, "the dropped frame was one gap");
+    assert.ok(ann.stats.resyncs >= 1);
+    for (const land of [bea, cid]) assert.equal(land.stats.gaps, 0, `${land.playerId}: no gap`);
+  } finally {
+    await Promise.all(lands.map((land) => land.leave()));
+    await server.stop();
+  }
 });
 
 withPlanes("matchmaking errors and ticket ends are typed", async ({ planes, client }) => {
