@@ -133,6 +133,15 @@ async function queueAndJoin(page, { name, mode }) {
 test("play solo: queue, join, move the hero, waves, the end screen, play again", async () => {
   const planes = await startQuickPlanes();
   const { context, page, pageErrors, consoleErrors } = await newPage(browser);
+  // The page asks for binary state frames; count what the land's socket receives.
+  const landFrames = { binary: 0, text: 0 };
+  page.on("websocket", (socket) => {
+    if (!socket.url().includes("/game/")) return;
+    socket.on("framereceived", ({ payload }) => {
+      if (typeof payload === "string") landFrames.text += 1;
+      else landFrames.binary += 1;
+    });
+  });
   try {
     await page.goto(`${planes.base}/play`);
     await queueAndJoin(page, { name: "tester", mode: "solo" });
@@ -169,6 +178,8 @@ test("play solo: queue, join, move the hero, waves, the end screen, play again",
     assert.match(await text(page, "scores"), /tester \(you\)/);
     assert.equal(await text(page, "status"), "game over");
     await screenshot(page, "play-end");
+    // The whole game was mirrored from binary frames (join.ok, results and events are text).
+    assert.ok(landFrames.binary > 50 && landFrames.binary > landFrames.text, JSON.stringify(landFrames));
 
     // Play again queues straight away with the same name and mode.
     await byTestId(page, "play-again").click();

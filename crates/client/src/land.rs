@@ -919,7 +919,15 @@ impl Driver {
                 Err(err) => self.undecodable_frame(&err),
             };
         }
-        let (seq, merge) = match binary_state::decode_state_merge(frame, &mut self.keys) {
+        // Float steps are relative to the state before the frame; a client without a
+        // mirror reads them as null (it only watches other members).
+        let decoded = if self.options.mirror {
+            let mirror = self.shared.mirror();
+            binary_state::decode_state_merge(frame, &mut self.keys, Some(&mirror.state))
+        } else {
+            binary_state::decode_state_merge(frame, &mut self.keys, None)
+        };
+        let (seq, merge) = match decoded {
             Ok(decoded) => decoded,
             Err(err) => return self.undecodable_frame(&err),
         };

@@ -27,9 +27,19 @@ mod tag {
     pub(super) const FLOAT: u8 = 0x07;
     pub(super) const STRING: u8 = 0x08;
     pub(super) const STRING_ENTRY: u8 = 0x09;
+    /// An object with the keys of the previous object value of its enclosing object.
+    pub(super) const SHAPED: u8 = 0x0A;
     /// `DECIMAL + scale`, scale 0..=15.
     pub(super) const DECIMAL: u8 = 0x10;
+    /// `DELTA + scale`: a float that moved by a decimal step from its previous value.
+    pub(super) const DELTA: u8 = 0x20;
+    /// `SMALL_STEP + 32 + d`, d in −32..=31: a float that moved by d steps of its
+    /// previous value's own scale.
+    pub(super) const SMALL_STEP: u8 = 0x40;
 }
+
+/// The range of steps a `SMALL_STEP` tag holds.
+const SMALL_STEPS: std::ops::RangeInclusive<i64> = -32..=31;
 
 /// The key header that ends an object.
 const KEY_END: u64 = 3;
@@ -69,12 +79,54 @@ enum Names<'t> {
 }
 
 /// Writes keys and values of a merge patch into caller-owned buffers, so that a nested
-/// object can be written aside and kept or dropped.
+/// object can be written aside and kept or dropped (see [`Self::open_object`]).
 #[derive(Debug)]
 pub struct BinaryWriter<'t> {
     names: Names<'t>,
     definitions: Vec<u8>,
     defined: u64,
+    /// The objects being written, innermost last; the first is the frame's own.
+    levels: Vec<Level>,
+}
+
+/// One object being written.
+#[derive(Debug)]
+struct Level {
+    /// Each member so far: its key, where its key header starts in the object's
+    /// buffer and where its value starts.
+    members: Vec<(String, usize, usize)>,
+    /// The keys of the last object among the members' values: an object with the
+    /// same keys is written as `SHAPED`, without them.
+    last_shape: Option<Vec<String>>,
+    /// False for an array's items, which have no enclosing object to take a shape from.
+    shapes: bool,
+}
+
+impl Level {
+    fn object() -> Self {
+        Self {
+            members: Vec::new(),
+            last_shape: None,
+            shapes: true,
+        }
+    }
+
+    fn array() -> Self {
+        Self {
+            shapes: false,
+            ..Self::object()
+        }
+    }
+
+    /// Whether an object with `keys` can be written `SHAPED` here; remembers them as
+    /// the last shape either way.
+    fn shaped(&mut self, keys: Vec<String>) -> bool {
+        let shaped = self.shapes && !keys.is_empty() && self.last_shape.as_ref() == Some(&keys);
+        if self.shapes {
+            self.last_shape = Some(keys);
+        }
+        shaped
+    }
 }
 
 impl<'t> BinaryWriter<'t> {
@@ -93,6 +145,7 @@ impl<'t> BinaryWriter<'t> {
             names,
             definitions: Vec::new(),
             defined: 0,
+            levels: vec![Level::object()],
         }
     }
 
@@ -105,6 +158,15 @@ impl<'t> BinaryWriter<'t> {
     }
 
     pub fn key(&mut self, out: &mut Vec<u8>, key: &str) {
+        let key_start = out.len();
+        self.write_key(out, key);
+        let value_start = out.len();
+        if let Some(level) = self.levels.last_mut() {
+            level.members.push((key.to_owned(), key_start, value_start));
+        }
+    }
+
+    fn write_key(&mut self, out: &mut Vec<u8>, key: &str) {
         if let Some(index) = self.table_entry(key) {
             write_varint(out, index << 2);
         } else if let Some(number) = canonical_integer(key) {
@@ -140,19 +202,65 @@ impl<'t> BinaryWriter<'t> {
         }
     }
 
-    /// An object value whose members (`key value …`) were written to `members`.
-    pub fn object(out: &mut Vec<u8>, members: &[u8]) {
-        out.push(tag::OBJECT);
-        out.extend_from_slice(members);
-        write_varint(out, KEY_END);
+    /// Starts an object whose members the next calls write into a buffer of their own,
+    /// which [`Self::close_object`] then takes.
+    pub fn open_object(&mut self) {
+        self.levels.push(Level::object());
     }
 
-    pub fn value(&mut self, out: &mut Vec<u8>, value: &Value) {
+    /// Ends the object opened last, whose members were written to `members`, and
+    /// writes it to `out` as the value of `key`; nothing when it has no members.
+    pub fn close_object(&mut self, out: &mut Vec<u8>, key: &str, members: &[u8]) {
+        let Some(inner) = self.levels.pop() else {
+            return;
+        };
+        if members.is_empty() {
+            return;
+        }
+        let keys = inner
+            .members
+            .iter()
+            .map(|(name, ..)| name.clone())
+            .collect();
+        let shaped = self
+            .levels
+            .last_mut()
+            .is_some_and(|level| level.shaped(keys));
+        self.key(out, key);
+        if shaped {
+            out.push(tag::SHAPED);
+            let value_ends = inner
+                .members
+                .iter()
+                .skip(1)
+                .map(|&(_, key_start, _)| key_start)
+                .chain([members.len()]);
+            for (&(_, _, value_start), value_end) in inner.members.iter().zip(value_ends) {
+                out.extend_from_slice(&members[value_start..value_end]);
+            }
+        } else {
+            out.push(tag::OBJECT);
+            out.extend_from_slice(members);
+            write_varint(out, KEY_END);
+        }
+    }
+
+    /// A member's new value; `previous` is what the member held before, which a float
+    /// may be written relative to.
+    pub fn value(&mut self, out: &mut Vec<u8>, previous: Option<&Value>, value: &Value) {
         match value {
             Value::Null => out.push(tag::NULL),
             Value::Bool(false) => out.push(tag::FALSE),
             Value::Bool(true) => out.push(tag::TRUE),
-            Value::Number(number) => write_number(out, number),
+            Value::Number(number) => {
+                let change = previous
+                    .filter(|previous| previous.is_f64())
+                    .and_then(Value::as_f64)
+                    .zip(number.as_f64().filter(|_| number.is_f64()));
+                if !change.is_some_and(|(previous, next)| write_float_step(out, previous, next)) {
+                    write_number(out, number);
+                }
+            }
             Value::String(text) => {
                 if let Some(index) = self.names_table().entry(text) {
                     out.push(tag::STRING_ENTRY);
@@ -166,17 +274,30 @@ impl<'t> BinaryWriter<'t> {
             Value::Array(items) => {
                 out.push(tag::ARRAY);
                 write_varint(out, items.len() as u64);
+                self.levels.push(Level::array());
                 for item in items {
-                    self.value(out, item);
+                    self.value(out, None, item);
                 }
+                self.levels.pop();
             }
             Value::Object(members) => {
-                out.push(tag::OBJECT);
+                let keys = members.keys().cloned().collect();
+                let shaped = self
+                    .levels
+                    .last_mut()
+                    .is_some_and(|level| level.shaped(keys));
+                out.push(if shaped { tag::SHAPED } else { tag::OBJECT });
+                self.levels.push(Level::object());
                 for (key, member) in members {
-                    self.key(out, key);
-                    self.value(out, member);
+                    if !shaped {
+                        self.write_key(out, key);
+                    }
+                    self.value(out, None, member);
                 }
-                write_varint(out, KEY_END);
+                self.levels.pop();
+                if !shaped {
+                    write_varint(out, KEY_END);
+                }
             }
         }
     }
@@ -230,23 +351,71 @@ fn write_number(out: &mut Vec<u8>, number: &Number) {
 /// The shortest exact decimal (`46.58` is 4658 at scale 2) when there is one, else the
 /// eight bytes of the double.
 fn write_float(out: &mut Vec<u8>, float: f64) {
-    let is_negative_zero = float == 0.0 && float.is_sign_negative();
-    if !is_negative_zero {
-        for (scale, power) in POWERS_OF_TEN.iter().enumerate() {
-            let mantissa = (float * power).round();
-            if mantissa.abs() >= MAX_EXACT_MANTISSA {
-                break;
-            }
-            if mantissa / power == float {
-                out.push(tag::DECIMAL + scale as u8);
-                // In range of i64 (below 2⁵³) and integral, so the cast is exact.
-                write_varint(out, zigzag(mantissa as i64));
-                return;
+    if let Some((scale, mantissa)) = decimal(float) {
+        out.push(tag::DECIMAL + scale);
+        write_varint(out, zigzag(mantissa));
+    } else {
+        out.push(tag::FLOAT);
+        out.extend_from_slice(&float.to_le_bytes());
+    }
+}
+
+/// `next` as a step from `previous`: a small one in the tag byte when `next` is a
+/// decimal at `previous`'s own scale, else at `next`'s scale when `previous` is a
+/// decimal there too and the step is shorter than `next` itself.
+fn write_float_step(out: &mut Vec<u8>, previous: f64, next: f64) -> bool {
+    if let Some((scale, base)) = decimal(previous) {
+        let power = POWERS_OF_TEN[usize::from(scale)];
+        let target = (next * power).round();
+        if target.abs() < MAX_EXACT_MANTISSA && target / power == next {
+            // Both below 2⁵³ in magnitude: the cast is exact, the difference cannot overflow.
+            let step = target as i64 - base;
+            if SMALL_STEPS.contains(&step) {
+                // In 0..=63 by the range check.
+                out.push(tag::SMALL_STEP + (step - SMALL_STEPS.start()) as u8);
+                return true;
             }
         }
     }
-    out.push(tag::FLOAT);
-    out.extend_from_slice(&float.to_le_bytes());
+    let Some((scale, mantissa)) = decimal(next) else {
+        return false;
+    };
+    let power = POWERS_OF_TEN[usize::from(scale)];
+    // What the client computes from the number it holds: round(p × 10^scale).
+    let base = (previous * power).round();
+    if base.abs() >= MAX_EXACT_MANTISSA || base / power != previous {
+        return false;
+    }
+    // Both below 2⁵³ in magnitude: the cast is exact and the difference cannot overflow.
+    let step = zigzag(mantissa - base as i64);
+    if varint_len(step) >= varint_len(zigzag(mantissa)) {
+        return false;
+    }
+    out.push(tag::DELTA + scale);
+    write_varint(out, step);
+    true
+}
+
+/// `(scale, m)` with `float == m / 10^scale` exactly, for the smallest scale ≤ 15.
+fn decimal(float: f64) -> Option<(u8, i64)> {
+    if float == 0.0 && float.is_sign_negative() {
+        return None;
+    }
+    for (scale, power) in (0u8..).zip(POWERS_OF_TEN) {
+        let mantissa = (float * power).round();
+        if mantissa.abs() >= MAX_EXACT_MANTISSA {
+            return None;
+        }
+        if mantissa / power == float {
+            // Integral and below 2⁵³ in magnitude, so the cast is exact.
+            return Some((scale, mantissa as i64));
+        }
+    }
+    None
+}
+
+fn varint_len(value: u64) -> u32 {
+    (64 - value.leading_zeros()).max(1).div_ceil(7)
 }
 
 fn zigzag(value: i64) -> u64 {
@@ -266,48 +435,53 @@ fn write_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Why a binary frame was refused; the client answers any of them with `sync.request`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("frame ends early")]
     Truncated,
+    #[error("unknown frame kind {0:#04x}")]
     UnknownFrameKind(u8),
+    #[error("unknown value tag {0:#04x}")]
     UnknownTag(u8),
+    #[error("bad key header {0}")]
     BadKeyHeader(u64),
     /// A definition or a reference past the end of the key table.
+    #[error("key table has no entry {0}")]
     NoSuchEntry(u64),
+    #[error("a name or string is not UTF-8")]
     NotUtf8,
+    #[error("values nest deeper than {MAX_DEPTH}")]
     TooDeep,
-    /// A number the JSON model cannot hold (a decimal with a non-finite value).
+    /// A varint of more than 64 bits, or a float JSON cannot hold.
+    #[error("a number out of range")]
     BadNumber,
+    /// `SHAPED` where the enclosing object has no object before it (or in an array).
+    #[error("a shaped object with no object before it")]
+    NoShape,
+    /// A float step where the state holds no number to step from.
+    #[error("a float step with no number before it")]
+    NoPrevious,
+    #[error("bytes after the end of the frame")]
     TrailingBytes,
 }
 
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Truncated => f.write_str("frame ends early"),
-            Self::UnknownFrameKind(kind) => write!(f, "unknown frame kind {kind:#04x}"),
-            Self::UnknownTag(tag) => write!(f, "unknown value tag {tag:#04x}"),
-            Self::BadKeyHeader(header) => write!(f, "bad key header {header}"),
-            Self::NoSuchEntry(index) => write!(f, "key table has no entry {index}"),
-            Self::NotUtf8 => f.write_str("a name or string is not UTF-8"),
-            Self::TooDeep => write!(f, "values nest deeper than {MAX_DEPTH}"),
-            Self::BadNumber => f.write_str("a number JSON cannot hold"),
-            Self::TrailingBytes => f.write_str("bytes after the end of the frame"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
 /// Decodes a binary state frame into its `seq` and merge patch, first adding the
-/// frame's definitions to `keys` (the client's copy of the land's table).
+/// frame's definitions to `keys` (the client's copy of the land's table). `state` is
+/// the client's state at `seq - 1`, which float steps are relative to; a reader
+/// without one (a load generator that keeps no state) passes `None` and gets `null`
+/// for each step.
 pub fn decode_state_merge(
     frame: &[u8],
     keys: &mut Vec<String>,
+    state: Option<&Value>,
 ) -> Result<(u64, Value), DecodeError> {
-    let mut reader = Reader { bytes: frame };
-    let seq = reader.header(keys)?;
-    let merge = reader.members(keys, 0)?;
+    let mut reader = Reader {
+        bytes: frame,
+        keys,
+        stateless: state.is_none(),
+    };
+    let seq = reader.header()?;
+    let (merge, _) = reader.object_body(0, state.and_then(Value::as_object), None)?;
     if !reader.bytes.is_empty() {
         return Err(DecodeError::TrailingBytes);
     }
@@ -317,16 +491,32 @@ pub fn decode_state_merge(
 /// Only the frame's `seq` and definitions (added to `keys`): what a client without a
 /// state mirror needs to keep its table right for the frames it does decode.
 pub fn decode_definitions(frame: &[u8], keys: &mut Vec<String>) -> Result<u64, DecodeError> {
-    Reader { bytes: frame }.header(keys)
+    Reader {
+        bytes: frame,
+        keys,
+        stateless: true,
+    }
+    .header()
 }
 
-struct Reader<'b> {
+struct Reader<'b, 'k> {
     bytes: &'b [u8],
+    keys: &'k mut Vec<String>,
+    /// No state to take float steps from: they decode as `null`.
+    stateless: bool,
 }
 
-impl Reader<'_> {
+/// Where a value sits: its previous value (for a float step) and, as a member of an
+/// object, the keys of the object before it (for `SHAPED`).
+#[derive(Clone, Copy)]
+struct Slot<'a> {
+    previous: Option<&'a Value>,
+    shape: Option<&'a [String]>,
+}
+
+impl Reader<'_, '_> {
     /// The frame kind, `seq` and definitions; returns `seq`.
-    fn header(&mut self, keys: &mut Vec<String>) -> Result<u64, DecodeError> {
+    fn header(&mut self) -> Result<u64, DecodeError> {
         let kind = self.byte()?;
         if kind != FRAME_STATE_MERGE {
             return Err(DecodeError::UnknownFrameKind(kind));
@@ -337,8 +527,8 @@ impl Reader<'_> {
             let index = self.varint()?;
             let name = self.string()?;
             match usize::try_from(index) {
-                Ok(at) if at < keys.len() => keys[at] = name,
-                Ok(at) if at == keys.len() => keys.push(name),
+                Ok(at) if at < self.keys.len() => self.keys[at] = name,
+                Ok(at) if at == self.keys.len() => self.keys.push(name),
                 _ => return Err(DecodeError::NoSuchEntry(index)),
             }
         }
@@ -385,48 +575,89 @@ impl Reader<'_> {
             .map_err(|_| DecodeError::NotUtf8)
     }
 
-    fn entry(keys: &[String], index: u64) -> Result<&String, DecodeError> {
+    fn entry(&self, index: u64) -> Result<String, DecodeError> {
         usize::try_from(index)
             .ok()
-            .and_then(|at| keys.get(at))
+            .and_then(|at| self.keys.get(at))
+            .cloned()
             .ok_or(DecodeError::NoSuchEntry(index))
     }
 
-    fn members(
+    fn key(&mut self) -> Result<Option<String>, DecodeError> {
+        let header = self.varint()?;
+        Ok(Some(match header & 3 {
+            0 => self.entry(header >> 2)?,
+            1 => (header >> 2).to_string(),
+            2 => {
+                let bytes = self.take(header >> 2)?;
+                std::str::from_utf8(bytes)
+                    .map_err(|_| DecodeError::NotUtf8)?
+                    .to_owned()
+            }
+            _ if header == KEY_END => return Ok(None),
+            _ => return Err(DecodeError::BadKeyHeader(header)),
+        }))
+    }
+
+    /// An object's members: key headers up to `END`, or one value per key of `shape`.
+    /// `previous` is the object the state held there. Returns the members and their
+    /// keys in frame order (the shape a later `SHAPED` sibling reuses).
+    fn object_body(
         &mut self,
-        keys: &[String],
         depth: usize,
-    ) -> Result<Map<String, Value>, DecodeError> {
+        previous: Option<&Map<String, Value>>,
+        shape: Option<&[String]>,
+    ) -> Result<(Map<String, Value>, Vec<String>), DecodeError> {
         if depth >= MAX_DEPTH {
             return Err(DecodeError::TooDeep);
         }
         let mut members = Map::new();
+        let mut order = Vec::new();
+        let mut last_shape: Option<Vec<String>> = None;
+        let mut shaped_keys = shape.map(<[String]>::iter);
         loop {
-            let header = self.varint()?;
-            let key = match header & 3 {
-                0 => Self::entry(keys, header >> 2)?.clone(),
-                1 => (header >> 2).to_string(),
-                2 => {
-                    let bytes = self.take(header >> 2)?;
-                    std::str::from_utf8(bytes)
-                        .map_err(|_| DecodeError::NotUtf8)?
-                        .to_owned()
-                }
-                _ if header == KEY_END => return Ok(members),
-                _ => return Err(DecodeError::BadKeyHeader(header)),
+            let key = match &mut shaped_keys {
+                Some(keys) => keys.next().cloned(),
+                None => self.key()?,
             };
-            let value = self.value(keys, depth)?;
+            let Some(key) = key else {
+                return Ok((members, order));
+            };
+            let slot = Slot {
+                previous: previous.and_then(|object| object.get(&key)),
+                shape: last_shape.as_deref(),
+            };
+            let (value, value_shape) = self.value(depth, slot)?;
+            if let Some(value_shape) = value_shape {
+                last_shape = Some(value_shape);
+            }
+            order.push(key.clone());
             members.insert(key, value);
         }
     }
 
-    fn value(&mut self, keys: &[String], depth: usize) -> Result<Value, DecodeError> {
+    /// A value and, when it is an object with new keys, those keys.
+    fn value(
+        &mut self,
+        depth: usize,
+        slot: Slot<'_>,
+    ) -> Result<(Value, Option<Vec<String>>), DecodeError> {
         let tag = self.byte()?;
-        Ok(match tag {
+        let value = match tag {
             tag::NULL => Value::Null,
             tag::FALSE => Value::Bool(false),
             tag::TRUE => Value::Bool(true),
-            tag::OBJECT => Value::Object(self.members(keys, depth + 1)?),
+            tag::OBJECT => {
+                let previous = slot.previous.and_then(Value::as_object);
+                let (members, order) = self.object_body(depth + 1, previous, None)?;
+                return Ok((Value::Object(members), Some(order)));
+            }
+            tag::SHAPED => {
+                let shape = slot.shape.ok_or(DecodeError::NoShape)?;
+                let previous = slot.previous.and_then(Value::as_object);
+                // Same keys as the last shape: it stays the last one.
+                Value::Object(self.object_body(depth + 1, previous, Some(shape))?.0)
+            }
             tag::ARRAY => {
                 if depth + 1 >= MAX_DEPTH {
                     return Err(DecodeError::TooDeep);
@@ -436,9 +667,13 @@ impl Reader<'_> {
                 if count > self.bytes.len() as u64 {
                     return Err(DecodeError::Truncated);
                 }
+                let item_slot = Slot {
+                    previous: None,
+                    shape: None,
+                };
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
-                    items.push(self.value(keys, depth + 1)?);
+                    items.push(self.value(depth + 1, item_slot)?.0);
                 }
                 Value::Array(items)
             }
@@ -452,13 +687,44 @@ impl Reader<'_> {
                 float(f64::from_le_bytes(bytes))?
             }
             tag::STRING => Value::String(self.string()?),
-            tag::STRING_ENTRY => Value::String(Self::entry(keys, self.varint()?)?.clone()),
-            decimal if (tag::DECIMAL..=tag::DECIMAL + MAX_SCALE as u8).contains(&decimal) => {
+            tag::STRING_ENTRY => {
+                let index = self.varint()?;
+                Value::String(self.entry(index)?)
+            }
+            decimal if (tag::DECIMAL..tag::DECIMAL + 16).contains(&decimal) => {
                 let mantissa = unzigzag(self.varint()?) as f64;
                 float(mantissa / POWERS_OF_TEN[usize::from(decimal - tag::DECIMAL)])?
             }
+            step if (tag::DELTA..tag::DELTA + 16).contains(&step) => {
+                let delta = unzigzag(self.varint()?);
+                if self.stateless {
+                    Value::Null
+                } else {
+                    let previous = slot
+                        .previous
+                        .and_then(Value::as_f64)
+                        .ok_or(DecodeError::NoPrevious)?;
+                    let power = POWERS_OF_TEN[usize::from(step - tag::DELTA)];
+                    let base = (previous * power).round();
+                    float((base + delta as f64) / power)?
+                }
+            }
+            small if (tag::SMALL_STEP..tag::SMALL_STEP + 64).contains(&small) => {
+                if self.stateless {
+                    Value::Null
+                } else {
+                    let (scale, base) = slot
+                        .previous
+                        .and_then(Value::as_f64)
+                        .and_then(decimal)
+                        .ok_or(DecodeError::NoPrevious)?;
+                    let step = i64::from(small - tag::SMALL_STEP) + SMALL_STEPS.start();
+                    float((base + step) as f64 / POWERS_OF_TEN[usize::from(scale)])?
+                }
+            }
             unknown => return Err(DecodeError::UnknownTag(unknown)),
-        })
+        };
+        Ok((value, None))
     }
 }
 
@@ -479,14 +745,33 @@ mod tests {
         list.iter().map(|name| (*name).to_owned()).collect()
     }
 
-    /// The example of docs/runtime-protocol.md, also asserted by the TypeScript SDK.
+    /// The members of `{"key": value}` written with `previous` as the member's
+    /// previous value.
+    fn member(
+        writer: &mut BinaryWriter<'_>,
+        out: &mut Vec<u8>,
+        key: &str,
+        previous: Option<&Value>,
+        value: &Value,
+    ) {
+        writer.key(out, key);
+        writer.value(out, previous, value);
+    }
+
+    /// The first example of docs/runtime-protocol.md (no shapes, no steps).
     const GOLDEN: [u8; 25] = [
         0x01, 0x07, 0x01, 0x03, 0x04, b'l', b't', b'-', b'1', 0x00, 0x03, 0x0c, 0x03, 0x04, 0x12,
         0xe4, 0x48, 0x08, 0x05, 0x64, 0x03, 0x31, 0x00, 0x03, 0x03,
     ];
 
+    /// The example of docs/runtime-protocol.md, also asserted by the TypeScript SDK.
+    const GOLDEN_STEPS: [u8; 23] = [
+        0x01, 0x08, 0x01, 0x04, 0x04, b'l', b't', b'-', b'2', 0x00, 0x03, 0x0c, 0x03, 0x04, 0x22,
+        0x4a, 0x03, 0x10, 0x0a, 0x22, 0x31, 0x03, 0x03,
+    ];
+
     #[test]
-    fn the_documented_frame_encodes_and_decodes() {
+    fn the_documented_frames_encode_and_decode() {
         let mut table = KeyTable::default();
         let mut writer = BinaryWriter::entering(&mut table);
         let mut ignored = Vec::new();
@@ -494,46 +779,86 @@ mod tests {
             writer.key(&mut ignored, name);
         }
         // A client that joined now holds those three entries.
-        let joined = table.names().to_vec();
-        assert_eq!(joined, names(&["heroes", "x", "y"]));
+        let mut keys = table.names().to_vec();
 
         let mut writer = BinaryWriter::entering(&mut table);
-        let mut hero = Vec::new();
-        writer.key(&mut hero, "x");
-        writer.value(&mut hero, &json!(46.58));
-        writer.key(&mut hero, "y");
-        writer.value(&mut hero, &json!(50));
-        let mut heroes = Vec::new();
-        writer.key(&mut heroes, "lt-1");
-        BinaryWriter::object(&mut heroes, &hero);
-        writer.key(&mut heroes, "12");
-        writer.value(&mut heroes, &Value::Null);
         let mut shared = Vec::new();
-        writer.key(&mut shared, "heroes");
-        BinaryWriter::object(&mut shared, &heroes);
+        writer.open_object();
+        let mut heroes = Vec::new();
+        writer.open_object();
+        let mut hero = Vec::new();
+        member(&mut writer, &mut hero, "x", None, &json!(46.58));
+        member(&mut writer, &mut hero, "y", None, &json!(50));
+        writer.close_object(&mut heroes, "lt-1", &hero);
+        member(&mut writer, &mut heroes, "12", None, &Value::Null);
+        writer.close_object(&mut shared, "heroes", &heroes);
         let frame = state_merge_frame(7, &writer.into_definitions(), &shared, &[]);
         assert_eq!(frame, GOLDEN);
-
-        let mut keys = joined;
-        let (seq, merge) = decode_state_merge(&frame, &mut keys).unwrap();
+        let (seq, merge) = decode_state_merge(&frame, &mut keys, Some(&json!({}))).unwrap();
         assert_eq!(seq, 7);
         assert_eq!(
             merge,
             json!({"heroes": {"lt-1": {"x": 46.58, "y": 50}, "12": null}})
         );
         assert_eq!(keys, table.names());
+
+        // Seq 8: both heroes step; the second reuses the first one's keys.
+        let state = json!({"heroes": {"lt-1": {"x": 46.58, "y": 50}, "lt-2": {"x": 1.5, "y": 2}}});
+        let mut writer = BinaryWriter::entering(&mut table);
+        let mut shared = Vec::new();
+        writer.open_object();
+        let mut heroes = Vec::new();
+        for (hero_key, before, after) in [("lt-1", 46.58, 46.95), ("lt-2", 1.5, 1.25)] {
+            writer.open_object();
+            let mut hero = Vec::new();
+            member(
+                &mut writer,
+                &mut hero,
+                "x",
+                Some(&json!(before)),
+                &json!(after),
+            );
+            writer.close_object(&mut heroes, hero_key, &hero);
+        }
+        writer.close_object(&mut shared, "heroes", &heroes);
+        let frame = state_merge_frame(8, &writer.into_definitions(), &shared, &[]);
+        assert_eq!(frame, GOLDEN_STEPS);
+        let (seq, merge) = decode_state_merge(&frame, &mut keys, Some(&state)).unwrap();
+        assert_eq!(seq, 8);
+        assert_eq!(
+            merge,
+            json!({"heroes": {"lt-1": {"x": 46.95}, "lt-2": {"x": 1.25}}})
+        );
+        assert_eq!(keys, names(&["heroes", "x", "y", "lt-1", "lt-2"]));
+        // Without a state a reader still gets the shape, with `null` for each step.
+        let mut stateless_keys = keys.clone();
+        let (_, merge) = decode_state_merge(&frame, &mut stateless_keys, None).unwrap();
+        assert_eq!(
+            merge,
+            json!({"heroes": {"lt-1": {"x": null}, "lt-2": {"x": null}}})
+        );
     }
 
-    fn round_trip(value: &Value) -> Value {
+    /// `{"v": value}` through a fresh table, `previous` being the member's old value.
+    fn round_trip(previous: Option<&Value>, value: &Value) -> (Value, usize) {
         let mut table = KeyTable::default();
         let mut writer = BinaryWriter::entering(&mut table);
         let mut members = Vec::new();
-        writer.key(&mut members, "v");
-        writer.value(&mut members, value);
+        member(&mut writer, &mut members, "v", previous, value);
         let frame = state_merge_frame(1, &writer.into_definitions(), &members, &[]);
         let mut keys = Vec::new();
-        let (_, mut merge) = decode_state_merge(&frame, &mut keys).unwrap();
-        merge["v"].take()
+        let state = previous.map(|previous| json!({"v": previous}));
+        let (_, mut merge) =
+            decode_state_merge(&frame, &mut keys, Some(&state.unwrap_or_default())).unwrap();
+        (merge["v"].take(), frame.len())
+    }
+
+    fn assert_same_number(back: &Value, value: &Value) {
+        assert_eq!(back, value, "{value}");
+        assert_eq!(back.is_f64(), value.is_f64(), "{value}");
+        if let (Some(a), Some(b)) = (back.as_f64(), value.as_f64()) {
+            assert_eq!(a.to_bits(), b.to_bits(), "{value}");
+        }
     }
 
     #[test]
@@ -554,19 +879,79 @@ mod tests {
             json!(f64::MIN_POSITIVE),
             json!(std::f64::consts::PI),
         ] {
-            let back = round_trip(&value);
-            assert_eq!(back, value, "{value}");
-            assert_eq!(back.is_f64(), value.is_f64(), "{value}");
-            if let (Some(a), Some(b)) = (back.as_f64(), value.as_f64()) {
-                assert_eq!(a.to_bits(), b.to_bits(), "{value}");
-            }
+            assert_same_number(&round_trip(None, &value).0, &value);
         }
+    }
+
+    #[test]
+    fn floats_step_from_their_previous_value_only_when_shorter() {
+        let (back, stepped) = round_trip(Some(&json!(46.58)), &json!(46.95));
+        assert_same_number(&back, &json!(46.95));
+        let (_, absolute) = round_trip(None, &json!(46.95));
+        assert!(stepped < absolute, "{stepped} vs {absolute}");
+        // Up to 32 steps of the previous value's scale fit in the tag byte: one byte
+        // less than a step with its scale.
+        for (previous, value) in [
+            (46.58, 46.83),
+            (46.58, 46.27),
+            (7.0, 38.0),
+            (-0.5, -3.5),
+            (1.25, 1.0),
+        ] {
+            let (back, small) = round_trip(Some(&json!(previous)), &json!(value));
+            assert_same_number(&back, &json!(value));
+            let (_, whole) = round_trip(None, &json!(value));
+            assert!(small < whole, "{previous} -> {value}: {small} vs {whole}");
+        }
+        let (_, small) = round_trip(Some(&json!(46.58)), &json!(46.89));
+        let (_, larger) = round_trip(Some(&json!(46.58)), &json!(46.91));
+        assert_eq!(larger, small + 1);
+        // Integers, a jump as long as the value, and a previous value that is no
+        // decimal are written whole.
+        for (previous, value) in [
+            (json!(4), json!(5)),
+            (json!(0.5), json!(90_000.5)),
+            (json!(std::f64::consts::PI), json!(1.01)),
+            (json!("a"), json!(1.5)),
+        ] {
+            let (back, with_previous) = round_trip(Some(&previous), &value);
+            assert_same_number(&back, &value);
+            assert_eq!(
+                with_previous,
+                round_trip(None, &value).1,
+                "{previous} -> {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn siblings_with_the_same_keys_are_shaped() {
+        let value = json!({
+            "a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 4}, "n": 5, "c": {"x": 6, "y": {"x": 7, "y": 8}},
+            "d": {"y": 9}, "e": {"y": 10}, "list": [{"y": 11}, {"y": 12}],
+        });
+        assert_eq!(round_trip(None, &value).0, value);
+        // Once the names are in the table, a second hero costs its key, the tag and
+        // its two values (two bytes each): six bytes, not the nine of an object with
+        // its keys and END.
+        let mut table = KeyTable::default();
+        let mut frame_len = |heroes: &Value| {
+            let mut writer = BinaryWriter::entering(&mut table);
+            let mut members = Vec::new();
+            member(&mut writer, &mut members, "heroes", None, heroes);
+            state_merge_frame(1, &writer.into_definitions(), &members, &[]).len()
+        };
+        frame_len(&json!({"ann": {"x": 1, "y": 2}, "bob": {}}));
+        let one = frame_len(&json!({"ann": {"x": 1, "y": 2}}));
+        let two = frame_len(&json!({"ann": {"x": 1, "y": 2}, "bob": {"x": 3, "y": 4}}));
+        assert_eq!(two - one, 6);
     }
 
     #[test]
     fn hostile_frames_are_refused() {
         let mut keys = names(&["a"]);
-        let cases: [(&[u8], DecodeError); 9] = [
+        let state = json!({"a": "text"});
+        let cases: [(&[u8], DecodeError); 14] = [
             (&[], DecodeError::Truncated),
             (&[0x02, 0, 0, 3], DecodeError::UnknownFrameKind(2)),
             (&[0x01, 0, 0, 0x00, 0x0f], DecodeError::UnknownTag(0x0f)),
@@ -582,20 +967,38 @@ mod tests {
                 DecodeError::Truncated,
             ),
             (&[0x01, 0, 0, 3, 0], DecodeError::TrailingBytes),
+            (&[0x01, 0, 0, 0x00, 0x0a, 3], DecodeError::NoShape),
+            (
+                &[0x01, 0, 0, 0x00, 0x04, 2, 0x03, 3, 0x0a, 3],
+                DecodeError::NoShape,
+            ),
+            (&[0x01, 0, 0, 0x00, 0x22, 0x02, 3], DecodeError::NoPrevious),
+            (&[0x01, 0, 0, 0x00, 0x61, 3], DecodeError::NoPrevious),
+            (
+                &[
+                    0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+                ],
+                DecodeError::BadNumber,
+            ),
         ];
         for (frame, error) in cases {
             assert_eq!(
-                decode_state_merge(frame, &mut keys),
+                decode_state_merge(frame, &mut keys, Some(&state)),
                 Err(error),
                 "{frame:02x?}"
             );
         }
-        let mut deep = vec![0x01, 0, 0];
-        for _ in 0..200 {
-            deep.extend_from_slice(&[0x00, tag::OBJECT]);
-        }
+        let nested = |levels: usize| {
+            let mut frame = vec![0x01, 0, 0];
+            for _ in 0..levels {
+                frame.extend_from_slice(&[0x00, tag::OBJECT]);
+            }
+            frame.extend(std::iter::repeat_n(0x03, levels + 1));
+            frame
+        };
+        assert!(decode_state_merge(&nested(MAX_DEPTH - 1), &mut keys, None).is_ok());
         assert_eq!(
-            decode_state_merge(&deep, &mut keys),
+            decode_state_merge(&nested(MAX_DEPTH), &mut keys, None),
             Err(DecodeError::TooDeep)
         );
     }
@@ -642,22 +1045,27 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any JSON value survives the trip bit for bit, through a table the decoder
-        /// rebuilds from the definitions alone.
+        /// Any JSON value survives the trip bit for bit, written fresh or as a step from
+        /// any previous value, through a table the decoder rebuilds from the
+        /// definitions alone.
         #[test]
         fn any_value_round_trips(values in proptest::collection::vec(json_value(), 1..4)) {
             let mut table = KeyTable::default();
             let mut keys = Vec::new();
+            let mut state = json!({});
             for (seq, value) in values.iter().enumerate() {
                 let mut writer = BinaryWriter::entering(&mut table);
                 let mut members = Vec::new();
-                writer.key(&mut members, "value");
-                writer.value(&mut members, value);
+                member(&mut writer, &mut members, "value", state.get("value"), value);
                 let frame = state_merge_frame(seq as u64, &writer.into_definitions(), &members, &[]);
-                let (back_seq, merge) = decode_state_merge(&frame, &mut keys).unwrap();
+                let (back_seq, merge) = decode_state_merge(&frame, &mut keys, Some(&state)).unwrap();
                 proptest::prop_assert_eq!(back_seq, seq as u64);
                 proptest::prop_assert_eq!(&merge["value"], value);
+                if let (Some(a), Some(b)) = (merge["value"].as_f64(), value.as_f64()) {
+                    proptest::prop_assert_eq!(a.to_bits(), b.to_bits());
+                }
                 proptest::prop_assert_eq!(&keys[..], table.names());
+                state = merge;
             }
         }
     }

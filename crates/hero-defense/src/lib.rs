@@ -181,6 +181,9 @@ pub struct HeroDefenseState {
     pub wave: u32,
     pub waves: u32,
     /// Game time (seconds since creation) when the next wave starts, if one is scheduled.
+    /// Left out rather than `null` when none is: a merge patch (`?sync=merge|binary`)
+    /// can say a member went away but not that it became null.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_wave_at: Option<f32>,
     pub base: Base,
     pub heroes: BTreeMap<PlayerId, Hero>,
@@ -193,7 +196,10 @@ pub struct HeroDefenseState {
 #[serde(rename_all = "camelCase")]
 pub struct HeroPrivate {
     pub gold: u32,
+    /// Left out at the highest level (see `next_wave_at`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub damage_upgrade_cost: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub range_upgrade_cost: Option<u32>,
 }
 

@@ -103,9 +103,14 @@ pub(crate) struct NotMergeable;
 pub(crate) trait MergeWriter {
     /// A member's key (with whatever separates it from the previous member).
     fn key(&mut self, out: &mut Vec<u8>, key: &str);
-    /// An object value whose members were written to `members`.
-    fn object(&mut self, out: &mut Vec<u8>, members: &[u8]);
-    fn value(&mut self, out: &mut Vec<u8>, value: &Value);
+    /// A member's new value; `previous` is what it held before, if anything.
+    fn value(&mut self, out: &mut Vec<u8>, previous: Option<&Value>, value: &Value);
+    /// Before the members of an object merged member by member are written to a
+    /// buffer of their own.
+    fn open_object(&mut self) {}
+    /// The member `key` holding the object opened last, whose members are in
+    /// `members`; writes nothing when there are none.
+    fn close_object(&mut self, out: &mut Vec<u8>, key: &str, members: &[u8]);
 }
 
 /// `"key":value,…` without braces.
@@ -120,14 +125,17 @@ impl MergeWriter for JsonMerge {
         out.push(b':');
     }
 
-    fn object(&mut self, out: &mut Vec<u8>, members: &[u8]) {
-        out.push(b'{');
-        out.extend_from_slice(members);
-        out.push(b'}');
+    fn value(&mut self, out: &mut Vec<u8>, _previous: Option<&Value>, value: &Value) {
+        let _ = serde_json::to_writer(&mut *out, value);
     }
 
-    fn value(&mut self, out: &mut Vec<u8>, value: &Value) {
-        let _ = serde_json::to_writer(&mut *out, value);
+    fn close_object(&mut self, out: &mut Vec<u8>, key: &str, members: &[u8]) {
+        if !members.is_empty() {
+            self.key(out, key);
+            out.push(b'{');
+            out.extend_from_slice(members);
+            out.push(b'}');
+        }
     }
 }
 
@@ -136,12 +144,16 @@ impl MergeWriter for BinaryWriter<'_> {
         BinaryWriter::key(self, out, key);
     }
 
-    fn object(&mut self, out: &mut Vec<u8>, members: &[u8]) {
-        BinaryWriter::object(out, members);
+    fn value(&mut self, out: &mut Vec<u8>, previous: Option<&Value>, value: &Value) {
+        BinaryWriter::value(self, out, previous, value);
     }
 
-    fn value(&mut self, out: &mut Vec<u8>, value: &Value) {
-        BinaryWriter::value(self, out, value);
+    fn open_object(&mut self) {
+        BinaryWriter::open_object(self);
+    }
+
+    fn close_object(&mut self, out: &mut Vec<u8>, key: &str, members: &[u8]) {
+        BinaryWriter::close_object(self, out, key, members);
     }
 }
 
@@ -171,27 +183,25 @@ fn merge_members(
         match (before.get(key), value) {
             (Some(previous), _) if previous == value => {}
             (Some(Value::Object(previous)), Value::Object(next)) => {
+                writer.open_object();
                 let mut inner = Vec::new();
                 merge_members(previous, next, writer, &mut inner)?;
-                if !inner.is_empty() {
-                    writer.key(out, key);
-                    writer.object(out, &inner);
-                }
+                writer.close_object(out, key, &inner);
             }
-            _ => {
+            (previous, _) => {
                 // Applied to a missing or non-object member, an object value is
                 // merged into `{}`: a `null` anywhere in it would be dropped.
                 if value.is_null() || has_null_member(value) {
                     return Err(NotMergeable);
                 }
                 writer.key(out, key);
-                writer.value(out, value);
+                writer.value(out, previous, value);
             }
         }
     }
     for key in before.keys().filter(|key| !after.contains_key(*key)) {
         writer.key(out, key);
-        writer.value(out, &Value::Null);
+        writer.value(out, None, &Value::Null);
     }
     Ok(())
 }
@@ -398,7 +408,7 @@ mod tests {
                     continue;
                 }
                 let frame = state_merge_frame(seq as u64, &writer.into_definitions(), &members, &[]);
-                let (_, merge) = decode_state_merge(&frame, &mut keys).unwrap();
+                let (_, merge) = decode_state_merge(&frame, &mut keys, Some(&mirror)).unwrap();
                 proptest::prop_assert_eq!(Some(merge.clone()), merge_round_trip(left.clone(), right.clone()));
                 json_patch::merge(&mut mirror, &merge);
                 proptest::prop_assert_eq!(&mirror, right);

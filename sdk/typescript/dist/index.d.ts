@@ -366,10 +366,13 @@ export declare function applyPatch(document: JsonValue, operations: readonly Pat
  * with {@link applyMergePatch} like a `state.merge`.
  *
  * `keys` is the land's key table (from the latest `join.ok` / `state.snapshot`); the
- * entries the frame defines are written into it. Throws a {@link MatchplaneError} of kind
- * `protocol` on a malformed frame, and then `keys` is left as it was.
+ * entries the frame defines are written into it. `base` is the state at `seq - 1` (the
+ * mirror the merge patch applies to): floats sent as a change from their previous value
+ * (tags 0x20–0x2F and 0x40–0x7F) are decoded against it, and without it such a frame is malformed.
+ * Throws a {@link MatchplaneError} of kind `protocol` on a malformed frame, and then
+ * `keys` is left as it was.
  */
-export declare function decodeBinaryState(bytes: Uint8Array, keys: string[]): {
+export declare function decodeBinaryState(bytes: Uint8Array, keys: string[], base?: JsonValue): {
     seq: number;
     merge: JsonObject;
 };

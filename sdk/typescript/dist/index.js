@@ -454,14 +454,61 @@ const TAG_UNSIGNED = 0x06;
 const TAG_FLOAT64 = 0x07;
 const TAG_STRING = 0x08;
 const TAG_TABLE_STRING = 0x09;
+const TAG_SHAPED = 0x0a;
 const TAG_DECIMAL = 0x10;
 const TAG_DECIMAL_LAST = 0x1f;
+const TAG_DELTA = 0x20;
+const TAG_DELTA_LAST = 0x2f;
+/** `TAG_SMALL_STEP_ZERO + d`, d in −32 … 31: a float that moved by d steps of its previous value's own scale. */
+const TAG_SMALL_STEP = 0x40;
+const TAG_SMALL_STEP_ZERO = 0x60;
+const TAG_SMALL_STEP_LAST = 0x7f;
+/**
+ * Objects and arrays nest at most this deep, counted as the Rust decoder counts them: the
+ * frame's own members are at depth 0 and each object or array value adds one, so a frame
+ * holds 127 nested objects below its top level but not 128. The explicit limit keeps a
+ * hostile frame from reaching the engine's stack limit.
+ */
+const MAX_DEPTH = 128;
 /**
  * 10^0 … 10^15 as literals: each is an exact double, so `m / POWERS_OF_TEN[scale]` is the
  * single correctly rounded division the server's number came from (`**` is not
  * guaranteed exact on every engine).
  */
 const POWERS_OF_TEN = [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+/** Mantissas of decimal floats stay below 2^53, where every integer is an exact double. */
+const MAX_EXACT_MANTISSA = 2 ** 53;
+/**
+ * Rounds halves away from zero, as Rust's `f64::round` does (`Math.round` rounds them up).
+ *
+ * The scale search of {@link ownScale} needs exactly the server's rounding: for a negative
+ * number with a 16-digit mantissa in [2^51, 2^52), `p × 10^s` can come out as a halfway
+ * product, and then the two roundings pick different neighbours of which exactly one
+ * divides back to `p` (e.g. −287869588838.4985 has scale 4 for the server, none with
+ * `Math.round`; −4.128692848130252 has none for the server, 15 with `Math.round`).
+ */
+function roundHalfAway(value) {
+    return value < 0 ? -Math.round(-value) : Math.round(value);
+}
+/**
+ * A number's own scale (tags 0x40–0x7F): the smallest `s` of 0 … 15 with
+ * `round(p × 10^s) ÷ 10^s = p` and `|round(p × 10^s)| < 2^53`, as `[10^s, round(p × 10^s)]`,
+ * or `undefined` when it has none (−0 has none either). The same search as the Rust
+ * encoder's `decimal`, operation for operation.
+ */
+function ownScale(p) {
+    if (Object.is(p, -0))
+        return undefined;
+    for (const power of POWERS_OF_TEN) {
+        const mantissa = roundHalfAway(p * power);
+        // The bound first, as the server checks it: a mantissa past 2^53 that divides back to p is still no scale.
+        if (Math.abs(mantissa) >= MAX_EXACT_MANTISSA)
+            return undefined;
+        if (mantissa / power === p)
+            return [power, mantissa];
+    }
+    return undefined;
+}
 /** Varints of up to 7 bytes (49 bits) are summed exactly in a double; longer ones go through BigInt. */
 const SMALL_VARINT_BYTES = 7;
 // Fatal, so that invalid UTF-8 makes the frame malformed instead of turning into U+FFFD.
@@ -472,17 +519,29 @@ function decodeUtf8(bytes) {
 }
 class MalformedFrame extends Error {
 }
+/** The member of the same key in the state before the frame, if `base` is an object that has it. */
+function priorMember(base, key) {
+    return base !== undefined && hasMember(base, key) ? base[key] : undefined;
+}
+/** A value the members of a new object are decoded against: only a (non-array) object. */
+function asBase(value) {
+    return isContainer(value) && !Array.isArray(value) ? value : undefined;
+}
 /** One pass over a frame; table definitions are logged so that a failure can undo them. */
 class FrameReader {
     bytes;
     keys;
+    base;
     offset = 0;
     view;
     /** `[index, previous entry]` per definition, `undefined` for an appended one. */
     undo = [];
-    constructor(bytes, keys) {
+    constructor(bytes, keys, 
+    /** The state before the frame, the base of its steps (tags 0x20–0x2F and 0x40–0x7F). */
+    base) {
         this.bytes = bytes;
         this.keys = keys;
+        this.base = base;
         this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     }
     get position() {
@@ -496,7 +555,7 @@ class FrameReader {
         if (!Number.isSafeInteger(seq))
             throw new MalformedFrame("seq beyond 2^53 - 1");
         this.definitions();
-        const merge = this.object();
+        const merge = this.object(0, this.base).object;
         if (this.offset !== this.bytes.length) {
             throw new MalformedFrame(`${this.bytes.length - this.offset} bytes left over`);
         }
@@ -599,16 +658,39 @@ class FrameReader {
                 return null;
         }
     }
-    object() {
+    checkDepth(depth) {
+        if (depth >= MAX_DEPTH)
+            throw new MalformedFrame(`objects and arrays nest deeper than ${MAX_DEPTH}`);
+    }
+    /** Members up to END (tag 0x03, or the frame's own); `order` is their keys as the frame lists them. */
+    object(depth, base) {
+        this.checkDepth(depth);
         const object = {};
+        const order = [];
+        const enclosing = { lastShape: undefined };
         for (;;) {
             const key = this.key();
             if (key === null)
-                return object;
-            setMember(object, key, this.value());
+                return { object, order };
+            order.push(key);
+            setMember(object, key, this.value(depth, priorMember(base, key), enclosing));
         }
     }
-    value() {
+    /** Tag 0x0A: one value per key of `shape`, no END. */
+    shaped(depth, base, shape) {
+        this.checkDepth(depth);
+        const object = {};
+        const enclosing = { lastShape: undefined };
+        for (const key of shape)
+            setMember(object, key, this.value(depth, priorMember(base, key), enclosing));
+        return object;
+    }
+    /**
+     * A value at `depth`: `prior` is what its member held before the frame (`undefined`
+     * in arrays and where the state has no such member), `enclosing` its object's shape
+     * memory (`null` for array items).
+     */
+    value(depth, prior, enclosing) {
         const at = this.offset;
         const tag = this.byte();
         switch (tag) {
@@ -618,16 +700,30 @@ class FrameReader {
                 return false;
             case TAG_TRUE:
                 return true;
-            case TAG_OBJECT:
-                return this.object();
+            case TAG_OBJECT: {
+                const { object, order } = this.object(depth + 1, asBase(prior));
+                if (enclosing !== null)
+                    enclosing.lastShape = order;
+                return object;
+            }
+            case TAG_SHAPED: {
+                const shape = enclosing?.lastShape;
+                if (shape === undefined) {
+                    this.offset = at;
+                    throw new MalformedFrame(enclosing === null ? "a shaped object (0x0a) in an array" : "a shaped object (0x0a) with no object before it");
+                }
+                // Its keys are the shape it reused, so the next 0x0A reuses that same shape.
+                return this.shaped(depth + 1, asBase(prior), shape);
+            }
             case TAG_ARRAY: {
+                this.checkDepth(depth + 1);
                 const count = this.unsigned();
                 // Every value takes at least a byte: a count beyond the rest is not allocated.
                 if (count > this.bytes.length - this.offset)
                     throw new MalformedFrame("truncated");
                 const array = [];
                 for (let index = 0; index < count; index += 1)
-                    array.push(this.value());
+                    array.push(this.value(depth + 1, undefined, null));
                 return array;
             }
             case TAG_ZIGZAG:
@@ -650,6 +746,33 @@ class FrameReader {
                 if (tag >= TAG_DECIMAL && tag <= TAG_DECIMAL_LAST) {
                     return this.zigzag() / POWERS_OF_TEN[tag - TAG_DECIMAL];
                 }
+                if (tag >= TAG_DELTA && tag <= TAG_DELTA_LAST) {
+                    if (typeof prior !== "number") {
+                        this.offset = at;
+                        throw new MalformedFrame(`a delta (0x${hex(tag)}) for a member that is not a number in the state`);
+                    }
+                    const power = POWERS_OF_TEN[tag - TAG_DELTA];
+                    const value = (Math.round(prior * power) + this.zigzag()) / power;
+                    // A base near the largest doubles can overflow once scaled: no JSON number.
+                    if (!Number.isFinite(value))
+                        throw new MalformedFrame("a delta whose value is not finite");
+                    return value;
+                }
+                if (tag >= TAG_SMALL_STEP && tag <= TAG_SMALL_STEP_LAST) {
+                    // Its base is found exactly like a 0x20–0x2F delta's: the member's number in the state.
+                    const scaled = typeof prior === "number" ? ownScale(prior) : undefined;
+                    if (scaled === undefined) {
+                        this.offset = at;
+                        const from = Object.is(prior, -0) ? "-0" : String(prior);
+                        throw new MalformedFrame(typeof prior === "number"
+                            ? `a small step (0x${hex(tag)}) from ${from}, which has no decimal scale of at most 15`
+                            : `a small step (0x${hex(tag)}) for a member that is not a number in the state`);
+                    }
+                    const [power, mantissa] = scaled;
+                    // |mantissa| < 2^53 and the step is −32 … 31: the sum rounds like the server's
+                    // `(m + d) as f64`, and the quotient is finite.
+                    return (mantissa + (tag - TAG_SMALL_STEP_ZERO)) / power;
+                }
                 this.offset = at;
                 throw new MalformedFrame(`unknown value tag 0x${hex(tag)}`);
         }
@@ -664,11 +787,14 @@ function hex(byte) {
  * with {@link applyMergePatch} like a `state.merge`.
  *
  * `keys` is the land's key table (from the latest `join.ok` / `state.snapshot`); the
- * entries the frame defines are written into it. Throws a {@link MatchplaneError} of kind
- * `protocol` on a malformed frame, and then `keys` is left as it was.
+ * entries the frame defines are written into it. `base` is the state at `seq - 1` (the
+ * mirror the merge patch applies to): floats sent as a change from their previous value
+ * (tags 0x20–0x2F and 0x40–0x7F) are decoded against it, and without it such a frame is malformed.
+ * Throws a {@link MatchplaneError} of kind `protocol` on a malformed frame, and then
+ * `keys` is left as it was.
  */
-export function decodeBinaryState(bytes, keys) {
-    const reader = new FrameReader(bytes, keys);
+export function decodeBinaryState(bytes, keys, base) {
+    const reader = new FrameReader(bytes, keys, asBase(base));
     try {
         return reader.frame();
     }
@@ -679,7 +805,7 @@ export function decodeBinaryState(bytes, keys) {
             else
                 keys[index] = previous;
         }
-        // A stack overflow on absurd nesting is a malformed frame too.
+        // Anything else thrown is a bug of ours, but for the caller still a frame it cannot use.
         const reason = error instanceof MalformedFrame ? error.message : describe(error);
         throw new MatchplaneError("protocol", `malformed binary state frame at byte ${reader.position}: ${reason}`, {
             cause: error instanceof MalformedFrame ? undefined : error,
@@ -1702,7 +1828,9 @@ export class LandConnection {
         this.counters.binaryFrames += 1;
         let decoded;
         try {
-            decoded = decodeBinaryState(bytes, this.keys);
+            // The mirror is the base of the next frame in sequence only: a frame out of
+            // sequence may fail here instead of at the seq check, a gap all the same.
+            decoded = decodeBinaryState(bytes, this.keys, this.mirror);
         }
         catch {
             // Like a patch that does not apply: its seq cannot be trusted, so no staleness check.
