@@ -1,6 +1,7 @@
 //! Property: clients that apply every patch to their snapshot end with exactly the
 //! server's view of them, after long random sessions with several players, private
-//! views, reconnects and snapshot requests.
+//! views, reconnects and snapshot requests — one player on each state-sync encoding
+//! (`patch`, `merge`, `binary`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -130,6 +131,8 @@ impl Land for Board {
 }
 
 const PLAYERS: [&str; 3] = ["ann", "bob", "cid"];
+/// How each player receives changes: every encoding in one land.
+const SYNCS: [&str; 3] = ["patch", "merge", "binary"];
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -143,6 +146,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         (-5i64..5).prop_map(Value::from),
+        // Decimals, so binary frames write some floats as steps from the last value.
+        (-500i64..500).prop_map(|hundredths| Value::from(hundredths as f64 / 100.0)),
         "[a-c~/]{0,3}".prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 16, 3, |inner| {
@@ -192,8 +197,8 @@ fn registry() -> LandRegistry {
 async fn run_session(steps: Vec<Step>) {
     let server = TestServer::start(registry()).await;
     let mut clients = Vec::new();
-    for player in PLAYERS {
-        clients.push(server.connect("board", "land", player).await);
+    for (player, sync) in PLAYERS.into_iter().zip(SYNCS) {
+        clients.push(server.connect_sync("board", "land", player, sync).await);
     }
     let mut hands: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
     for step in steps {
@@ -224,10 +229,10 @@ async fn run_session(steps: Vec<Step>) {
                 assert_eq!(client.state, snapshot);
             }
             Step::Reconnect(player) => {
-                let old = std::mem::replace(
-                    &mut clients[player],
-                    server.connect("board", "land", PLAYERS[player]).await,
-                );
+                let fresh = server
+                    .connect_sync("board", "land", PLAYERS[player], SYNCS[player])
+                    .await;
+                let old = std::mem::replace(&mut clients[player], fresh);
                 drop(old);
             }
         }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use matchplane_contracts::binary_state;
 use matchplane_contracts::game::{
     ActionRequest, ActionResult, ClientMessage, EventBody, LandClosed, Ping, ServerMessage,
+    StateMerge,
 };
 use matchplane_runtime::{
     ConnectionLimits, DevAuthenticator, GameServer, GameServerConfig, LandRegistry,
@@ -82,6 +84,19 @@ impl TestServer {
         Client::connect(&self.url(land_type, &format!("landId={land_id}&playerId={player}"))).await
     }
 
+    /// Like [`Self::connect`], asking for state changes as `sync` (`patch`, `merge`,
+    /// `binary`).
+    pub async fn connect_sync(
+        &self,
+        land_type: &str,
+        land_id: &str,
+        player: &str,
+        sync: &str,
+    ) -> Client {
+        let query = format!("landId={land_id}&playerId={player}&sync={sync}");
+        Client::connect(&self.url(land_type, &query)).await
+    }
+
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
@@ -131,6 +146,8 @@ pub struct Client {
     pub events: Vec<EventBody>,
     pub errors: Vec<String>,
     pub patches: usize,
+    /// The land's key table, with `?sync=binary`.
+    pub keys: Vec<String>,
     next_request: u64,
 }
 
@@ -157,6 +174,7 @@ impl Client {
             events: Vec::new(),
             errors: Vec::new(),
             patches: 0,
+            keys: join.keys.unwrap_or_default(),
             next_request: 1,
         }
     }
@@ -176,9 +194,31 @@ impl Client {
 
     /// Reads one message and folds it into the mirror; `None` once the socket closed.
     pub async fn next(&mut self) -> Option<ServerMessage> {
-        let message = read_message(&mut self.socket).await?;
+        let message = self.read().await?;
         self.apply(&message);
         Some(message)
+    }
+
+    /// Reads one message, a binary state frame decoded as the `state.merge` it stands
+    /// for (against the mirror, which its float steps are relative to).
+    async fn read(&mut self) -> Option<ServerMessage> {
+        loop {
+            match self.socket.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some(ServerMessage::decode(text.as_str()).unwrap());
+                }
+                Ok(Message::Binary(frame)) => {
+                    let (seq, merge) =
+                        binary_state::decode_state_merge(&frame, &mut self.keys, Some(&self.state))
+                            .unwrap_or_else(|err| {
+                                panic!("{}: binary frame does not decode: {err}", self.player_id)
+                            });
+                    return Some(ServerMessage::StateMerge(StateMerge { seq, merge }));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 
     pub fn apply(&mut self, message: &ServerMessage) {
@@ -186,10 +226,20 @@ impl Client {
             ServerMessage::JoinOk(join) => {
                 self.state = join.state.clone();
                 self.seq = join.seq;
+                self.keys = join.keys.clone().unwrap_or_default();
             }
             ServerMessage::StateSnapshot(snapshot) => {
                 self.state = snapshot.state.clone();
                 self.seq = snapshot.seq;
+                if let Some(keys) = &snapshot.keys {
+                    self.keys.clone_from(keys);
+                }
+            }
+            ServerMessage::StateMerge(merge) => {
+                assert_eq!(merge.seq, self.seq + 1, "{}: merge seq gap", self.player_id);
+                json_patch::merge(&mut self.state, &merge.merge);
+                self.seq = merge.seq;
+                self.patches += 1;
             }
             ServerMessage::StatePatch(patch) => {
                 assert_eq!(patch.seq, self.seq + 1, "{}: patch seq gap", self.player_id);
@@ -254,10 +304,17 @@ impl Client {
 
     /// Asks for a snapshot and returns it, checking it against the mirror.
     pub async fn snapshot(&mut self) -> Value {
+        // Apply what is already queued first: with `?sync=binary` that may hold a
+        // snapshot the server sent on its own (for a change a merge patch cannot say),
+        // which is not the answer to this request.
+        self.barrier().await;
         self.send(&ClientMessage::SyncRequest).await;
         loop {
-            match read_message(&mut self.socket).await {
+            match self.read().await {
                 Some(ServerMessage::StateSnapshot(snapshot)) => {
+                    if let Some(keys) = &snapshot.keys {
+                        self.keys.clone_from(keys);
+                    }
                     assert_eq!(
                         snapshot.seq,
                         self.seq + 1,
