@@ -19,10 +19,22 @@ use tokio_tungstenite::tungstenite::Message;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn dev_connect(game: &Game, land_type: &str, land: &str, player: &str) -> LandConnection {
+    dev_connect_sync(game, land_type, land, player, StateSync::Patch).await
+}
+
+async fn dev_connect_sync(
+    game: &Game,
+    land_type: &str,
+    land: &str,
+    player: &str,
+    sync: StateSync,
+) -> LandConnection {
     let url = dev_land_url(&game.http_url(), land_type, Some(land), player);
-    LandConnection::connect_url(&url, ConnectOptions::default())
-        .await
-        .unwrap()
+    let options = ConnectOptions {
+        sync,
+        ..ConnectOptions::default()
+    };
+    LandConnection::connect_url(&url, options).await.unwrap()
 }
 
 /// Carol joins counter land `land`: her `join.ok` is the server's current view,
@@ -280,20 +292,7 @@ async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
 async fn binary_sync_mirrors_the_same_state_in_the_fewest_bytes() {
     init_tracing();
     let game = Game::dev(fast_hero_defense()).await;
-    let connect = |player: &'static str, sync: StateSync| {
-        let url = dev_land_url(&game.http_url(), "counter", Some("room-bin"), player);
-        async move {
-            LandConnection::connect_url(
-                &url,
-                ConnectOptions {
-                    sync,
-                    ..ConnectOptions::default()
-                },
-            )
-            .await
-            .unwrap()
-        }
-    };
+    let connect = |player, sync| dev_connect_sync(&game, "counter", "room-bin", player, sync);
     let ann = connect("ann", StateSync::Binary).await;
     let bob = connect("bob", StateSync::Merge).await;
     let (before_ann, before_bob) = (ann.stats().bytes_received, bob.stats().bytes_received);
@@ -337,20 +336,7 @@ async fn binary_sync_plays_hero_defense_to_the_same_end() {
         ..fast_hero_defense()
     };
     let game = Game::dev(config).await;
-    let connect = |player: &'static str, sync: StateSync| {
-        let url = dev_land_url(&game.http_url(), "hero-defense", Some("hd-bin"), player);
-        async move {
-            LandConnection::connect_url(
-                &url,
-                ConnectOptions {
-                    sync,
-                    ..ConnectOptions::default()
-                },
-            )
-            .await
-            .unwrap()
-        }
-    };
+    let connect = |player, sync| dev_connect_sync(&game, "hero-defense", "hd-bin", player, sync);
     let mut players = vec![
         connect("ann", StateSync::Binary).await,
         connect("bob", StateSync::Merge).await,

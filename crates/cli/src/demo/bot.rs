@@ -10,7 +10,7 @@ use matchplane_client::contracts::game::LandClosed;
 use matchplane_client::contracts::matchmaking::Assignment;
 use matchplane_client::{
     ActionError, ConnectOptions, LandConnection, LandEvent, MatchmakingClient, MatchmakingError,
-    ReconnectPolicy, RecoveryPolicy,
+    ReconnectPolicy, RecoveryPolicy, StateSync,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -189,6 +189,8 @@ impl Bot {
                 grace: Duration::from_secs(15),
                 ..ReconnectPolicy::default()
             }),
+            // The fewest bytes, as the play page asks for too.
+            sync: StateSync::Binary,
             ..ConnectOptions::default()
         };
         let land_id = assignment.land_id.clone();
