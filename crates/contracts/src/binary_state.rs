@@ -903,6 +903,15 @@ mod tests {
             let (_, whole) = round_trip(None, &json!(value));
             assert!(small < whole, "{previous} -> {value}: {small} vs {whole}");
         }
+        // A previous value whose scaled form lands exactly on a half: rounded away from
+        // zero on both sides (the TypeScript SDK asserts the same numbers).
+        for (previous, value) in [
+            (-287_869_588_838.498_5, -287_869_588_838.498_4),
+            (-287_869_588_838.498_5, -287_869_588_838.5),
+        ] {
+            let (back, _) = round_trip(Some(&json!(previous)), &json!(value));
+            assert_same_number(&back, &json!(value));
+        }
         let (_, small) = round_trip(Some(&json!(46.58)), &json!(46.89));
         let (_, larger) = round_trip(Some(&json!(46.58)), &json!(46.91));
         assert_eq!(larger, small + 1);

@@ -1028,7 +1028,7 @@ class FrameReader {
             throw new MalformedFrame(`a delta (0x${hex(tag)}) for a member that is not a number in the state`);
           }
           const power = POWERS_OF_TEN[tag - TAG_DELTA] as number;
-          const value = (Math.round(prior * power) + this.zigzag()) / power;
+          const value = (roundHalfAway(prior * power) + this.zigzag()) / power;
           // A base near the largest doubles can overflow once scaled: no JSON number.
           if (!Number.isFinite(value)) throw new MalformedFrame("a delta whose value is not finite");
           return value;

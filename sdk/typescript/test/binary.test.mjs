@@ -309,12 +309,18 @@ test("a delta float (0x20 + scale) is a decimal step from the member's number in
   assert.equal(decodeDelta({ v: -2.25 }, 3, -1), -2.251, "negative base, scale 3");
   assert.equal(decodeDelta({ v: 0.1 }, 1, 0), 0.1, "no step");
   assert.equal(decodeDelta({ v: 0.1 }, 15, 1), (1e14 + 1) / 1e15, "scale 15");
-  // Bit for bit the documented arithmetic, for bases that are not exact at the scale too.
+  // Bit for bit the documented arithmetic (halves away from zero), for bases that are
+  // not exact at the scale too.
+  const roundHalfAway = (x) => (x < 0 ? -Math.round(-x) : Math.round(x));
   for (const p of [46.58, -3.07, 0.1 + 0.2, 1e-7, 123456.789, -0.004]) {
     for (const [scale, d] of [[0, 5], [2, -37], [3, 1], [6, -123456]]) {
-      assert.equal(decodeDelta({ v: p }, scale, d), (Math.round(p * 10 ** scale) + d) / 10 ** scale, `${p} ${scale} ${d}`);
+      assert.equal(decodeDelta({ v: p }, scale, d), (roundHalfAway(p * 10 ** scale) + d) / 10 ** scale, `${p} ${scale} ${d}`);
     }
   }
+  // A negative base whose scaled value lands exactly on a half (-2878695888384984.5):
+  // the server rounds it away from zero, to -2878695888384985, so +1 is ...4984;
+  // Math.round would have given ...4983.
+  assert.equal(decodeDelta({ v: -287869588838.4985 }, 4, 1), -287869588838.4984, "halfway base");
 
   // The base is walked along the members' path, shaped objects included.
   const base = { h: { a: { x: 1.5, y: -1 }, b: { x: 3, y: 4.25 } }, n: 2 };
