@@ -85,47 +85,59 @@ pub struct BinaryWriter<'t> {
     names: Names<'t>,
     definitions: Vec<u8>,
     defined: u64,
-    /// The objects being written, innermost last; the first is the frame's own.
+    /// The objects being written, innermost last (the first is the frame's own); the
+    /// entries past `depth` are kept for their buffers, so a tick allocates little.
     levels: Vec<Level>,
+    depth: usize,
 }
 
-/// One object being written.
-#[derive(Debug)]
+/// One object (or array) being written.
+#[derive(Debug, Default)]
 struct Level {
-    /// Each member so far: its key, where its key header starts in the object's
-    /// buffer and where its value starts.
-    members: Vec<(String, usize, usize)>,
-    /// The keys of the last object among the members' values: an object with the
-    /// same keys is written as `SHAPED`, without them.
-    last_shape: Option<Vec<String>>,
+    /// Where each member's key header and value start in the object's buffer.
+    members: Vec<(usize, usize)>,
+    /// The key headers of the last object among the members' values, back to back:
+    /// headers delimit themselves, so equal bytes are equal keys in equal order.
+    last_shape: Vec<u8>,
+    has_shape: bool,
     /// False for an array's items, which have no enclosing object to take a shape from.
     shapes: bool,
+    /// Scratch for the key headers of a whole object written as this level's value.
+    headers: Vec<u8>,
+    header_ends: Vec<usize>,
 }
 
 impl Level {
-    fn object() -> Self {
-        Self {
-            members: Vec::new(),
-            last_shape: None,
-            shapes: true,
-        }
+    fn reset(&mut self, shapes: bool) {
+        self.members.clear();
+        self.last_shape.clear();
+        self.has_shape = false;
+        self.shapes = shapes;
     }
 
-    fn array() -> Self {
-        Self {
-            shapes: false,
-            ..Self::object()
+    /// Whether an object whose key headers are `pieces` (back to back) can be written
+    /// `SHAPED` here; remembers them as the last shape either way.
+    fn take_shape<'p>(&mut self, pieces: impl Iterator<Item = &'p [u8]> + Clone) -> bool {
+        if !self.shapes {
+            return false;
         }
-    }
-
-    /// Whether an object with `keys` can be written `SHAPED` here; remembers them as
-    /// the last shape either way.
-    fn shaped(&mut self, keys: Vec<String>) -> bool {
-        let shaped = self.shapes && !keys.is_empty() && self.last_shape.as_ref() == Some(&keys);
-        if self.shapes {
-            self.last_shape = Some(keys);
+        let mut offset = 0;
+        let mut same = self.has_shape;
+        let mut any = false;
+        for piece in pieces.clone() {
+            any = true;
+            same = same && self.last_shape.get(offset..offset + piece.len()) == Some(piece);
+            offset += piece.len();
         }
-        shaped
+        if same && any && offset == self.last_shape.len() {
+            return true;
+        }
+        self.last_shape.clear();
+        for piece in pieces {
+            self.last_shape.extend_from_slice(piece);
+        }
+        self.has_shape = true;
+        false
     }
 }
 
@@ -141,12 +153,15 @@ impl<'t> BinaryWriter<'t> {
     }
 
     fn new(names: Names<'t>) -> Self {
-        Self {
+        let mut writer = Self {
             names,
             definitions: Vec::new(),
             defined: 0,
-            levels: vec![Level::object()],
-        }
+            levels: Vec::new(),
+            depth: 0,
+        };
+        writer.push_level(true);
+        writer
     }
 
     /// The `defs` block of the frame: the entries this writer added.
@@ -157,12 +172,35 @@ impl<'t> BinaryWriter<'t> {
         block
     }
 
+    fn push_level(&mut self, shapes: bool) {
+        if self.depth == self.levels.len() {
+            self.levels.push(Level::default());
+        }
+        if let Some(level) = self.levels.get_mut(self.depth) {
+            level.reset(shapes);
+        }
+        self.depth += 1;
+    }
+
+    fn pop_level(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    /// The level at `depth` (0 is the frame's own object).
+    fn level(&mut self, depth: usize) -> Option<&mut Level> {
+        self.levels.get_mut(depth)
+    }
+
     pub fn key(&mut self, out: &mut Vec<u8>, key: &str) {
         let key_start = out.len();
         self.write_key(out, key);
         let value_start = out.len();
-        if let Some(level) = self.levels.last_mut() {
-            level.members.push((key.to_owned(), key_start, value_start));
+        if let Some(level) = self
+            .depth
+            .checked_sub(1)
+            .and_then(|at| self.levels.get_mut(at))
+        {
+            level.members.push((key_start, value_start));
         }
     }
 
@@ -205,37 +243,42 @@ impl<'t> BinaryWriter<'t> {
     /// Starts an object whose members the next calls write into a buffer of their own,
     /// which [`Self::close_object`] then takes.
     pub fn open_object(&mut self) {
-        self.levels.push(Level::object());
+        self.push_level(true);
     }
 
     /// Ends the object opened last, whose members were written to `members`, and
     /// writes it to `out` as the value of `key`; nothing when it has no members.
     pub fn close_object(&mut self, out: &mut Vec<u8>, key: &str, members: &[u8]) {
-        let Some(inner) = self.levels.pop() else {
-            return;
-        };
+        self.pop_level();
         if members.is_empty() {
             return;
         }
-        let keys = inner
-            .members
-            .iter()
-            .map(|(name, ..)| name.clone())
-            .collect();
-        let shaped = self
-            .levels
-            .last_mut()
-            .is_some_and(|level| level.shaped(keys));
+        let inner_depth = self.depth;
+        let shaped = match self.levels.split_at_mut(inner_depth) {
+            (outer, [inner, ..]) => {
+                let headers = inner
+                    .members
+                    .iter()
+                    .map(|&(key, value)| &members[key..value]);
+                outer
+                    .last_mut()
+                    .is_some_and(|parent| parent.take_shape(headers))
+            }
+            _ => false,
+        };
         self.key(out, key);
+        let Some(inner) = self.levels.get(inner_depth) else {
+            return;
+        };
         if shaped {
             out.push(tag::SHAPED);
             let value_ends = inner
                 .members
                 .iter()
                 .skip(1)
-                .map(|&(_, key_start, _)| key_start)
+                .map(|&(key_start, _)| key_start)
                 .chain([members.len()]);
-            for (&(_, _, value_start), value_end) in inner.members.iter().zip(value_ends) {
+            for (&(_, value_start), value_end) in inner.members.iter().zip(value_ends) {
                 out.extend_from_slice(&members[value_start..value_end]);
             }
         } else {
@@ -274,32 +317,61 @@ impl<'t> BinaryWriter<'t> {
             Value::Array(items) => {
                 out.push(tag::ARRAY);
                 write_varint(out, items.len() as u64);
-                self.levels.push(Level::array());
+                self.push_level(false);
                 for item in items {
                     self.value(out, None, item);
                 }
-                self.levels.pop();
+                self.pop_level();
             }
-            Value::Object(members) => {
-                let keys = members.keys().cloned().collect();
-                let shaped = self
-                    .levels
-                    .last_mut()
-                    .is_some_and(|level| level.shaped(keys));
-                out.push(if shaped { tag::SHAPED } else { tag::OBJECT });
-                self.levels.push(Level::object());
-                for (key, member) in members {
-                    if !shaped {
-                        self.write_key(out, key);
-                    }
-                    self.value(out, None, member);
-                }
-                self.levels.pop();
-                if !shaped {
-                    write_varint(out, KEY_END);
-                }
-            }
+            Value::Object(members) => self.whole_object(out, members),
         }
+    }
+
+    /// An object value written whole (not merged member by member): its key headers go
+    /// to the new level's scratch first, to tell whether its parent has its shape.
+    fn whole_object(&mut self, out: &mut Vec<u8>, members: &serde_json::Map<String, Value>) {
+        self.push_level(true);
+        let own = self.depth - 1;
+        let (mut headers, mut ends) = match self.level(own) {
+            Some(level) => (
+                std::mem::take(&mut level.headers),
+                std::mem::take(&mut level.header_ends),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        headers.clear();
+        ends.clear();
+        for key in members.keys() {
+            self.write_key(&mut headers, key);
+            ends.push(headers.len());
+        }
+        let shaped = !members.is_empty()
+            && own
+                .checked_sub(1)
+                .and_then(|parent| self.level(parent))
+                .is_some_and(|parent| parent.take_shape(std::iter::once(&headers[..])));
+        if members.is_empty()
+            && let Some(parent) = own.checked_sub(1).and_then(|parent| self.level(parent))
+        {
+            parent.take_shape(std::iter::empty());
+        }
+        out.push(if shaped { tag::SHAPED } else { tag::OBJECT });
+        let mut key_start = 0;
+        for (member, &key_end) in members.values().zip(&ends) {
+            if !shaped {
+                out.extend_from_slice(&headers[key_start..key_end]);
+            }
+            key_start = key_end;
+            self.value(out, None, member);
+        }
+        if !shaped {
+            write_varint(out, KEY_END);
+        }
+        if let Some(level) = self.level(own) {
+            level.headers = headers;
+            level.header_ends = ends;
+        }
+        self.pop_level();
     }
 
     fn names_table(&self) -> &KeyTable {

@@ -1,5 +1,6 @@
 //! The sync path of a busy hero-defense land: one 20 Hz tick with 8 players, from game
-//! logic through the shared JSON Patch and per-player private patches to encoded frames.
+//! logic through the shared change and per-player private changes to encoded frames, in
+//! each state-sync encoding (JSON Patch, merge patches, binary frames).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,13 +9,13 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
-use matchplane_runtime::LandHarness;
+use matchplane_runtime::{LandHarness, SyncEncoding};
 use serde_json::json;
 
 const TICK: Duration = Duration::from_millis(50);
 
 /// A land that never ends, with around 25–40 enemies on the field most of the time.
-fn busy_land(players: usize) -> LandHarness<HeroDefense> {
+fn busy_land(players: usize, sync: SyncEncoding) -> LandHarness<HeroDefense> {
     let config = HeroDefenseConfig {
         waves: u32::MAX,
         first_wave_delay_secs: 0.0,
@@ -30,7 +31,7 @@ fn busy_land(players: usize) -> LandHarness<HeroDefense> {
     let mut land = LandHarness::<HeroDefense>::new(config, "bench-land");
     for index in 0..players {
         let player = format!("player-{index}");
-        land.join(&player).unwrap();
+        land.join_with(&player, sync).unwrap();
         let angle = index as f32;
         land.action(
             &player,
@@ -48,21 +49,27 @@ fn busy_land(players: usize) -> LandHarness<HeroDefense> {
 fn sync_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("hero_defense");
     group.measurement_time(Duration::from_secs(8));
-    let mut land = busy_land(8);
-    let mut bytes = 0usize;
-    let mut ticks = 0usize;
-    group.bench_function("tick_and_sync_8_players", |b| {
-        b.iter(|| {
-            land.tick(TICK);
-            bytes += land.drain_frames();
-            ticks += 1;
+    for (suffix, sync) in [
+        ("", SyncEncoding::Patch),
+        ("_merge", SyncEncoding::Merge),
+        ("_binary", SyncEncoding::Binary),
+    ] {
+        let mut land = busy_land(8, sync);
+        let mut bytes = 0usize;
+        let mut ticks = 0usize;
+        group.bench_function(format!("tick_and_sync_8_players{suffix}"), |b| {
+            b.iter(|| {
+                land.tick(TICK);
+                bytes += land.drain_frames();
+                ticks += 1;
+            });
         });
-    });
-    eprintln!(
-        "hero_defense: mean {} bytes of frames per tick for 8 players (over {ticks} ticks)",
-        bytes / ticks.max(1)
-    );
-    let mut land = busy_land(1);
+        eprintln!(
+            "hero_defense{suffix}: mean {} bytes of frames per tick for 8 players (over {ticks} ticks)",
+            bytes / ticks.max(1)
+        );
+    }
+    let mut land = busy_land(1, SyncEncoding::Patch);
     group.bench_function("tick_and_sync_1_player", |b| {
         b.iter(|| {
             land.tick(TICK);

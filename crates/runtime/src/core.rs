@@ -49,9 +49,9 @@ pub(crate) struct ConnHandle {
     pub(crate) sync: SyncEncoding,
 }
 
-/// How a connection receives state changes between snapshots.
+/// How a connection receives state changes between snapshots (`?sync=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum SyncEncoding {
+pub enum SyncEncoding {
     /// `state.patch`: RFC 6902 operations (the default).
     #[default]
     Patch,

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use matchplane_contracts::game::{ActionRequest, ActionResult, EventBody, ServerMessage};
+use matchplane_contracts::binary_state;
+use matchplane_contracts::game::{
+    ActionRequest, ActionResult, EventBody, ServerMessage, StateMerge,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -23,6 +26,10 @@ struct HarnessPlayer {
     frames: mpsc::Receiver<Outbound>,
     _kill: watch::Receiver<Option<(u16, String)>>,
     inbox: Vec<ServerMessage>,
+    /// What a binary client holds: the land's key table and the state its frames'
+    /// float steps are relative to.
+    keys: Vec<String>,
+    mirror: Value,
 }
 
 /// A land under test, with a manual clock.
@@ -32,6 +39,31 @@ pub struct LandHarness<L: Land> {
     now: Instant,
     next_conn_id: u64,
     next_request_id: u64,
+}
+
+impl HarnessPlayer {
+    /// Keeps the key table and the state a binary client would hold.
+    fn follow(&mut self, message: &ServerMessage) {
+        if self.conn.sync != SyncEncoding::Binary {
+            return;
+        }
+        match message {
+            ServerMessage::JoinOk(join) => {
+                self.mirror = join.state.clone();
+                self.keys = join.keys.clone().unwrap_or_default();
+            }
+            ServerMessage::StateSnapshot(snapshot) => {
+                self.mirror = snapshot.state.clone();
+                if let Some(keys) = &snapshot.keys {
+                    self.keys.clone_from(keys);
+                }
+            }
+            // A binary connection gets no `state.patch`: what a merge patch cannot say
+            // comes as a snapshot.
+            ServerMessage::StateMerge(merge) => json_patch::merge(&mut self.mirror, &merge.merge),
+            _ => {}
+        }
+    }
 }
 
 impl<L: Land> std::fmt::Debug for LandHarness<L> {
@@ -84,13 +116,19 @@ impl<L: Land> LandHarness<L> {
 
     /// Connects `player` (a new seat, a reconnect, or a takeover) and syncs.
     pub fn join(&mut self, player: &str) -> Result<(), Rejection> {
+        self.join_with(player, SyncEncoding::default())
+    }
+
+    /// [`Self::join`] for a connection that asked for `sync`; binary state frames come
+    /// out of [`Self::messages`] as the `state.merge` they stand for.
+    pub fn join_with(&mut self, player: &str, sync: SyncEncoding) -> Result<(), Rejection> {
         let (tx, frames) = mpsc::channel(HARNESS_QUEUE);
         let (kill, kill_rx) = watch::channel(None);
         let conn = ConnHandle {
             id: self.next_conn_id,
             tx,
             kill: Arc::new(kill),
-            sync: SyncEncoding::default(),
+            sync,
         };
         self.next_conn_id += 1;
         let admission = Admission {
@@ -108,6 +146,8 @@ impl<L: Land> LandHarness<L> {
                 frames,
                 _kill: kill_rx,
                 inbox: Vec::new(),
+                keys: Vec::new(),
+                mirror: Value::Null,
             },
         );
         self.core.flush();
@@ -197,9 +237,30 @@ impl<L: Land> LandHarness<L> {
     fn collect(&mut self, player: &str) {
         if let Some(state) = self.players.get_mut(player) {
             while let Ok(outbound) = state.frames.try_recv() {
-                if let Outbound::Text(text) = outbound
-                    && let Ok(message) = ServerMessage::decode(text.as_str())
-                {
+                let message = match outbound {
+                    Outbound::Text(text) => ServerMessage::decode(text.as_str()).ok(),
+                    Outbound::Binary(frame) => {
+                        let decoded = binary_state::decode_state_merge(
+                            &frame,
+                            &mut state.keys,
+                            Some(&state.mirror),
+                        );
+                        match decoded {
+                            Ok((seq, merge)) => {
+                                Some(ServerMessage::StateMerge(StateMerge { seq, merge }))
+                            }
+                            // A bug in the runtime's own frames: left out, so the
+                            // next frame's seq shows the test a gap.
+                            Err(err) => {
+                                tracing::error!(player, error = %err, "binary frame does not decode");
+                                None
+                            }
+                        }
+                    }
+                    Outbound::Close { .. } => None,
+                };
+                if let Some(message) = message {
+                    state.follow(&message);
                     state.inbox.push(message);
                 }
             }

@@ -22,6 +22,7 @@ mod server;
 mod transport;
 
 pub use auth::{Admission, AdmissionRequest, Authenticator, DevAuthenticator, Rejection};
+pub use core::SyncEncoding;
 pub use harness::LandHarness;
 pub use jwks::{JwksAuthenticator, JwksError, JwksSettings};
 pub use land::{

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::TestServer;
 use matchplane_runtime::{
     ActionError, CreateInfo, Ctx, Land, LandHarness, LandRegistry, LandSettings, PlayerId,
+    SyncEncoding,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,11 @@ impl Land for Board {
 const PLAYERS: [&str; 3] = ["ann", "bob", "cid"];
 /// How each player receives changes: every encoding in one land.
 const SYNCS: [&str; 3] = ["patch", "merge", "binary"];
+const HARNESS_SYNCS: [SyncEncoding; 3] = [
+    SyncEncoding::Patch,
+    SyncEncoding::Merge,
+    SyncEncoding::Binary,
+];
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -273,8 +279,8 @@ proptest! {
     fn harness_mirrors_match_the_server(steps in prop::collection::vec(step(), 1..80)) {
         let mut land = LandHarness::<Board>::new((), "land");
         let mut states: BTreeMap<&str, (Value, u64)> = BTreeMap::new();
-        for player in PLAYERS {
-            land.join(player).unwrap();
+        for (player, sync) in PLAYERS.into_iter().zip(HARNESS_SYNCS) {
+            land.join_with(player, sync).unwrap();
         }
         let fold = |land: &mut LandHarness<Board>, states: &mut BTreeMap<&str, (Value, u64)>| {
             for player in PLAYERS {
@@ -290,6 +296,12 @@ proptest! {
                             let ops: json_patch::Patch = serde_json::from_value(patch.ops).unwrap();
                             json_patch::patch(&mut entry.0, &ops).unwrap();
                             entry.1 = patch.seq;
+                        }
+                        // `state.merge`, or a binary frame decoded as one.
+                        matchplane_contracts::game::ServerMessage::StateMerge(merge) => {
+                            prop_assert_eq!(merge.seq, entry.1 + 1);
+                            json_patch::merge(&mut entry.0, &merge.merge);
+                            entry.1 = merge.seq;
                         }
                         _ => {}
                     }
@@ -307,7 +319,7 @@ proptest! {
                 Step::Snapshot(player) => land.request_sync(PLAYERS[player]),
                 Step::Reconnect(player) => {
                     land.disconnect(PLAYERS[player]);
-                    land.join(PLAYERS[player]).unwrap();
+                    land.join_with(PLAYERS[player], HARNESS_SYNCS[player]).unwrap();
                 }
             }
             fold(&mut land, &mut states)?;
