@@ -1126,6 +1126,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever the bytes, decoding answers with a value or an error, never a panic
+        /// (a client reads frames from the network).
+        #[test]
+        fn any_bytes_decode_or_are_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            state in json_value(),
+        ) {
+            let mut frame = vec![FRAME_STATE_MERGE, 1, 0];
+            frame.extend_from_slice(&body);
+            let mut keys = names(&["a", "b"]);
+            let _ = decode_state_merge(&frame, &mut keys, Some(&state));
+            let _ = decode_state_merge(&frame, &mut keys, None);
+            let _ = decode_definitions(&body, &mut keys);
+        }
+
         /// Any JSON value survives the trip bit for bit, written fresh or as a step from
         /// any previous value, through a table the decoder rebuilds from the
         /// definitions alone.
