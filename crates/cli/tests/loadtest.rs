@@ -282,10 +282,11 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
 }
 
 /// Runs `loadtest --control-plane <control_plane> --json <file> <extra>`,
-/// sends it Ctrl-C (SIGINT) after its second progress line, checks that it
-/// stopped by itself as an interrupted run (exit 1, "interrupted after", the
-/// report marked interrupted and incomplete) and returns its JSON report.
-async fn interrupted_loadtest(control_plane: &str, extra: &[&str]) -> Value {
+/// sends it Ctrl-C (SIGINT) after `progress_lines` progress lines (one a second for
+/// journeys, one every 5 s for heartbeats), checks that it stopped by itself as an
+/// interrupted run (exit 1, "interrupted after", the report marked interrupted and
+/// incomplete) and returns its JSON report.
+async fn interrupted_loadtest(control_plane: &str, extra: &[&str], progress_lines: usize) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("report.json");
     let mut run = tokio::process::Command::new(support::BIN)
@@ -301,14 +302,14 @@ async fn interrupted_loadtest(control_plane: &str, extra: &[&str]) -> Value {
     let mut stdout = run.stdout.take().unwrap();
     let stderr = run.stderr.take().unwrap();
     let mut progress = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
-    let mut progress_lines = 0;
-    while progress_lines < 2 {
+    let mut seen = 0;
+    while seen < progress_lines {
         let line = tokio::time::timeout(Duration::from_secs(30), progress.next_line())
             .await
             .expect("progress within 30 s")
             .unwrap()
             .expect("the run prints progress before it ends");
-        progress_lines += usize::from(line.starts_with('['));
+        seen += usize::from(line.starts_with('['));
     }
     let pid = run.id().unwrap().to_string();
     let kill = std::process::Command::new("kill")
@@ -352,6 +353,7 @@ async fn ctrl_c_ends_a_run_early_with_the_report_of_what_it_did() {
             "--players",
             "20000",
         ],
+        2,
     )
     .await;
     let enqueued = report["enqueued"].as_u64().unwrap();
@@ -385,6 +387,7 @@ async fn ctrl_c_in_heartbeat_mode_still_deregisters_every_fake_server() {
             "--registration-token",
             support::REGISTRATION_TOKEN,
         ],
+        1,
     )
     .await;
     assert_eq!(report["registered"], 20, "{report}");
