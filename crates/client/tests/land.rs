@@ -383,11 +383,7 @@ async fn binary_sync_plays_hero_defense_to_the_same_end() {
 #[tokio::test]
 async fn undecodable_binary_frames_are_repaired_with_snapshots() {
     init_tracing();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let (addr, server) = scripted_server(|mut socket| async move {
         let s = &mut socket;
         send_frame(
             s,
@@ -417,12 +413,9 @@ async fn undecodable_binary_frames_are_repaired_with_snapshots() {
         s.send(Message::Binary(frame.to_vec().into()))
             .await
             .unwrap();
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    });
+        socket
+    })
+    .await;
     let options = ConnectOptions {
         reconnect: None,
         sync: StateSync::Binary,
@@ -552,6 +545,30 @@ async fn send_frame(socket: &mut ServerSocket, kind: &str, data: Value) {
         .unwrap();
 }
 
+/// A one-connection WebSocket server on 127.0.0.1 that plays `script` to its client,
+/// then keeps the socket open until the client leaves.
+async fn scripted_server<F, Script>(
+    script: F,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(ServerSocket) -> Script + Send + 'static,
+    Script: std::future::Future<Output = ServerSocket> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+        let mut socket = script(socket).await;
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+    (addr, server)
+}
+
 async fn expect_sync_request(socket: &mut ServerSocket) {
     loop {
         if let Message::Text(text) = socket.next().await.unwrap().unwrap() {
@@ -568,11 +585,7 @@ async fn expect_sync_request(socket: &mut ServerSocket) {
 #[tokio::test]
 async fn sequence_gaps_and_bad_patches_are_repaired_with_snapshots() {
     init_tracing();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let (addr, server) = scripted_server(|mut socket| async move {
         let s = &mut socket;
         send_frame(
             s,
@@ -620,13 +633,9 @@ async fn sequence_gaps_and_bad_patches_are_repaired_with_snapshots() {
         .await;
         expect_sync_request(s).await;
         send_frame(s, "state.snapshot", json!({"seq": 6, "state": {"a": 6}})).await;
-        // Keep the socket open until the client leaves.
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    });
+        socket
+    })
+    .await;
 
     let options = ConnectOptions {
         reconnect: None,
