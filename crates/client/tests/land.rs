@@ -243,21 +243,9 @@ async fn a_ticking_land_ends_with_a_mirror_matching_its_result() {
     game.stop().await;
 }
 
-/// `?sync=merge`: the same state as `state.patch` gives, in fewer bytes; an
-/// encoding the server does not know is refused with 4400 before anything else.
-#[tokio::test]
-async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
-    init_tracing();
-    let game = Game::dev(fast_hero_defense()).await;
-    let merged_url = dev_land_url(&game.http_url(), "counter", Some("room-sync"), "ann");
-    let merge = ConnectOptions {
-        sync: StateSync::Merge,
-        ..ConnectOptions::default()
-    };
-    let ann = LandConnection::connect_url(&merged_url, merge)
-        .await
-        .unwrap();
-    let bob = dev_connect(&game, "counter", "room-sync", "bob").await;
+/// Twenty rounds of ann adding (1, 2, … 20) and bob incrementing on counter; returns
+/// the bytes each received meanwhile.
+async fn twenty_rounds(ann: &LandConnection, bob: &LandConnection) -> (u64, u64) {
     let (before_ann, before_bob) = (ann.stats().bytes_received, bob.stats().bytes_received);
     for amount in 1..=20 {
         ann.action("add", json!({ "amount": amount }))
@@ -265,17 +253,31 @@ async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
             .unwrap();
         bob.action("increment", Value::Null).await.unwrap();
     }
+    (
+        ann.stats().bytes_received - before_ann,
+        bob.stats().bytes_received - before_bob,
+    )
+}
+
+/// `?sync=merge`: the same state as `state.patch` gives, in fewer bytes; an
+/// encoding the server does not know is refused with 4400 before anything else.
+#[tokio::test]
+async fn merge_sync_mirrors_the_same_state_in_fewer_bytes() {
+    init_tracing();
+    let game = Game::dev(fast_hero_defense()).await;
+    let ann = dev_connect_sync(&game, "counter", "room-sync", "ann", StateSync::Merge).await;
+    let bob = dev_connect(&game, "counter", "room-sync", "bob").await;
+    let (merged_bytes, patched_bytes) = twenty_rounds(&ann, &bob).await;
     let (_carol, server_view) =
         mirrors_equal_a_fresh_join(&game, "room-sync", [&ann, &bob], 40).await;
     assert_eq!(server_view["count"], 210 + 20);
-    let merged_bytes = ann.stats().bytes_received - before_ann;
-    let patched_bytes = bob.stats().bytes_received - before_bob;
     assert!(
         merged_bytes < patched_bytes,
         "merge {merged_bytes} B, patch {patched_bytes} B"
     );
 
-    let unknown = format!("{merged_url}&sync=zip");
+    let url = dev_land_url(&game.http_url(), "counter", Some("room-sync"), "ann");
+    let unknown = format!("{url}&sync=zip");
     let err = LandConnection::connect_url(&unknown, ConnectOptions::default())
         .await
         .unwrap_err();
@@ -295,15 +297,7 @@ async fn binary_sync_mirrors_the_same_state_in_the_fewest_bytes() {
     let connect = |player, sync| dev_connect_sync(&game, "counter", "room-bin", player, sync);
     let ann = connect("ann", StateSync::Binary).await;
     let bob = connect("bob", StateSync::Merge).await;
-    let (before_ann, before_bob) = (ann.stats().bytes_received, bob.stats().bytes_received);
-    for amount in 1..=20 {
-        ann.action("add", json!({ "amount": amount }))
-            .await
-            .unwrap();
-        bob.action("increment", Value::Null).await.unwrap();
-    }
-    let binary_bytes = ann.stats().bytes_received - before_ann;
-    let merged_bytes = bob.stats().bytes_received - before_bob;
+    let (binary_bytes, merged_bytes) = twenty_rounds(&ann, &bob).await;
     // Dave joins late: the names ann's frames numbered come in his join.ok.
     let dave = connect("dave", StateSync::Binary).await;
     dave.action("increment", Value::Null).await.unwrap();
