@@ -27,6 +27,18 @@ pub struct ControlPlaneArgs {
 enum ControlPlaneCommand {
     /// Make a new signing key current; the previous one stays in the JWKS until its tokens expire.
     RotateKey(RotateKeyArgs),
+    /// Show what a stopped control plane's data dir holds: tickets, and the
+    /// pages and bytes of each table (for sizing disks and retention).
+    StoreStats(StoreStatsArgs),
+}
+
+#[derive(Debug, Args)]
+struct StoreStatsArgs {
+    #[arg(long, env = "MATCHPLANE_DATA_DIR", default_value = "./matchplane-data")]
+    data_dir: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -298,8 +310,41 @@ impl RotateKeyArgs {
 pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     match args.command {
         Some(ControlPlaneCommand::RotateKey(rotate)) => rotate_key(rotate).await,
+        Some(ControlPlaneCommand::StoreStats(stats)) => store_stats(&stats),
         None => serve(args.serve).await,
     }
+}
+
+fn store_stats(args: &StoreStatsArgs) -> anyhow::Result<()> {
+    let usage = matchplane_control_plane::store::RedbStore::usage(&args.data_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&usage)?);
+        return Ok(());
+    }
+    let in_use = usage.pages_in_use * usage.page_size;
+    println!(
+        "{}: {} tickets; file {} bytes, {} in use ({} pages), {} free",
+        args.data_dir.display(),
+        usage.tickets,
+        usage.file_bytes,
+        in_use,
+        usage.pages_in_use,
+        usage.file_bytes.saturating_sub(in_use)
+    );
+    if let Some(per_ticket) = in_use.checked_div(usage.tickets) {
+        println!("in use per ticket: {per_ticket} bytes");
+    }
+    println!(
+        "{:<16} {:>10} {:>10} {:>14} {:>14}",
+        "table", "entries", "pages", "stored bytes", "fragmented"
+    );
+    for table in &usage.tables {
+        println!(
+            "{:<16} {:>10} {:>10} {:>14} {:>14}",
+            table.name, table.entries, table.pages, table.stored_bytes, table.fragmented_bytes
+        );
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

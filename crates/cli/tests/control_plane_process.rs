@@ -242,6 +242,77 @@ async fn sigterm_shuts_down_gracefully_and_rotate_key_works_offline() {
     assert_eq!(kids, vec![json!(new_kid), json!(kid_before)]);
 }
 
+async fn store_stats(data_dir: &Path, json: bool) -> std::process::Output {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["control-plane", "store-stats", "--data-dir"])
+        .arg(data_dir);
+    if json {
+        command.arg("--json");
+    }
+    command.output().await.unwrap()
+}
+
+#[tokio::test]
+async fn store_stats_reads_a_stopped_data_dir_and_refuses_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = start(dir.path()).await;
+    register(&cp.http(), dir.path()).await;
+    let alice = enqueue(&cp.http(), "hero-defense:1v1", "alice").await;
+    let bob = enqueue(&cp.http(), "hero-defense:1v1", "bob").await;
+    wait_assigned(&cp.http(), &alice).await;
+    wait_assigned(&cp.http(), &bob).await;
+
+    let busy = store_stats(dir.path(), false).await;
+    assert!(!busy.status.success());
+    let message = String::from_utf8_lossy(&busy.stderr);
+    assert!(message.contains("stop the control plane"), "{message}");
+
+    cp.sigterm();
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+    let output = store_stats(dir.path(), true).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let usage: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(usage["tickets"], 2, "{usage}");
+    let entries = |name: &str| {
+        usage["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|table| table["name"] == name)
+            .map(|table| table["entries"].clone())
+    };
+    // One set of tokens per assigned ticket, kept apart from its record.
+    assert_eq!(entries("match_tokens"), Some(json!(2)));
+    assert_eq!(entries("finished"), Some(json!(2)));
+    let file_bytes = usage["fileBytes"].as_u64().unwrap();
+    let in_use = usage["pagesInUse"].as_u64().unwrap() * usage["pageSize"].as_u64().unwrap();
+    assert!(in_use > 0 && in_use <= file_bytes, "{usage}");
+
+    let text = store_stats(dir.path(), false).await;
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("2 tickets") && text.contains("match_tokens"),
+        "{text}"
+    );
+
+    // A killed control plane leaves the file to be repaired by the next start.
+    let mut killed = start(dir.path()).await;
+    killed.child.kill().await.unwrap();
+    let unclean = store_stats(dir.path(), false).await;
+    assert!(!unclean.status.success());
+    let message = String::from_utf8_lossy(&unclean.stderr);
+    assert!(message.contains("not closed cleanly"), "{message}");
+
+    let missing = store_stats(&dir.path().join("nowhere"), false).await;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nowhere"));
+}
+
 #[test]
 fn bad_flags_fail_with_a_message() {
     let output = std::process::Command::new(BIN)

@@ -138,8 +138,9 @@ fn queued_ticket_id(message: &str) -> Option<String> {
 /// Connecting to a land or staying connected failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LandError {
-    /// The assignment carries no token for this player.
-    #[error("the assignment has no token for player {player_id}")]
+    /// The assignment carries no token for this player (or its tokens are
+    /// spent: the control plane drops them a minute after `expiresAt`).
+    #[error("the assignment has no token for player {player_id} (expired?)")]
     NoToken { player_id: String },
     /// The game server could not be reached or the WebSocket handshake failed.
     #[error("cannot connect to {url}: {message}")]

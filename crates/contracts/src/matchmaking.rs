@@ -73,6 +73,7 @@ impl TicketStatus {
 pub struct Assignment {
     pub assignment_id: String,
     /// The first member's token (seed-compatible); see `member_tokens` for parties.
+    /// Empty once spent: a minute after `expires_at` the control plane drops it.
     pub match_token: String,
     pub connect_url: String,
     pub land_id: String,

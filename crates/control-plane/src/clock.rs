@@ -60,12 +60,28 @@ impl Clock for ManualClock {
     }
 }
 
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const LAST_RFC3339_MS: Millis = 253_402_300_799_999;
+
 /// RFC 3339 / ISO 8601 UTC with milliseconds, e.g. `2026-11-24T10:00:00.000Z`.
+/// Times past year 9999 (a TTL of "forever") are written as its last millisecond.
 pub fn format_rfc3339(at: Millis) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(at);
+    let time = UNIX_EPOCH + Duration::from_millis(at.min(LAST_RFC3339_MS));
     humantime::format_rfc3339_millis(time).to_string()
 }
 
 pub fn duration_ms(duration: Duration) -> Millis {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_time_formats_even_past_year_9999() {
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(LAST_RFC3339_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 }

@@ -438,6 +438,9 @@ impl ControlPlane {
             let _ = lease_task.await;
         }
         let _ = self.history_task.await;
+        if let Err(err) = self.state.store.close().await {
+            tracing::warn!(error = %err, "could not close the store cleanly");
+        }
         tracing::info!("control plane stopped");
     }
 

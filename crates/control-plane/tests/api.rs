@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use common::Harness;
 use matchplane_control_plane::store::{
-    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ReleaseOutcome,
-    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
+    CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, MemoryStore, QueueCounts,
+    ReleaseOutcome, ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
 };
 use matchplane_control_plane::{Config, ControlPlane, SigningAlgorithm};
 use serde_json::{Value, json};
@@ -379,6 +379,45 @@ async fn two_solo_tickets_in_1v1_share_a_land_and_tokens_verify() {
     assert_eq!(queue["queued"], 0);
     assert_eq!(queue["timeToMatch"]["samples"], 2);
     assert_eq!(queue["queuedWait"]["samples"], 0);
+}
+
+#[tokio::test]
+async fn spent_match_tokens_are_dropped_and_never_shown_again() {
+    let store = Arc::new(MemoryStore::new());
+    let h = Harness::start_with_store(Config::ephemeral_for_tests(), store.clone()).await;
+    h.register_server("game-1", "hero-defense").await;
+    let mut tickets = Vec::new();
+    for player in ["alice", "bob"] {
+        tickets.push(
+            h.enqueue(json!({"queueKey": "hero-defense:1v1", "members": [player]}))
+                .await,
+        );
+    }
+    let assigned = h.wait_for(&tickets[0], "assigned").await;
+    let token = assigned["assignment"]["matchToken"].as_str().unwrap();
+    assert!(!token.is_empty());
+
+    // Expired (60 s), but within the grace a verifier's leeway may still use.
+    h.clock.advance(Duration::from_secs(60 + 59));
+    assert_eq!(h.status(&tickets[0]).await, assigned);
+
+    h.clock.advance(Duration::from_secs(2));
+    let mut spent = assigned.clone();
+    spent["assignment"]["matchToken"] = json!("");
+    assert_eq!(h.status(&tickets[0]).await, spent, "only the token goes");
+    // The housekeeping pass (every 30 s of the clock) drops it from the store too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = store.ticket(&tickets[1]).await.unwrap().unwrap();
+        let assignment = stored.assignment.unwrap();
+        if assignment.match_token.is_empty() {
+            assert_eq!(assignment.land_id, assigned["assignment"]["landId"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never dropped");
+        h.clock.advance(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -61,6 +61,7 @@ macro_rules! conformance {
 conformance!(
     a_ticket_reads_back_exactly_as_stored,
     group_ids_are_scoped_to_their_owner,
+    a_generated_group_deduplicates_nothing,
     a_player_waits_in_one_queued_ticket_at_a_time,
     cancel_changes_only_queued_tickets,
     a_commit_is_all_or_nothing,
@@ -247,6 +248,24 @@ async fn group_ids_are_scoped_to_their_owner(store: Shared) {
     // An owner's empty owner field defaults to the first member.
     let ownerless = create(&store, party("t-x", "", "gx", &["xavier"], late)).await;
     assert_eq!(ownerless.owner, "xavier");
+}
+
+async fn a_generated_group_deduplicates_nothing(store: Shared) {
+    // A ticket whose request named no group gets one no request can name.
+    let first = ticket("t1", &TicketRecord::generated_group_id("t1"), 1_000);
+    assert!(!first.has_named_group());
+    create(&store, first).await;
+    // Naming that group later is a group of its own, not a retry of t1.
+    let naming_it = party("t2", "t1-player", "group-t1", &["t2-player"], 1_001);
+    assert!(naming_it.has_named_group());
+    assert_eq!(create(&store, naming_it).await.ticket_id, "t2");
+    // Named groups still deduplicate.
+    let retried = party("t3", "t1-player", "group-t1", &["t2-player"], 1_002);
+    match store.create_ticket(retried, 1_002).await.unwrap() {
+        CreateOutcome::Existing(existing) => assert_eq!(existing.ticket_id, "t2"),
+        other => panic!("expected t2 back, got {other:?}"),
+    }
+    assert_eq!(store.purge_finished(u64::MAX, 0).await.unwrap(), 0);
 }
 
 async fn a_player_waits_in_one_queued_ticket_at_a_time(store: Shared) {
@@ -653,6 +672,97 @@ async fn players_are_free_to_queue_again_once_their_ticket_leaves_the_queue(stor
         refused,
         CreateOutcome::PlayerAlreadyQueued { ref ticket_id, .. } if ticket_id == "a3"
     ));
+}
+
+/// The stores this process owns drop spent match tokens; the Redis store
+/// keeps them until the ticket's retention (its default `drop_spent_tokens`).
+mod spent_tokens {
+    #[tokio::test]
+    async fn redb() {
+        super::spent_tokens_are_dropped_and_nothing_else(std::sync::Arc::new(
+            matchplane_control_plane::store::RedbStore::in_memory().unwrap(),
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn memory() {
+        super::spent_tokens_are_dropped_and_nothing_else(std::sync::Arc::new(
+            matchplane_control_plane::store::MemoryStore::new(),
+        ))
+        .await;
+    }
+}
+
+async fn spent_tokens_are_dropped_and_nothing_else(store: Shared) {
+    let now = 1_000;
+    for id in ["solo", "later", "again"] {
+        create(&store, ticket(id, id, now)).await;
+    }
+    create(&store, party("pair", "ann", "pair", &["ann", "ben"], now)).await;
+    let mut pair = one_match(&[("pair", "a-pair")], "s1", now + 60_000);
+    pair.assignments[0].1.member_tokens = BTreeMap::from([
+        ("ann".to_owned(), "token".to_owned()),
+        ("ben".to_owned(), "ben-token".to_owned()),
+    ]);
+    let commits = vec![
+        one_match(&[("solo", "a-solo")], "s1", now + 60_000),
+        one_match(&[("later", "a-later")], "s1", now + 120_000),
+        one_match(&[("again", "a-again")], "s1", now + 60_000),
+        pair,
+    ];
+    for outcome in store.commit_matches(commits, now).await.unwrap() {
+        assert!(matches!(outcome, CommitOutcome::Applied(_)), "{outcome:?}");
+    }
+    // `again` is released and assigned anew, expiring later: its old
+    // assignment's expiry must not take the new tokens with it.
+    let requeue = Release::Requeue {
+        expires_at: now + 600_000,
+    };
+    store
+        .release_assignments(vec![release("again", "a-again", requeue)], now + 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        assign(&store, "again", "s2", "a-again-2", now + 70_000).await,
+        CommitOutcome::Applied(_)
+    ));
+    let before: BTreeMap<&str, TicketRecord> = read_all(&store).await;
+
+    // Nothing is spent before its expiry has passed.
+    assert_eq!(store.drop_spent_tokens(now + 60_000).await.unwrap(), 0);
+    assert_eq!(read_all(&store).await, before);
+
+    let dropped = store.drop_spent_tokens(now + 60_001).await.unwrap();
+    assert!(dropped >= 2, "solo and pair at least, got {dropped}");
+    let after = read_all(&store).await;
+    for id in ["solo", "pair"] {
+        let mut expected = before[id].clone();
+        let assignment = expected.assignment.as_mut().unwrap();
+        assignment.match_token.clear();
+        assignment.member_tokens.clear();
+        assert_eq!(
+            after[id], expected,
+            "{id} loses its tokens and nothing else"
+        );
+    }
+    for id in ["later", "again"] {
+        assert_eq!(after[id], before[id], "{id}'s tokens are not spent yet");
+        assert_eq!(after[id].assignment.as_ref().unwrap().match_token, "token");
+    }
+    assert_eq!(store.drop_spent_tokens(now + 60_001).await.unwrap(), 0);
+    // Purging a ticket whose tokens are still kept takes them too.
+    assert_eq!(store.purge_finished(u64::MAX, 0).await.unwrap(), 4);
+    assert_eq!(store.drop_spent_tokens(u64::MAX).await.unwrap(), 0);
+}
+
+/// Every ticket of the spent-tokens scenario, by id.
+async fn read_all(store: &Shared) -> BTreeMap<&'static str, TicketRecord> {
+    let mut tickets = BTreeMap::new();
+    for id in ["solo", "later", "again", "pair"] {
+        tickets.insert(id, store.ticket(id).await.unwrap().unwrap());
+    }
+    tickets
 }
 
 fn server_record(id: &str, port: u16) -> ServerRecord {

@@ -107,7 +107,7 @@ pub(crate) async fn enqueue_ticket(
     let record = TicketRecord {
         group_id: valid
             .group_id
-            .unwrap_or_else(|| format!("group-{ticket_id}")),
+            .unwrap_or_else(|| TicketRecord::generated_group_id(&ticket_id)),
         ticket_id,
         queue_key: valid.queue_key,
         owner,
@@ -224,7 +224,9 @@ pub async fn status(
     ticket_id: ApiPath<String>,
 ) -> Result<Json<StatusResponse>, ApiError> {
     let ticket_id = ticket_id.into_inner();
-    let ticket = visible_ticket(&state, &player, &ticket_id).await?;
+    let ticket = visible_ticket(&state, &player, &ticket_id)
+        .await?
+        .without_spent_tokens(state.clock.now_ms());
     Ok(Json(StatusResponse {
         ticket_id: ticket.ticket_id,
         status: ticket.status,

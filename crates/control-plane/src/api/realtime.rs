@@ -129,8 +129,12 @@ fn upgrade_refused(rejection: WebSocketUpgradeRejection) -> ApiError {
     )
 }
 
-/// The event a ticket's stored state stands for, unless it is still queued.
-fn settled_event(ticket: crate::store::TicketRecord) -> Option<TicketEvent> {
+/// The event a ticket's stored state stands for at `now`, unless it is still queued.
+fn settled_event(
+    ticket: crate::store::TicketRecord,
+    now: crate::clock::Millis,
+) -> Option<TicketEvent> {
+    let ticket = ticket.without_spent_tokens(now);
     match (ticket.status, ticket.assignment) {
         (TicketStatus::Assigned, Some(assignment)) => Some(TicketEvent::Assigned {
             ticket_id: ticket.ticket_id,
@@ -458,7 +462,7 @@ impl Session {
                     .await;
             }
         };
-        match settled_event(ticket) {
+        match settled_event(ticket, self.state.clock.now_ms()) {
             Some(event) => self.on_event(event).await,
             None => {
                 self.send(RealtimeEvent::Subscribed(Subscribed {
@@ -484,7 +488,7 @@ impl Session {
                     continue;
                 }
             };
-            if let Some(event) = settled_event(ticket)
+            if let Some(event) = settled_event(ticket, self.state.clock.now_ms())
                 && let Flow::Close = self.on_event(event).await
             {
                 return Flow::Close;

@@ -670,6 +670,12 @@ impl MatchLoop {
             }
             Err(err) => tracing::warn!(error = %err, "cannot purge finished tickets"),
         }
+        let spent_before = now.saturating_sub(crate::store::SPENT_TOKEN_GRACE_MS);
+        match self.store.drop_spent_tokens(spent_before).await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::debug!(dropped, "dropped spent match tokens"),
+            Err(err) => tracing::warn!(error = %err, "cannot drop spent match tokens"),
+        }
         prune_recent_waits(&mut self.recent_waits, cutoff, QUEUES_WITH_RECENT_WAITS);
         self.no_server_warned_at
             .retain(|_, at| now.saturating_sub(*at) < NO_SERVER_WARNING_EVERY_MS);

@@ -48,6 +48,9 @@ struct Tables {
     owner_groups: ShardedMap<(String, String), String>,
     queued_players: ShardedMap<String, String>,
     finished: BTreeSet<String>,
+    /// (assignment expiry, ticket id) of each ticket stored with match
+    /// tokens, so spent tokens are found without walking every ticket.
+    tokens_by_expiry: BTreeSet<(Millis, String)>,
     /// server id → ids of the tickets assigned to a land on it.
     // Hashed, not ordered: tens of thousands of ids per server made the
     // ordered set's string comparisons ~7 % of the control plane's CPU.
@@ -235,6 +238,41 @@ impl Tables {
     }
 }
 
+fn has_tokens(assignment: &matchplane_contracts::matchmaking::Assignment) -> bool {
+    !assignment.match_token.is_empty() || !assignment.member_tokens.is_empty()
+}
+
+impl Tables {
+    /// Clears the tokens of assignments that expired before `before`, taking
+    /// up to `limit` index entries; returns (entries taken, tickets cleared).
+    fn drop_spent_tokens(&mut self, before: Millis, limit: u64) -> (u64, u64) {
+        let (mut taken, mut cleared) = (0, 0);
+        while taken < limit {
+            let Some(first) = self.tokens_by_expiry.first() else {
+                break;
+            };
+            if first.0 >= before {
+                break;
+            }
+            let Some((expires_at, ticket_id)) = self.tokens_by_expiry.pop_first() else {
+                break;
+            };
+            taken += 1;
+            // An entry outlives a purged ticket or a released assignment;
+            // only the assignment it was made for loses its tokens.
+            if let Some(ticket) = self.tickets.get_mut(&ticket_id)
+                && ticket.assignment_expires_at == Some(expires_at)
+                && let Some(assignment) = &mut ticket.assignment
+            {
+                assignment.match_token = String::new();
+                assignment.member_tokens = BTreeMap::new();
+                cleared += 1;
+            }
+        }
+        (taken, cleared)
+    }
+}
+
 impl TicketTables for Tables {
     fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
         Ok(self
@@ -255,6 +293,13 @@ impl TicketTables for Tables {
             }
         }
         self.queues.add(ticket);
+        if let (Some(expires_at), Some(assignment)) =
+            (ticket.assignment_expires_at, &ticket.assignment)
+            && has_tokens(assignment)
+        {
+            self.tokens_by_expiry
+                .insert((expires_at, ticket.ticket_id.clone()));
+        }
         Ok(())
     }
 
@@ -459,6 +504,19 @@ impl Store for MemoryStore {
             purged += count;
             if count < PURGE_BATCH {
                 return Ok(purged);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn drop_spent_tokens(&self, before: Millis) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        loop {
+            let (taken, cleared) =
+                self.with_tables(|tables| tables.drop_spent_tokens(before, PURGE_BATCH));
+            dropped += cleared;
+            if taken < PURGE_BATCH {
+                return Ok(dropped);
             }
             tokio::task::yield_now().await;
         }

@@ -7,6 +7,7 @@
 //! is still queued").
 
 mod memory_store;
+mod record;
 mod redb_store;
 mod redis_cluster;
 mod redis_feed;
@@ -24,7 +25,7 @@ use matchplane_contracts::provisioning::{Capacity, Load};
 use serde::{Deserialize, Serialize};
 
 pub use memory_store::MemoryStore;
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbStore, StoreUsage, TableUsage};
 pub use redis_cluster::{LeaseEntry, RedisCluster, ReplicaEntry};
 pub use redis_feed::{FeedEntry, FeedEvent, FeedRead, RedisFeed};
 pub use redis_leases::{LeaseReply, RedisLeases};
@@ -41,6 +42,13 @@ pub enum StoreError {
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
+
+/// How long a ticket's match tokens are kept past its assignment's expiry:
+/// well beyond any verifier's clock leeway (the game server allows 5 s), so
+/// no token that could still admit its player is ever dropped.
+pub const SPENT_TOKEN_GRACE_MS: Millis = 60_000;
+
+const GENERATED_GROUP_PREFIX: &str = "group-";
 
 /// A ticket as the store keeps it: the request plus its lifecycle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,9 +109,36 @@ impl TicketRecord {
         self
     }
 
+    /// The group of a ticket whose request named none: no other request can
+    /// name it, so it deduplicates nothing.
+    pub fn generated_group_id(ticket_id: &str) -> String {
+        format!("{GENERATED_GROUP_PREFIX}{ticket_id}")
+    }
+
+    /// Whether the request named this ticket's group (`groupId`); only such a
+    /// group is indexed for dedup.
+    pub fn has_named_group(&self) -> bool {
+        self.group_id.strip_prefix(GENERATED_GROUP_PREFIX) != Some(self.ticket_id.as_str())
+    }
+
     /// Whether this ticket still holds its members' places in the queue.
     pub fn is_queued_at(&self, now: Millis) -> bool {
         self.status == TicketStatus::Queued && now < self.expires_at
+    }
+
+    /// The ticket as anyone may be shown it at `now`: once its assignment is
+    /// spent (expired more than [`SPENT_TOKEN_GRACE_MS`] ago) its match tokens
+    /// are left out, whether or not the store has dropped them yet, so every
+    /// store answers alike. A spent token admits no one anyway.
+    pub fn without_spent_tokens(mut self, now: Millis) -> Self {
+        let spent = self
+            .assignment_expires_at
+            .is_some_and(|at| at.saturating_add(SPENT_TOKEN_GRACE_MS) <= now);
+        if spent && let Some(assignment) = &mut self.assignment {
+            assignment.match_token.clear();
+            assignment.member_tokens.clear();
+        }
+        self
     }
 
     /// Whether this ticket still holds its group: queued, or assigned with a
@@ -351,6 +386,17 @@ pub trait Store: Send + Sync + 'static {
     /// oldest finished ones beyond `keep_at_most`; returns how many.
     async fn purge_finished(&self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError>;
 
+    /// Drops the match tokens of assignments that expired before `before`
+    /// and returns how many sets of tokens went. Tokens are most of a finished ticket's bytes and useless once
+    /// expired; the tickets themselves stay until [`Store::purge_finished`].
+    /// A store whose tickets leave memory with their retention (Redis) keeps
+    /// them: callers see no spent token either way
+    /// ([`TicketRecord::without_spent_tokens`]).
+    async fn drop_spent_tokens(&self, before: Millis) -> Result<u64, StoreError> {
+        let _ = before;
+        Ok(0)
+    }
+
     async fn put_server(&self, server: ServerRecord) -> Result<(), StoreError>;
 
     /// Returns whether the server was registered.
@@ -376,6 +422,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap liveness probe for `/health`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// At graceful shutdown, once nothing else uses the store: commits what
+    /// is pending and releases its files, so the next start opens cleanly.
+    /// Calls after it fail as unavailable.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The cluster event feed of a store other processes share (Redis): what
     /// they changed, for this replica's matcher and sockets. `None` for a store

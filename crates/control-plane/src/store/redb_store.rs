@@ -15,6 +15,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use super::record::{attach_tokens, decode_ticket, encode_ticket, encode_tokens};
 use super::ticket_rules::{self, TicketTables};
 use super::{
     CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ReleaseOutcome,
@@ -22,7 +23,14 @@ use super::{
 };
 use crate::clock::Millis;
 
+/// Tickets that have left the queue (assigned, cancelled, expired, failed).
+/// They arrive here about in ticket-id order (ids are time-ordered), so
+/// leaves fill up; a record that grew in place (queued, then assigned) would
+/// split its full leaf in halves that newer tickets never fill again.
 const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
+/// Queued tickets, until they leave the queue for [`TICKETS`]: a small table,
+/// and the matcher's reload at start reads only it.
+const QUEUED: TableDefinition<&str, &[u8]> = TableDefinition::new("queued_tickets");
 /// (owner, groupId) → ticketId of that owner's most recent ticket of the
 /// group (for dedup). Scoped by owner so a groupId names nothing across clients.
 const OWNER_GROUPS: TableDefinition<(&str, &str), &str> = TableDefinition::new("owner_groups");
@@ -39,11 +47,21 @@ const FINISHED: TableDefinition<&str, ()> = TableDefinition::new("finished");
 /// (server id, ticket id) of every ticket assigned to a land on that server,
 /// so a lost server's tickets are found without scanning all tickets.
 const SERVER_TICKETS: TableDefinition<(&str, &str), ()> = TableDefinition::new("server_tickets");
+/// (assignment expiry, ticket id) → the assignment's match tokens, kept out
+/// of the ticket's record: they are most of its bytes and worthless once
+/// spent, and in expiry order they are dropped by a range from the front.
+const TOKENS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("match_tokens");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// 2: tickets have an owner, groups are indexed per owner, queued players are indexed.
 /// 3: assigned tickets are indexed by the server their land is on.
-const SCHEMA_VERSION: u64 = 3;
+/// 4: binary ticket records (JSON ones still read), tokens in their own table.
+const SCHEMA_VERSION: u64 = 4;
+/// Spent tokens dropped per write transaction, so a housekeeping pass never
+/// holds the writer (and every enqueue behind it) for long.
+const TOKEN_DROP_BATCH: u64 = 2048;
+/// Rounds of 10 ms that `close` waits for reads in flight to let go.
+const CLOSE_WAIT_ROUNDS: u32 = 500;
 /// Upper bound on requests folded into one transaction, to bound commit latency.
 const MAX_BATCH: usize = 1024;
 
@@ -54,8 +72,11 @@ enum WriteOp {
     Expire(Vec<String>, Millis),
     Release(Vec<ReleaseRequest>, Millis),
     Purge(Millis, u64),
+    DropTokens(Millis),
     PutServer(Box<ServerRecord>),
     RemoveServer(String),
+    /// Commit what came before, then let go of the database (graceful shutdown).
+    Close,
 }
 
 enum WriteResult {
@@ -65,8 +86,10 @@ enum WriteResult {
     Expired(Vec<TicketRecord>),
     Released(Vec<ReleaseOutcome>),
     Purged(u64),
+    TokensDropped(u64),
     ServerPut,
     ServerRemoved(bool),
+    Closed,
 }
 
 struct WriteJob {
@@ -75,7 +98,9 @@ struct WriteJob {
 }
 
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// Taken by [`Store::close`]: the file is closed cleanly only once every
+    /// handle is gone, or the next start must repair it (a walk of the whole file).
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
     writer: mpsc::Sender<WriteJob>,
     kind: &'static str,
     queued: Arc<QueuedPerQueue>,
@@ -90,14 +115,12 @@ impl QueuedPerQueue {
     /// Counted once, when the store opens.
     fn count(db: &Database) -> Result<Self, StoreError> {
         let txn = db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(TICKETS).map_err(unavailable)?;
+        let table = txn.open_table(QUEUED).map_err(unavailable)?;
         let mut counts = BTreeMap::new();
         for entry in table.iter().map_err(unavailable)? {
             let (key, value) = entry.map_err(unavailable)?;
             let ticket = decode_ticket(key.value(), value.value())?;
-            if ticket.status == TicketStatus::Queued {
-                *counts.entry(ticket.queue_key).or_default() += 1;
-            }
+            *counts.entry(ticket.queue_key).or_default() += 1;
         }
         Ok(Self(parking_lot::Mutex::new(counts)))
     }
@@ -189,10 +212,16 @@ impl RedbStore {
         let writer_queued = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("matchplane-store-writer".to_owned())
-            .spawn(move || run_writer(&writer_db, &jobs, durability, &writer_queued))
+            .spawn(move || {
+                let closing = run_writer(&writer_db, &jobs, durability, &writer_queued);
+                drop(writer_db);
+                if let Some(reply) = closing {
+                    let _ = reply.send(Ok(WriteResult::Closed));
+                }
+            })
             .map_err(unavailable)?;
         Ok(Self {
-            db,
+            db: parking_lot::RwLock::new(Some(db)),
             writer,
             kind,
             queued,
@@ -214,11 +243,113 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let db = self
+            .db
+            .read()
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".to_owned()))?;
         tokio::task::spawn_blocking(move || read(&db))
             .await
             .map_err(unavailable)?
     }
+}
+
+/// What one table of a data dir holds (`matchplane store-stats`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableUsage {
+    pub name: String,
+    pub entries: u64,
+    /// Leaf and branch pages: what the table occupies on disk.
+    pub pages: u64,
+    /// Keys and values alone.
+    pub stored_bytes: u64,
+    /// Unused space inside the table's pages.
+    pub fragmented_bytes: u64,
+}
+
+/// What a data dir holds, per table and in all.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreUsage {
+    pub file_bytes: u64,
+    pub page_size: u64,
+    /// Pages of every table: the rest of the file is free space redb reuses.
+    pub pages_in_use: u64,
+    pub tickets: u64,
+    pub tables: Vec<TableUsage>,
+}
+
+impl RedbStore {
+    /// Reads what the data dir at `data_dir` holds without writing to it;
+    /// refused while a control plane has it open.
+    pub fn usage(data_dir: &Path) -> Result<StoreUsage, StoreError> {
+        let path = data_dir.join("matchplane.redb");
+        let file_bytes = std::fs::metadata(&path)
+            .map_err(|err| StoreError::Unavailable(format!("{}: {err}", path.display())))?
+            .len();
+        let db = redb::ReadOnlyDatabase::open(&path).map_err(|err| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                "{} is open in another process (stop the control plane first)",
+                path.display()
+            )),
+            redb::DatabaseError::RepairAborted => StoreError::Unavailable(format!(
+                "{} was not closed cleanly (killed?); starting the control plane on it repairs it",
+                path.display()
+            )),
+            other => StoreError::Unavailable(format!("{}: {other}", path.display())),
+        })?;
+        let txn = db.begin_read().map_err(unavailable)?;
+        let mut tables = Vec::new();
+        table_usage(&txn, TICKETS, &mut tables)?;
+        table_usage(&txn, QUEUED, &mut tables)?;
+        table_usage(&txn, TOKENS, &mut tables)?;
+        table_usage(&txn, OWNER_GROUPS, &mut tables)?;
+        table_usage(&txn, QUEUED_PLAYERS, &mut tables)?;
+        table_usage(&txn, FINISHED, &mut tables)?;
+        table_usage(&txn, SERVER_TICKETS, &mut tables)?;
+        table_usage(&txn, SERVERS, &mut tables)?;
+        Ok(StoreUsage {
+            file_bytes,
+            page_size: PAGE_SIZE,
+            pages_in_use: tables.iter().map(|table| table.pages).sum(),
+            tickets: tables
+                .iter()
+                .filter(|table| {
+                    [TICKETS, QUEUED]
+                        .iter()
+                        .any(|held| table.name == redb::TableHandle::name(held))
+                })
+                .map(|table| table.entries)
+                .sum(),
+            tables,
+        })
+    }
+}
+
+/// redb's page size (its default; this store never changes it).
+const PAGE_SIZE: u64 = 4096;
+
+fn table_usage<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    definition: TableDefinition<'static, K, V>,
+    into: &mut Vec<TableUsage>,
+) -> Result<(), StoreError> {
+    let table = match txn.open_table(definition) {
+        Ok(table) => table,
+        // A data dir of an older schema may lack a table.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(err) => return Err(unavailable(err)),
+    };
+    let stats = table.stats().map_err(unavailable)?;
+    into.push(TableUsage {
+        name: redb::TableHandle::name(&definition).to_owned(),
+        entries: table.len().map_err(unavailable)?,
+        pages: stats.leaf_pages() + stats.branch_pages(),
+        stored_bytes: stats.stored_bytes(),
+        fragmented_bytes: stats.fragmented_bytes(),
+    });
+    Ok(())
 }
 
 /// Creates `path` empty with mode 0600 unless it exists (redb initialises
@@ -239,11 +370,13 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(unavailable)?;
     {
         txn.open_table(TICKETS).map_err(unavailable)?;
+        txn.open_table(QUEUED).map_err(unavailable)?;
         txn.open_table(OWNER_GROUPS).map_err(unavailable)?;
         txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?;
         txn.open_table(SERVERS).map_err(unavailable)?;
         txn.open_table(FINISHED).map_err(unavailable)?;
         txn.open_table(SERVER_TICKETS).map_err(unavailable)?;
+        txn.open_table(TOKENS).map_err(unavailable)?;
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         let version = meta
             .get("schema_version")
@@ -262,6 +395,7 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
                 rebuild_indexes(&txn)?;
                 index_assigned_tickets(&txn)?;
                 txn.delete_table(LEGACY_GROUPS).map_err(unavailable)?;
+                move_queued_tickets(&txn)?;
                 meta.insert("schema_version", SCHEMA_VERSION)
                     .map_err(unavailable)?;
             }
@@ -270,6 +404,16 @@ fn init_schema(db: &Database) -> Result<(), StoreError> {
                     "upgrading the data dir to schema {SCHEMA_VERSION}: indexing assigned tickets by server"
                 );
                 index_assigned_tickets(&txn)?;
+                move_queued_tickets(&txn)?;
+                meta.insert("schema_version", SCHEMA_VERSION)
+                    .map_err(unavailable)?;
+            }
+            // Other records stay JSON until next written, and decode as before.
+            Some(3) => {
+                tracing::info!(
+                    "upgrading the data dir to schema {SCHEMA_VERSION}: queued tickets apart, binary records, tokens apart"
+                );
+                move_queued_tickets(&txn)?;
                 meta.insert("schema_version", SCHEMA_VERSION)
                     .map_err(unavailable)?;
             }
@@ -334,6 +478,27 @@ fn rebuild_indexes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Moves the queued tickets of a data dir written before they had a table
+/// of their own.
+fn move_queued_tickets(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut tickets = txn.open_table(TICKETS).map_err(unavailable)?;
+    let mut queued = txn.open_table(QUEUED).map_err(unavailable)?;
+    let mut moving = Vec::new();
+    for entry in tickets.iter().map_err(unavailable)? {
+        let (key, value) = entry.map_err(unavailable)?;
+        if decode_ticket(key.value(), value.value())?.status == TicketStatus::Queued {
+            moving.push((key.value().to_owned(), value.value().to_vec()));
+        }
+    }
+    for (ticket_id, bytes) in &moving {
+        queued
+            .insert(ticket_id.as_str(), bytes.as_slice())
+            .map_err(unavailable)?;
+        tickets.remove(ticket_id.as_str()).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 /// Indexes every assigned ticket under its server, for a data dir written
 /// before that index existed.
 fn index_assigned_tickets(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
@@ -358,36 +523,61 @@ fn index_assigned_tickets(txn: &redb::WriteTransaction) -> Result<(), StoreError
     Ok(())
 }
 
+/// Commits batches of jobs until asked to close (returning where to say it
+/// has) or until every RedbStore handle, and so every sender, is gone.
 fn run_writer(
     db: &Database,
     jobs: &mpsc::Receiver<WriteJob>,
     durability: Durability,
     queued: &QueuedPerQueue,
-) {
-    // Exits when every RedbStore handle (and so every sender) is gone.
+) -> Option<oneshot::Sender<Result<WriteResult, StoreError>>> {
     while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut closing = None;
+        let mut next = Some(first);
+        while let Some(job) = next {
+            if let WriteOp::Close = job.op {
+                closing = Some(job.reply);
+                break;
+            }
+            batch.push(job);
+            next = if batch.len() < MAX_BATCH {
+                jobs.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        commit_batch(db, batch, durability, queued);
+        if closing.is_some() {
+            return closing;
+        }
+    }
+    None
+}
+
+fn commit_batch(
+    db: &Database,
+    mut batch: Vec<WriteJob>,
+    durability: Durability,
+    queued: &QueuedPerQueue,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    match apply_batch(db, &mut batch, durability) {
+        Ok(results) => {
+            queued.follow(&results);
+            for (job, result) in batch.into_iter().zip(results) {
+                // The requester may have gone away (client disconnect); the write stands.
+                let _ = job.reply.send(Ok(result));
             }
         }
-        match apply_batch(db, &mut batch, durability) {
-            Ok(results) => {
-                queued.follow(&results);
-                for (job, result) in batch.into_iter().zip(results) {
-                    // The requester may have gone away (client disconnect); the write stands.
-                    let _ = job.reply.send(Ok(result));
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, ops = batch.len(), "store commit failed");
-                for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Unavailable(err.to_string())));
-                }
+        Err(err) => {
+            tracing::error!(error = %err, ops = batch.len(), "store commit failed");
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::Unavailable(err.to_string())));
             }
         }
     }
@@ -404,11 +594,13 @@ fn apply_batch(
     {
         let mut tables = Tables {
             tickets: txn.open_table(TICKETS).map_err(unavailable)?,
+            queued: txn.open_table(QUEUED).map_err(unavailable)?,
             owner_groups: txn.open_table(OWNER_GROUPS).map_err(unavailable)?,
             queued_players: txn.open_table(QUEUED_PLAYERS).map_err(unavailable)?,
             servers: txn.open_table(SERVERS).map_err(unavailable)?,
             finished: txn.open_table(FINISHED).map_err(unavailable)?,
             server_tickets: txn.open_table(SERVER_TICKETS).map_err(unavailable)?,
+            tokens: txn.open_table(TOKENS).map_err(unavailable)?,
         };
         for job in batch.iter_mut() {
             // Ops are moved out; a placeholder stays behind that is never read again.
@@ -422,11 +614,13 @@ fn apply_batch(
 
 struct Tables<'txn> {
     tickets: Table<'txn, &'static str, &'static [u8]>,
+    queued: Table<'txn, &'static str, &'static [u8]>,
     owner_groups: Table<'txn, (&'static str, &'static str), &'static str>,
     queued_players: Table<'txn, &'static str, &'static str>,
     servers: Table<'txn, &'static str, &'static [u8]>,
     finished: Table<'txn, &'static str, ()>,
     server_tickets: Table<'txn, (&'static str, &'static str), ()>,
+    tokens: Table<'txn, (u64, &'static str), &'static [u8]>,
 }
 
 impl Tables<'_> {
@@ -450,6 +644,17 @@ impl Tables<'_> {
             WriteOp::Purge(before, keep_at_most) => {
                 WriteResult::Purged(ticket_rules::purge(self, before, keep_at_most, u64::MAX)?)
             }
+            WriteOp::DropTokens(before) => {
+                // Spent tokens sit at the front of the table, in expiry order.
+                let dropped = self
+                    .tokens
+                    .extract_from_if(..(before, ""), |_, _| true)
+                    .map_err(unavailable)?
+                    .take(usize::try_from(TOKEN_DROP_BATCH).unwrap_or(usize::MAX))
+                    .try_fold(0u64, |count, entry| entry.map(|_| count + 1))
+                    .map_err(unavailable)?;
+                WriteResult::TokensDropped(dropped)
+            }
             WriteOp::PutServer(server) => {
                 let bytes = encode(&*server)?;
                 self.servers
@@ -457,6 +662,8 @@ impl Tables<'_> {
                     .map_err(unavailable)?;
                 WriteResult::ServerPut
             }
+            // Taken out before a batch is applied (see `run_writer`).
+            WriteOp::Close => WriteResult::Closed,
             WriteOp::RemoveServer(server_id) => WriteResult::ServerRemoved(
                 self.servers
                     .remove(server_id.as_str())
@@ -469,22 +676,48 @@ impl Tables<'_> {
 
 impl TicketTables for Tables<'_> {
     fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
-        match self.tickets.get(ticket_id).map_err(unavailable)? {
-            Some(bytes) => decode_ticket(ticket_id, bytes.value()).map(Some),
-            None => Ok(None),
-        }
+        read_ticket(&self.tickets, &self.queued, &self.tokens, ticket_id)
     }
 
     fn insert_ticket(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
-        let bytes = encode(ticket)?;
-        self.tickets
-            .insert(ticket.ticket_id.as_str(), bytes.as_slice())
-            .map_err(unavailable)?;
+        let bytes = encode_ticket(ticket)?;
+        let id = ticket.ticket_id.as_str();
+        let (to, from) = if ticket.status == TicketStatus::Queued {
+            (&mut self.queued, &mut self.tickets)
+        } else {
+            (&mut self.tickets, &mut self.queued)
+        };
+        to.insert(id, bytes.as_slice()).map_err(unavailable)?;
+        // Looked up first: a new ticket is in neither table, and a lookup
+        // dirties no page where a removal might.
+        if from.get(id).map_err(unavailable)?.is_some() {
+            from.remove(id).map_err(unavailable)?;
+        }
+        // A record written again with the tokens it was read with writes the
+        // same entry; one whose assignment was released leaves its entry to
+        // be dropped when spent (it is never read: the key needs the expiry).
+        if let (Some(expires_at), Some(assignment)) =
+            (ticket.assignment_expires_at, &ticket.assignment)
+            && let Some(tokens) = encode_tokens(assignment)?
+        {
+            self.tokens
+                .insert((expires_at, ticket.ticket_id.as_str()), tokens.as_slice())
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 
     fn remove_ticket(&mut self, ticket_id: &str) -> Result<(), StoreError> {
-        self.tickets.remove(ticket_id).map_err(unavailable)?;
+        self.queued.remove(ticket_id).map_err(unavailable)?;
+        let expires_at = match self.tickets.remove(ticket_id).map_err(unavailable)? {
+            Some(bytes) => decode_ticket(ticket_id, bytes.value())?.assignment_expires_at,
+            None => None,
+        };
+        if let Some(expires_at) = expires_at {
+            self.tokens
+                .remove((expires_at, ticket_id))
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 
@@ -579,6 +812,30 @@ impl TicketTables for Tables<'_> {
     }
 }
 
+/// A ticket (finished or queued) with its match tokens, if they are still kept.
+fn read_ticket(
+    tickets: &impl ReadableTable<&'static str, &'static [u8]>,
+    queued: &impl ReadableTable<&'static str, &'static [u8]>,
+    tokens: &impl ReadableTable<(u64, &'static str), &'static [u8]>,
+    ticket_id: &str,
+) -> Result<Option<TicketRecord>, StoreError> {
+    let bytes = match queued.get(ticket_id).map_err(unavailable)? {
+        Some(bytes) => bytes,
+        None => match tickets.get(ticket_id).map_err(unavailable)? {
+            Some(bytes) => bytes,
+            None => return Ok(None),
+        },
+    };
+    let mut ticket = decode_ticket(ticket_id, bytes.value())?;
+    if let (Some(expires_at), Some(assignment)) =
+        (ticket.assignment_expires_at, &mut ticket.assignment)
+        && let Some(stored) = tokens.get((expires_at, ticket_id)).map_err(unavailable)?
+    {
+        attach_tokens(ticket_id, assignment, stored.value())?;
+    }
+    Ok(Some(ticket))
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(unavailable)
 }
@@ -590,10 +847,6 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
-fn decode_ticket(key: &str, bytes: &[u8]) -> Result<TicketRecord, StoreError> {
-    decode::<TicketRecord>(key, bytes).map(TicketRecord::with_default_owner)
-}
-
 fn unexpected(result: WriteResult) -> StoreError {
     let name = match result {
         WriteResult::Created(_) => "created",
@@ -602,8 +855,10 @@ fn unexpected(result: WriteResult) -> StoreError {
         WriteResult::Expired(_) => "expired",
         WriteResult::Released(_) => "released",
         WriteResult::Purged(_) => "purged",
+        WriteResult::TokensDropped(_) => "tokens dropped",
         WriteResult::ServerPut => "server put",
         WriteResult::ServerRemoved(_) => "server removed",
+        WriteResult::Closed => "closed",
     };
     StoreError::Unavailable(format!(
         "store writer answered with the wrong result kind ({name})"
@@ -631,11 +886,10 @@ impl Store for RedbStore {
         let ticket_id = ticket_id.to_owned();
         self.read(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(TICKETS).map_err(unavailable)?;
-            match table.get(ticket_id.as_str()).map_err(unavailable)? {
-                Some(bytes) => decode_ticket(&ticket_id, bytes.value()).map(Some),
-                None => Ok(None),
-            }
+            let tickets = txn.open_table(TICKETS).map_err(unavailable)?;
+            let queued = txn.open_table(QUEUED).map_err(unavailable)?;
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
+            read_ticket(&tickets, &queued, &tokens, &ticket_id)
         })
         .await
     }
@@ -679,14 +933,11 @@ impl Store for RedbStore {
     async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
         self.read(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(TICKETS).map_err(unavailable)?;
+            let table = txn.open_table(QUEUED).map_err(unavailable)?;
             let mut queued = Vec::new();
             for entry in table.iter().map_err(unavailable)? {
                 let (key, value) = entry.map_err(unavailable)?;
-                let ticket = decode_ticket(key.value(), value.value())?;
-                if ticket.status == TicketStatus::Queued {
-                    queued.push(ticket);
-                }
+                queued.push(decode_ticket(key.value(), value.value())?);
             }
             queued
                 .sort_by(|a, b| (a.enqueued_at, &a.ticket_id).cmp(&(b.enqueued_at, &b.ticket_id)));
@@ -701,6 +952,8 @@ impl Store for RedbStore {
             let txn = db.begin_read().map_err(unavailable)?;
             let index = txn.open_table(SERVER_TICKETS).map_err(unavailable)?;
             let tickets = txn.open_table(TICKETS).map_err(unavailable)?;
+            let queued = txn.open_table(QUEUED).map_err(unavailable)?;
+            let tokens = txn.open_table(TOKENS).map_err(unavailable)?;
             let mut assigned = Vec::new();
             let range = index
                 .range((server_id.as_str(), "")..)
@@ -711,10 +964,9 @@ impl Store for RedbStore {
                 if server != server_id {
                     break;
                 }
-                let Some(bytes) = tickets.get(ticket_id).map_err(unavailable)? else {
+                let Some(ticket) = read_ticket(&tickets, &queued, &tokens, ticket_id)? else {
                     continue;
                 };
-                let ticket = decode_ticket(ticket_id, bytes.value())?;
                 if ticket.status == TicketStatus::Assigned {
                     assigned.push(ticket);
                 }
@@ -739,6 +991,21 @@ impl Store for RedbStore {
         match self.write(WriteOp::Purge(before, keep_at_most)).await? {
             WriteResult::Purged(count) => Ok(count),
             other => Err(unexpected(other)),
+        }
+    }
+
+    async fn drop_spent_tokens(&self, before: Millis) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        loop {
+            match self.write(WriteOp::DropTokens(before)).await? {
+                WriteResult::TokensDropped(count) => {
+                    dropped += count;
+                    if count < TOKEN_DROP_BATCH {
+                        return Ok(dropped);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
         }
     }
 
@@ -776,12 +1043,14 @@ impl Store for RedbStore {
     async fn queue_counts(&self) -> Result<Vec<QueueCounts>, StoreError> {
         self.read(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(TICKETS).map_err(unavailable)?;
             let mut counts: BTreeMap<String, QueueCounts> = BTreeMap::new();
-            for entry in table.iter().map_err(unavailable)? {
-                let (key, value) = entry.map_err(unavailable)?;
-                let ticket = decode_ticket(key.value(), value.value())?;
-                count_ticket(&mut counts, &ticket);
+            for held in [TICKETS, QUEUED] {
+                let table = txn.open_table(held).map_err(unavailable)?;
+                for entry in table.iter().map_err(unavailable)? {
+                    let (key, value) = entry.map_err(unavailable)?;
+                    let ticket = decode_ticket(key.value(), value.value())?;
+                    count_ticket(&mut counts, &ticket);
+                }
             }
             Ok(counts.into_values().collect())
         })
@@ -795,6 +1064,33 @@ impl Store for RedbStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|db| db.begin_read().map(|_| ()).map_err(unavailable))
             .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let Some(db) = self.db.write().take() else {
+            return Ok(());
+        };
+        // The writer commits what it was given, then drops its handle.
+        match self.write(WriteOp::Close).await? {
+            WriteResult::Closed => {}
+            other => return Err(unexpected(other)),
+        }
+        // A read in flight holds a handle of its own for a moment.
+        tokio::task::spawn_blocking(move || {
+            let mut db = db;
+            for _ in 0..CLOSE_WAIT_ROUNDS {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => return db.close().map_err(unavailable),
+                    Err(shared) => db = shared,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(StoreError::Unavailable(
+                "reads still hold the store; it closes when they end".to_owned(),
+            ))
+        })
+        .await
+        .map_err(unavailable)?
     }
 }
 
@@ -1197,6 +1493,99 @@ mod tests {
                 .unwrap();
         }
         txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_commits_and_leaves_a_file_that_opens_without_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path(), crate::config::DEFAULT_STORE_CACHE_BYTES).unwrap();
+        created(
+            store
+                .create_ticket(ticket("t", "g", 1_000), 1_000)
+                .await
+                .unwrap(),
+        );
+        let busy = RedbStore::usage(dir.path()).unwrap_err().to_string();
+        assert!(busy.contains("stop the control plane"), "{busy}");
+        store.close().await.unwrap();
+        store.close().await.unwrap();
+        assert!(store.ticket("t").await.is_err());
+        assert!(
+            store
+                .create_ticket(ticket("u", "h", 1_000), 1_000)
+                .await
+                .is_err()
+        );
+        // Read-only, so it would refuse a file that needs repair.
+        let usage = RedbStore::usage(dir.path()).unwrap();
+        assert_eq!(usage.tickets, 1);
+        assert!(usage.pages_in_use > 0);
+        assert!(usage.pages_in_use * usage.page_size <= usage.file_bytes);
+    }
+
+    #[tokio::test]
+    async fn a_schema_3_data_dir_is_upgraded_and_tokens_kept_apart_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        // A schema-3 data dir: a JSON record with its token inside.
+        let mut old = ticket("old", "g-old", 1_000);
+        old.status = TicketStatus::Assigned;
+        let mut old_assignment = assignment_on("s", "a-old");
+        old_assignment.match_token = "old.token".to_owned();
+        old.assignment = Some(old_assignment);
+        old.assignment_expires_at = Some(61_000);
+        let waiting = ticket("waiting", "g-waiting", 1_500);
+        {
+            let db = Database::create(dir.path().join("matchplane.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut tickets = txn.open_table(TICKETS).unwrap();
+                for record in [&old, &waiting] {
+                    let bytes = serde_json::to_vec(record).unwrap();
+                    tickets
+                        .insert(record.ticket_id.as_str(), bytes.as_slice())
+                        .unwrap();
+                }
+                txn.open_table(META)
+                    .unwrap()
+                    .insert("schema_version", 3)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.ticket("old").await.unwrap(), Some(old.clone()));
+        assert_eq!(store.queued_tickets().await.unwrap(), vec![waiting.clone()]);
+        assert_eq!(store.ticket("waiting").await.unwrap(), Some(waiting));
+
+        created(
+            store
+                .create_ticket(ticket("new", "g-new", 2_000), 2_000)
+                .await
+                .unwrap(),
+        );
+        let mut assignment = assignment_on("s", "a-new");
+        assignment.match_token = "new.token".to_owned();
+        let committed = store
+            .commit_matches(
+                vec![MatchCommit {
+                    assignments: vec![("new".to_owned(), assignment)],
+                    assignment_expires_at: 62_000,
+                    server_instance_id: None,
+                }],
+                2_000,
+            )
+            .await
+            .unwrap();
+        let CommitOutcome::Applied(applied) = &committed[0] else {
+            panic!("{committed:?}");
+        };
+        drop(store);
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.ticket("new").await.unwrap().as_ref(), applied.first());
+        assert_eq!(store.ticket("old").await.unwrap(), Some(old));
+        assert_eq!(store.drop_spent_tokens(62_001).await.unwrap(), 1);
+        let spent = store.ticket("new").await.unwrap().unwrap();
+        assert_eq!(spent.assignment.unwrap().match_token, "");
     }
 
     #[tokio::test]

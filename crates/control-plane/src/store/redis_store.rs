@@ -104,14 +104,15 @@ local function emit(kind, id, queue, ...)
 end
 ";
 
-/// ARGV[5] ticket id, [6] owner-group field, [7] enqueued_at, [8] members
+/// ARGV[5] ticket id, [6] owner-group field ('' for a generated group: not
+/// indexed), [7] enqueued_at, [8] members
 /// JSON, [9] queue key, [10..] the ticket hash's field/value pairs, `record` first. The feed
 /// entry carries the record, so other replicas' matchers need no read of the
 /// ticket (one HGETALL per ticket per replica saved).
 const CREATE: &str = r"
 local id, gfield, queue = ARGV[5], ARGV[6], ARGV[9]
 if ARGV[10] ~= 'record' then return redis.error_reply('CREATE: the record must come first') end
-local existing = redis.call('HGET', groups, gfield)
+local existing = gfield ~= '' and redis.call('HGET', groups, gfield)
 if existing and live(existing) then return {'existing', dump(existing)} end
 local list = cjson.decode(ARGV[8])
 local player, other = queued_elsewhere(list)
@@ -120,7 +121,7 @@ redis.call('DEL', tkey(id))
 local fields = {}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', tkey(id), unpack(fields))
-redis.call('HSET', groups, gfield, id)
+if gfield ~= '' then redis.call('HSET', groups, gfield, id) end
 for _, m in ipairs(list) do redis.call('HSET', players, m, id) end
 index_queued(id, ARGV[7], queue)
 emit('enqueued', id, queue, 'record', ARGV[11])
@@ -796,7 +797,11 @@ impl Store for RedisStore {
             status: TicketStatus::Queued,
             ..ticket.with_default_owner()
         };
-        let group = group_field(&ticket.owner, &ticket.group_id);
+        let group = if ticket.has_named_group() {
+            group_field(&ticket.owner, &ticket.group_id)
+        } else {
+            String::new()
+        };
         let mut args = vec![
             ticket.ticket_id.clone(),
             group.clone(),

@@ -111,7 +111,14 @@ pub(super) fn create(
     now: Millis,
 ) -> Result<CreateOutcome, StoreError> {
     let ticket = ticket.with_default_owner();
-    let existing_id = tables.owner_group(&ticket.owner, &ticket.group_id)?;
+    // A generated group is never named again: neither looked up nor indexed
+    // (a tenth of a finished ticket's bytes on disk).
+    let named_group = ticket.has_named_group();
+    let existing_id = if named_group {
+        tables.owner_group(&ticket.owner, &ticket.group_id)?
+    } else {
+        None
+    };
     // Dedup first: an idempotent retry must get its ticket back, not be
     // refused because its own members are queued (in that very ticket).
     if let Some(existing_id) = existing_id
@@ -127,7 +134,9 @@ pub(super) fn create(
         });
     }
     put_ticket(tables, &ticket)?;
-    tables.insert_owner_group(&ticket.owner, &ticket.group_id, &ticket.ticket_id)?;
+    if named_group {
+        tables.insert_owner_group(&ticket.owner, &ticket.group_id, &ticket.ticket_id)?;
+    }
     for member in &ticket.members {
         tables.insert_queued_player(member, &ticket.ticket_id)?;
     }
@@ -317,9 +326,10 @@ pub(super) fn purge(
         if let Some(assignment) = &ticket.assignment {
             tables.remove_server_ticket(&assignment.server_id, ticket_id)?;
         }
-        let group_points_here = tables
-            .owner_group(&ticket.owner, &ticket.group_id)?
-            .is_some_and(|id| id == ticket_id);
+        let group_points_here = ticket.has_named_group()
+            && tables
+                .owner_group(&ticket.owner, &ticket.group_id)?
+                .is_some_and(|id| id == ticket_id);
         if group_points_here {
             tables.remove_owner_group(&ticket.owner, &ticket.group_id)?;
         }

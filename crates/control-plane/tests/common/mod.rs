@@ -23,8 +23,20 @@ impl Harness {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_on(ControlPlane::builder(config)).await
+    }
+
+    /// A control plane on this store, which the test keeps a handle of.
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn matchplane_control_plane::store::Store>,
+    ) -> Self {
+        Self::start_on(ControlPlane::builder(config).store(store)).await
+    }
+
+    async fn start_on(builder: matchplane_control_plane::server::Builder) -> Self {
         let clock = ManualClock::new();
-        let cp = ControlPlane::builder(config)
+        let cp = builder
             .clock(Arc::new(clock.clone()))
             .start()
             .await
