@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use super::ticket_rules::{self, TicketTables};
 use super::{
     CancelOutcome, CommitOutcome, CreateOutcome, MatchCommit, QueueCounts, ReleaseOutcome,
-    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord,
+    ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord, drop_tokens, has_tokens,
 };
 use crate::clock::Millis;
 
@@ -236,13 +236,7 @@ impl Tables {
             })
             .collect()
     }
-}
 
-fn has_tokens(assignment: &matchplane_contracts::matchmaking::Assignment) -> bool {
-    !assignment.match_token.is_empty() || !assignment.member_tokens.is_empty()
-}
-
-impl Tables {
     /// Clears the tokens of assignments that expired before `before`, taking
     /// up to `limit` index entries; returns (entries taken, tickets cleared).
     fn drop_spent_tokens(&mut self, before: Millis, limit: u64) -> (u64, u64) {
@@ -264,8 +258,7 @@ impl Tables {
                 && ticket.assignment_expires_at == Some(expires_at)
                 && let Some(assignment) = &mut ticket.assignment
             {
-                assignment.match_token = String::new();
-                assignment.member_tokens = BTreeMap::new();
+                drop_tokens(assignment);
                 cleared += 1;
             }
         }

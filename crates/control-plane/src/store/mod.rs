@@ -50,6 +50,17 @@ pub const SPENT_TOKEN_GRACE_MS: Millis = 60_000;
 
 const GENERATED_GROUP_PREFIX: &str = "group-";
 
+/// Whether an assignment still carries match tokens.
+fn has_tokens(assignment: &Assignment) -> bool {
+    !assignment.match_token.is_empty() || !assignment.member_tokens.is_empty()
+}
+
+/// Drops an assignment's match tokens, and the memory they held.
+fn drop_tokens(assignment: &mut Assignment) {
+    assignment.match_token = String::new();
+    assignment.member_tokens = BTreeMap::new();
+}
+
 /// A ticket as the store keeps it: the request plus its lifecycle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,8 +146,7 @@ impl TicketRecord {
             .assignment_expires_at
             .is_some_and(|at| at.saturating_add(SPENT_TOKEN_GRACE_MS) <= now);
         if spent && let Some(assignment) = &mut self.assignment {
-            assignment.match_token.clear();
-            assignment.member_tokens.clear();
+            drop_tokens(assignment);
         }
         self
     }

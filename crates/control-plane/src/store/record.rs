@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
 use serde::{Deserialize, Serialize};
 
-use super::{StoreError, TicketRecord};
+use super::{StoreError, TicketRecord, has_tokens};
 use crate::clock::{Millis, format_rfc3339};
 
 /// The first byte of a postcard ticket record (JSON records begin with `{`).
@@ -267,7 +267,7 @@ fn from_stored(ticket_id: &str, body: &[u8]) -> Result<TicketRecord, StoreError>
 
 /// The tokens of `assignment`, if it carries any, to be stored apart.
 pub(super) fn encode_tokens(assignment: &Assignment) -> Result<Option<Vec<u8>>, StoreError> {
-    if assignment.match_token.is_empty() && assignment.member_tokens.is_empty() {
+    if !has_tokens(assignment) {
         return Ok(None);
     }
     let stored = StoredTokens {
