@@ -62,6 +62,7 @@ conformance!(
     a_ticket_reads_back_exactly_as_stored,
     group_ids_are_scoped_to_their_owner,
     a_generated_group_deduplicates_nothing,
+    spent_tokens_are_dropped_and_nothing_else,
     a_player_waits_in_one_queued_ticket_at_a_time,
     cancel_changes_only_queued_tickets,
     a_commit_is_all_or_nothing,
@@ -672,26 +673,6 @@ async fn players_are_free_to_queue_again_once_their_ticket_leaves_the_queue(stor
         refused,
         CreateOutcome::PlayerAlreadyQueued { ref ticket_id, .. } if ticket_id == "a3"
     ));
-}
-
-/// The stores this process owns drop spent match tokens; the Redis store
-/// keeps them until the ticket's retention (its default `drop_spent_tokens`).
-mod spent_tokens {
-    #[tokio::test]
-    async fn redb() {
-        super::spent_tokens_are_dropped_and_nothing_else(std::sync::Arc::new(
-            matchplane_control_plane::store::RedbStore::in_memory().unwrap(),
-        ))
-        .await;
-    }
-
-    #[tokio::test]
-    async fn memory() {
-        super::spent_tokens_are_dropped_and_nothing_else(std::sync::Arc::new(
-            matchplane_control_plane::store::MemoryStore::new(),
-        ))
-        .await;
-    }
 }
 
 async fn spent_tokens_are_dropped_and_nothing_else(store: Shared) {

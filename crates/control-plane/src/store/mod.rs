@@ -51,12 +51,12 @@ pub const SPENT_TOKEN_GRACE_MS: Millis = 60_000;
 const GENERATED_GROUP_PREFIX: &str = "group-";
 
 /// Whether an assignment still carries match tokens.
-fn has_tokens(assignment: &Assignment) -> bool {
+pub(super) fn has_tokens(assignment: &Assignment) -> bool {
     !assignment.match_token.is_empty() || !assignment.member_tokens.is_empty()
 }
 
 /// Drops an assignment's match tokens, and the memory they held.
-fn drop_tokens(assignment: &mut Assignment) {
+pub(super) fn drop_tokens(assignment: &mut Assignment) {
     assignment.match_token = String::new();
     assignment.member_tokens = BTreeMap::new();
 }
@@ -397,11 +397,11 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_finished(&self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError>;
 
     /// Drops the match tokens of assignments that expired before `before`
-    /// and returns how many sets of tokens went. Tokens are most of a finished ticket's bytes and useless once
-    /// expired; the tickets themselves stay until [`Store::purge_finished`].
-    /// A store whose tickets leave memory with their retention (Redis) keeps
-    /// them: callers see no spent token either way
-    /// ([`TicketRecord::without_spent_tokens`]).
+    /// and returns how many sets of tokens went. Tokens are most of a
+    /// finished ticket's bytes and useless once expired; the tickets
+    /// themselves stay until [`Store::purge_finished`]. Callers see no spent
+    /// token even before it is dropped ([`TicketRecord::without_spent_tokens`]);
+    /// a store that keeps none (a test double) need not implement it.
     async fn drop_spent_tokens(&self, before: Millis) -> Result<u64, StoreError> {
         let _ = before;
         Ok(0)

@@ -50,7 +50,7 @@ const PRELUDE: &str = r"
 local tprefix, sprefix, now_arg, origin = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(now_arg)
 local groups, players, queued, finished, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local queues = KEYS[6]
+local queues, token_expiry = KEYS[6], KEYS[7]
 local function tkey(id) return tprefix .. id end
 -- Callers pass what they already read of the ticket (its queue key, its
 -- members JSON): every call a script saves is paid once per ticket per change.
@@ -189,6 +189,7 @@ for _ = 1, tonumber(ARGV[5]) do
           'assignment_expires_at', expires)
       end
       redis.call('SADD', sprefix .. server_id, id)
+      redis.call('ZADD', token_expiry, expires, id)
       emit('assigned', id, queue, 'assignment', ARGV[base + 1])
       -- The commit changes neither, so the read before it answers.
       assigned[#assigned + 1] = {t[4], t[5]}
@@ -286,8 +287,45 @@ end
 return doomed
 ";
 
+/// ARGV[5] before, [6] batch size. The assignments whose expiry is before
+/// `before`, oldest first: per ticket its id, that expiry, and its
+/// `assignment_id` and `assignment` as stored ('' when gone). Lua cannot
+/// re-encode JSON safely, so the caller strips the tokens (`STRIP_TOKENS`).
+const SPENT_TOKENS: &str = r"
+local entries = redis.call('ZRANGEBYSCORE', token_expiry, '-inf', '(' .. ARGV[5],
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
+local out = {}
+for k = 1, #entries, 2 do
+  local id = entries[k]
+  local t = redis.call('HMGET', tkey(id), 'assignment_id', 'assignment')
+  out[#out + 1] = {id, entries[k + 1], t[1] or '', t[2] or ''}
+end
+return out
+";
+
+/// ARGV[5] number of tickets; per ticket: id, the expiry `SPENT_TOKENS`
+/// read, the assignment id it read, the assignment JSON without tokens ('' to
+/// write nothing). A ticket released or assigned anew meanwhile keeps what it
+/// has now, and its index entry if that is newer. Returns how many were stripped.
+const STRIP_TOKENS: &str = r"
+local stripped = 0
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local id, score, assignment_id, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
+  if json ~= '' and redis.call('HGET', tkey(id), 'assignment_id') == assignment_id then
+    redis.call('HSET', tkey(id), 'assignment', json)
+    stripped = stripped + 1
+  end
+  if redis.call('ZSCORE', token_expiry, id) == score then redis.call('ZREM', token_expiry, id) end
+end
+return stripped
+";
+
 struct Keys {
     ticket_prefix: String,
+    /// Assigned tickets by assignment expiry, for dropping spent tokens.
+    token_expiry: String,
     server_tickets_prefix: String,
     groups: String,
     players: String,
@@ -310,6 +348,7 @@ impl Keys {
         let key = |name: &str| format!("{{{prefix}}}:{name}");
         Self {
             ticket_prefix: key("ticket:"),
+            token_expiry: key("token-expiry"),
             server_tickets_prefix: key("server-tickets:"),
             groups: key("owner-groups"),
             players: key("queued-players"),
@@ -339,6 +378,8 @@ struct Scripts {
     expire: Script,
     release: Script,
     purge: Script,
+    spent_tokens: Script,
+    strip_tokens: Script,
 }
 
 impl Scripts {
@@ -351,6 +392,8 @@ impl Scripts {
             expire: script(EXPIRE),
             release: script(RELEASE),
             purge: script(PURGE),
+            spent_tokens: script(SPENT_TOKENS),
+            strip_tokens: script(STRIP_TOKENS),
         }
     }
 }
@@ -468,6 +511,7 @@ impl RedisStore {
             .key(&self.keys.finished)
             .key(&self.keys.events)
             .key(&self.keys.queues)
+            .key(&self.keys.token_expiry)
             .arg(&self.keys.ticket_prefix)
             .arg(&self.keys.server_tickets_prefix)
             .arg(now.to_string())
@@ -1016,6 +1060,44 @@ impl Store for RedisStore {
             purged += count;
             if count < PURGE_BATCH {
                 return Ok(purged);
+            }
+        }
+    }
+
+    async fn drop_spent_tokens(&self, before: Millis) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        loop {
+            let args = vec![before.to_string(), PURGE_BATCH.to_string()];
+            let spent = into_array(self.run(&self.scripts.spent_tokens, 0, args).await?)?;
+            let taken = spent.len() as u64;
+            if spent.is_empty() {
+                return Ok(dropped);
+            }
+            let mut args = vec![spent.len().to_string()];
+            for entry in spent {
+                let mut fields = into_array(entry)?.into_iter().map(into_string);
+                let mut next = || {
+                    fields
+                        .next()
+                        .unwrap_or_else(|| Err(bad_reply("spent token")))
+                };
+                let (ticket_id, score, assignment_id, json) = (next()?, next()?, next()?, next()?);
+                let stripped = if json.is_empty() {
+                    String::new()
+                } else {
+                    let mut assignment: Assignment =
+                        serde_json::from_str(&json).map_err(|err| corrupt(&ticket_id, err))?;
+                    super::drop_tokens(&mut assignment);
+                    serde_json::to_string(&assignment).map_err(unavailable)?
+                };
+                args.extend([ticket_id, score, assignment_id, stripped]);
+            }
+            match self.run(&self.scripts.strip_tokens, 0, args).await? {
+                Value::Int(count) => dropped += u64::try_from(count).unwrap_or(0),
+                other => return Err(bad_reply(&format!("strip count {other:?}"))),
+            }
+            if taken < PURGE_BATCH {
+                return Ok(dropped);
             }
         }
     }
