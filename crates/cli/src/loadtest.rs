@@ -26,6 +26,7 @@ use matchplane_client::{
 use rand::Rng as _;
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use self::heartbeat::{ProcessProbe, ProcessSample, round};
@@ -155,6 +156,13 @@ pub struct LoadtestArgs {
     /// `binary` (the merge patches in binary frames, the fewest bytes).
     #[arg(long, value_enum, default_value_t = SyncArg::Patch)]
     pub sync: SyncArg,
+
+    /// How tickets are enqueued: `rest` (`POST /v1/tickets`, then a `subscribe` on a
+    /// pooled `/realtime` socket) or `realtime` (the `enqueue` action on the pooled
+    /// socket, which then watches the ticket: one message instead of an HTTP request).
+    /// With several replicas, `realtime` enqueues and watches on the same one.
+    #[arg(long, value_enum, default_value_t = EnqueueArg::Rest)]
+    pub enqueue: EnqueueArg,
 
     /// Tickets due within this long of the start are sent and counted like the others,
     /// but their latencies stay out of the histograms: the first ~100–200 ms of a run
@@ -313,6 +321,14 @@ struct Replica {
     enqueue_slots: tokio::sync::Semaphore,
 }
 
+/// `--enqueue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnqueueArg {
+    Rest,
+    Realtime,
+}
+
 /// `--sync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncArg {
@@ -323,6 +339,7 @@ pub enum SyncArg {
 
 struct Plan {
     sync: matchplane_client::StateSync,
+    enqueue: EnqueueArg,
     replicas: Vec<Replica>,
     recorder: Arc<Recorder>,
     queue: String,
@@ -368,27 +385,44 @@ impl Plan {
                 .attributes
                 .insert("skill".to_owned(), 1500.0 + offset);
         }
-        let enqueued = {
-            // Never closed, so acquiring fails only if that changes.
-            let Ok(_slot) = home.enqueue_slots.acquire().await else {
-                return recorder.error("enqueue_slots_closed");
-            };
-            home.client.enqueue(&request).await
+        let (ticket_id, push) = match self.enqueue {
+            EnqueueArg::Rest => {
+                let enqueued = {
+                    // Never closed, so acquiring fails only if that changes.
+                    let Ok(_slot) = home.enqueue_slots.acquire().await else {
+                        return recorder.error("enqueue_slots_closed");
+                    };
+                    home.client.enqueue(&request).await
+                };
+                let ticket_id = match enqueued {
+                    Ok(ticket) => ticket.ticket_id,
+                    Err(err) => return recorder.matchmaking_error("enqueue", &err),
+                };
+                self.record_enqueued(due);
+                let push = watcher.pool.watch(&ticket_id).await;
+                (ticket_id, push)
+            }
+            EnqueueArg::Realtime => {
+                let pending = match home.pool.enqueue(request).await {
+                    Ok(pending) => pending,
+                    Err(err) => return recorder.matchmaking_error("enqueue", &err),
+                };
+                let answer =
+                    tokio::time::timeout_at(due + self.match_timeout, pending.answer).await;
+                let ticket_id = match answer {
+                    Ok(Ok(Ok(ticket_id))) => ticket_id,
+                    Ok(Ok(Err(code))) => return recorder.error(&format!("enqueue_{code}")),
+                    Ok(Err(_)) => return recorder.error("enqueue_realtime_closed"),
+                    Err(_) => return recorder.error("enqueue_timeout"),
+                };
+                self.record_enqueued(due);
+                (ticket_id, Ok(pending.push))
+            }
         };
-        let ticket = match enqueued {
-            Ok(ticket) => ticket,
-            Err(err) => return recorder.matchmaking_error("enqueue", &err),
-        };
-        let enqueued_at = Instant::now();
         let measured = due >= recorder.measure_from;
-        if measured {
-            locked(&recorder.enqueue).record(enqueued_at - due);
-        }
-        recorder.enqueued.fetch_add(1, Ordering::Relaxed);
-        recorder.mark(&recorder.last_enqueue_ns, enqueued_at);
 
         let Some((assignment, assigned_at)) =
-            self.await_assignment(watcher, &ticket.ticket_id, due).await
+            self.await_assignment(watcher, &ticket_id, push, due).await
         else {
             return;
         };
@@ -403,7 +437,7 @@ impl Plan {
         let joins = members.iter().map(|member| {
             self.join_and_play(
                 &home.client,
-                &ticket.ticket_id,
+                &ticket_id,
                 &assignment,
                 member,
                 assigned_at,
@@ -413,16 +447,28 @@ impl Plan {
         futures_util::future::join_all(joins).await;
     }
 
-    /// Waits on `watcher`'s push sockets; polls `watcher` if its socket fails.
+    fn record_enqueued(&self, due: Instant) {
+        let recorder = &self.recorder;
+        let enqueued_at = Instant::now();
+        if due >= recorder.measure_from {
+            locked(&recorder.enqueue).record(enqueued_at - due);
+        }
+        recorder.enqueued.fetch_add(1, Ordering::Relaxed);
+        recorder.mark(&recorder.last_enqueue_ns, enqueued_at);
+    }
+
+    /// Waits for the ticket's push on `watcher`'s socket; polls `watcher` if the
+    /// socket fails.
     async fn await_assignment(
         &self,
         watcher: &Replica,
         ticket_id: &str,
+        push: Result<oneshot::Receiver<Pushed>, MatchmakingError>,
         due: Instant,
     ) -> Option<(Assignment, Instant)> {
         let recorder = &self.recorder;
         let deadline = due + self.match_timeout;
-        let pushed = match watcher.pool.watch(ticket_id).await {
+        let pushed = match push {
             Ok(receiver) => match tokio::time::timeout_at(deadline, receiver).await {
                 Ok(Ok(pushed)) => Some(pushed),
                 // The socket died: poll instead.
@@ -684,6 +730,8 @@ pub struct Report {
     /// Every replica driven, in round-robin order.
     pub control_planes: Vec<String>,
     pub queue: String,
+    /// `--enqueue`: `rest` or `realtime`.
+    pub enqueue: EnqueueArg,
     pub players: u64,
     pub tickets: u64,
     pub party_size: u32,
@@ -888,6 +936,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         })
         .collect();
     let plan = Arc::new(Plan {
+        enqueue: args.enqueue,
         sync: match args.sync {
             SyncArg::Patch => matchplane_client::StateSync::Patch,
             SyncArg::Merge => matchplane_client::StateSync::Merge,
@@ -1061,6 +1110,7 @@ fn build_report(
         control_plane: urls.join(","),
         control_planes: urls.to_vec(),
         queue: args.queue.clone(),
+        enqueue: args.enqueue,
         players,
         tickets,
         party_size: args.party_size,
@@ -1127,7 +1177,7 @@ fn render(report: &Report) -> String {
     }
     lines.extend([
         format!(
-            "{} {:.1}s: {} enqueued · {} assigned · {} joined{}",
+            "{} {:.1}s: {} enqueued · {} assigned · {} joined{}{}",
             if report.interrupted {
                 "interrupted after"
             } else {
@@ -1137,6 +1187,10 @@ fn render(report: &Report) -> String {
             report.enqueued,
             report.matched,
             report.joined,
+            match report.enqueue {
+                EnqueueArg::Realtime => " (enqueued over /realtime)",
+                EnqueueArg::Rest => "",
+            },
             if report.polled > 0 {
                 format!(" · {} found by polling", report.polled)
             } else {

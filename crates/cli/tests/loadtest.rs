@@ -281,6 +281,86 @@ async fn the_full_journey_and_matchmaking_only_report_complete_and_error_free() 
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
 }
 
+#[tokio::test]
+async fn enqueueing_over_the_realtime_socket_plays_the_same_journey_and_reports_refusals() {
+    let (mut cp, mut game) = planes().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = dir.path().join("realtime.json");
+    let output = loadtest(
+        &cp.http(),
+        &path,
+        &[
+            "--enqueue",
+            "realtime",
+            "--players",
+            "120",
+            "--rate",
+            "300",
+            "--queue",
+            "hero-defense:3v3",
+        ],
+    )
+    .await;
+    let stdout = successful_stdout(&output);
+    assert!(stdout.contains("(enqueued over /realtime)"), "{stdout}");
+    let report = read_report(&path);
+    assert_eq!(report["enqueue"], "realtime");
+    assert_eq!(
+        (&report["enqueued"], &report["matched"], &report["joined"]),
+        (&120.into(), &120.into(), &120.into()),
+        "{report}"
+    );
+    assert_eq!(report["errorsTotal"], 0, "{report}");
+    assert_eq!(
+        report["polled"], 0,
+        "every assignment came as a push: {report}"
+    );
+    assert_eq!(report["complete"], true);
+    assert_latency(&report, "enqueue", 120);
+    assert_latency(&report, "timeToMatch", 120);
+    assert_latency(&report, "assignedToJoin", 120);
+
+    // A member id over the limit: the socket answers each enqueue with an error,
+    // which the run counts under the same name as a refused `POST /v1/tickets`.
+    let long_prefix = "p".repeat(300);
+    for enqueue in ["realtime", "rest"] {
+        let path = dir.path().join(format!("refused-{enqueue}.json"));
+        let output = loadtest(
+            &cp.http(),
+            &path,
+            &[
+                "--enqueue",
+                enqueue,
+                "--players",
+                "4",
+                "--rate",
+                "100",
+                "--queue",
+                "hero-defense:1v1",
+                "--no-join",
+                "--player-prefix",
+                &long_prefix,
+            ],
+        )
+        .await;
+        assert!(!output.status.success(), "{enqueue}: refusals fail the run");
+        let report = read_report(&path);
+        assert_eq!(report["enqueued"], 0, "{enqueue}: {report}");
+        assert_eq!(
+            report["errors"],
+            serde_json::json!({"enqueue_FIELD_TOO_LONG": 4}),
+            "{enqueue}: {report}"
+        );
+        assert_eq!(report["complete"], false);
+    }
+
+    game.sigterm();
+    cp.sigterm();
+    assert!(game.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}
+
 /// Runs `loadtest --control-plane <control_plane> --json <file> <extra>`,
 /// sends it Ctrl-C (SIGINT) after `progress_lines` progress lines (one a second for
 /// journeys, one every 5 s for heartbeats), checks that it stopped by itself as an

@@ -21,6 +21,9 @@ use crate::error::{MatchmakingError, refusal};
 /// once its final event (assigned, cancelled, expired) was pushed.
 pub const MAX_TICKETS_PER_SOCKET: usize = 32;
 
+/// Most queued actions written to the socket at once.
+const COMMAND_BATCH: usize = 64;
+
 /// One `/realtime` socket. Events of every watched ticket arrive on
 /// [`RealtimeWatch::next_event`]; subscriptions can be sent from other tasks through a
 /// cloned [`RealtimeSubscriber`].
@@ -119,7 +122,19 @@ impl RealtimeWatch {
                 tokio::select! {
                     command = command_rx.recv() => match command {
                         Some(text) => {
-                            if sink.send(Message::Text(text.into())).await.is_err() {
+                            // Actions already queued behind this one go out in the same
+                            // write (a pooled socket carries many tickets' actions).
+                            let mut batch = vec![text];
+                            while batch.len() < COMMAND_BATCH {
+                                match command_rx.try_recv() {
+                                    Ok(more) => batch.push(more),
+                                    Err(_) => break,
+                                }
+                            }
+                            let mut queued = futures_util::stream::iter(
+                                batch.into_iter().map(|text| Ok(Message::Text(text.into()))),
+                            );
+                            if sink.send_all(&mut queued).await.is_err() {
                                 break;
                             }
                         }

@@ -12,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use futures_util::{FutureExt, SinkExt};
 use matchplane_contracts::matchmaking::TicketStatus;
 use matchplane_contracts::realtime::{
     Enqueued, HeartbeatAck, MatchAssigned, MatchLost, RealtimeAction, RealtimeEnvelope,
@@ -35,6 +36,10 @@ const PING_EVERY: Duration = Duration::from_secs(25);
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Malformed messages tolerated before the socket is closed.
 const MAX_BAD_MESSAGES: u32 = 10;
+/// Events and frames already waiting that one wake-up handles before its
+/// single flush: enough to coalesce a matching round's pushes into one write,
+/// few enough that one busy socket cannot hold its worker for long.
+const COALESCE_BUDGET: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -205,6 +210,10 @@ impl Session {
         }
     }
 
+    /// Messages are queued on the socket (`feed`) and written once per wake-up
+    /// (`flush`), after whatever else is already waiting has been answered: a
+    /// matching round that assigns several of a socket's tickets, or a burst of
+    /// subscribes, costs one write instead of one per message.
     async fn run(mut self, initial_ticket: Option<String>) {
         let mut shutdown = self.state.shutdown.clone();
         if let Some(ticket_id) = initial_ticket
@@ -212,18 +221,14 @@ impl Session {
         {
             return;
         }
+        if let Flow::Close = self.flush().await {
+            return;
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         loop {
             let flow = tokio::select! {
-                incoming = self.socket.recv() => match incoming {
-                    Some(Ok(message)) => self.on_message(message).await,
-                    Some(Err(err)) => {
-                        self.on_read_error(err).await;
-                        Flow::Close
-                    }
-                    None => Flow::Close,
-                },
+                incoming = self.socket.recv() => self.on_incoming(incoming).await,
                 Some(event) = self.events.recv() => self.on_event(event).await,
                 Ok(()) = self.resyncs.changed() => self.resync().await,
                 _ = ping.tick() => self.send_raw(Message::Ping(Default::default())).await,
@@ -235,6 +240,48 @@ impl Session {
             if let Flow::Close = flow {
                 break;
             }
+            if let Flow::Close = self.handle_waiting().await {
+                break;
+            }
+            if let Flow::Close = self.flush().await {
+                break;
+            }
+        }
+    }
+
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Flow {
+        match incoming {
+            Some(Ok(message)) => self.on_message(message).await,
+            Some(Err(err)) => {
+                self.on_read_error(err).await;
+                Flow::Close
+            }
+            None => Flow::Close,
+        }
+    }
+
+    /// Handles events and frames that are ready now, without waiting, up to
+    /// [`COALESCE_BUDGET`]; their answers join the wake-up's one write.
+    async fn handle_waiting(&mut self) -> Flow {
+        for _ in 0..COALESCE_BUDGET {
+            let flow = if let Ok(event) = self.events.try_recv() {
+                self.on_event(event).await
+            } else if let Some(incoming) = self.socket.recv().now_or_never() {
+                self.on_incoming(incoming).await
+            } else {
+                return Flow::Continue;
+            };
+            if let Flow::Close = flow {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn flush(&mut self) -> Flow {
+        match self.socket.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
         }
     }
 }
@@ -314,8 +361,10 @@ impl Session {
         }
     }
 
+    /// Queues `message`; the wake-up's [`Session::flush`] writes it (close frames
+    /// go out with `send`, which flushes what is queued before them).
     async fn send_raw(&mut self, message: Message) -> Flow {
-        match self.socket.send(message).await {
+        match self.socket.feed(message).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
