@@ -233,3 +233,82 @@ async fn invalid_messages_get_error_envelopes_then_a_close() {
     assert!(closed, "socket should be closed after repeated garbage");
     assert_eq!(h.get("/health").await.0, 200);
 }
+
+/// Many enqueues sent at once on one socket (a lobby server queueing its players)
+/// share the durable store's commits instead of waiting one fsync each, and every
+/// answer still comes in the order of the messages: other actions sent behind an
+/// enqueue in flight wait for it.
+#[tokio::test]
+async fn answers_keep_message_order_while_enqueues_are_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
+    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
+        data_dir: dir.path().join("data"),
+    };
+    let h = Harness::start_with(config).await;
+    let mut socket = connect(&h, "").await;
+    let enqueue = |member: &str| json!({"action": "enqueue", "queueKey": "hero-defense:5v5", "members": [member]});
+    let mut burst = Vec::new();
+    for i in 0..12 {
+        burst.push(enqueue(&format!("p{i}")));
+    }
+    burst.push(json!({"action": "heartbeat"}));
+    burst.push(json!({"action": "subscribe", "ticketId": "no-such-ticket"}));
+    burst.push(json!({"action": "enqueue", "members": ["no-queue"]}));
+    burst.push(json!("not an action"));
+    burst.push(enqueue("p12"));
+    burst.push(json!({"action": "heartbeat"}));
+    // One write: every message is already there when the socket reads the first.
+    for message in &burst {
+        socket
+            .feed(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+    socket.flush().await.unwrap();
+
+    let mut answers = Vec::new();
+    for _ in 0..(13 * 2 + 5) {
+        answers.push(next(&mut socket).await);
+    }
+    let kinds: Vec<&str> = answers
+        .iter()
+        .map(|answer| answer["type"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![];
+    for _ in 0..12 {
+        expected.extend(["enqueued", "subscribed"]);
+    }
+    expected.extend([
+        "heartbeat",
+        "error",
+        "error",
+        "error",
+        "enqueued",
+        "subscribed",
+        "heartbeat",
+    ]);
+    assert_eq!(kinds, expected);
+    // Each answer is its own message's: the i-th ticket is p{i}'s (queueing p{i}
+    // again is refused naming the ticket that holds it).
+    let enqueued: Vec<&Value> = answers
+        .iter()
+        .filter(|answer| answer["type"] == "enqueued")
+        .collect();
+    for (i, answer) in enqueued.iter().enumerate() {
+        let ticket = answer["data"]["ticketId"].as_str().unwrap();
+        let (status, refused) = h
+            .post(
+                "/v1/matchmaking/enqueue",
+                json!({"queueKey": "hero-defense:5v5", "members": [format!("p{i}")]}),
+            )
+            .await;
+        assert_eq!(status, 409, "{refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains(ticket), "p{i}: {message} names {ticket}");
+    }
+    assert_eq!(answers[25]["data"]["code"], "TICKET_NOT_FOUND");
+    assert_eq!(answers[25]["data"]["ticketId"], "no-such-ticket");
+    assert_eq!(answers[26]["data"]["code"], "QUEUE_KEY_REQUIRED");
+    assert_eq!(answers[27]["data"]["code"], "INVALID_REQUEST");
+}

@@ -12,7 +12,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use futures_util::{FutureExt, SinkExt};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use matchplane_contracts::matchmaking::TicketStatus;
 use matchplane_contracts::realtime::{
     Enqueued, HeartbeatAck, MatchAssigned, MatchLost, RealtimeAction, RealtimeEnvelope,
@@ -27,6 +29,7 @@ use super::matchmaking::enqueue_ticket;
 use super::{ApiError, AppState};
 use crate::auth::{PlayerIdentity, authenticate_player, may_access};
 use crate::events::{TicketEvent, Watcher};
+use crate::store::TicketRecord;
 
 /// Tickets one socket may watch at once (a client normally watches one).
 const MAX_WATCHED_PER_SOCKET: usize = 32;
@@ -40,6 +43,9 @@ const MAX_BAD_MESSAGES: u32 = 10;
 /// single flush: enough to coalesce a matching round's pushes into one write,
 /// few enough that one busy socket cannot hold its worker for long.
 const COALESCE_BUDGET: usize = 64;
+/// Messages held back behind enqueues in flight before the socket stops being
+/// read (TCP then pushes back on the client).
+const MAX_DEFERRED: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,7 +74,8 @@ optional `ticketId`). A ticket already settled when watched gets its final event
 
 **Client → server** text frames are `{\"action\": ...}` (schema `RealtimeAction`): `enqueue` (the \
 enqueue body's fields beside `action`), `subscribe` (`ticketId`), `heartbeat`. `?ticketId=` on the URL \
-subscribes at connect. A socket watches at most 32 tickets (`TOO_MANY_SUBSCRIPTIONS`).
+subscribes at connect. A socket watches at most 32 tickets (`TOO_MANY_SUBSCRIPTIONS`). Answers come in \
+the order of the messages; enqueues sent back to back are stored together (one durable commit).
 
 **Closes**: 1009 for a message over `--max-body-bytes`, 1008 after 10 malformed messages, 1001 when the \
 control plane shuts down. The server pings every 25 s.
@@ -184,6 +191,19 @@ struct Session {
     player: PlayerIdentity,
     /// Changes when events may have been missed (the cluster feed had a gap).
     resyncs: tokio::sync::watch::Receiver<u64>,
+    /// `enqueue` actions whose (durable) create is in flight, answered in the order
+    /// they came: a socket that enqueues for many players shares the store's group
+    /// commit instead of waiting out one fsync per ticket.
+    enqueues: FuturesOrdered<BoxFuture<'static, Result<TicketRecord, ApiError>>>,
+    /// Other messages that came while enqueues were in flight, handled once those
+    /// are answered: every answer keeps the order of the messages.
+    deferred: VecDeque<Deferred>,
+}
+
+/// A message held back behind enqueues in flight.
+enum Deferred {
+    Action(RealtimeAction),
+    Bad(ErrorCode, String),
 }
 
 enum Flow {
@@ -207,6 +227,8 @@ impl Session {
             settled: VecDeque::new(),
             bad_messages: 0,
             player,
+            enqueues: FuturesOrdered::new(),
+            deferred: VecDeque::new(),
         }
     }
 
@@ -227,8 +249,12 @@ impl Session {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         loop {
+            let reading = self.deferred.len() < MAX_DEFERRED;
             let flow = tokio::select! {
-                incoming = self.socket.recv() => self.on_incoming(incoming).await,
+                incoming = self.socket.recv(), if reading => self.on_incoming(incoming).await,
+                Some(created) = self.enqueues.next(), if !self.enqueues.is_empty() => {
+                    self.on_enqueued(created).await
+                }
                 Some(event) = self.events.recv() => self.on_event(event).await,
                 Ok(()) = self.resyncs.changed() => self.resync().await,
                 _ = ping.tick() => self.send_raw(Message::Ping(Default::default())).await,
@@ -266,7 +292,15 @@ impl Session {
         for _ in 0..COALESCE_BUDGET {
             let flow = if let Ok(event) = self.events.try_recv() {
                 self.on_event(event).await
-            } else if let Some(incoming) = self.socket.recv().now_or_never() {
+            } else if let Some(Some(created)) = (!self.enqueues.is_empty())
+                .then(|| self.enqueues.next().now_or_never())
+                .flatten()
+            {
+                self.on_enqueued(created).await
+            } else if let Some(incoming) = (self.deferred.len() < MAX_DEFERRED)
+                .then(|| self.socket.recv().now_or_never())
+                .flatten()
+            {
                 self.on_incoming(incoming).await
             } else {
                 return Flow::Continue;
@@ -398,7 +432,10 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
             Message::Binary(_) => {
                 return self
-                    .bad(ErrorCode::InvalidRequest, "send JSON text frames")
+                    .bad_in_turn(
+                        ErrorCode::InvalidRequest,
+                        "send JSON text frames".to_owned(),
+                    )
                     .await;
             }
         };
@@ -406,19 +443,41 @@ impl Session {
             self.close(1009, "message too big").await;
             return Flow::Close;
         }
-        let action = match serde_json::from_str::<RealtimeAction>(text.as_str()) {
-            Ok(action) => action,
+        match serde_json::from_str::<RealtimeAction>(text.as_str()) {
+            Ok(action) => self.on_action_in_turn(action).await,
             Err(err) => {
                 let code = if serde_json::from_str::<serde_json::Value>(text.as_str()).is_ok() {
                     ErrorCode::InvalidRequest
                 } else {
                     ErrorCode::InvalidJson
                 };
-                return self
-                    .bad(code, format!("expected {{\"action\": \"enqueue\" | \"subscribe\" | \"heartbeat\", …}}: {err}"))
-                    .await;
+                self.bad_in_turn(code, format!("expected {{\"action\": \"enqueue\" | \"subscribe\" | \"heartbeat\", …}}: {err}"))
+                    .await
             }
-        };
+        }
+    }
+
+    /// Handles `action` now, unless an answer to an earlier message is still due: an
+    /// enqueue may join the enqueues in flight, anything else waits its turn.
+    async fn on_action_in_turn(&mut self, action: RealtimeAction) -> Flow {
+        let joins_in_flight =
+            self.deferred.is_empty() && matches!(action, RealtimeAction::Enqueue(_));
+        if self.enqueues.is_empty() && self.deferred.is_empty() || joins_in_flight {
+            return self.on_action(action).await;
+        }
+        self.deferred.push_back(Deferred::Action(action));
+        Flow::Continue
+    }
+
+    async fn bad_in_turn(&mut self, code: ErrorCode, message: String) -> Flow {
+        if self.enqueues.is_empty() && self.deferred.is_empty() {
+            return self.bad(code, message).await;
+        }
+        self.deferred.push_back(Deferred::Bad(code, message));
+        Flow::Continue
+    }
+
+    async fn on_action(&mut self, action: RealtimeAction) -> Flow {
         match action {
             RealtimeAction::Heartbeat {} => {
                 let server_time = self.state.clock.now_ms();
@@ -433,27 +492,59 @@ impl Session {
                 }
             },
             RealtimeAction::Enqueue(request) => {
-                if self.watcher.watching() >= MAX_WATCHED_PER_SOCKET && !self.make_room() {
+                // Enqueues in flight will each watch a ticket too.
+                if self.watcher.watching() + self.enqueues.len() >= MAX_WATCHED_PER_SOCKET
+                    && !self.make_room()
+                {
                     return self.too_many().await;
                 }
-                match enqueue_ticket(&self.state, &self.player, *request).await {
-                    Ok(ticket) => {
-                        let ticket_id = ticket.ticket_id.clone();
-                        let flow = self
-                            .send(RealtimeEvent::Enqueued(Enqueued {
-                                ticket_id: ticket_id.clone(),
-                                status: ticket.status,
-                            }))
-                            .await;
-                        if let Flow::Close = flow {
-                            return Flow::Close;
-                        }
-                        self.subscribe(ticket_id).await
-                    }
-                    Err(err) => self.error(err.code, err.message).await,
-                }
+                let state = self.state.clone();
+                let player = PlayerIdentity(self.player.0.clone());
+                self.enqueues.push_back(Box::pin(async move {
+                    enqueue_ticket(&state, &player, *request).await
+                }));
+                Flow::Continue
             }
         }
+    }
+
+    /// The oldest enqueue in flight is done: answers it and watches its ticket, then
+    /// handles the messages that were waiting for it.
+    async fn on_enqueued(&mut self, created: Result<TicketRecord, ApiError>) -> Flow {
+        let flow = match created {
+            Ok(ticket) => {
+                let ticket_id = ticket.ticket_id;
+                let flow = self
+                    .send(RealtimeEvent::Enqueued(Enqueued {
+                        ticket_id: ticket_id.clone(),
+                        status: ticket.status,
+                    }))
+                    .await;
+                if let Flow::Close = flow {
+                    return Flow::Close;
+                }
+                self.subscribe(ticket_id).await
+            }
+            Err(err) => self.error(err.code, err.message).await,
+        };
+        if let Flow::Close = flow {
+            return Flow::Close;
+        }
+        while let Some(next) = self.deferred.front() {
+            let joins_in_flight = matches!(next, Deferred::Action(RealtimeAction::Enqueue(_)));
+            if !self.enqueues.is_empty() && !joins_in_flight {
+                break;
+            }
+            let flow = match self.deferred.pop_front() {
+                Some(Deferred::Action(action)) => self.on_action(action).await,
+                Some(Deferred::Bad(code, message)) => self.bad(code, message).await,
+                None => Flow::Continue,
+            };
+            if let Flow::Close = flow {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
     }
 
     async fn bad(&mut self, code: ErrorCode, message: impl Into<String>) -> Flow {
