@@ -312,3 +312,87 @@ async fn answers_keep_message_order_while_enqueues_are_in_flight() {
     assert_eq!(answers[26]["data"]["code"], "QUEUE_KEY_REQUIRED");
     assert_eq!(answers[27]["data"]["code"], "INVALID_REQUEST");
 }
+
+/// Tickets still queued in the store, per the admin summary.
+async fn queued_in_store(h: &Harness) -> u64 {
+    let (_, summary) = h.get("/v1/admin/queue/summary").await;
+    summary["queues"]
+        .as_array()
+        .map(|queues| {
+            queues
+                .iter()
+                .map(|queue| queue["queued"].as_u64().unwrap())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A caller that goes away with its enqueue in flight (a socket closed behind a
+/// burst of `enqueue` actions, a client hanging up right after its POST) must not
+/// leave a ticket that is stored but unknown to the matcher: every ticket the
+/// store took gets matched.
+#[tokio::test]
+async fn callers_gone_mid_enqueue_strand_no_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
+    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
+        data_dir: dir.path().join("data"),
+    };
+    let h = Harness::start_with(config).await;
+    h.register_server("game-1", "hero-defense").await;
+    for round in 0..5 {
+        let mut socket = connect(&h, "").await;
+        for i in 0..40 {
+            let action = json!({"action": "enqueue", "queueKey": "hero-defense:1v1",
+                "members": [format!("s{round}-{i}")]});
+            socket
+                .feed(Message::Text(action.to_string().into()))
+                .await
+                .unwrap();
+        }
+        socket.flush().await.unwrap();
+        // Gone without a close handshake, while the enqueues are being stored.
+        drop(socket);
+        for i in 0..20 {
+            let body =
+                json!({"queueKey": "hero-defense:1v1", "members": [format!("r{round}-{i}")]})
+                    .to_string();
+            let mut stream = tokio::net::TcpStream::connect(h.cp.local_addr())
+                .await
+                .unwrap();
+            let request = format!(
+                "POST /v1/matchmaking/enqueue HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+                .await
+                .unwrap();
+            // Hung up before the answer.
+            drop(stream);
+        }
+    }
+    // Whatever the store took is either matched or waiting in the matcher: queue as
+    // many partners as there are waiting tickets, and the queue must empty.
+    let mut previous = u64::MAX;
+    let mut waiting = queued_in_store(&h).await;
+    while waiting != previous {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (previous, waiting) = (waiting, queued_in_store(&h).await);
+    }
+    for i in 0..waiting {
+        h.enqueue(json!({"queueKey": "hero-defense:1v1", "members": [format!("partner-{i}")]}))
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = queued_in_store(&h).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} tickets stay queued: stored, but the matcher never heard of them"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

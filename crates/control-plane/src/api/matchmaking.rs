@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use futures_util::FutureExt as _;
 use matchplane_contracts::matchmaking::{
     CancelRequest, CancelResponse, EnqueueRequest, EnqueueResponse, StatusResponse, TicketStatus,
 };
@@ -15,7 +16,7 @@ use crate::clock::{Millis, duration_ms, format_rfc3339};
 use crate::events::TicketEvent;
 use crate::matcher::engine_ticket;
 use crate::metrics;
-use crate::store::{CancelOutcome, CreateOutcome, TicketRecord};
+use crate::store::{CancelOutcome, CreateOutcome, StoreError, TicketRecord};
 use crate::validate;
 
 #[utoipa::path(
@@ -135,13 +136,20 @@ pub(crate) async fn enqueue_ticket(
         return Err(refused_by_queue(refused));
     }
     // Durable before acknowledged: the 201 promises the ticket survives a crash.
-    let ticket = match state.store.create_ticket(record, now).await? {
-        CreateOutcome::Created(ticket) => {
-            tracing::debug!(ticket_id = %ticket.ticket_id, queue_key = %ticket.queue_key, "ticket queued");
-            state.matcher.enqueued(ticket.clone());
-            metrics::inc(&state.metrics.tickets_enqueued);
-            ticket
-        }
+    // A caller that goes away mid-request (a closed socket, a client hanging up on
+    // its POST) drops this future; a ticket stored but never handed to the matcher
+    // would then wait unmatched. So a store that does not answer at once (a disk
+    // or network write) finishes in a task of its own; one that does (the memory
+    // store) is done before anyone could cancel, without a task's hand-offs.
+    let mut stored = Box::pin(store_and_hand_over(state.clone(), record, now));
+    let outcome = match (&mut stored).now_or_never() {
+        Some(outcome) => outcome?,
+        None => tokio::spawn(stored)
+            .await
+            .map_err(|_| ApiError::internal("the enqueue did not complete"))??,
+    };
+    let ticket = match outcome {
+        CreateOutcome::Created(ticket) => ticket,
         CreateOutcome::Existing(ticket) => {
             metrics::inc(&state.metrics.tickets_deduplicated);
             ticket
@@ -160,6 +168,20 @@ pub(crate) async fn enqueue_ticket(
         }
     };
     Ok(ticket)
+}
+
+async fn store_and_hand_over(
+    state: AppState,
+    record: TicketRecord,
+    now: Millis,
+) -> Result<CreateOutcome, StoreError> {
+    let outcome = state.store.create_ticket(record, now).await?;
+    if let CreateOutcome::Created(ticket) = &outcome {
+        tracing::debug!(ticket_id = %ticket.ticket_id, queue_key = %ticket.queue_key, "ticket queued");
+        state.matcher.enqueued(ticket.clone());
+        metrics::inc(&state.metrics.tickets_enqueued);
+    }
+    Ok(outcome)
 }
 
 fn refused_by_queue(refused: InsertError) -> ApiError {
