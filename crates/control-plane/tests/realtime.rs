@@ -396,3 +396,71 @@ async fn callers_gone_mid_enqueue_strand_no_ticket() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A cancel whose caller hangs up before the answer still reaches the sockets
+/// watching the ticket.
+#[tokio::test]
+async fn a_cancel_whose_caller_hangs_up_is_still_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
+    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
+        data_dir: dir.path().join("data"),
+    };
+    let h = Harness::start_with(config).await;
+    let mut watcher = connect(&h, "").await;
+    let mut tickets = Vec::new();
+    for i in 0..30 {
+        let ticket = h
+            .enqueue(json!({"queueKey": "hero-defense:5v5", "members": [format!("c{i}")]}))
+            .await;
+        send(
+            &mut watcher,
+            json!({"action": "subscribe", "ticketId": ticket}),
+        )
+        .await;
+        assert_eq!(next(&mut watcher).await["type"], "subscribed");
+        tickets.push(ticket);
+    }
+    for ticket in &tickets {
+        let body = json!({ "ticketId": ticket }).to_string();
+        let mut stream = tokio::net::TcpStream::connect(h.cp.local_addr())
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /v1/matchmaking/cancel HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        drop(stream);
+    }
+    // A request the server had not read yet when its caller left may not run at
+    // all; every cancel that did run must have been pushed.
+    let cancelled_in_store = || async {
+        let mut cancelled = std::collections::BTreeSet::new();
+        for ticket in &tickets {
+            if h.status(ticket).await["status"] == "cancelled" {
+                cancelled.insert(ticket.clone());
+            }
+        }
+        cancelled
+    };
+    let mut previous = cancelled_in_store().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = cancelled_in_store().await;
+        if now == previous {
+            break;
+        }
+        previous = now;
+    }
+    assert!(!previous.is_empty(), "no cancel ran at all");
+    let mut pushed = std::collections::BTreeSet::new();
+    while pushed.len() < previous.len() {
+        let message = next(&mut watcher).await;
+        assert_eq!(message["type"], "ticket.cancelled", "{message}");
+        pushed.insert(message["data"]["ticketId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(pushed, previous);
+}
