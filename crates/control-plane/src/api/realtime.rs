@@ -25,7 +25,7 @@ use matchplane_edge::secret::bearer;
 use matchplane_edge::ws::ReadFailure;
 use serde::Deserialize;
 
-use super::matchmaking::enqueue_ticket;
+use super::matchmaking::{Completion, enqueue_ticket};
 use super::{ApiError, AppState};
 use crate::auth::{PlayerIdentity, authenticate_player, may_access};
 use crate::events::{TicketEvent, Watcher};
@@ -273,6 +273,14 @@ impl Session {
                 break;
             }
         }
+        self.finish_enqueues().await;
+    }
+
+    /// The socket is done, but enqueues it started are not: each is stored and
+    /// handed to the matcher (a ticket stored but never handed over would wait
+    /// unmatched); only the answers have nowhere to go.
+    async fn finish_enqueues(&mut self) {
+        while self.enqueues.next().await.is_some() {}
     }
 
     async fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Flow {
@@ -500,8 +508,9 @@ impl Session {
                 }
                 let state = self.state.clone();
                 let player = PlayerIdentity(self.player.0.clone());
+                // Driven to its end by `finish_enqueues` even if the socket closes.
                 self.enqueues.push_back(Box::pin(async move {
-                    enqueue_ticket(&state, &player, *request).await
+                    enqueue_ticket(&state, &player, *request, Completion::DrivenByCaller).await
                 }));
                 Flow::Continue
             }
