@@ -234,6 +234,32 @@ async fn invalid_messages_get_error_envelopes_then_a_close() {
     assert_eq!(h.get("/health").await.0, 200);
 }
 
+/// A control plane on the durable store (redb in `dir`): its writes wait for an
+/// fsync, so requests are still in flight when their callers leave.
+async fn durable_harness(dir: &tempfile::TempDir) -> Harness {
+    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
+    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
+        data_dir: dir.path().join("data"),
+    };
+    Harness::start_with(config).await
+}
+
+/// Sends a whole `POST path` with `body` and closes the connection without
+/// waiting for the answer.
+async fn post_and_hang_up(h: &Harness, path: &str, body: &Value) {
+    let body = body.to_string();
+    let mut stream = tokio::net::TcpStream::connect(h.cp.local_addr())
+        .await
+        .unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+}
+
 /// Many enqueues sent at once on one socket (a lobby server queueing its players)
 /// share the durable store's commits instead of waiting one fsync each, and every
 /// answer still comes in the order of the messages: other actions sent behind an
@@ -241,11 +267,7 @@ async fn invalid_messages_get_error_envelopes_then_a_close() {
 #[tokio::test]
 async fn answers_keep_message_order_while_enqueues_are_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
-    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
-        data_dir: dir.path().join("data"),
-    };
-    let h = Harness::start_with(config).await;
+    let h = durable_harness(&dir).await;
     let mut socket = connect(&h, "").await;
     let enqueue = |member: &str| json!({"action": "enqueue", "queueKey": "hero-defense:5v5", "members": [member]});
     let mut burst = Vec::new();
@@ -334,11 +356,7 @@ async fn queued_in_store(h: &Harness) -> u64 {
 #[tokio::test]
 async fn callers_gone_mid_enqueue_strand_no_ticket() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
-    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
-        data_dir: dir.path().join("data"),
-    };
-    let h = Harness::start_with(config).await;
+    let h = durable_harness(&dir).await;
     h.register_server("game-1", "hero-defense").await;
     for round in 0..5 {
         let mut socket = connect(&h, "").await;
@@ -355,20 +373,8 @@ async fn callers_gone_mid_enqueue_strand_no_ticket() {
         drop(socket);
         for i in 0..20 {
             let body =
-                json!({"queueKey": "hero-defense:1v1", "members": [format!("r{round}-{i}")]})
-                    .to_string();
-            let mut stream = tokio::net::TcpStream::connect(h.cp.local_addr())
-                .await
-                .unwrap();
-            let request = format!(
-                "POST /v1/matchmaking/enqueue HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-                .await
-                .unwrap();
-            // Hung up before the answer.
-            drop(stream);
+                json!({"queueKey": "hero-defense:1v1", "members": [format!("r{round}-{i}")]});
+            post_and_hang_up(&h, "/v1/matchmaking/enqueue", &body).await;
         }
     }
     // Whatever the store took is either matched or waiting in the matcher: queue as
@@ -402,11 +408,7 @@ async fn callers_gone_mid_enqueue_strand_no_ticket() {
 #[tokio::test]
 async fn a_cancel_whose_caller_hangs_up_is_still_pushed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = matchplane_control_plane::config::Config::ephemeral_for_tests();
-    config.storage = matchplane_control_plane::config::StorageConfig::Durable {
-        data_dir: dir.path().join("data"),
-    };
-    let h = Harness::start_with(config).await;
+    let h = durable_harness(&dir).await;
     let mut watcher = connect(&h, "").await;
     let mut tickets = Vec::new();
     for i in 0..30 {
@@ -422,18 +424,7 @@ async fn a_cancel_whose_caller_hangs_up_is_still_pushed() {
         tickets.push(ticket);
     }
     for ticket in &tickets {
-        let body = json!({ "ticketId": ticket }).to_string();
-        let mut stream = tokio::net::TcpStream::connect(h.cp.local_addr())
-            .await
-            .unwrap();
-        let request = format!(
-            "POST /v1/matchmaking/cancel HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-            .await
-            .unwrap();
-        drop(stream);
+        post_and_hang_up(&h, "/v1/matchmaking/cancel", &json!({ "ticketId": ticket })).await;
     }
     // A request the server had not read yet when its caller left may not run at
     // all; every cancel that did run must have been pushed.
