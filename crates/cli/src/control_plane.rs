@@ -131,6 +131,10 @@ struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "MATCHPLANE_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
+    /// Largest register/heartbeat body in bytes: it lists every land open on the
+    /// game server (about 45 bytes each), so it has its own, larger limit.
+    #[arg(long, env = "MATCHPLANE_MAX_REGISTER_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_register_body_bytes: usize,
     /// Most members one ticket may carry.
     #[arg(long, env = "MATCHPLANE_MAX_MEMBERS", default_value_t = 16)]
     max_members: usize,
@@ -389,6 +393,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         PlacementArg::Pack => Placement::Pack,
     };
     config.limits.max_body_bytes = args.max_body_bytes;
+    config.limits.max_register_body_bytes = args.max_register_body_bytes;
     config.limits.max_members = args.max_members;
     config.trusted_proxies = args.trusted_proxies;
     config.cors_origins = args.cors_origins;

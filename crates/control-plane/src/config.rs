@@ -192,6 +192,11 @@ pub enum Placement {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Register and heartbeat bodies list every land open on the server (about 45
+    /// bytes each for hero-defense), so a busy server outgrows `max_body_bytes`
+    /// (1,666 lands already did): they get their own limit. Only a caller holding
+    /// the registration credential has its body read at all.
+    pub max_register_body_bytes: usize,
     pub max_members: usize,
     pub max_string_len: usize,
     pub max_map_entries: usize,
@@ -215,6 +220,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 64 * 1024,
+            max_register_body_bytes: 8 * 1024 * 1024,
             max_members: 16,
             max_string_len: 128,
             max_map_entries: 32,

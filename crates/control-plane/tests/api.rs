@@ -226,6 +226,56 @@ async fn malformed_oversized_and_wrong_content_type_bodies() {
     h.enqueue(json!({"queueKey": "q", "members": ["a"]})).await;
 }
 
+/// A heartbeat lists every open land: 1,666 hero-defense lands (≈ 75 KB) once went
+/// past the general body limit, the heartbeats were refused with 413 and the control
+/// plane expired a live server with all its matches.
+#[tokio::test]
+async fn a_heartbeat_listing_thousands_of_lands_is_accepted() {
+    let h = Harness::start().await;
+    let land_ids: Vec<String> = (0..5_000)
+        .map(|n| format!("hero-defense:01JDQ0Z8P6W1Y0000000000{n:05}"))
+        .collect();
+    let heartbeat = json!({
+        "serverId": "busy", "host": "127.0.0.1", "port": 9000, "landType": "hero-defense",
+        "landIds": land_ids,
+    });
+    let body = serde_json::to_vec(&heartbeat).unwrap();
+    assert!(body.len() > 3 * 64 * 1024, "{} bytes", body.len());
+    h.register(heartbeat.clone()).await;
+    let (status, servers) = h.get("/v1/admin/servers").await;
+    assert_eq!(status, 200);
+    assert_eq!(servers["servers"][0]["openLands"], 5_000, "{servers}");
+
+    // The larger limit is for registered callers only: no token, no body read.
+    let anonymous = h
+        .http
+        .post(h.url("/v1/provisioning/servers/register"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    // And it is still a limit: past --max-register-body-bytes (8 MiB) is a 413.
+    let huge = format!(
+        r#"{{"serverId":"busy","host":"127.0.0.1","port":9000,"landType":"hero-defense","region":"{}"}}"#,
+        "x".repeat(8 * 1024 * 1024)
+    );
+    let refused = h
+        .http
+        .post(h.url("/v1/provisioning/servers/register"))
+        .bearer_auth(h.cp.registration_token())
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 413);
+    let answer: Value = refused.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "PAYLOAD_TOO_LARGE", "{answer}");
+}
+
 #[tokio::test]
 async fn provisioning_errors_use_the_seed_envelope() {
     let h = Harness::start().await;

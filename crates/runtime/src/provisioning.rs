@@ -264,10 +264,17 @@ impl ProvisioningAgent {
     }
 }
 
-/// A refused credential is an operator's mistake that retrying cannot fix: an error.
+/// A refused credential or an oversized heartbeat is an operator's matter that
+/// retrying cannot fix, and the control plane expires a server it stops hearing
+/// from (its matches are then lost): an error.
 fn log_failure(err: &ProvisioningError, what: &str) {
     match err {
         ProvisioningError::Credential { .. } => tracing::error!(error = %err, "{what}"),
+        ProvisioningError::Refused { status: 413, .. } => tracing::error!(
+            error = %err,
+            "{what}: the heartbeat lists every open land and outgrew the control plane's \
+             --max-register-body-bytes; raise it there"
+        ),
         _ => tracing::warn!(error = %err, "{what}"),
     }
 }

@@ -106,7 +106,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/provisioning/servers/register",
-            post(provisioning::register),
+            post(provisioning::register).layer(DefaultBodyLimit::max(
+                state.config.limits.max_register_body_bytes,
+            )),
         )
         .route(
             "/v1/provisioning/servers/{server_id}",

@@ -31,7 +31,7 @@ type ProvisioningResult = Result<Json<ProvisioningResponse>, ApiError<Provisioni
             `INVALID_JSON`, `INVALID_REQUEST`.", body = ProvisioningResponse),
         (status = 401, description = "`UNAUTHENTICATED`: no registration token, or not an accepted one.", body = ProvisioningResponse),
         (status = 403, description = "`FORBIDDEN`: this `serverId` was registered with another registration token.", body = ProvisioningResponse),
-        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body exceeds `--max-body-bytes`.", body = ProvisioningResponse),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`: the body exceeds `--max-register-body-bytes` (default 8 MiB: a heartbeat lists every open land, about 45 bytes each).", body = ProvisioningResponse),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: `Content-Type` is not `application/json`.", body = ProvisioningResponse),
         (status = 503, description = "`STORE_UNAVAILABLE` (`retryable: true`): the store failed; retry shortly.", body = ProvisioningResponse),
     ),
