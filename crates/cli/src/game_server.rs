@@ -99,6 +99,13 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_MAX_LANDS", default_value_t = 1000)]
     pub max_lands: u32,
 
+    /// Under overload (ticks running late), lands sync state on every Nth tick, N
+    /// doubling up to this while the ticks stay late, so joins and actions are not
+    /// queued behind every land's frames; 1 syncs every tick whatever the load.
+    #[arg(long, env = "MATCHPLANE_MAX_SYNC_STRETCH", default_value_t = matchplane_runtime::DEFAULT_MAX_SYNC_STRETCH,
+        value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_sync_stretch: u32,
+
     /// Most players this server should hold at once (reported as capacity).
     #[arg(long, env = "MATCHPLANE_MAX_PLAYERS", default_value_t = 10_000)]
     pub max_players: u32,
@@ -329,6 +336,7 @@ pub async fn run(args: GameServerArgs) -> anyhow::Result<()> {
     };
     let mut config = GameServerConfig {
         max_lands: Some(usize::try_from(args.max_lands).unwrap_or(usize::MAX)),
+        max_sync_stretch: args.max_sync_stretch,
         limits: ConnectionLimits {
             max_message_bytes: args.max_message_bytes,
             messages_per_second: args.max_messages_per_second,

@@ -211,7 +211,16 @@ pub struct LandSummary {
 pub struct AdminLands {
     pub server_id: String,
     pub draining: bool,
+    /// Additive: how many ticks one periodic state sync stands for right now, on top
+    /// of each land type's sync rate: 1 normally, more while the server is overloaded
+    /// and sheds sync work (up to `--max-sync-stretch`).
+    #[serde(default = "one")]
+    pub sync_stretch: u32,
     pub lands: Vec<LandSummary>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `GET /health` of a game server.

@@ -47,6 +47,10 @@ pub struct HeroDefenseConfig {
     /// An upgrade to level `n` costs `n × upgrade_base_cost`.
     pub upgrade_base_cost: u32,
     pub tick_rate_hz: f64,
+    /// State syncs per second from the tick loop (`syncRateHz`, e.g. 10 at 20 Hz
+    /// ticks halves the frames); absent: every tick.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_rate_hz: Option<f64>,
     pub max_players: usize,
     pub reconnect_grace_secs: f32,
     pub dispose_after_empty_secs: f32,
@@ -72,6 +76,7 @@ impl Default for HeroDefenseConfig {
             gold_per_kill: 5,
             upgrade_base_cost: 10,
             tick_rate_hz: 20.0,
+            sync_rate_hz: None,
             max_players: 8,
             reconnect_grace_secs: 20.0,
             dispose_after_empty_secs: 30.0,
@@ -479,6 +484,7 @@ impl Land for HeroDefense {
     fn settings(config: &HeroDefenseConfig) -> LandSettings {
         LandSettings {
             tick_rate_hz: config.tick_rate_hz,
+            sync_rate_hz: config.sync_rate_hz,
             max_players: config.max_players,
             dispose_after_empty: secs(config.dispose_after_empty_secs),
             reconnect_grace: secs(config.reconnect_grace_secs),

@@ -164,6 +164,14 @@ pub(crate) struct LandCore<L: Land> {
     empty_since: Option<Instant>,
 }
 
+/// Whether a change to the state must be sent now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncDue {
+    Now,
+    /// At the next due sync (a sync rate below the tick rate, or shedding).
+    Later,
+}
+
 /// What [`LandCore::flush`] reports to its driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct FlushReport {
@@ -516,6 +524,14 @@ impl<L: Land> LandCore<L> {
     /// Sends what the last hooks produced: state changes first, then events and action
     /// results in the order the land produced them, then a pending close.
     pub(crate) fn flush(&mut self) -> FlushReport {
+        self.flush_with(SyncDue::Now)
+    }
+
+    /// [`Self::flush`], or with [`SyncDue::Later`] a change to the state waits for a
+    /// later sync together with the events and results produced since (they may
+    /// refer to it), unless something needs a sync now: a joining seat, a snapshot,
+    /// [`crate::Ctx::request_sync`] or the close.
+    pub(crate) fn flush_with(&mut self, due: SyncDue) -> FlushReport {
         let mut report = FlushReport::default();
         if self.closed {
             return report;
@@ -529,11 +545,18 @@ impl<L: Land> LandCore<L> {
             .seats
             .iter()
             .any(|seat| seat.conn.is_some() && seat.sync != SeatSync::Live);
-        if self.state_touched || self.outbox.sync_requested || pending_seat {
+        let sync_now = self.outbox.sync_requested
+            || pending_seat
+            || self.closing.is_some()
+            || (self.state_touched && due == SyncDue::Now);
+        if sync_now {
             self.sync();
             report.synced = true;
+            self.state_touched = false;
+        } else if self.state_touched {
+            // Events and results may refer to the change held back: they wait with it.
+            return report;
         }
-        self.state_touched = false;
         self.outbox.sync_requested = false;
         self.deliver_frames();
         if let Some((reason, code)) = self.closing.take() {

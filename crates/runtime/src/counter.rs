@@ -67,6 +67,7 @@ impl Land for Counter {
     fn settings(_config: &()) -> LandSettings {
         LandSettings {
             tick_rate_hz: 0.0,
+            sync_rate_hz: None,
             max_players: 8,
             dispose_after_empty: Duration::from_secs(30),
             reconnect_grace: Duration::from_secs(15),

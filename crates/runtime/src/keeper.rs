@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::auth::{Admission, Rejection};
-use crate::core::{ConnHandle, Disconnect, LandCore};
+use crate::core::{ConnHandle, Disconnect, LandCore, SyncDue};
 use crate::land::{Land, PlayerId};
 use crate::manager::{LandStats, ManagerInner};
 
@@ -99,10 +99,21 @@ pub(crate) async fn run<L: Land>(
         ticker
     });
     let mut last_tick = Instant::now();
+    let ticks_per_sync = core.settings().ticks_per_sync();
+    let mut ticks_since_sync: u32 = 0;
+    // While the server sheds sync work, commands' changes wait for the next due
+    // sync too: actions are most of the frames then (each one syncs the land).
+    let mut stretch: u32 = 1;
     tracing::info!(land_id = %params.land_id, land_type = %params.land_type, "land created");
 
     loop {
         let deadline = core.next_deadline();
+        // Commands' changes go out at once unless shedding; a tick's may wait.
+        let mut due = if stretch > 1 && period.is_some() {
+            SyncDue::Later
+        } else {
+            SyncDue::Now
+        };
         tokio::select! {
             biased;
             // Ticks first: at most tick_rate_hz of them, so they cannot starve commands,
@@ -110,9 +121,22 @@ pub(crate) async fn run<L: Land>(
             now = next_tick(&mut ticker) => {
                 let dt = now.saturating_duration_since(last_tick);
                 last_tick = now;
+                // `now` is the tick's slot, so this is how far behind the process runs.
+                stretch = params
+                    .manager
+                    .shedding
+                    .record(Instant::now().saturating_duration_since(now));
                 let work = std::time::Instant::now();
                 core.tick(dt, now);
-                core.flush();
+                ticks_since_sync = ticks_since_sync.saturating_add(1);
+                due = if ticks_since_sync < ticks_per_sync.saturating_mul(stretch) {
+                    SyncDue::Later
+                } else {
+                    SyncDue::Now
+                };
+                if core.flush_with(due).synced {
+                    ticks_since_sync = 0;
+                }
                 let cost = work.elapsed();
                 params.stats.record_tick(cost);
                 if let Some(period) = period {
@@ -137,7 +161,10 @@ pub(crate) async fn run<L: Land>(
                 core.expire(Instant::now());
             }
         }
-        let report = core.flush();
+        let report = core.flush_with(due);
+        if report.synced {
+            ticks_since_sync = 0;
+        }
         params
             .stats
             .seats

@@ -17,6 +17,10 @@ pub type PlayerId = String;
 pub struct LandSettings {
     /// Ticks per second; `0.0` means the land never ticks (it only reacts to messages).
     pub tick_rate_hz: f64,
+    /// State syncs per second from the tick loop when below the tick rate (every
+    /// `round(tick ÷ sync)`th tick, like Colyseus' patch rate); `None`: every tick.
+    /// Actions, events that request it, joins and snapshots still sync at once.
+    pub sync_rate_hz: Option<f64>,
     /// Seats, counting players inside their reconnect grace.
     pub max_players: usize,
     /// How long a land with no seats lives before it is disposed.
@@ -29,6 +33,7 @@ impl Default for LandSettings {
     fn default() -> Self {
         Self {
             tick_rate_hz: 20.0,
+            sync_rate_hz: None,
             max_players: 16,
             dispose_after_empty: Duration::from_secs(30),
             reconnect_grace: Duration::from_secs(15),
@@ -37,6 +42,17 @@ impl Default for LandSettings {
 }
 
 impl LandSettings {
+    /// How many ticks one periodic sync stands for (at least 1), before shedding.
+    pub(crate) fn ticks_per_sync(&self) -> u32 {
+        match self.sync_rate_hz {
+            Some(sync) if sync.is_finite() && sync > 0.0 && self.tick_period().is_some() => {
+                // Bounded to 1..=1000, so the cast cannot truncate.
+                (self.tick_rate_hz / sync).round().clamp(1.0, 1000.0) as u32
+            }
+            _ => 1,
+        }
+    }
+
     pub(crate) fn tick_period(&self) -> Option<Duration> {
         // A rate so low that its period is beyond a year never ticks (and cannot
         // overflow the clock); above 1 kHz a land would only spin.
@@ -319,6 +335,32 @@ fn encode_event<E: Serialize>(event: &E) -> Option<Utf8Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_rate_below_the_tick_rate_syncs_every_nth_tick() {
+        let ticks_per_sync = |tick_rate_hz, sync_rate_hz| {
+            LandSettings {
+                tick_rate_hz,
+                sync_rate_hz,
+                ..LandSettings::default()
+            }
+            .ticks_per_sync()
+        };
+        assert_eq!(ticks_per_sync(20.0, None), 1);
+        assert_eq!(ticks_per_sync(20.0, Some(10.0)), 2);
+        assert_eq!(ticks_per_sync(60.0, Some(20.0)), 3);
+        assert_eq!(ticks_per_sync(20.0, Some(7.0)), 3);
+        // At or above the tick rate: every tick, never more often.
+        assert_eq!(ticks_per_sync(20.0, Some(20.0)), 1);
+        assert_eq!(ticks_per_sync(20.0, Some(100.0)), 1);
+        // Nonsense rates fall back to every tick, or to the longest gap.
+        for odd in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(ticks_per_sync(20.0, Some(odd)), 1, "{odd}");
+        }
+        assert_eq!(ticks_per_sync(20.0, Some(1e-9)), 1000);
+        // A land that never ticks syncs on its messages alone.
+        assert_eq!(ticks_per_sync(0.0, Some(5.0)), 1);
+    }
 
     #[test]
     fn tick_periods_of_odd_rates_never_panic() {

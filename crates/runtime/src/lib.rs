@@ -19,6 +19,7 @@ mod land;
 mod manager;
 mod provisioning;
 mod server;
+mod shedding;
 mod transport;
 
 pub use auth::{Admission, AdmissionRequest, Authenticator, DevAuthenticator, Rejection};
@@ -35,4 +36,5 @@ pub use provisioning::{
     ADOPTED_HEARTBEAT_BOUNDS, ProvisioningAgent, ProvisioningError, ProvisioningSettings,
 };
 pub use server::{GameServer, GameServerConfig};
+pub use shedding::DEFAULT_MAX_SYNC_STRETCH;
 pub use transport::ConnectionLimits;

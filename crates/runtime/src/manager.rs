@@ -15,6 +15,7 @@ use crate::auth::{Admission, Rejection};
 use crate::core::{ConnHandle, LandCore};
 use crate::keeper::{self, JoinReply, KeeperCommand, KeeperParams};
 use crate::land::{CreateInfo, Land, LandSettings};
+use crate::shedding::{DEFAULT_MAX_SYNC_STRETCH, SyncShedding};
 
 /// Commands a keeper may have queued before connections feel backpressure.
 const KEEPER_MAILBOX: usize = 1024;
@@ -176,6 +177,8 @@ pub(crate) struct ManagerInner {
     land_count: watch::Sender<usize>,
     next_generation: AtomicU64,
     next_conn_id: AtomicU64,
+    /// How many ticks one periodic sync stands for while the process is overloaded.
+    pub(crate) shedding: SyncShedding,
 }
 
 impl ManagerInner {
@@ -249,6 +252,12 @@ impl LandManager {
     /// A manager that refuses to create a land beyond `max_lands` live ones (close 4409,
     /// `server_full`); joins to existing lands are unaffected.
     pub fn with_max_lands(registry: LandRegistry, max_lands: usize) -> Self {
+        Self::with_limits(registry, max_lands, DEFAULT_MAX_SYNC_STRETCH)
+    }
+
+    /// Also bounds sync shedding: under overload a land's periodic sync may stand for
+    /// up to `max_sync_stretch` of its usual ticks (1: never shed, sync every tick).
+    pub fn with_limits(registry: LandRegistry, max_lands: usize, max_sync_stretch: u32) -> Self {
         let (land_count, _) = watch::channel(0);
         Self {
             inner: Arc::new(ManagerInner {
@@ -259,12 +268,18 @@ impl LandManager {
                 land_count,
                 next_generation: AtomicU64::new(1),
                 next_conn_id: AtomicU64::new(1),
+                shedding: SyncShedding::new(max_sync_stretch),
             }),
         }
     }
 
     pub fn registry(&self) -> &LandRegistry {
         &self.inner.registry
+    }
+
+    /// How many ticks one periodic sync stands for now (1 unless shedding).
+    pub fn sync_stretch(&self) -> u32 {
+        self.inner.shedding.stretch()
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {

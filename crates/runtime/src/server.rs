@@ -37,6 +37,9 @@ pub struct GameServerConfig {
     pub limits: ConnectionLimits,
     /// Most lands this server runs at once (`--max-lands`); `None`: no limit.
     pub max_lands: Option<usize>,
+    /// Most ticks one periodic sync may stand for while the server is overloaded
+    /// (`--max-sync-stretch`; 1: sync every tick whatever the load).
+    pub max_sync_stretch: u32,
     /// How long shutdown waits for lands to say goodbye before the process exits anyway.
     pub shutdown_timeout: Duration,
     /// Load balancers whose `X-Forwarded-For` names the real client (for logs and limits).
@@ -57,6 +60,7 @@ impl Default for GameServerConfig {
             instance_id: uuid::Uuid::new_v4().to_string(),
             limits: ConnectionLimits::default(),
             max_lands: None,
+            max_sync_stretch: crate::shedding::DEFAULT_MAX_SYNC_STRETCH,
             shutdown_timeout: Duration::from_secs(10),
             trusted_proxies: TrustedProxies::default(),
             serve_limits: ServeLimits::default(),
@@ -148,9 +152,10 @@ impl GameServer {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                manager: LandManager::with_max_lands(
+                manager: LandManager::with_limits(
                     registry,
                     config.max_lands.unwrap_or(usize::MAX),
+                    config.max_sync_stretch,
                 ),
                 auth,
                 new_sockets: KeyedLimiter::new(config.rate_limit),
@@ -384,6 +389,7 @@ async fn admin_lands(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(AdminLands {
         server_id: shared.config.server_id.clone(),
         draining: shared.manager.is_draining(),
+        sync_stretch: shared.manager.sync_stretch(),
         lands: shared.manager.lands(),
     })
 }

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 fn counter_registry(dispose_after_empty: Duration) -> LandRegistry {
     let settings = LandSettings {
         tick_rate_hz: 0.0,
+        sync_rate_hz: None,
         max_players: 4,
         dispose_after_empty,
         reconnect_grace: Duration::from_secs(10),

@@ -93,6 +93,7 @@ fn settings(url: String, token: Option<&str>) -> ProvisioningSettings {
 fn registry() -> LandRegistry {
     let settings = LandSettings {
         tick_rate_hz: 0.0,
+        sync_rate_hz: None,
         max_players: 4,
         dispose_after_empty: Duration::from_secs(3600),
         reconnect_grace: Duration::from_secs(10),

@@ -25,6 +25,7 @@ fn counter_registry(settings: LandSettings) -> LandRegistry {
 fn counter_settings() -> LandSettings {
     LandSettings {
         tick_rate_hz: 0.0,
+        sync_rate_hz: None,
         max_players: 4,
         dispose_after_empty: Duration::from_secs(5),
         reconnect_grace: Duration::from_secs(10),
@@ -50,8 +51,9 @@ enum ClockAction {
     Reset,
 }
 
+/// The clock's config is its sync rate (`None`: every tick).
 impl Land for Clock {
-    type Config = ();
+    type Config = Option<f64>;
     type State = ClockState;
     type PrivateView = ();
     type Action = ClockAction;
@@ -59,14 +61,15 @@ impl Land for Clock {
     type ClientEvent = ClockAction;
     type ServerEvent = ();
 
-    fn settings(_: &()) -> LandSettings {
+    fn settings(sync_rate_hz: &Option<f64>) -> LandSettings {
         LandSettings {
             tick_rate_hz: 10.0,
+            sync_rate_hz: *sync_rate_hz,
             ..LandSettings::default()
         }
     }
 
-    fn on_create(_: &(), _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
+    fn on_create(_: &Option<f64>, _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
         Clock {
             state: ClockState {
                 ticks: 0,
@@ -181,7 +184,7 @@ async fn events_reach_one_player_or_all() {
 
 #[tokio::test(start_paused = true)]
 async fn ticks_run_at_a_fixed_rate_without_drift() {
-    let registry = LandRegistry::new().register::<Clock>("clock", ());
+    let registry = LandRegistry::new().register::<Clock>("clock", None);
     let server = TestServer::start(registry).await;
     let mut client = server.connect("clock", "c1", "ann").await;
     let started = tokio::time::Instant::now();
@@ -197,6 +200,162 @@ async fn ticks_run_at_a_fixed_rate_without_drift() {
     let lands = server.get_json("/admin/lands").await;
     assert_eq!(lands["lands"][0]["landType"], "clock");
     assert!(lands["lands"][0]["ticks"].as_u64().unwrap() >= 100);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_rate_below_the_tick_rate_sends_every_nth_tick_but_actions_at_once() {
+    // 10 Hz ticks, 2.5 Hz sync: every fourth tick.
+    let registry = LandRegistry::new().register::<Clock>("clock", Some(2.5));
+    let server = TestServer::start(registry).await;
+    let mut client = server.connect("clock", "c1", "ann").await;
+    let mut last = client.state["ticks"].as_u64().unwrap();
+    for _ in 0..10 {
+        client.next().await.unwrap();
+        let ticks = client.state["ticks"].as_u64().unwrap();
+        assert_eq!(ticks, last + 4, "one patch per four ticks");
+        last = ticks;
+    }
+    // Three ticks after the last sync, an action is answered and synced at once: the
+    // result (the tick count) comes after the patch that shows it ...
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let result = client.action("reset", json!(null)).await;
+    assert_eq!(result.result, Some(json!(last + 3)));
+    assert_eq!(client.state["ticks"], last + 3, "the patch came first");
+    // ... and the periodic syncs count again from there.
+    client.next().await.unwrap();
+    assert_eq!(client.state["ticks"], last + 7);
+    assert_eq!(client.patches, 12, "no patch in between: {:?}", client.state);
+    server.shutdown().await.unwrap();
+}
+
+/// A land whose every tick blocks the thread: on this single-threaded test runtime
+/// it starves every other land the way too many players starve a real server.
+struct Hog;
+
+impl Land for Hog {
+    type Config = ();
+    type State = ClockState;
+    type PrivateView = ();
+    type Action = ClockAction;
+    type ActionOutput = u64;
+    type ClientEvent = ClockAction;
+    type ServerEvent = ();
+
+    fn settings(_: &()) -> LandSettings {
+        LandSettings {
+            tick_rate_hz: 10.0,
+            sync_rate_hz: None,
+            dispose_after_empty: Duration::ZERO,
+            ..LandSettings::default()
+        }
+    }
+
+    fn on_create(_: &(), _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
+        Hog
+    }
+
+    fn state(&self) -> &ClockState {
+        const IDLE: ClockState = ClockState {
+            ticks: 0,
+            elapsed_ms: 0,
+            max_dt_ms: 0,
+        };
+        &IDLE
+    }
+
+    fn on_action(
+        &mut self,
+        _: &mut Ctx<'_, Self>,
+        _: &String,
+        _: ClockAction,
+    ) -> Result<u64, ActionError> {
+        Ok(0)
+    }
+
+    fn on_tick(&mut self, _: &mut Ctx<'_, Self>, _: Duration) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Reads patches until one advances the clock by `step` ticks (those sent before
+/// the stretch changed are still queued); returns the tick count it shows.
+async fn next_step_of(client: &mut Client, step: u64) -> u64 {
+    let mut last = client.state["ticks"].as_u64().unwrap();
+    for _ in 0..1_000 {
+        client.next().await.unwrap();
+        let ticks = client.state["ticks"].as_u64().unwrap();
+        if ticks - std::mem::replace(&mut last, ticks) == step {
+            return ticks;
+        }
+    }
+    panic!("no patch advanced the clock by {step} ticks");
+}
+
+async fn sync_stretch(server: &TestServer) -> u64 {
+    server.get_json("/admin/lands").await["syncStretch"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Polls until the server reports `stretch`; generous, as the box may be slow.
+async fn await_stretch(server: &TestServer, stretch: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sync_stretch(server).await != stretch {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stretch never reached {stretch}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_overloaded_server_sheds_sync_work_and_takes_it_back_once_on_time() {
+    let clock = LandSettings {
+        tick_rate_hz: 40.0,
+        ..LandSettings::default()
+    };
+    let registry = LandRegistry::new()
+        .register_with_settings::<Clock>("clock", None, clock)
+        .register::<Hog>("hog", ());
+    let config = GameServerConfig {
+        limits: test_limits(),
+        max_sync_stretch: 4,
+        ..GameServerConfig::default()
+    };
+    let server = TestServer::start_with_config(registry, Arc::new(DevAuthenticator), config).await;
+    let mut client = server.connect("clock", "c1", "ann").await;
+    assert_eq!(sync_stretch(&server).await, 1);
+    let hog = server.connect("hog", "h1", "hoggy").await;
+
+    // Ticks now run hundreds of ms late: the stretch doubles up to the max (4) ...
+    await_stretch(&server, 4).await;
+    // ... and the clock sends one patch per four ticks, once the patches sent before
+    // (one per tick, then per two) have been read.
+    let mut last = next_step_of(&mut client, 4).await;
+    for _ in 0..2 {
+        client.next().await.unwrap();
+        assert_eq!(client.state["ticks"], last + 4);
+        last += 4;
+    }
+    // An action waits for the next due sync too (no sync of its own: patches still
+    // come every four ticks), and its result still comes after the patch showing it.
+    for _ in 0..3 {
+        let result = client.action("reset", json!(null)).await;
+        let handled_at = result.result.unwrap().as_u64().unwrap();
+        let shown = client.state["ticks"].as_u64().unwrap();
+        assert!(handled_at <= shown, "result at {handled_at}, state at {shown}");
+        assert_eq!((shown - last) % 4, 0, "synced at {shown}, last due sync at {last}");
+        last = shown;
+    }
+
+    // Without the hog the ticks are on time again and the stretch walks back to 1.
+    leave(hog).await;
+    await_stretch(&server, 1).await;
+    let last = next_step_of(&mut client, 1).await;
+    client.next().await.unwrap();
+    assert_eq!(client.state["ticks"], last + 1, "every tick again");
     server.shutdown().await.unwrap();
 }
 
@@ -608,6 +767,7 @@ impl Land for Sleepy {
     fn settings(_: &()) -> LandSettings {
         LandSettings {
             tick_rate_hz: 0.0,
+            sync_rate_hz: None,
             ..LandSettings::default()
         }
     }

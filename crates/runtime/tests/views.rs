@@ -62,6 +62,7 @@ impl Land for Board {
     fn settings(_: &()) -> LandSettings {
         LandSettings {
             tick_rate_hz: 0.0,
+            sync_rate_hz: None,
             ..LandSettings::default()
         }
     }
@@ -193,6 +194,7 @@ fn registry() -> LandRegistry {
         (),
         LandSettings {
             tick_rate_hz: 0.0,
+            sync_rate_hz: None,
             max_players: 8,
             dispose_after_empty: Duration::from_secs(60),
             reconnect_grace: Duration::from_secs(60),
