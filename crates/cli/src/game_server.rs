@@ -99,7 +99,7 @@ pub struct GameServerArgs {
     #[arg(long, env = "MATCHPLANE_MAX_LANDS", default_value_t = 1000)]
     pub max_lands: u32,
 
-    /// Under overload (ticks running late), lands sync state on every Nth tick, N
+    /// Under overload (ticks running ≥ 5 ms late on average), lands sync state on every Nth tick, N
     /// doubling up to this while the ticks stay late, so joins and actions are not
     /// queued behind every land's frames; 1 syncs every tick whatever the load.
     #[arg(long, env = "MATCHPLANE_MAX_SYNC_STRETCH", default_value_t = matchplane_runtime::DEFAULT_MAX_SYNC_STRETCH,

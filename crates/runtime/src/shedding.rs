@@ -20,17 +20,20 @@ use tokio::time::Instant;
 
 /// The default most ticks one sync may stand for under overload: 20 Hz lands keep
 /// at least 2.5 syncs a second. At 10,000 hero-defense players on two cores, 4 left
-/// the server overloaded (joins p99 ≈ 680 ms) where 8 brought it near its capacity.
+/// the server overloaded (joins p99 ≈ 680 ms) where 8 brought it to its capacity.
 pub const DEFAULT_MAX_SYNC_STRETCH: u32 = 8;
 
 /// How long lateness is averaged before the stretch is reconsidered.
 const WINDOW: Duration = Duration::from_millis(250);
 /// Fewer ticks than this in a window say too little to act on.
 const MIN_TICKS: u32 = 8;
-/// A mean lateness from here on means the process is overloaded.
-const OVERLOADED: Duration = Duration::from_millis(20);
+/// A mean lateness from here on means the process is overloaded. At 10,000
+/// hero-defense players, 20 ms let joins wait ≈ 250 ms (p99) while the stretch
+/// caught up with the load, 10 ms ≈ 125 ms, 5 ms ≈ 97 ms; at 1,200 players (half a
+/// core) the mean stays below it and nothing is shed.
+const OVERLOADED: Duration = Duration::from_millis(5);
 /// A mean lateness up to here is a process keeping up (timer granularity is 1 ms).
-const ON_TIME: Duration = Duration::from_millis(5);
+const ON_TIME: Duration = Duration::from_millis(2);
 /// On-time windows in a row before the stretch steps down; stepping down is
 /// slower than stepping up so the server does not swing in and out of overload.
 const ON_TIME_WINDOWS_TO_RELAX: u32 = 4;
@@ -110,9 +113,15 @@ impl SyncShedding {
         let stretch = control.observe(lateness, Instant::now());
         drop(control);
         if stretch > before {
-            tracing::warn!(stretch, "ticks run late: lands now sync every {stretch} ticks");
+            tracing::warn!(
+                stretch,
+                "ticks run late: lands now sync every {stretch} ticks"
+            );
         } else if stretch < before {
-            tracing::info!(stretch, "ticks back on time: lands now sync every {stretch} ticks");
+            tracing::info!(
+                stretch,
+                "ticks back on time: lands now sync every {stretch} ticks"
+            );
         }
         stretch
     }
@@ -126,14 +135,24 @@ impl SyncShedding {
 mod tests {
     use super::*;
 
+    const LATE: Duration = OVERLOADED;
+    const ON: Duration = ON_TIME;
+    const BETWEEN: Duration =
+        Duration::from_micros((ON_TIME.as_micros() as u64 + OVERLOADED.as_micros() as u64) / 2);
+
     /// Feeds `windows` windows of 10 ticks each late by `lateness`; the stretch after each.
-    fn run(control: &mut StretchControl, start: &mut Instant, lateness_ms: u64, windows: usize) -> Vec<u32> {
+    fn run(
+        control: &mut StretchControl,
+        start: &mut Instant,
+        lateness: Duration,
+        windows: usize,
+    ) -> Vec<u32> {
         (0..windows)
             .map(|_| {
                 let mut stretch = control.stretch();
                 for _ in 0..10 {
                     *start += WINDOW / 10;
-                    stretch = control.observe(Duration::from_millis(lateness_ms), *start);
+                    stretch = control.observe(lateness, *start);
                 }
                 stretch
             })
@@ -144,25 +163,26 @@ mod tests {
     fn late_ticks_double_the_stretch_up_to_the_max_and_on_time_ticks_walk_it_back() {
         let mut now = Instant::now();
         let mut control = StretchControl::new(8, now);
-        assert_eq!(run(&mut control, &mut now, 1, 3), [1, 1, 1]);
-        assert_eq!(run(&mut control, &mut now, 300, 5), [2, 4, 8, 8, 8]);
+        assert_eq!(run(&mut control, &mut now, ON, 3), [1, 1, 1]);
+        assert_eq!(run(&mut control, &mut now, BETWEEN, 3), [1, 1, 1]);
+        assert_eq!(run(&mut control, &mut now, LATE, 5), [2, 4, 8, 8, 8]);
         // In between: neither overloaded nor on time, so the stretch holds.
-        assert_eq!(run(&mut control, &mut now, 10, 8), [8; 8]);
+        assert_eq!(run(&mut control, &mut now, BETWEEN, 8), [8; 8]);
         assert_eq!(
-            run(&mut control, &mut now, 1, 12),
+            run(&mut control, &mut now, ON, 12),
             [8, 8, 8, 7, 7, 7, 7, 6, 6, 6, 6, 5]
         );
         // One late window interrupts the walk back and doubles again.
-        assert_eq!(run(&mut control, &mut now, 40, 1), [8]);
+        assert_eq!(run(&mut control, &mut now, LATE * 8, 1), [8]);
     }
 
     #[test]
     fn a_max_of_one_never_sheds_and_a_short_window_decides_nothing() {
         let mut now = Instant::now();
         let mut off = StretchControl::new(1, now);
-        assert_eq!(run(&mut off, &mut now, 1_000, 4), [1; 4]);
+        assert_eq!(run(&mut off, &mut now, Duration::from_secs(1), 4), [1; 4]);
         let mut zero = StretchControl::new(0, now);
-        assert_eq!(run(&mut zero, &mut now, 1_000, 2), [1; 2]);
+        assert_eq!(run(&mut zero, &mut now, Duration::from_secs(1), 2), [1; 2]);
 
         // Seven very late ticks are too few to act on, however long they took.
         let mut control = StretchControl::new(4, now);

@@ -225,7 +225,11 @@ async fn a_sync_rate_below_the_tick_rate_sends_every_nth_tick_but_actions_at_onc
     // ... and the periodic syncs count again from there.
     client.next().await.unwrap();
     assert_eq!(client.state["ticks"], last + 7);
-    assert_eq!(client.patches, 12, "no patch in between: {:?}", client.state);
+    assert_eq!(
+        client.patches, 12,
+        "no patch in between: {:?}",
+        client.state
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -345,8 +349,15 @@ async fn an_overloaded_server_sheds_sync_work_and_takes_it_back_once_on_time() {
         let result = client.action("reset", json!(null)).await;
         let handled_at = result.result.unwrap().as_u64().unwrap();
         let shown = client.state["ticks"].as_u64().unwrap();
-        assert!(handled_at <= shown, "result at {handled_at}, state at {shown}");
-        assert_eq!((shown - last) % 4, 0, "synced at {shown}, last due sync at {last}");
+        assert!(
+            handled_at <= shown,
+            "result at {handled_at}, state at {shown}"
+        );
+        assert_eq!(
+            (shown - last) % 4,
+            0,
+            "synced at {shown}, last due sync at {last}"
+        );
         last = shown;
     }
 
