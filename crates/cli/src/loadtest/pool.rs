@@ -3,7 +3,7 @@
 //! connections instead of ten thousand. With `--enqueue realtime` the tickets are
 //! also enqueued on them (the `enqueue` action) instead of by `POST /v1/tickets`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -34,12 +34,84 @@ pub enum Pushed {
 struct Waiting {
     pushes: HashMap<String, oneshot::Sender<Pushed>>,
     enqueues: VecDeque<PendingEnqueue>,
+    /// Tickets nobody here waits for that the control plane still counts against
+    /// this socket's watches: assigned, then queued again after their server was
+    /// lost. Until they are assigned again they take room like a waiting ticket
+    /// (left out, the socket ran into `TOO_MANY_SUBSCRIPTIONS` once a game server
+    /// was lost with all its matches).
+    requeued: HashSet<String>,
 }
 
 impl Waiting {
     fn len(&self) -> usize {
-        self.pushes.len() + self.enqueues.len()
+        self.pushes.len() + self.enqueues.len() + self.requeued.len()
     }
+
+    /// Updates what the socket waits for; says what to hand on, outside the lock.
+    fn on_event(&mut self, event: RealtimeEvent) -> Outcome {
+        let (ticket_id, pushed) = match event {
+            RealtimeEvent::MatchAssigned(assigned) => (
+                assigned.ticket_id,
+                Pushed::Assigned(Box::new(assigned.assignment), Instant::now()),
+            ),
+            RealtimeEvent::TicketCancelled(ticket) => (ticket.ticket_id, Pushed::Cancelled),
+            RealtimeEvent::TicketExpired(ticket) => (ticket.ticket_id, Pushed::Expired),
+            RealtimeEvent::TicketFailed(failed) => (failed.ticket_id, Pushed::Failed),
+            // Queued again after its server was lost: a waiter stays for the next
+            // `match.assigned`; a ticket whose player already moved on still
+            // takes room on this socket.
+            RealtimeEvent::TicketRequeued(requeued) => {
+                if !self.pushes.contains_key(&requeued.ticket_id) {
+                    self.requeued.insert(requeued.ticket_id);
+                }
+                return Outcome::Requeued;
+            }
+            RealtimeEvent::Enqueued(enqueued) => {
+                let Some(pending) = self.enqueues.pop_front() else {
+                    return Outcome::Nothing;
+                };
+                // Registered before the answer is passed on, so a push that
+                // follows at once finds its waiter.
+                self.pushes.insert(enqueued.ticket_id.clone(), pending.push);
+                return Outcome::Answer(pending.answer, Ok(enqueued.ticket_id));
+            }
+            // An error without a ticket id answers the oldest enqueue, if any; one
+            // about a ticket (a refused watch) sends its waiter to polling.
+            RealtimeEvent::Error(error) => {
+                let code = error.code.to_string();
+                return match error.ticket_id {
+                    None => match self.enqueues.pop_front() {
+                        Some(pending) => Outcome::Answer(pending.answer, Err(code)),
+                        None => Outcome::Error(code),
+                    },
+                    Some(ticket_id) => {
+                        self.pushes.remove(&ticket_id);
+                        Outcome::Error(code)
+                    }
+                };
+            }
+            _ => return Outcome::Nothing,
+        };
+        // Assigned again or finished: the control plane may drop its watch for room.
+        self.requeued.remove(&ticket_id);
+        match self.pushes.remove(&ticket_id) {
+            Some(waiter) => Outcome::Deliver(waiter, pushed),
+            None => Outcome::Nothing,
+        }
+    }
+}
+
+/// What a socket's task does with an event once the waiters are unlocked.
+enum Outcome {
+    Deliver(oneshot::Sender<Pushed>, Pushed),
+    Answer(
+        oneshot::Sender<Result<String, String>>,
+        Result<String, String>,
+    ),
+    Requeued,
+    /// Counted as `realtime_<code>`.
+    Error(String),
+    Nothing,
 }
 
 struct PendingEnqueue {
@@ -101,50 +173,19 @@ impl PushPool {
         let recorder = Arc::clone(&self.recorder);
         tokio::spawn(async move {
             while let Some(event) = watch.next_event().await {
-                let (ticket_id, pushed) = match event {
-                    RealtimeEvent::MatchAssigned(assigned) => (
-                        assigned.ticket_id,
-                        Pushed::Assigned(Box::new(assigned.assignment), Instant::now()),
-                    ),
-                    RealtimeEvent::TicketCancelled(ticket) => (ticket.ticket_id, Pushed::Cancelled),
-                    RealtimeEvent::TicketExpired(ticket) => (ticket.ticket_id, Pushed::Expired),
-                    RealtimeEvent::TicketFailed(failed) => (failed.ticket_id, Pushed::Failed),
-                    // Queued again after its server was lost: its waiter stays for the
-                    // next `match.assigned`.
-                    RealtimeEvent::TicketRequeued(_) => {
+                let outcome = locked(&waiters).on_event(event);
+                match outcome {
+                    Outcome::Deliver(waiter, pushed) => {
+                        let _ = waiter.send(pushed);
+                    }
+                    Outcome::Answer(answer, result) => {
+                        let _ = answer.send(result);
+                    }
+                    Outcome::Requeued => {
                         recorder.requeued.fetch_add(1, Ordering::Relaxed);
-                        continue;
                     }
-                    RealtimeEvent::Enqueued(enqueued) => {
-                        let mut waiting = locked(&waiters);
-                        if let Some(pending) = waiting.enqueues.pop_front() {
-                            // Registered before the answer is passed on, so a push
-                            // that follows at once finds its waiter.
-                            waiting
-                                .pushes
-                                .insert(enqueued.ticket_id.clone(), pending.push);
-                            let _ = pending.answer.send(Ok(enqueued.ticket_id));
-                        }
-                        continue;
-                    }
-                    // An error without a ticket id answers the oldest enqueue, if any.
-                    RealtimeEvent::Error(error) => {
-                        let pending = match error.ticket_id {
-                            None => locked(&waiters).enqueues.pop_front(),
-                            Some(_) => None,
-                        };
-                        match pending {
-                            Some(pending) => {
-                                let _ = pending.answer.send(Err(error.code.to_string()));
-                            }
-                            None => recorder.error(&format!("realtime_{}", error.code)),
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                if let Some(waiter) = locked(&waiters).pushes.remove(&ticket_id) {
-                    let _ = waiter.send(pushed);
+                    Outcome::Error(code) => recorder.error(&format!("realtime_{code}")),
+                    Outcome::Nothing => {}
                 }
             }
             // The socket is gone: dropping the waiters sends their tickets to polling.
@@ -219,5 +260,98 @@ impl PushPool {
         for socket in self.sockets.lock().await.iter() {
             locked(&socket.waiters).pushes.remove(ticket_id);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(kind: &str, data: serde_json::Value) -> RealtimeEvent {
+        serde_json::from_value(json!({"type": kind, "data": data})).unwrap()
+    }
+
+    fn assigned(ticket_id: &str) -> RealtimeEvent {
+        event(
+            "match.assigned",
+            json!({"ticketId": ticket_id, "assignment": {
+                "assignmentId": "a", "matchToken": "t", "connectUrl": "ws://127.0.0.1:1/game/x",
+                "landId": "x:1", "serverId": "s", "expiresAt": "2026-11-28T00:00:00Z"}}),
+        )
+    }
+
+    fn requeued(ticket_id: &str) -> RealtimeEvent {
+        event(
+            "ticket.requeued",
+            json!({"ticketId": ticket_id, "reason": "server_lost"}),
+        )
+    }
+
+    fn waiting_for(waiting: &mut Waiting, ticket_id: &str) -> oneshot::Receiver<Pushed> {
+        let (sender, receiver) = oneshot::channel();
+        waiting.pushes.insert(ticket_id.to_owned(), sender);
+        receiver
+    }
+
+    #[test]
+    fn requeued_tickets_nobody_waits_for_take_room_until_assigned_again() {
+        let mut waiting = Waiting::default();
+        let mut push = waiting_for(&mut waiting, "t1");
+        assert!(matches!(
+            waiting.on_event(assigned("t1")),
+            Outcome::Deliver(..)
+        ));
+        assert_eq!(waiting.len(), 0);
+        assert!(
+            push.try_recv().is_err(),
+            "delivered by the caller, not here"
+        );
+
+        // Its server is lost after the player moved on: the control plane watches
+        // it again, so it counts against the socket's room ...
+        assert!(matches!(
+            waiting.on_event(requeued("t1")),
+            Outcome::Requeued
+        ));
+        assert_eq!(waiting.len(), 1);
+        // ... until it is assigned again (or ends).
+        assert!(matches!(waiting.on_event(assigned("t1")), Outcome::Nothing));
+        assert_eq!(waiting.len(), 0);
+        waiting.on_event(requeued("t1"));
+        waiting.on_event(event("ticket.cancelled", json!({"ticketId": "t1"})));
+        assert_eq!(waiting.len(), 0);
+
+        // A requeued ticket someone still waits for keeps its waiter and no more.
+        let _push = waiting_for(&mut waiting, "t2");
+        waiting.on_event(requeued("t2"));
+        assert_eq!(waiting.len(), 1);
+        assert!(matches!(
+            waiting.on_event(assigned("t2")),
+            Outcome::Deliver(..)
+        ));
+        assert_eq!(waiting.len(), 0);
+    }
+
+    #[test]
+    fn a_refused_watch_sends_its_waiter_to_polling() {
+        let mut waiting = Waiting::default();
+        let mut push = waiting_for(&mut waiting, "t1");
+        let refused = event(
+            "error",
+            json!({"code": "TOO_MANY_SUBSCRIPTIONS", "message": "full", "ticketId": "t1"}),
+        );
+        match waiting.on_event(refused) {
+            Outcome::Error(code) => assert_eq!(code, "TOO_MANY_SUBSCRIPTIONS"),
+            _ => panic!("not counted as an error"),
+        }
+        assert_eq!(waiting.len(), 0);
+        // The sender is gone: the caller falls back to polling the ticket.
+        assert!(matches!(
+            push.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
     }
 }
