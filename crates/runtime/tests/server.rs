@@ -304,7 +304,7 @@ async fn sync_stretch(server: &TestServer) -> u64 {
 
 /// Polls until the server reports `stretch`; generous, as the box may be slow.
 async fn await_stretch(server: &TestServer, stretch: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while sync_stretch(server).await != stretch {
         assert!(
             std::time::Instant::now() < deadline,
