@@ -35,6 +35,7 @@ fn counter_settings() -> LandSettings {
 /// A land that only counts ticks, to observe the schedule.
 struct Clock {
     state: ClockState,
+    busy_tick: Duration,
 }
 
 #[derive(Serialize)]
@@ -51,9 +52,17 @@ enum ClockAction {
     Reset,
 }
 
-/// The clock's config is its sync rate (`None`: every tick).
+#[derive(Clone, Default)]
+struct ClockConfig {
+    sync_rate_hz: Option<f64>,
+    /// How long each tick blocks its thread: on a single-threaded test runtime
+    /// such a clock starves every other land, the way too many players starve a
+    /// real server.
+    busy_tick: Duration,
+}
+
 impl Land for Clock {
-    type Config = Option<f64>;
+    type Config = ClockConfig;
     type State = ClockState;
     type PrivateView = ();
     type Action = ClockAction;
@@ -61,21 +70,22 @@ impl Land for Clock {
     type ClientEvent = ClockAction;
     type ServerEvent = ();
 
-    fn settings(sync_rate_hz: &Option<f64>) -> LandSettings {
+    fn settings(config: &ClockConfig) -> LandSettings {
         LandSettings {
             tick_rate_hz: 10.0,
-            sync_rate_hz: *sync_rate_hz,
+            sync_rate_hz: config.sync_rate_hz,
             ..LandSettings::default()
         }
     }
 
-    fn on_create(_: &Option<f64>, _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
+    fn on_create(config: &ClockConfig, _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
         Clock {
             state: ClockState {
                 ticks: 0,
                 elapsed_ms: 0,
                 max_dt_ms: 0,
             },
+            busy_tick: config.busy_tick,
         }
     }
 
@@ -93,6 +103,7 @@ impl Land for Clock {
     }
 
     fn on_tick(&mut self, _: &mut Ctx<'_, Self>, dt: Duration) {
+        std::thread::sleep(self.busy_tick);
         let dt_ms = u64::try_from(dt.as_millis()).unwrap();
         self.state.ticks += 1;
         self.state.elapsed_ms += dt_ms;
@@ -184,7 +195,7 @@ async fn events_reach_one_player_or_all() {
 
 #[tokio::test(start_paused = true)]
 async fn ticks_run_at_a_fixed_rate_without_drift() {
-    let registry = LandRegistry::new().register::<Clock>("clock", None);
+    let registry = LandRegistry::new().register::<Clock>("clock", ClockConfig::default());
     let server = TestServer::start(registry).await;
     let mut client = server.connect("clock", "c1", "ann").await;
     let started = tokio::time::Instant::now();
@@ -206,7 +217,13 @@ async fn ticks_run_at_a_fixed_rate_without_drift() {
 #[tokio::test(start_paused = true)]
 async fn a_sync_rate_below_the_tick_rate_sends_every_nth_tick_but_actions_at_once() {
     // 10 Hz ticks, 2.5 Hz sync: every fourth tick.
-    let registry = LandRegistry::new().register::<Clock>("clock", Some(2.5));
+    let registry = LandRegistry::new().register::<Clock>(
+        "clock",
+        ClockConfig {
+            sync_rate_hz: Some(2.5),
+            ..ClockConfig::default()
+        },
+    );
     let server = TestServer::start(registry).await;
     let mut client = server.connect("clock", "c1", "ann").await;
     let mut last = client.state["ticks"].as_u64().unwrap();
@@ -231,55 +248,6 @@ async fn a_sync_rate_below_the_tick_rate_sends_every_nth_tick_but_actions_at_onc
         client.state
     );
     server.shutdown().await.unwrap();
-}
-
-/// A land whose every tick blocks the thread: on this single-threaded test runtime
-/// it starves every other land the way too many players starve a real server.
-struct Hog;
-
-impl Land for Hog {
-    type Config = ();
-    type State = ClockState;
-    type PrivateView = ();
-    type Action = ClockAction;
-    type ActionOutput = u64;
-    type ClientEvent = ClockAction;
-    type ServerEvent = ();
-
-    fn settings(_: &()) -> LandSettings {
-        LandSettings {
-            tick_rate_hz: 10.0,
-            sync_rate_hz: None,
-            dispose_after_empty: Duration::ZERO,
-            ..LandSettings::default()
-        }
-    }
-
-    fn on_create(_: &(), _: &mut Ctx<'_, Self>, _: &CreateInfo) -> Self {
-        Hog
-    }
-
-    fn state(&self) -> &ClockState {
-        const IDLE: ClockState = ClockState {
-            ticks: 0,
-            elapsed_ms: 0,
-            max_dt_ms: 0,
-        };
-        &IDLE
-    }
-
-    fn on_action(
-        &mut self,
-        _: &mut Ctx<'_, Self>,
-        _: &String,
-        _: ClockAction,
-    ) -> Result<u64, ActionError> {
-        Ok(0)
-    }
-
-    fn on_tick(&mut self, _: &mut Ctx<'_, Self>, _: Duration) {
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// Reads patches until one advances the clock by `step` ticks (those sent before
@@ -320,9 +288,18 @@ async fn an_overloaded_server_sheds_sync_work_and_takes_it_back_once_on_time() {
         tick_rate_hz: 40.0,
         ..LandSettings::default()
     };
+    let hog = ClockConfig {
+        busy_tick: Duration::from_millis(300),
+        ..ClockConfig::default()
+    };
+    let hog_settings = LandSettings {
+        tick_rate_hz: 10.0,
+        dispose_after_empty: Duration::ZERO,
+        ..LandSettings::default()
+    };
     let registry = LandRegistry::new()
-        .register_with_settings::<Clock>("clock", None, clock)
-        .register::<Hog>("hog", ());
+        .register_with_settings::<Clock>("clock", ClockConfig::default(), clock)
+        .register_with_settings::<Clock>("hog", hog, hog_settings);
     let config = GameServerConfig {
         limits: test_limits(),
         max_sync_stretch: 4,
@@ -778,7 +755,6 @@ impl Land for Sleepy {
     fn settings(_: &()) -> LandSettings {
         LandSettings {
             tick_rate_hz: 0.0,
-            sync_rate_hz: None,
             ..LandSettings::default()
         }
     }
