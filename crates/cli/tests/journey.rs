@@ -14,13 +14,17 @@ use support::*;
 
 const SECONDS_30: Duration = Duration::from_secs(30);
 
+/// Waits until the game server is live; a real one also reports its sync stretch
+/// (1: keeping up), which placement reads.
 async fn live(cp: &Proc, server_id: &str) {
-    wait_servers(&cp.http(), SECONDS_30, |servers| {
+    let servers = wait_servers(&cp.http(), SECONDS_30, |servers| {
         servers
             .iter()
             .any(|s| s["serverId"] == server_id && s["state"] == "live")
     })
     .await;
+    let server = servers.iter().find(|s| s["serverId"] == server_id).unwrap();
+    assert_eq!(server["load"]["syncStretch"], 1, "{server}");
 }
 
 async fn admin_land_ids(gs: &Proc) -> Vec<String> {

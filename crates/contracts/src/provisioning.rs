@@ -65,4 +65,9 @@ pub struct Load {
     pub lands: u32,
     #[serde(default)]
     pub players: u32,
+    /// Additive: how many ticks one state sync stands for on the server right now.
+    /// Above 1 the server is overloaded and shedding sync work; the control plane
+    /// then places new lands on another live server with room, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_stretch: Option<u32>,
 }

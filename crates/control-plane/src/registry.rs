@@ -364,14 +364,19 @@ impl Registry {
                     .any(|hosted| hosted == land_type)
             })
             .filter(|entry| entry.has_room())
-            // Ties broken by server id so allocation is deterministic.
+            // A server shedding sync work goes last whatever the placement: another
+            // land there would slow every player on it. Ties broken by server id so
+            // allocation is deterministic.
             .min_by(|a, b| {
                 let order = a.fill_ratio().total_cmp(&b.fill_ratio());
                 let order = match placement {
                     Placement::Spread => order,
                     Placement::Pack => order.reverse(),
                 };
-                order.then_with(|| a.record.server_id.cmp(&b.record.server_id))
+                a.overloaded()
+                    .cmp(&b.overloaded())
+                    .then(order)
+                    .then_with(|| a.record.server_id.cmp(&b.record.server_id))
             })?
             .record
             .server_id
@@ -455,6 +460,14 @@ impl Entry {
     }
 
     /// How full the server is: a fraction of capacity when known, else a raw land count.
+    /// The server said it sheds sync work (its ticks run late).
+    fn overloaded(&self) -> bool {
+        self.record
+            .load
+            .and_then(|load| load.sync_stretch)
+            .is_some_and(|stretch| stretch > 1)
+    }
+
     fn fill_ratio(&self) -> f64 {
         let in_use = f64::from(self.lands_in_use());
         match self.record.capacity.and_then(|capacity| capacity.max_lands) {
@@ -630,6 +643,7 @@ mod tests {
         server.load = Some(Load {
             lands: 1,
             players: 2,
+            sync_stretch: None,
         });
         registry.upsert(server.clone());
         assert_eq!(registry.views(30_000)[0].pending_land_ids.len(), 1);
@@ -701,6 +715,7 @@ mod tests {
         b.load = Some(Load {
             lands: 1,
             players: 3,
+            sync_stretch: None,
         });
         registry.upsert(a.clone());
         registry.upsert(b.clone());
@@ -748,6 +763,7 @@ mod tests {
         a.load = Some(Load {
             lands: 1,
             players: 2,
+            sync_stretch: None,
         });
         registry.upsert(a);
         assert_eq!(
@@ -792,6 +808,44 @@ mod tests {
     }
 
     #[test]
+    fn a_server_shedding_sync_work_gets_new_lands_only_when_no_other_has_room() {
+        let registry = Registry::new(90_000, 30_000);
+        let with = |id: &str, lands: u32, sync_stretch: Option<u32>| {
+            let mut record = server(id);
+            record.capacity = Some(Capacity {
+                max_lands: Some(4),
+                max_players: None,
+            });
+            record.load = Some(Load {
+                lands,
+                players: 0,
+                sync_stretch,
+            });
+            record
+        };
+        // "a" is the emptiest (spread's pick) but overloaded; "c" the fullest with
+        // room (pack's pick) but overloaded too; "b" says stretch 1: on time.
+        registry.upsert(with("a", 0, Some(8)));
+        registry.upsert(with("b", 2, Some(1)));
+        registry.upsert(with("c", 3, Some(2)));
+        let pick = |placement| {
+            registry
+                .allocate("hero-defense", 2_000, 62_000, placement)
+                .unwrap()
+                .server_id
+        };
+        assert_eq!(pick(Placement::Spread), "b");
+        assert_eq!(pick(Placement::Pack), "b");
+        // "b" is full now (4/4): the overloaded servers still take what comes,
+        // in placement order among themselves.
+        assert_eq!(pick(Placement::Spread), "a");
+        assert_eq!(pick(Placement::Pack), "c");
+        // A server that reports no stretch (older game servers) counts as on time.
+        registry.upsert(with("d", 3, None));
+        assert_eq!(pick(Placement::Spread), "d");
+    }
+
+    #[test]
     fn heartbeats_reach_the_store_only_when_something_besides_load_changed() {
         let registry = Registry::new(6_000, 2_000);
         let mut report = server("a");
@@ -802,6 +856,7 @@ mod tests {
         report.load = Some(Load {
             lands: 3,
             players: 6,
+            sync_stretch: None,
         });
         report.land_ids = Some(vec!["hero-defense:x".to_owned()]);
         assert!(!registry.needs_persisting(&report), "load and lands only");

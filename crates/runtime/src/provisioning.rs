@@ -152,6 +152,7 @@ impl ProvisioningAgent {
             load: Some(Load {
                 lands: u32::try_from(load.lands).unwrap_or(u32::MAX),
                 players: u32::try_from(load.players).unwrap_or(u32::MAX),
+                sync_stretch: Some(self.manager.sync_stretch()),
             }),
             draining: draining || load.draining,
             land_ids: Some(load.land_ids_by_type.into_values().flatten().collect()),

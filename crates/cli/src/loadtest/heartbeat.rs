@@ -269,6 +269,7 @@ impl Fleet {
             load: Some(Load {
                 lands: 0,
                 players: 0,
+                sync_stretch: None,
             }),
             land_ids: Some(Vec::new()),
             ..RegisterRequest::default()
