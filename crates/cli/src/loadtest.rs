@@ -107,6 +107,12 @@ pub struct LoadtestArgs {
         value_parser = parse_duration)]
     pub duration: Duration,
 
+    /// Heartbeat mode: also hold this many `/realtime` sockets open, idle, through the
+    /// window: what players waiting in the queue with a socket open cost the control
+    /// plane. Its memory per socket is the RSS of `--pid-cp` against a run without.
+    #[arg(long, env = "MATCHPLANE_LOADTEST_IDLE_SOCKETS", default_value_t = 0)]
+    pub idle_sockets: u32,
+
     /// Heartbeat mode: keep-alive HTTP connections the fake servers share.
     #[arg(
         long,
@@ -277,7 +283,7 @@ impl Recorder {
     }
 }
 
-fn matchmaking_error_kind(stage: &str, err: &MatchmakingError) -> String {
+pub(crate) fn matchmaking_error_kind(stage: &str, err: &MatchmakingError) -> String {
     match err {
         MatchmakingError::Transport { .. } => format!("{stage}_transport"),
         MatchmakingError::Api {

@@ -598,6 +598,80 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
     assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
 }
 
+#[tokio::test]
+async fn heartbeat_mode_holds_idle_realtime_sockets_through_the_window() {
+    let mut cp = support::control_plane(&[]).await;
+    let pid = cp.child.id().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idle.json");
+    // While the load generator runs, the control plane counts its sockets as open.
+    let seen_open = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let open = counter(&cp, "matchplane_realtime_sockets").await;
+            if open == 25 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never saw 25 open realtime sockets (last {open})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let args = [
+        "--heartbeat-servers",
+        "0",
+        "--idle-sockets",
+        "25",
+        "--duration",
+        "2s",
+        "--pid-cp",
+        &pid,
+    ];
+    let base = cp.http();
+    let (output, ()) = tokio::join!(loadtest(&base, &path, &args), seen_open);
+    let stdout = successful_stdout(&output);
+    assert!(
+        stdout.contains("idle realtime sockets held through the window: 25"),
+        "{stdout}"
+    );
+    let report = read_report(&path);
+    assert_eq!(report["idleSockets"], 25, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(
+        report["controlPlaneProcess"]["rssKib"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    // Sockets the control plane refuses are errors, and the run is incomplete.
+    let mut limited = support::control_plane(&["--max-connections-per-ip", "3"]).await;
+    let path = dir.path().join("refused.json");
+    let output = loadtest(
+        &limited.http(),
+        &path,
+        &[
+            "--heartbeat-servers",
+            "0",
+            "--idle-sockets",
+            "6",
+            "--duration",
+            "500ms",
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    let report = read_report(&path);
+    assert!(report["idleSockets"].as_u64().unwrap() < 6, "{report}");
+    assert_eq!(report["complete"], false, "{report}");
+    assert!(report["errorsTotal"].as_u64().unwrap() > 0, "{report}");
+
+    limited.sigterm();
+    cp.sigterm();
+    assert!(limited.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(cp.wait_exit(Duration::from_secs(20)).await.success());
+}
+
 async fn replica(redis: &redis_server::RedisServer) -> (support::Proc, tempfile::TempDir) {
     support::redis_replica(&redis.url(), &[]).await
 }

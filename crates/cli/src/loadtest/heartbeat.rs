@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
+use matchplane_client::{MatchmakingClient, RealtimeWatch};
 use matchplane_contracts::ProvisioningResponse;
 use matchplane_contracts::provisioning::{Capacity, Load, RegisterRequest};
 use matchplane_edge::secret::Secret;
@@ -104,6 +105,7 @@ pub async fn run(
         .count()
         .await as u64;
     eprintln!("registered {registered}/{servers}");
+    let idle_sockets = open_idle_sockets(&fleet, args.idle_sockets, connections).await;
 
     // A short lead so the first beats are not late because of the spawning below.
     let start = Instant::now() + Duration::from_millis(50);
@@ -143,6 +145,11 @@ pub async fn run(
     }
     let after = probe.as_ref().map(ProcessProbe::sample).transpose()?;
     progress.abort();
+    let idle_sockets_held = idle_sockets
+        .iter()
+        .filter(|watch| watch.subscriber().is_open())
+        .count() as u64;
+    drop(idle_sockets);
     let window = start.elapsed();
 
     let deregistered = futures_util::stream::iter(0..servers)
@@ -165,8 +172,11 @@ pub async fn run(
         args,
         servers,
         &fleet,
-        registered,
-        deregistered,
+        Held {
+            registered,
+            deregistered,
+            idle_sockets: idle_sockets_held,
+        },
         window,
         cost,
     );
@@ -188,6 +198,33 @@ pub async fn run(
         bail!("{} errors; see the report", report.errors_total);
     }
     Ok(())
+}
+
+/// Opens `count` `/realtime` sockets, `connections` handshakes at a time; a refused
+/// one counts as an `idle_socket_*` error.
+async fn open_idle_sockets(fleet: &Fleet, count: u32, connections: u32) -> Vec<RealtimeWatch> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let client = MatchmakingClient::with_http_client(fleet.http.clone(), &fleet.base);
+    let opened: Vec<RealtimeWatch> = futures_util::stream::iter(0..count)
+        .map(|_| client.watch())
+        .buffer_unordered(connections as usize)
+        .filter_map(|opened| {
+            std::future::ready(match opened {
+                Ok(watch) => Some(watch),
+                Err(err) => {
+                    fleet
+                        .stats
+                        .error(super::matchmaking_error_kind("idle_socket", &err));
+                    None
+                }
+            })
+        })
+        .collect()
+        .await;
+    eprintln!("idle realtime sockets open: {}/{count}", opened.len());
+    opened
 }
 
 fn registration_token(args: &LoadtestArgs) -> anyhow::Result<Option<Secret>> {
@@ -502,6 +539,8 @@ pub struct HeartbeatReport {
     pub duration_secs: f64,
     pub registered: u64,
     pub deregistered: u64,
+    /// `--idle-sockets` still open at the end of the window.
+    pub idle_sockets: u64,
     pub heartbeats: HeartbeatCounts,
     pub heartbeats_per_second: f64,
     /// Request sent → answer read, successful heartbeats only.
@@ -511,7 +550,8 @@ pub struct HeartbeatReport {
     pub control_plane_process: Option<ProcessCost>,
     pub errors: BTreeMap<String, u64>,
     pub errors_total: u64,
-    /// Every server registered, every heartbeat accepted, every server deregistered.
+    /// Every server registered, every heartbeat accepted, every server deregistered,
+    /// every idle socket held.
     pub complete: bool,
     /// Ctrl-C or SIGTERM ended the run early: the figures cover it until then.
     pub interrupted: bool,
@@ -527,15 +567,26 @@ pub struct HeartbeatCounts {
     pub late: u64,
 }
 
+/// How many of the run's servers and sockets made it through each step.
+struct Held {
+    registered: u64,
+    deregistered: u64,
+    idle_sockets: u64,
+}
+
 fn build_report(
     args: &LoadtestArgs,
     servers: u32,
     fleet: &Fleet,
-    registered: u64,
-    deregistered: u64,
+    held: Held,
     window: Duration,
     cost: Option<ProcessCost>,
 ) -> HeartbeatReport {
+    let Held {
+        registered,
+        deregistered,
+        idle_sockets,
+    } = held;
     let stats = &fleet.stats;
     let sent = stats.sent.load(Ordering::Relaxed);
     let ok = stats.ok.load(Ordering::Relaxed);
@@ -550,6 +601,7 @@ fn build_report(
         duration_secs: round(window_secs, 3),
         registered,
         deregistered,
+        idle_sockets,
         heartbeats: HeartbeatCounts {
             sent,
             ok,
@@ -570,7 +622,8 @@ fn build_report(
         complete: errors_total == 0
             && registered == u64::from(servers)
             && ok == sent
-            && deregistered == u64::from(servers),
+            && deregistered == u64::from(servers)
+            && idle_sockets == u64::from(args.idle_sockets),
         interrupted: false,
     }
 }
@@ -604,6 +657,12 @@ fn render(report: &HeartbeatReport) -> String {
         lines.push(format!(
             "note: the control plane asks for a heartbeat every {interval} ms; this run sent one every {} ms",
             report.interval_ms
+        ));
+    }
+    if report.idle_sockets > 0 {
+        lines.push(format!(
+            "idle realtime sockets held through the window: {}",
+            report.idle_sockets
         ));
     }
     if let Some(cost) = &report.control_plane_process {

@@ -114,6 +114,7 @@ pub async fn upgrade(
     let player = PlayerIdentity(authenticate_player(&state, token).await?);
     let hard_limit = hard_message_limit(state.config.limits.max_body_bytes);
     Ok(ws
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| async move {
@@ -165,6 +166,12 @@ fn settled_event(
         (TicketStatus::Queued | TicketStatus::Assigned, _) => None,
     }
 }
+
+/// Read buffer of each socket. tungstenite zero-fills the buffer to its capacity
+/// before every read, so its default (128 KiB) cost a 128 KiB `memset` per read
+/// and kept 128 KiB resident for every connected client. Client messages are
+/// well under 1 KiB; a larger one is read in more than one go.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 /// Messages above the body limit but below this are read whole and answered with
 /// close 1009 after a clean handshake; beyond it the WebSocket layer refuses the
