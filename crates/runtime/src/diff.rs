@@ -216,8 +216,14 @@ fn has_null_member(value: &Value) -> bool {
 }
 
 /// RFC 6901: `~` is written `~0` and `/` is written `~1`.
+/// Appends `/key` as an RFC 6901 reference token. Called for every member the
+/// diff walks, changed or not, so the usual key (no `~`, no `/`) is copied whole.
 fn push_token(path: &mut String, key: &str) {
     path.push('/');
+    if !key.contains(['~', '/']) {
+        path.push_str(key);
+        return;
+    }
     for c in key.chars() {
         match c {
             '~' => path.push_str("~0"),
@@ -228,8 +234,8 @@ fn push_token(path: &mut String, key: &str) {
 }
 
 fn push_index(path: &mut String, index: usize) {
-    use std::fmt::Write as _;
-    let _ = write!(path, "/{index}");
+    path.push('/');
+    path.push_str(itoa::Buffer::new().format(index));
 }
 
 fn push_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<&Value>) {
@@ -281,6 +287,20 @@ mod tests {
             ])
         );
         round_trip(json!({"x": [1]}), json!({"x": [1, {"y": null}, 3]}));
+        // Multi-digit indices, and a key that needs both escapes mid-word.
+        let long: Vec<u32> = (0..12).collect();
+        let ops = round_trip(
+            json!({"l": long, "p~q/r": {"s": 1}}),
+            json!({"l": (0..13).map(|i| if i == 10 { 99 } else { i }).collect::<Vec<u32>>(), "p~q/r": {"s": 2}}),
+        );
+        assert_eq!(
+            ops,
+            json!([
+                {"op": "replace", "path": "/l/10", "value": 99},
+                {"op": "add", "path": "/l/12", "value": 12},
+                {"op": "replace", "path": "/p~0q~1r/s", "value": 2},
+            ])
+        );
         // Keys removed, added and kept in every mix, so the walk over the previous keys
         // loses its place and has to find it again.
         let ops = round_trip(
