@@ -4,8 +4,10 @@
 //! than its cores can serve falls behind on everything at once: the ticks run late,
 //! and a join or an action waits behind the whole backlog of sync work (seconds, at
 //! 10,000 players on two cores). Sending state on every Nth tick instead sheds the
-//! bulk of that work — the frames — while the simulation keeps its rate, actions
-//! and events are still answered (and synced) at once, and joins go through.
+//! bulk of that work — the frames — while the simulation keeps its rate and joins
+//! go through at once. An action's change waits for the land's next due sync too
+//! (each action would otherwise sync its land: most of the frames under load), with
+//! its `action.result` behind the patch, so its player sees it within N ticks.
 //!
 //! The signal is how late ticks run: each land reports the lateness of every tick,
 //! and over each window the mean decides the process-wide *stretch* N. It doubles
