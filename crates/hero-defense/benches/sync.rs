@@ -12,6 +12,12 @@ use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
 use matchplane_runtime::{LandHarness, SyncEncoding};
 use serde_json::json;
 
+// The allocator of the `matchplane` binary: a change that saves allocations looked
+// 20 % faster here on glibc's malloc and was slower in the server (benchmarks.md,
+// 2026-12-07).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const TICK: Duration = Duration::from_millis(50);
 
 /// A land that never ends, with around 25–40 enemies on the field most of the time.
