@@ -12,9 +12,8 @@ use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
 use matchplane_runtime::{LandHarness, SyncEncoding};
 use serde_json::json;
 
-// The allocator of the `matchplane` binary: a change that saves allocations looked
-// 20 % faster here on glibc's malloc and was slower in the server (benchmarks.md,
-// 2026-12-07).
+// The allocator of the `matchplane` binary, so that allocation costs what it costs
+// in the server.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -75,6 +74,22 @@ fn sync_path(c: &mut Criterion) {
             bytes / ticks.max(1)
         );
     }
+    // A server holds hundreds of lands: each tick finds its land's state cold in the
+    // caches, which one land ticked over and over never shows. One iteration ticks
+    // the next of 200 six-player lands.
+    let mut lands: Vec<_> = (0..200)
+        .map(|_| busy_land(6, SyncEncoding::Patch))
+        .collect();
+    let mut next = 0;
+    group.bench_function("tick_and_sync_6_players_of_200_lands", |b| {
+        b.iter(|| {
+            let land = &mut lands[next % 200];
+            next += 1;
+            land.tick(TICK);
+            black_box(land.drain_frames());
+        });
+    });
+    drop(lands);
     let mut land = busy_land(1, SyncEncoding::Patch);
     group.bench_function("tick_and_sync_1_player", |b| {
         b.iter(|| {
