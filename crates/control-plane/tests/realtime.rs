@@ -154,6 +154,30 @@ async fn enqueue_subscribe_and_heartbeat_actions() {
 }
 
 #[tokio::test]
+async fn a_message_longer_than_the_read_buffer_is_read_whole() {
+    let h = Harness::start().await;
+    let mut socket = connect(&h, "").await;
+    // 40 KiB of insignificant whitespace: five times the socket's 8 KiB read buffer,
+    // under the 64 KiB body limit, so it arrives over several reads.
+    let padding = " ".repeat(40 * 1024);
+    let text = format!(
+        r#"{{"action": "enqueue",{padding}"queueKey": "hero-defense:1v1", "members": ["carol"]}}"#
+    );
+    socket.send(Message::Text(text.into())).await.unwrap();
+    let enqueued = next(&mut socket).await;
+    assert_eq!(enqueued["type"], "enqueued", "{enqueued}");
+    let ticket = enqueued["data"]["ticketId"].as_str().unwrap();
+    assert_eq!(h.status(ticket).await["status"], "queued");
+    // The socket still reads what follows.
+    send(&mut socket, json!({"action": "heartbeat"})).await;
+    let mut kinds = Vec::new();
+    while kinds.last().map(String::as_str) != Some("heartbeat") {
+        kinds.push(next(&mut socket).await["type"].as_str().unwrap().to_owned());
+        assert!(kinds.len() <= 2, "{kinds:?}");
+    }
+}
+
+#[tokio::test]
 async fn cancel_and_expiry_are_pushed() {
     let h = Harness::start().await;
     let cancelled = h
