@@ -176,6 +176,16 @@ async fn waits_end_with_typed_errors() {
     let err = unreachable.status("t").await.unwrap_err();
     assert!(matches!(err, MatchmakingError::Transport { .. }), "{err:?}");
     assert!(err.is_retryable());
+    let err = unreachable
+        .enqueue_solo("counter:1v1", "p")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MatchmakingError::Transport { .. }), "{err:?}");
+    // A base that is not a URL: the enqueue says so, with the URL it tried.
+    let garbled = MatchmakingClient::new("not a url");
+    let err = garbled.enqueue_solo("counter:1v1", "p").await.unwrap_err();
+    assert!(matches!(err, MatchmakingError::Transport { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a url"), "{err}");
     planes.stop().await;
 }
 
