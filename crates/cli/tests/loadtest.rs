@@ -47,6 +47,12 @@ fn successful_report(output: &Output, path: &Path) -> Value {
     read_report(path)
 }
 
+/// The JSON report of a run that must have exited non-zero.
+fn failed_report(output: &Output, path: &Path) -> Value {
+    assert!(!output.status.success());
+    read_report(path)
+}
+
 fn assert_latency(report: &Value, name: &str, count: u64) {
     let summary = &report["latencyMs"][name];
     assert_eq!(summary["count"], count, "{name}: {summary}");
@@ -587,8 +593,7 @@ async fn heartbeat_mode_registers_heartbeats_and_deregisters_every_fake_server()
         ],
     )
     .await;
-    assert!(!output.status.success());
-    let report = read_report(&path);
+    let report = failed_report(&output, &path);
     assert_eq!(report["registered"], 0, "{report}");
     assert_eq!(report["heartbeats"]["ok"], 0, "{report}");
     assert_eq!(report["complete"], false, "{report}");
@@ -660,8 +665,7 @@ async fn heartbeat_mode_holds_idle_realtime_sockets_through_the_window() {
         ],
     )
     .await;
-    assert!(!output.status.success());
-    let report = read_report(&path);
+    let report = failed_report(&output, &path);
     assert!(report["idleSockets"].as_u64().unwrap() < 6, "{report}");
     assert_eq!(report["complete"], false, "{report}");
     assert!(report["errorsTotal"].as_u64().unwrap() > 0, "{report}");
