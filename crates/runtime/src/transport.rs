@@ -4,7 +4,7 @@
 //! to the land's keeper; the writer drains the connection's bounded outbound queue,
 //! which the keeper fills without ever awaiting a socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -271,6 +271,7 @@ async fn write_loop(
 ) {
     let mut kill_open = true;
     let mut pings = keepalive.map(|every| tokio::time::interval_at(Instant::now() + every, every));
+    let mut batch: VecDeque<Message> = VecDeque::with_capacity(4);
     loop {
         let message = tokio::select! {
             biased;
@@ -299,26 +300,56 @@ async fn write_loop(
                 }
             } => Message::Ping(Default::default()),
         };
-        // A client that stops reading blocks this send; a kill (slow consumer, takeover)
+        batch.push_back(message);
+        // What one flush of the land queued for this player (its patch, the
+        // `action.result` behind it, events) goes out in one write.
+        let mut close_after = None;
+        while batch.len() < MAX_FRAMES_PER_WRITE {
+            match outbound.try_recv() {
+                Ok(Outbound::Text(text)) => batch.push_back(Message::Text(text)),
+                Ok(Outbound::Binary(bytes)) => batch.push_back(Message::Binary(bytes)),
+                Ok(Outbound::Close { code, reason }) => {
+                    close_after = Some((code, reason));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // A client that stops reading blocks this write; a kill (slow consumer, takeover)
         // must still get through rather than wait behind it forever.
-        tokio::select! {
+        let written = tokio::select! {
             biased;
             changed = kill.changed(), if kill_open => {
                 if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
                     send_close(&mut sink, code, &reason).await;
                     break;
                 }
-                if sink.send(message).await.is_err() {
-                    break;
-                }
+                write_batch(&mut sink, &mut batch).await
             }
-            sent = sink.send(message.clone()) => {
-                if sent.is_err() {
-                    break;
-                }
-            }
+            written = write_batch(&mut sink, &mut batch) => written,
+        };
+        if written.is_err() {
+            break;
+        }
+        if let Some((code, reason)) = close_after {
+            send_close(&mut sink, code, &reason).await;
+            break;
         }
     }
+}
+
+/// Frames one write may carry; more wait for the next, so the kill switch is
+/// looked at between them.
+const MAX_FRAMES_PER_WRITE: usize = 32;
+
+/// Writes the batch with one flush. Cancel-safe: a frame leaves the batch only
+/// once the sink holds it, so after a cancelled call the next one carries on.
+async fn write_batch(sink: &mut Sink, batch: &mut VecDeque<Message>) -> Result<(), axum::Error> {
+    while let Some(message) = batch.front() {
+        sink.feed(message.clone()).await?;
+        batch.pop_front();
+    }
+    sink.flush().await
 }
 
 struct Reader<'a> {
