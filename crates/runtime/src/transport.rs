@@ -271,9 +271,10 @@ async fn write_loop(
 ) {
     let mut kill_open = true;
     let mut pings = keepalive.map(|every| tokio::time::interval_at(Instant::now() + every, every));
-    let mut batch: VecDeque<Message> = VecDeque::with_capacity(4);
+    let mut queued: Vec<Outbound> = Vec::with_capacity(MAX_FRAMES_PER_WRITE);
+    let mut batch: VecDeque<Message> = VecDeque::with_capacity(MAX_FRAMES_PER_WRITE);
     loop {
-        let message = tokio::select! {
+        tokio::select! {
             biased;
             changed = kill.changed(), if kill_open => {
                 match kill_request(changed, &mut kill, &mut kill_open) {
@@ -284,40 +285,39 @@ async fn write_loop(
                     None => continue,
                 }
             }
-            message = outbound.recv() => match message {
-                Some(Outbound::Text(text)) => Message::Text(text),
-                Some(Outbound::Binary(bytes)) => Message::Binary(bytes),
-                Some(Outbound::Close { code, reason }) => {
-                    send_close(&mut sink, code, &reason).await;
+            // Everything queued so far, up to the cap: what one flush of the land
+            // queued for this player (its patch, the `action.result` behind it,
+            // events) goes out in one write.
+            received = outbound.recv_many(&mut queued, MAX_FRAMES_PER_WRITE) => {
+                if received == 0 {
                     break;
                 }
-                None => break,
-            },
+            }
             _ = async {
                 match pings.as_mut() {
                     Some(pings) => pings.tick().await,
                     None => std::future::pending().await,
                 }
-            } => Message::Ping(Default::default()),
-        };
-        batch.push_back(message);
-        // What one flush of the land queued for this player (its patch, the
-        // `action.result` behind it, events) goes out in one write.
+            } => batch.push_back(Message::Ping(Default::default())),
+        }
         let mut close_after = None;
-        while batch.len() < MAX_FRAMES_PER_WRITE {
-            match outbound.try_recv() {
-                Ok(Outbound::Text(text)) => batch.push_back(Message::Text(text)),
-                Ok(Outbound::Binary(bytes)) => batch.push_back(Message::Binary(bytes)),
-                Ok(Outbound::Close { code, reason }) => {
+        for frame in queued.drain(..) {
+            match frame {
+                Outbound::Text(text) => batch.push_back(Message::Text(text)),
+                Outbound::Binary(bytes) => batch.push_back(Message::Binary(bytes)),
+                // The connection ends with the close; nothing behind it is sent.
+                Outbound::Close { code, reason } => {
                     close_after = Some((code, reason));
                     break;
                 }
-                Err(_) => break,
             }
         }
         // A client that stops reading blocks this write; a kill (slow consumer, takeover)
         // must still get through rather than wait behind it forever.
-        let written = tokio::select! {
+        let written = if batch.is_empty() {
+            Ok(())
+        } else {
+            tokio::select! {
             biased;
             changed = kill.changed(), if kill_open => {
                 if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
@@ -327,6 +327,7 @@ async fn write_loop(
                 write_batch(&mut sink, &mut batch).await
             }
             written = write_batch(&mut sink, &mut batch) => written,
+            }
         };
         if written.is_err() {
             break;

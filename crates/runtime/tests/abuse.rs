@@ -423,3 +423,72 @@ async fn a_shutdown_reaches_players_that_keep_sending_with_land_closed_and_1001(
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_while_its_land_plays_on() {
+    let limits = ConnectionLimits {
+        max_message_bytes: 64 * 1024,
+        messages_per_second: 100_000.0,
+        burst: 100_000.0,
+        outbound_queue: 8,
+        ..test_limits()
+    };
+    let settings = LandSettings {
+        tick_rate_hz: 0.0,
+        sync_rate_hz: None,
+        max_players: 4,
+        dispose_after_empty: Duration::from_secs(60),
+        // A dropped seat is given up at once, so its leaving shows in the state.
+        reconnect_grace: Duration::ZERO,
+    };
+    let registry = LandRegistry::new().register_with_settings::<Counter>("counter", (), settings);
+    let server = TestServer::start_with(registry, limits).await;
+    let mut stalled = server.connect("counter", "room", "stalled").await;
+    let mut shouter = server.connect("counter", "room", "shouter").await;
+    assert!(shouter.state["players"].get("stalled").is_some());
+
+    // Every shout goes to both players; the stalled one reads nothing, so the
+    // socket buffers fill, its writer blocks mid-write and its queue runs full.
+    // The kill must get past the blocked write for the seat to be let go.
+    let text = "x".repeat(48 * 1024);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut shouts = 0;
+    while shouter.state["players"].get("stalled").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client still holds its seat after {shouts} shouts"
+        );
+        shouter.event("shout", json!({ "text": text })).await;
+        shouts += 1;
+        // The shouter reads everything, its own shout included.
+        shouter.barrier().await;
+        shouter.events.clear();
+    }
+    assert!(shouts > 8, "let go after only {shouts} shouts");
+    assert!(shouter.action("increment", json!({})).await.ok);
+
+    // The stalled client finds its connection ended once it reads again: the
+    // shouts that fit in the buffers, then the end (the close frame, if it got in).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut shouted = 0;
+        loop {
+            match stalled.socket.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    return (shouted, frame.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(Message::Text(text))) if text.contains("\"shouted\"") => shouted += 1,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (shouted, None),
+            }
+        }
+    })
+    .await
+    .expect("the stalled client's connection stayed open");
+    assert!(ended.0 < shouts, "{ended:?} of {shouts} shouts");
+    assert!(
+        matches!(ended.1, None | Some(close_code::SLOW_CONSUMER)),
+        "{ended:?}"
+    );
+    assert_healthy(&server).await;
+    server.shutdown().await.unwrap();
+}
