@@ -271,10 +271,11 @@ async fn write_loop(
 ) {
     let mut kill_open = true;
     let mut pings = keepalive.map(|every| tokio::time::interval_at(Instant::now() + every, every));
-    let mut queued: Vec<Outbound> = Vec::with_capacity(MAX_FRAMES_PER_WRITE);
-    let mut batch: VecDeque<Message> = VecDeque::with_capacity(MAX_FRAMES_PER_WRITE);
+    // Grows to the largest batch this connection has seen, a few frames at most:
+    // its memory is paid per connected player.
+    let mut batch: VecDeque<Message> = VecDeque::new();
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             biased;
             changed = kill.changed(), if kill_open => {
                 match kill_request(changed, &mut kill, &mut kill_open) {
@@ -285,23 +286,25 @@ async fn write_loop(
                     None => continue,
                 }
             }
-            // Everything queued so far, up to the cap: what one flush of the land
-            // queued for this player (its patch, the `action.result` behind it,
-            // events) goes out in one write.
-            received = outbound.recv_many(&mut queued, MAX_FRAMES_PER_WRITE) => {
-                if received == 0 {
-                    break;
-                }
-            }
+            frame = outbound.recv() => match frame {
+                Some(frame) => Some(frame),
+                None => break,
+            },
             _ = async {
                 match pings.as_mut() {
                     Some(pings) => pings.tick().await,
                     None => std::future::pending().await,
                 }
-            } => batch.push_back(Message::Ping(Default::default())),
-        }
+            } => {
+                batch.push_back(Message::Ping(Default::default()));
+                None
+            }
+        };
+        // What one flush of the land queued for this player (its patch, the
+        // `action.result` behind it, events) goes out in one write.
         let mut close_after = None;
-        for frame in queued.drain(..) {
+        let mut next = first;
+        while let Some(frame) = next.take() {
             match frame {
                 Outbound::Text(text) => batch.push_back(Message::Text(text)),
                 Outbound::Binary(bytes) => batch.push_back(Message::Binary(bytes)),
@@ -311,6 +314,9 @@ async fn write_loop(
                     break;
                 }
             }
+            if batch.len() < MAX_FRAMES_PER_WRITE {
+                next = outbound.try_recv().ok();
+            }
         }
         // A client that stops reading blocks this write; a kill (slow consumer, takeover)
         // must still get through rather than wait behind it forever.
@@ -318,15 +324,15 @@ async fn write_loop(
             Ok(())
         } else {
             tokio::select! {
-            biased;
-            changed = kill.changed(), if kill_open => {
-                if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
-                    send_close(&mut sink, code, &reason).await;
-                    break;
+                biased;
+                changed = kill.changed(), if kill_open => {
+                    if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
+                        send_close(&mut sink, code, &reason).await;
+                        break;
+                    }
+                    write_batch(&mut sink, &mut batch).await
                 }
-                write_batch(&mut sink, &mut batch).await
-            }
-            written = write_batch(&mut sink, &mut batch) => written,
+                written = write_batch(&mut sink, &mut batch) => written,
             }
         };
         if written.is_err() {
