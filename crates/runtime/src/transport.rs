@@ -4,7 +4,7 @@
 //! to the land's keeper; the writer drains the connection's bounded outbound queue,
 //! which the keeper fills without ever awaiting a socket.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -271,9 +271,6 @@ async fn write_loop(
 ) {
     let mut kill_open = true;
     let mut pings = keepalive.map(|every| tokio::time::interval_at(Instant::now() + every, every));
-    // Grows to the largest batch this connection has seen, a few frames at most:
-    // its memory is paid per connected player.
-    let mut batch: VecDeque<Message> = VecDeque::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -287,7 +284,12 @@ async fn write_loop(
                 }
             }
             frame = outbound.recv() => match frame {
-                Some(frame) => Some(frame),
+                Some(Outbound::Text(text)) => Message::Text(text),
+                Some(Outbound::Binary(bytes)) => Message::Binary(bytes),
+                Some(Outbound::Close { code, reason }) => {
+                    send_close(&mut sink, code, &reason).await;
+                    break;
+                }
                 None => break,
             },
             _ = async {
@@ -295,50 +297,29 @@ async fn write_loop(
                     Some(pings) => pings.tick().await,
                     None => std::future::pending().await,
                 }
-            } => {
-                batch.push_back(Message::Ping(Default::default()));
-                None
-            }
+            } => Message::Ping(Default::default()),
         };
-        // What one flush of the land queued for this player (its patch, the
-        // `action.result` behind it, events) goes out in one write.
-        let mut close_after = None;
-        let mut next = first;
-        while let Some(frame) = next.take() {
-            match frame {
-                Outbound::Text(text) => batch.push_back(Message::Text(text)),
-                Outbound::Binary(bytes) => batch.push_back(Message::Binary(bytes)),
-                // The connection ends with the close; nothing behind it is sent.
-                Outbound::Close { code, reason } => {
-                    close_after = Some((code, reason));
-                    break;
-                }
-            }
-            if batch.len() < MAX_FRAMES_PER_WRITE {
-                next = outbound.try_recv().ok();
-            }
-        }
+        let mut write = QueuedWrite {
+            pending: Some(first),
+            close_after: None,
+        };
         // A client that stops reading blocks this write; a kill (slow consumer, takeover)
         // must still get through rather than wait behind it forever.
-        let written = if batch.is_empty() {
-            Ok(())
-        } else {
-            tokio::select! {
-                biased;
-                changed = kill.changed(), if kill_open => {
-                    if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
-                        send_close(&mut sink, code, &reason).await;
-                        break;
-                    }
-                    write_batch(&mut sink, &mut batch).await
+        let written = tokio::select! {
+            biased;
+            changed = kill.changed(), if kill_open => {
+                if let Some((code, reason)) = kill_request(changed, &mut kill, &mut kill_open) {
+                    send_close(&mut sink, code, &reason).await;
+                    break;
                 }
-                written = write_batch(&mut sink, &mut batch) => written,
+                write.run(&mut sink, &mut outbound).await
             }
+            written = write.run(&mut sink, &mut outbound) => written,
         };
         if written.is_err() {
             break;
         }
-        if let Some((code, reason)) = close_after {
+        if let Some((code, reason)) = write.close_after {
             send_close(&mut sink, code, &reason).await;
             break;
         }
@@ -349,14 +330,42 @@ async fn write_loop(
 /// looked at between them.
 const MAX_FRAMES_PER_WRITE: usize = 32;
 
-/// Writes the batch with one flush. Cancel-safe: a frame leaves the batch only
-/// once the sink holds it, so after a cancelled call the next one carries on.
-async fn write_batch(sink: &mut Sink, batch: &mut VecDeque<Message>) -> Result<(), axum::Error> {
-    while let Some(message) = batch.front() {
-        sink.feed(message.clone()).await?;
-        batch.pop_front();
+/// One write of what the connection's queue holds: what one flush of the land
+/// queued for this player (its patch, the `action.result` behind it, events)
+/// goes out with one flush instead of one each.
+struct QueuedWrite {
+    /// Taken from the queue, not yet in the sink. Held here rather than in the
+    /// future, so a write cancelled by the kill switch can be carried on.
+    pending: Option<Message>,
+    /// The close queued behind the frames; the connection ends with it.
+    close_after: Option<(u16, String)>,
+}
+
+impl QueuedWrite {
+    async fn run(
+        &mut self,
+        sink: &mut Sink,
+        outbound: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), axum::Error> {
+        let mut fed = 0;
+        while let Some(message) = &self.pending {
+            sink.feed(message.clone()).await?;
+            fed += 1;
+            self.pending = None;
+            if fed < MAX_FRAMES_PER_WRITE && self.close_after.is_none() {
+                self.pending = match outbound.try_recv() {
+                    Ok(Outbound::Text(text)) => Some(Message::Text(text)),
+                    Ok(Outbound::Binary(bytes)) => Some(Message::Binary(bytes)),
+                    Ok(Outbound::Close { code, reason }) => {
+                        self.close_after = Some((code, reason));
+                        None
+                    }
+                    Err(_) => None,
+                };
+            }
+        }
+        sink.flush().await
     }
-    sink.flush().await
 }
 
 struct Reader<'a> {
