@@ -326,8 +326,8 @@ async fn write_loop(
     }
 }
 
-/// Frames one write may carry; more wait for the next, so the kill switch is
-/// looked at between them.
+/// Frames one write may carry: a connection with a backlog still flushes every
+/// this many frames rather than buffering its whole queue first.
 const MAX_FRAMES_PER_WRITE: usize = 32;
 
 /// One write of what the connection's queue holds: what one flush of the land
@@ -352,7 +352,7 @@ impl QueuedWrite {
             sink.feed(message.clone()).await?;
             fed += 1;
             self.pending = None;
-            if fed < MAX_FRAMES_PER_WRITE && self.close_after.is_none() {
+            if fed < MAX_FRAMES_PER_WRITE {
                 self.pending = match outbound.try_recv() {
                     Ok(Outbound::Text(text)) => Some(Message::Text(text)),
                     Ok(Outbound::Binary(bytes)) => Some(Message::Binary(bytes)),
