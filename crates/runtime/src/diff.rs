@@ -215,9 +215,9 @@ fn has_null_member(value: &Value) -> bool {
     }
 }
 
-/// RFC 6901: `~` is written `~0` and `/` is written `~1`.
-/// Appends `/key` as an RFC 6901 reference token. Called for every member the
-/// diff walks, changed or not, so the usual key (no `~`, no `/`) is copied whole.
+/// Appends `/key` as an RFC 6901 reference token (`~` written `~0`, `/` written
+/// `~1`). Called for every member the diff walks, changed or not, so the usual key
+/// (no `~`, no `/`) is copied whole.
 fn push_token(path: &mut String, key: &str) {
     path.push('/');
     if !key.contains(['~', '/']) {
