@@ -276,6 +276,24 @@ impl<L: Land> LandHarness<L> {
             .unwrap_or_default()
     }
 
+    /// The frames sent to `player` since the last call, as they go on the wire (text
+    /// frames as their UTF-8 bytes); closes are left out. For benches of what the
+    /// transport does with them (compression).
+    pub fn wire_frames(&mut self, player: &str) -> Vec<Vec<u8>> {
+        let Some(state) = self.players.get_mut(player) else {
+            return Vec::new();
+        };
+        let mut frames = Vec::new();
+        while let Ok(outbound) = state.frames.try_recv() {
+            match outbound {
+                Outbound::Text(text) => frames.push(text.as_str().as_bytes().to_vec()),
+                Outbound::Binary(frame) => frames.push(frame.to_vec()),
+                Outbound::Close { .. } => {}
+            }
+        }
+        frames
+    }
+
     /// Drops every queued frame, returning how many bytes they held (for benches).
     pub fn drain_frames(&mut self) -> usize {
         let mut bytes = 0;
