@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::auth::{Admission, Rejection};
 use crate::diff::JsonMerge;
+use crate::flat::{Flat, FlatValue};
 use crate::frame;
 use crate::land::{
     CreateInfo, Ctx, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target,
@@ -138,8 +139,11 @@ struct Seat {
     conn: Option<ConnHandle>,
     /// Seq of the last state frame sent on this player's stream.
     seq: u64,
-    /// `{"me": view}` (or `{}`) as last sent, the base of the next private diff.
-    private: Value,
+    /// `{"me": view}` (or `{}`) as last sent, the base of the next private diff; flat,
+    /// as the shared view is.
+    private: FlatValue,
+    /// The same as a tree, kept only while the seat's connection syncs by merge patches.
+    private_tree: Option<Value>,
     sync: SeatSync,
     grace_deadline: Option<Instant>,
 }
@@ -152,8 +156,12 @@ pub(crate) struct LandCore<L: Land> {
     land_id_json: String,
     seats: Vec<Seat>,
     seat_ids: Vec<PlayerId>,
-    /// The shared view as last sent, the base of the next shared diff.
-    shared: Value,
+    /// The shared view as last sent, the base of the next shared diff; flat, so the
+    /// diff reads one buffer rather than a tree gone cold since (see `flat`).
+    shared: FlatValue,
+    /// The same view as a tree, kept only while a connection syncs by merge patches
+    /// (`?sync=merge`, `?sync=binary`), whose writers read it.
+    shared_tree: Option<Value>,
     /// Member names numbered for `?sync=binary` connections, grown as the shared
     /// state names new members.
     keys: KeyTable,
@@ -204,7 +212,8 @@ impl<L: Land> LandCore<L> {
             land_id_json: frame::json_string(&info.land_id),
             seats: Vec::new(),
             seat_ids: Vec::new(),
-            shared: Value::Object(Map::new()),
+            shared: FlatValue::new(&Value::Object(Map::new())),
+            shared_tree: None,
             keys: KeyTable::default(),
             outbox,
             state_touched: true,
@@ -327,7 +336,8 @@ impl<L: Land> LandCore<L> {
             session_key: admission.session_key.clone(),
             conn: Some(conn),
             seq: 0,
-            private: Value::Object(Map::new()),
+            private: FlatValue::new(&Value::Object(Map::new())),
+            private_tree: None,
             sync: SeatSync::NeedsJoin,
             grace_deadline: None,
         });
@@ -599,7 +609,7 @@ impl<L: Land> LandCore<L> {
     }
 
     fn sync(&mut self) {
-        let shared = match serde_json::to_value(self.land.state()) {
+        let current = match serde_json::to_value(self.land.state()) {
             Ok(value @ Value::Object(_)) => value,
             Ok(_) => {
                 tracing::error!(land_id = %self.land_id, "land state must serialise to a JSON object; not synced");
@@ -616,18 +626,24 @@ impl<L: Land> LandCore<L> {
         // in this round must get the table with them.
         let mut shared_ops: Option<String> = None;
         let mut shared_merge: Option<Option<String>> = None;
-        let before = std::mem::replace(&mut self.shared, shared);
-        let binary_live = self.seats.iter().any(|seat| {
-            seat.sync == SeatSync::Live
-                && seat
-                    .conn
-                    .as_ref()
-                    .is_some_and(|conn| conn.sync == SyncEncoding::Binary)
-        });
+        let flat = FlatValue::with_capacity(&current, self.shared.len() + self.shared.len() / 8);
+        let before = std::mem::replace(&mut self.shared, flat);
+        let live_with = |encoding: SyncEncoding| {
+            self.seats.iter().any(|seat| {
+                seat.sync == SeatSync::Live
+                    && seat.conn.as_ref().is_some_and(|conn| conn.sync == encoding)
+            })
+        };
+        let binary_live = live_with(SyncEncoding::Binary);
+        let before_tree = if binary_live || live_with(SyncEncoding::Merge) {
+            self.shared_tree.take().unwrap_or_else(|| before.to_value())
+        } else {
+            Value::Null
+        };
         let shared_binary = if binary_live {
             binary_members(
-                &before,
-                &self.shared,
+                &before_tree,
+                &current,
                 BinaryWriter::entering(&mut self.keys),
             )
         } else {
@@ -638,6 +654,14 @@ impl<L: Land> LandCore<L> {
         for seat in &mut self.seats {
             let Some(conn) = &seat.conn else {
                 continue;
+            };
+            let merging = conn.sync != SyncEncoding::Patch;
+            let private_before = if merging {
+                seat.private_tree
+                    .take()
+                    .unwrap_or_else(|| seat.private.to_value())
+            } else {
+                Value::Null
             };
             let private = match self
                 .land
@@ -657,7 +681,7 @@ impl<L: Land> LandCore<L> {
             }
             let wrapped = Value::Object(wrapped);
             let mut document = || {
-                let shared_text = shared_document.get_or_insert_with(|| self.shared.to_string());
+                let shared_text = shared_document.get_or_insert_with(|| current.to_string());
                 let private_text = wrapped.get("me").map(Value::to_string);
                 let keys = (conn.sync == SyncEncoding::Binary).then(|| {
                     keys_json
@@ -695,7 +719,7 @@ impl<L: Land> LandCore<L> {
                     let frame = match conn.sync {
                         SyncEncoding::Binary => {
                             let private = binary_members(
-                                &seat.private,
+                                &private_before,
                                 &wrapped,
                                 BinaryWriter::looking_up(&self.keys),
                             );
@@ -723,19 +747,25 @@ impl<L: Land> LandCore<L> {
                             }
                         }
                         SyncEncoding::Merge => shared_merge
-                            .get_or_insert_with(|| merge_members(&before, &self.shared))
+                            .get_or_insert_with(|| merge_members(&before_tree, &current))
                             .as_deref()
-                            .zip(merge_members(&seat.private, &wrapped))
+                            .zip(merge_members(&private_before, &wrapped))
                             .map(|(shared, private)| {
                                 (!shared.is_empty() || !private.is_empty())
                                     .then(|| frame::merge(next, shared, &private))
                             })
                             .unwrap_or_else(|| {
-                                patch_frame(&mut shared_ops, &before, &self.shared, seat, &wrapped)
+                                patch_frame(
+                                    &mut shared_ops,
+                                    before.root(),
+                                    &current,
+                                    seat,
+                                    &wrapped,
+                                )
                             })
                             .map(Outbound::Text),
                         SyncEncoding::Patch => {
-                            patch_frame(&mut shared_ops, &before, &self.shared, seat, &wrapped)
+                            patch_frame(&mut shared_ops, before.root(), &current, seat, &wrapped)
                                 .map(Outbound::Text)
                         }
                     };
@@ -749,21 +779,28 @@ impl<L: Land> LandCore<L> {
                     }
                 }
             }
-            seat.private = wrapped;
+            seat.private = FlatValue::new(&wrapped);
+            seat.private_tree = merging.then_some(wrapped);
         }
+        let merging = self.seats.iter().any(|seat| {
+            seat.conn
+                .as_ref()
+                .is_some_and(|conn| conn.sync != SyncEncoding::Patch)
+        });
+        self.shared_tree = merging.then_some(current);
     }
 }
 
 /// The seat's `state.patch`: the shared operations (made once per land) and its own.
 fn patch_frame(
     shared_ops: &mut Option<String>,
-    before: &Value,
+    before: Flat<'_>,
     after: &Value,
     seat: &Seat,
     wrapped: &Value,
 ) -> Option<Utf8Bytes> {
     let shared_ops = shared_ops.get_or_insert_with(|| ops_list(before, after));
-    let private_ops = ops_list(&seat.private, wrapped);
+    let private_ops = ops_list(seat.private.root(), wrapped);
     (!shared_ops.is_empty() || !private_ops.is_empty())
         .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops))
 }
@@ -802,7 +839,7 @@ fn binary_members(
 
 /// The operations turning `before` into `after` as a JSON array's inside (`op,op`),
 /// empty for no change.
-fn ops_list(before: &Value, after: &Value) -> String {
+fn ops_list(before: Flat<'_>, after: &Value) -> String {
     let mut out = Vec::new();
     crate::diff::diff_into(before, after, &mut out);
     String::from_utf8(out).unwrap_or_else(|err| {

@@ -9,38 +9,44 @@
 use matchplane_contracts::binary_state::BinaryWriter;
 use serde_json::Value;
 
+use crate::flat::{Flat, Kind};
+
 /// How far the walk over the previous object's keys may skip ahead to line up with the
 /// new one again (keys removed between two states, e.g. enemies killed in one tick).
 const RESYNC_STEPS: usize = 4;
 
 /// Appends the operations turning `left` into `right` to `out` as `op,op,…` (no brackets).
-pub(crate) fn diff_into(left: &Value, right: &Value, out: &mut Vec<u8>) {
+/// `left` is flat ([`FlatValue`]): the previous state a land keeps between syncs.
+pub(crate) fn diff_into(left: Flat<'_>, right: &Value, out: &mut Vec<u8>) {
     let mut path = String::new();
     diff_at(left, right, &mut path, out);
 }
 
-fn diff_at(left: &Value, right: &Value, path: &mut String, out: &mut Vec<u8>) {
-    match (left, right) {
-        (Value::Object(before), Value::Object(after)) => {
+fn diff_at(left: Flat<'_>, right: &Value, path: &mut String, out: &mut Vec<u8>) {
+    match (left.kind(), right) {
+        (Kind::Object(before), Value::Object(after)) => {
             // Consecutive states mostly have the same keys in the same order, so the key
             // `before` holds next is usually the one wanted: comparing it is much cheaper
-            // than a map lookup per key, which dominated the sync profile. Any mismatch
-            // falls back to the lookup, so the result never depends on the order.
-            let mut previous_entries = before.iter().peekable();
+            // than a search per key. Any mismatch falls back to the search, so the
+            // result never depends on the order.
+            let mut previous_entries = before.clone().peekable();
             let mut kept = 0usize;
             for (key, value) in after {
-                let previous = match previous_entries.next_if(|(next, _)| *next == key) {
+                let previous = match previous_entries.next_if(|(next, _)| *next == key.as_bytes()) {
                     Some((_, previous)) => Some(previous),
                     None => {
                         let found = before.get(key);
                         if found.is_some() {
                             // Skip past keys removed since (few) to line up again.
                             for _ in 0..RESYNC_STEPS {
-                                if previous_entries.next_if(|(next, _)| *next != key).is_none() {
+                                if previous_entries
+                                    .next_if(|(next, _)| *next != key.as_bytes())
+                                    .is_none()
+                                {
                                     break;
                                 }
                             }
-                            previous_entries.next_if(|(next, _)| *next == key);
+                            previous_entries.next_if(|(next, _)| *next == key.as_bytes());
                         }
                         found
                     }
@@ -59,23 +65,28 @@ fn diff_at(left: &Value, right: &Value, path: &mut String, out: &mut Vec<u8>) {
             if kept == before.len() {
                 return;
             }
-            for key in before.keys().filter(|key| !after.contains_key(*key)) {
+            let removed = before
+                .restart()
+                .filter_map(|(key, _)| std::str::from_utf8(key).ok())
+                .filter(|key| !after.contains_key(*key));
+            for key in removed {
                 let len = path.len();
                 push_token(path, key);
                 push_op(out, "remove", path, None);
                 path.truncate(len);
             }
         }
-        (Value::Array(before), Value::Array(after)) => {
-            let common = before.len().min(after.len());
-            for (index, (previous, value)) in before.iter().zip(after).enumerate() {
+        (Kind::Array(before), Value::Array(after)) => {
+            let before_len = before.len();
+            let common = before_len.min(after.len());
+            for (index, (previous, value)) in before.zip(after).enumerate() {
                 let len = path.len();
                 push_index(path, index);
                 diff_at(previous, value, path, out);
                 path.truncate(len);
             }
             // From the end, so every index is valid when its operation applies.
-            for index in (common..before.len()).rev() {
+            for index in (common..before_len).rev() {
                 let len = path.len();
                 push_index(path, index);
                 push_op(out, "remove", path, None);
@@ -88,7 +99,7 @@ fn diff_at(left: &Value, right: &Value, path: &mut String, out: &mut Vec<u8>) {
                 path.truncate(len);
             }
         }
-        _ if left == right => {}
+        _ if left.scalar_equals(right) => {}
         _ => push_op(out, "replace", path, Some(right)),
     }
 }
@@ -257,11 +268,12 @@ fn push_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<&Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flat::FlatValue;
     use serde_json::json;
 
     fn round_trip(left: Value, right: Value) -> Value {
         let mut out = Vec::new();
-        diff_into(&left, &right, &mut out);
+        diff_into(FlatValue::new(&left).root(), &right, &mut out);
         let ops: json_patch::Patch =
             serde_json::from_str(&format!("[{}]", String::from_utf8(out).unwrap())).unwrap();
         let mut doc = left;
@@ -392,6 +404,28 @@ mod tests {
         })
     }
 
+    /// Values with every kind of number serde_json tells apart (unsigned, negative,
+    /// float; `1` and `1.0` are not equal), for the flat form.
+    fn json_value_of_all_numbers() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            prop_oneof![Just(0u64), Just(1), Just(u64::MAX)].prop_map(Value::from),
+            prop_oneof![Just(-1i64), Just(i64::MIN)].prop_map(Value::from),
+            prop_oneof![Just(0.0f64), Just(-0.0), Just(1.0), Just(-2.5), Just(1e300)]
+                .prop_map(Value::from),
+            "[a-c/~é]{0,3}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-dé]", inner, 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
     fn json_object() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         proptest::collection::btree_map("[a-d]", json_value(), 0..5)
@@ -399,6 +433,27 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn diffs_from_a_flat_state_round_trip(
+            left in json_value_of_all_numbers(),
+            right in json_value_of_all_numbers(),
+        ) {
+            round_trip(left, right);
+        }
+
+        #[test]
+        fn flat_values_hold_what_they_were_made_of(value in json_value_of_all_numbers()) {
+            let flat = FlatValue::new(&value);
+            proptest::prop_assert_eq!(flat.to_value(), value.clone());
+            // A scalar equals itself flat, and nothing else.
+            if !value.is_object() && !value.is_array() {
+                proptest::prop_assert!(flat.root().scalar_equals(&value));
+                for other in [json!(null), json!(0), json!(0.0), json!(-1), json!(""), json!(false)] {
+                    proptest::prop_assert_eq!(flat.root().scalar_equals(&other), other == value);
+                }
+            }
+        }
+
         /// Any two objects: the merge patch applies to the new one exactly, or is
         /// refused only because some member of the new one is null.
         #[test]

@@ -11,6 +11,7 @@ mod auth;
 mod core;
 pub mod counter;
 mod diff;
+mod flat;
 mod frame;
 mod harness;
 mod jwks;

@@ -1,0 +1,328 @@
+//! A JSON value laid out in one buffer, in document order: the form a land's shared
+//! state is kept in between syncs, as the base of the next diff.
+//!
+//! A `serde_json::Value` tree spreads a state over hundreds of allocations. By the
+//! time a land syncs again, other lands have pushed them out of the caches, and the
+//! diff's walk over the previous tree was a chain of cache misses (`diff_at` was a
+//! quarter of the sync bench over 200 lands, a seventh of a busy server). Read front
+//! to back, one buffer is what the prefetcher handles best, and it is a fraction of
+//! the tree's size.
+//!
+//! Layout, little-endian: a tag byte, then
+//! - null, false, true: nothing;
+//! - unsigned, signed, float: the 8 bytes of the `u64`, `i64` or `f64`;
+//! - string: `u32` length, bytes;
+//! - array: `u32` element count, `u32` length of the elements in bytes, elements;
+//! - object: `u32` member count, `u32` length of the members in bytes, members, each
+//!   a `u32` key length, the key's bytes and the value.
+//!
+//! Lengths that do not fit in a `u32` (a 4 GiB state) are not representable: such a
+//! state is kept as `null`, which only makes the next diff replace everything.
+
+use serde_json::{Map, Number, Value};
+
+const NULL: u8 = 0;
+const FALSE: u8 = 1;
+const TRUE: u8 = 2;
+const UNSIGNED: u8 = 3;
+const SIGNED: u8 = 4;
+const FLOAT: u8 = 5;
+const STRING: u8 = 6;
+const ARRAY: u8 = 7;
+const OBJECT: u8 = 8;
+
+/// A whole JSON document in one buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct FlatValue {
+    bytes: Vec<u8>,
+}
+
+impl FlatValue {
+    pub(crate) fn new(value: &Value) -> Self {
+        Self::with_capacity(value, 0)
+    }
+
+    /// [`Self::new`] into a buffer of `capacity` bytes to start with: a land's next
+    /// state takes about what its last one took, and growing the buffer step by step
+    /// copied it over and over (a sixth of the sync bench's time).
+    pub(crate) fn with_capacity(value: &Value, capacity: usize) -> Self {
+        let mut bytes = Vec::with_capacity(capacity);
+        if write(&mut bytes, value).is_none() {
+            bytes.clear();
+            bytes.push(NULL);
+        }
+        Self { bytes }
+    }
+
+    /// Bytes the document takes.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn root(&self) -> Flat<'_> {
+        Flat::at(&self.bytes)
+    }
+
+    /// The document as a tree again.
+    pub(crate) fn to_value(&self) -> Value {
+        self.root().to_value()
+    }
+}
+
+fn len_u32(len: usize) -> Option<[u8; 4]> {
+    u32::try_from(len).ok().map(u32::to_le_bytes)
+}
+
+fn write(out: &mut Vec<u8>, value: &Value) -> Option<()> {
+    match value {
+        Value::Null => out.push(NULL),
+        Value::Bool(false) => out.push(FALSE),
+        Value::Bool(true) => out.push(TRUE),
+        Value::Number(number) => {
+            if let Some(unsigned) = number.as_u64() {
+                out.push(UNSIGNED);
+                out.extend_from_slice(&unsigned.to_le_bytes());
+            } else if let Some(signed) = number.as_i64() {
+                out.push(SIGNED);
+                out.extend_from_slice(&signed.to_le_bytes());
+            } else {
+                out.push(FLOAT);
+                out.extend_from_slice(&number.as_f64().unwrap_or(0.0).to_le_bytes());
+            }
+        }
+        Value::String(text) => {
+            out.push(STRING);
+            out.extend_from_slice(&len_u32(text.len())?);
+            out.extend_from_slice(text.as_bytes());
+        }
+        Value::Array(elements) => {
+            out.push(ARRAY);
+            out.extend_from_slice(&len_u32(elements.len())?);
+            let length_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            for element in elements {
+                write(out, element)?;
+            }
+            let length = len_u32(out.len() - length_at - 4)?;
+            out[length_at..length_at + 4].copy_from_slice(&length);
+        }
+        Value::Object(members) => {
+            out.push(OBJECT);
+            out.extend_from_slice(&len_u32(members.len())?);
+            let length_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            for (key, member) in members {
+                out.extend_from_slice(&len_u32(key.len())?);
+                out.extend_from_slice(key.as_bytes());
+                write(out, member)?;
+            }
+            let length = len_u32(out.len() - length_at - 4)?;
+            out[length_at..length_at + 4].copy_from_slice(&length);
+        }
+    }
+    Some(())
+}
+
+/// One value inside a [`FlatValue`]: the slice starting at its tag (and running to
+/// the end of the buffer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flat<'a> {
+    bytes: &'a [u8],
+}
+
+/// What a flat value is, with its contents.
+pub(crate) enum Kind<'a> {
+    Null,
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    /// UTF-8, as written from a `String`; left unchecked on the diff's path.
+    String(&'a [u8]),
+    Array(Elements<'a>),
+    Object(Members<'a>),
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    bytes
+        .get(at..at + 4)
+        .and_then(|word| <[u8; 4]>::try_from(word).ok())
+        .map_or(0, |word| u32::from_le_bytes(word) as usize)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> [u8; 8] {
+    bytes
+        .get(at..at + 8)
+        .and_then(|word| <[u8; 8]>::try_from(word).ok())
+        .unwrap_or_default()
+}
+
+impl<'a> Flat<'a> {
+    fn at(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    /// Bytes the value takes, tag included.
+    fn size(self) -> usize {
+        match self.bytes.first() {
+            Some(&(UNSIGNED | SIGNED | FLOAT)) => 9,
+            Some(&STRING) => 5 + u32_at(self.bytes, 1),
+            Some(&(ARRAY | OBJECT)) => 9 + u32_at(self.bytes, 5),
+            _ => 1,
+        }
+    }
+
+    pub(crate) fn kind(self) -> Kind<'a> {
+        let bytes = self.bytes;
+        match bytes.first() {
+            Some(&FALSE) => Kind::Bool(false),
+            Some(&TRUE) => Kind::Bool(true),
+            Some(&UNSIGNED) => Kind::Unsigned(u64::from_le_bytes(u64_at(bytes, 1))),
+            Some(&SIGNED) => Kind::Signed(i64::from_le_bytes(u64_at(bytes, 1))),
+            Some(&FLOAT) => Kind::Float(f64::from_le_bytes(u64_at(bytes, 1))),
+            Some(&STRING) => {
+                let len = u32_at(bytes, 1);
+                Kind::String(bytes.get(5..5 + len).unwrap_or_default())
+            }
+            Some(&ARRAY) => Kind::Array(Elements {
+                left: u32_at(bytes, 1),
+                rest: contents(bytes),
+            }),
+            Some(&OBJECT) => Kind::Object(Members {
+                len: u32_at(bytes, 1),
+                left: u32_at(bytes, 1),
+                start: contents(bytes),
+                rest: contents(bytes),
+            }),
+            _ => Kind::Null,
+        }
+    }
+
+    /// Whether this is a scalar equal to `value` (as `Value`'s `==` has it). Objects
+    /// and arrays answer `false`: the diff walks them member by member.
+    pub(crate) fn scalar_equals(self, value: &Value) -> bool {
+        match (self.kind(), value) {
+            (Kind::Null, Value::Null) => true,
+            (Kind::Bool(flat), Value::Bool(value)) => flat == *value,
+            (Kind::Unsigned(flat), Value::Number(number)) => number.as_u64() == Some(flat),
+            (Kind::Signed(flat), Value::Number(number)) => {
+                number.is_i64() && !number.is_u64() && number.as_i64() == Some(flat)
+            }
+            (Kind::Float(flat), Value::Number(number)) => {
+                number.is_f64() && number.as_f64() == Some(flat)
+            }
+            (Kind::String(flat), Value::String(text)) => flat == text.as_bytes(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn to_value(self) -> Value {
+        match self.kind() {
+            Kind::Null => Value::Null,
+            Kind::Bool(flag) => Value::Bool(flag),
+            Kind::Unsigned(number) => Value::from(number),
+            Kind::Signed(number) => Value::from(number),
+            Kind::Float(number) => Number::from_f64(number).map_or(Value::Null, Value::Number),
+            Kind::String(text) => Value::String(String::from_utf8_lossy(text).into_owned()),
+            Kind::Array(elements) => Value::Array(elements.map(Flat::to_value).collect()),
+            Kind::Object(members) => Value::Object(
+                members
+                    .map(|(key, member)| {
+                        (String::from_utf8_lossy(key).into_owned(), member.to_value())
+                    })
+                    .collect::<Map<String, Value>>(),
+            ),
+        }
+    }
+}
+
+/// The bytes of an array's elements or an object's members.
+fn contents(bytes: &[u8]) -> &[u8] {
+    let len = u32_at(bytes, 5);
+    bytes.get(9..9 + len).unwrap_or_default()
+}
+
+/// An array's elements, in order.
+#[derive(Clone)]
+pub(crate) struct Elements<'a> {
+    left: usize,
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Flat<'a>;
+
+    fn next(&mut self) -> Option<Flat<'a>> {
+        if self.left == 0 || self.rest.is_empty() {
+            return None;
+        }
+        let element = Flat::at(self.rest);
+        self.rest = self.rest.get(element.size()..).unwrap_or_default();
+        self.left -= 1;
+        Some(element)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left))
+    }
+}
+
+impl Elements<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.left
+    }
+}
+
+/// An object's members, in order.
+#[derive(Clone)]
+pub(crate) struct Members<'a> {
+    /// Members in the whole object.
+    len: usize,
+    left: usize,
+    /// The first member's bytes, and those of the next one to read.
+    start: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Members<'a> {
+    /// The key's bytes (UTF-8, as written from a `String`) and the value.
+    type Item = (&'a [u8], Flat<'a>);
+
+    fn next(&mut self) -> Option<(&'a [u8], Flat<'a>)> {
+        if self.left == 0 || self.rest.is_empty() {
+            return None;
+        }
+        let key_len = u32_at(self.rest, 0);
+        let key = self.rest.get(4..4 + key_len).unwrap_or_default();
+        let value = Flat::at(self.rest.get(4 + key_len..).unwrap_or_default());
+        self.rest = self
+            .rest
+            .get(4 + key_len + value.size()..)
+            .unwrap_or_default();
+        self.left -= 1;
+        Some((key, value))
+    }
+}
+
+impl<'a> Members<'a> {
+    /// Members in the whole object, however many were read.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The member named `key`, searched from the start of the object.
+    pub(crate) fn get(&self, key: &str) -> Option<Flat<'a>> {
+        self.restart()
+            .find_map(|(name, value)| (name == key.as_bytes()).then_some(value))
+    }
+
+    /// All the members again, from the first.
+    pub(crate) fn restart(&self) -> Members<'a> {
+        Members {
+            len: self.len,
+            left: self.len,
+            start: self.start,
+            rest: self.start,
+        }
+    }
+}
