@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::auth::{Admission, Rejection};
 use crate::diff::JsonMerge;
-use crate::flat::{Flat, FlatValue};
+use crate::flat::{Flat, FlatValue, FlatWriter};
 use crate::frame;
 use crate::land::{
     CreateInfo, Ctx, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target,
@@ -157,10 +157,12 @@ pub(crate) struct LandCore<L: Land> {
     seats: Vec<Seat>,
     seat_ids: Vec<PlayerId>,
     /// The shared view as last sent, the base of the next shared diff; flat, so the
-    /// diff reads one buffer rather than a tree gone cold since (see `flat`).
-    shared: FlatValue,
+    /// diff reads one buffer rather than a tree gone cold since (see `flat`). Kept
+    /// unless every connection syncs by merge patches.
+    shared: Option<FlatValue>,
     /// The same view as a tree, kept only while a connection syncs by merge patches
-    /// (`?sync=merge`, `?sync=binary`), whose writers read it.
+    /// (`?sync=merge`, `?sync=binary`), whose writers read it. One of the two is
+    /// always kept; a sync that needs the other makes it from it.
     shared_tree: Option<Value>,
     /// Member names numbered for `?sync=binary` connections, grown as the shared
     /// state names new members.
@@ -212,7 +214,7 @@ impl<L: Land> LandCore<L> {
             land_id_json: frame::json_string(&info.land_id),
             seats: Vec::new(),
             seat_ids: Vec::new(),
-            shared: FlatValue::new(&Value::Object(Map::new())),
+            shared: Some(FlatValue::new(&Value::Object(Map::new()))),
             shared_tree: None,
             keys: KeyTable::default(),
             outbox,
@@ -624,10 +626,8 @@ impl<L: Land> LandCore<L> {
         // seat first needs it, and spliced into every seat's frame. The binary
         // one is made first: it may number new member names, and a seat joining
         // in this round must get the table with them.
-        let mut shared_ops: Option<String> = None;
         let mut shared_merge: Option<Option<String>> = None;
-        let flat = FlatValue::with_capacity(&current, self.shared.len() + self.shared.len() / 8);
-        let before = std::mem::replace(&mut self.shared, flat);
+        let before_flat = self.shared.take();
         let live_with = |encoding: SyncEncoding| {
             self.seats.iter().any(|seat| {
                 seat.sync == SeatSync::Live
@@ -635,10 +635,21 @@ impl<L: Land> LandCore<L> {
             })
         };
         let binary_live = live_with(SyncEncoding::Binary);
-        let before_tree = if binary_live || live_with(SyncEncoding::Merge) {
-            self.shared_tree.take().unwrap_or_else(|| before.to_value())
-        } else {
-            Value::Null
+        let before_tree = match (self.shared_tree.take(), &before_flat) {
+            (Some(tree), _) => tree,
+            (None, Some(flat)) if binary_live || live_with(SyncEncoding::Merge) => flat.to_value(),
+            (None, _) => Value::Null,
+        };
+        let capacity = before_flat
+            .as_ref()
+            .map_or(0, |flat| flat.len() + flat.len() / 8);
+        let mut shared = SharedChange {
+            before_flat: before_flat.as_ref(),
+            before_tree: &before_tree,
+            after: &current,
+            capacity,
+            ops: None,
+            flat: None,
         };
         let shared_binary = if binary_live {
             binary_members(
@@ -656,6 +667,8 @@ impl<L: Land> LandCore<L> {
                 continue;
             };
             let merging = conn.sync != SyncEncoding::Patch;
+            // Written by the private diff when there is one.
+            let mut private_flat: Option<FlatValue> = None;
             let private_before = if merging {
                 seat.private_tree
                     .take()
@@ -755,18 +768,15 @@ impl<L: Land> LandCore<L> {
                                     .then(|| frame::merge(next, shared, &private))
                             })
                             .unwrap_or_else(|| {
-                                patch_frame(
-                                    &mut shared_ops,
-                                    before.root(),
-                                    &current,
-                                    seat,
-                                    &wrapped,
-                                )
+                                let (frame, flat) = patch_frame(&mut shared, seat, &wrapped);
+                                private_flat = Some(flat);
+                                frame
                             })
                             .map(Outbound::Text),
                         SyncEncoding::Patch => {
-                            patch_frame(&mut shared_ops, before.root(), &current, seat, &wrapped)
-                                .map(Outbound::Text)
+                            let (frame, flat) = patch_frame(&mut shared, seat, &wrapped);
+                            private_flat = Some(flat);
+                            frame.map(Outbound::Text)
                         }
                     };
                     if let Some(frame) = frame {
@@ -779,30 +789,73 @@ impl<L: Land> LandCore<L> {
                     }
                 }
             }
-            seat.private = FlatValue::new(&wrapped);
+            seat.private = private_flat.unwrap_or_else(|| FlatValue::new(&wrapped));
             seat.private_tree = merging.then_some(wrapped);
         }
-        let merging = self.seats.iter().any(|seat| {
-            seat.conn
-                .as_ref()
-                .is_some_and(|conn| conn.sync != SyncEncoding::Patch)
-        });
+        let connected_with = |patch: bool| {
+            self.seats.iter().any(|seat| {
+                seat.conn
+                    .as_ref()
+                    .is_some_and(|conn| (conn.sync == SyncEncoding::Patch) == patch)
+            })
+        };
+        let merging = connected_with(false);
+        self.shared = (connected_with(true) || !merging).then(|| shared.into_flat());
         self.shared_tree = merging.then_some(current);
     }
 }
 
-/// The seat's `state.patch`: the shared operations (made once per land) and its own.
+/// The shared change as operations, made once per land when a seat first needs them
+/// and spliced into every seat's frame.
+struct SharedChange<'a> {
+    /// The view as last sent: flat if that was kept, else as a tree.
+    before_flat: Option<&'a FlatValue>,
+    before_tree: &'a Value,
+    after: &'a Value,
+    /// What the flat form of `after` will take, about (the last one's, with room).
+    capacity: usize,
+    ops: Option<String>,
+    /// `after` flat, written by the diff that made `ops`.
+    flat: Option<FlatValue>,
+}
+
+impl SharedChange<'_> {
+    fn ops(&mut self) -> &str {
+        if self.ops.is_none() {
+            let made;
+            let before = match self.before_flat {
+                Some(flat) => flat,
+                None => {
+                    made = FlatValue::new(self.before_tree);
+                    &made
+                }
+            };
+            let (ops, flat) = ops_list(before.root(), self.after, self.capacity);
+            self.flat = Some(flat);
+            self.ops = Some(ops);
+        }
+        self.ops.as_deref().unwrap_or_default()
+    }
+
+    /// `after` flat: the base of the next sync's diff.
+    fn into_flat(self) -> FlatValue {
+        self.flat
+            .unwrap_or_else(|| FlatValue::with_capacity(self.after, self.capacity))
+    }
+}
+
+/// The seat's `state.patch`: the shared operations (made once per land) and its own;
+/// and the seat's private view flat, written by its diff.
 fn patch_frame(
-    shared_ops: &mut Option<String>,
-    before: Flat<'_>,
-    after: &Value,
+    shared: &mut SharedChange<'_>,
     seat: &Seat,
     wrapped: &Value,
-) -> Option<Utf8Bytes> {
-    let shared_ops = shared_ops.get_or_insert_with(|| ops_list(before, after));
-    let private_ops = ops_list(seat.private.root(), wrapped);
-    (!shared_ops.is_empty() || !private_ops.is_empty())
-        .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops))
+) -> (Option<Utf8Bytes>, FlatValue) {
+    let shared_ops = shared.ops();
+    let (private_ops, private_flat) = ops_list(seat.private.root(), wrapped, seat.private.len());
+    let frame = (!shared_ops.is_empty() || !private_ops.is_empty())
+        .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops));
+    (frame, private_flat)
 }
 
 fn deliver(seat: &Seat, frame: Utf8Bytes) {
@@ -838,14 +891,17 @@ fn binary_members(
 }
 
 /// The operations turning `before` into `after` as a JSON array's inside (`op,op`),
-/// empty for no change.
-fn ops_list(before: Flat<'_>, after: &Value) -> String {
+/// empty for no change; and `after` flat, written on the way into a buffer of
+/// `capacity` bytes to start with.
+fn ops_list(before: Flat<'_>, after: &Value, capacity: usize) -> (String, FlatValue) {
     let mut out = Vec::new();
-    crate::diff::diff_into(before, after, &mut out);
-    String::from_utf8(out).unwrap_or_else(|err| {
+    let mut flat = FlatWriter::with_capacity(capacity);
+    crate::diff::diff_into(before, after, &mut out, &mut flat);
+    let ops = String::from_utf8(out).unwrap_or_else(|err| {
         tracing::error!(error = %err, "patch encoding is not UTF-8");
         String::new()
-    })
+    });
+    (ops, flat.finish())
 }
 
 /// Decodes `{name, payload}` into a land's action or event enum.

@@ -9,22 +9,30 @@
 use matchplane_contracts::binary_state::BinaryWriter;
 use serde_json::Value;
 
-use crate::flat::{Flat, Kind};
+use crate::flat::{Flat, FlatWriter, Kind};
 
 /// How far the walk over the previous object's keys may skip ahead to line up with the
 /// new one again (keys removed between two states, e.g. enemies killed in one tick).
 const RESYNC_STEPS: usize = 4;
 
-/// Appends the operations turning `left` into `right` to `out` as `op,op,…` (no brackets).
-/// `left` is flat ([`FlatValue`]): the previous state a land keeps between syncs.
-pub(crate) fn diff_into(left: Flat<'_>, right: &Value, out: &mut Vec<u8>) {
+/// Appends the operations turning `left` into `right` to `out` as `op,op,…` (no
+/// brackets), and writes `right` to `flat`: the land keeps it flat as the base of the
+/// next diff, and the walk visits every member of it anyway.
+pub(crate) fn diff_into(left: Flat<'_>, right: &Value, out: &mut Vec<u8>, flat: &mut FlatWriter) {
     let mut path = String::new();
-    diff_at(left, right, &mut path, out);
+    diff_at(left, right, &mut path, out, flat);
 }
 
-fn diff_at(left: Flat<'_>, right: &Value, path: &mut String, out: &mut Vec<u8>) {
+fn diff_at(
+    left: Flat<'_>,
+    right: &Value,
+    path: &mut String,
+    out: &mut Vec<u8>,
+    flat: &mut FlatWriter,
+) {
     match (left.kind(), right) {
         (Kind::Object(before), Value::Object(after)) => {
+            let open = flat.open_object(after.len());
             // Consecutive states mostly have the same keys in the same order, so the key
             // `before` holds next is usually the one wanted: comparing it is much cheaper
             // than a search per key. Any mismatch falls back to the search, so the
@@ -53,15 +61,20 @@ fn diff_at(left: Flat<'_>, right: &Value, path: &mut String, out: &mut Vec<u8>) 
                 };
                 let len = path.len();
                 push_token(path, key);
+                flat.key(key);
                 match previous {
                     Some(previous) => {
                         kept += 1;
-                        diff_at(previous, value, path, out);
+                        diff_at(previous, value, path, out, flat);
                     }
-                    None => push_op(out, "add", path, Some(value)),
+                    None => {
+                        push_op(out, "add", path, Some(value));
+                        flat.value(value);
+                    }
                 }
                 path.truncate(len);
             }
+            flat.close(open);
             if kept == before.len() {
                 return;
             }
@@ -77,12 +90,13 @@ fn diff_at(left: Flat<'_>, right: &Value, path: &mut String, out: &mut Vec<u8>) 
             }
         }
         (Kind::Array(before), Value::Array(after)) => {
+            let open = flat.open_array(after.len());
             let before_len = before.len();
             let common = before_len.min(after.len());
             for (index, (previous, value)) in before.zip(after).enumerate() {
                 let len = path.len();
                 push_index(path, index);
-                diff_at(previous, value, path, out);
+                diff_at(previous, value, path, out, flat);
                 path.truncate(len);
             }
             // From the end, so every index is valid when its operation applies.
@@ -97,10 +111,15 @@ fn diff_at(left: Flat<'_>, right: &Value, path: &mut String, out: &mut Vec<u8>) 
                 push_index(path, index);
                 push_op(out, "add", path, Some(value));
                 path.truncate(len);
+                flat.value(value);
             }
+            flat.close(open);
         }
-        _ if left.scalar_equals(right) => {}
-        _ => push_op(out, "replace", path, Some(right)),
+        _ if left.scalar_equals(right) => flat.value(right),
+        _ => {
+            push_op(out, "replace", path, Some(right));
+            flat.value(right);
+        }
     }
 }
 
@@ -273,7 +292,10 @@ mod tests {
 
     fn round_trip(left: Value, right: Value) -> Value {
         let mut out = Vec::new();
-        diff_into(FlatValue::new(&left).root(), &right, &mut out);
+        let mut flat = FlatWriter::with_capacity(0);
+        diff_into(FlatValue::new(&left).root(), &right, &mut out, &mut flat);
+        // What the diff wrote flat is `right`, as if written on its own.
+        assert_eq!(flat.finish().to_value(), right);
         let ops: json_patch::Patch =
             serde_json::from_str(&format!("[{}]", String::from_utf8(out).unwrap())).unwrap();
         let mut doc = left;

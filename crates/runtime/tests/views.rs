@@ -145,7 +145,10 @@ const HARNESS_SYNCS: [SyncEncoding; 3] = [
 enum Step {
     Act(usize, BoardAction),
     Snapshot(usize),
-    Reconnect(usize),
+    /// The player reconnects, asking for the encoding of `SYNCS` at the second index:
+    /// the land's connections change encodings, and with them the forms it keeps
+    /// the last-sent state in.
+    Reconnect(usize, usize),
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -184,7 +187,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         12 => (0usize..3, action()).prop_map(|(player, action)| Step::Act(player, action)),
         1 => (0usize..3).prop_map(Step::Snapshot),
-        1 => (0usize..3).prop_map(Step::Reconnect),
+        1 => (0usize..3, 0usize..3).prop_map(|(player, sync)| Step::Reconnect(player, sync)),
     ]
 }
 
@@ -236,9 +239,9 @@ async fn run_session(steps: Vec<Step>) {
                 let snapshot = client.snapshot().await;
                 assert_eq!(client.state, snapshot);
             }
-            Step::Reconnect(player) => {
+            Step::Reconnect(player, sync) => {
                 let fresh = server
-                    .connect_sync("board", "land", PLAYERS[player], SYNCS[player])
+                    .connect_sync("board", "land", PLAYERS[player], SYNCS[sync])
                     .await;
                 let old = std::mem::replace(&mut clients[player], fresh);
                 drop(old);
@@ -319,9 +322,9 @@ proptest! {
                     land.action(PLAYERS[player], payload["name"].as_str().unwrap(), payload.get("payload").cloned().unwrap_or(Value::Null));
                 }
                 Step::Snapshot(player) => land.request_sync(PLAYERS[player]),
-                Step::Reconnect(player) => {
+                Step::Reconnect(player, sync) => {
                     land.disconnect(PLAYERS[player]);
-                    land.join_with(PLAYERS[player], HARNESS_SYNCS[player]).unwrap();
+                    land.join_with(PLAYERS[player], HARNESS_SYNCS[sync]).unwrap();
                 }
             }
             fold(&mut land, &mut states)?;
@@ -333,4 +336,83 @@ proptest! {
             prop_assert_eq!(&mirror, &states[player].0);
         }
     }
+}
+
+/// Applies what each player received to its mirror, checking the sequence numbers.
+fn follow(land: &mut LandHarness<Board>, mirrors: &mut BTreeMap<String, (Value, u64)>) {
+    use matchplane_contracts::game::ServerMessage;
+    for player in PLAYERS {
+        for message in land.messages(player) {
+            let entry = mirrors.entry(player.to_owned()).or_insert((Value::Null, 0));
+            match message {
+                ServerMessage::JoinOk(join) => *entry = (join.state, join.seq),
+                ServerMessage::StateSnapshot(snapshot) => *entry = (snapshot.state, snapshot.seq),
+                ServerMessage::StatePatch(patch) => {
+                    assert_eq!(patch.seq, entry.1 + 1, "{player}");
+                    let ops: json_patch::Patch = serde_json::from_value(patch.ops).unwrap();
+                    json_patch::patch(&mut entry.0, &ops).unwrap();
+                    entry.1 = patch.seq;
+                }
+                ServerMessage::StateMerge(merge) => {
+                    assert_eq!(merge.seq, entry.1 + 1, "{player}");
+                    json_patch::merge(&mut entry.0, &merge.merge);
+                    entry.1 = merge.seq;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The land keeps what it last sent flat for JSON Patch connections and as a tree for
+/// merge-patch ones, and drops the form nobody connected needs: each change of who is
+/// connected, and how, must still leave every mirror right.
+#[test]
+fn mirrors_stay_right_as_the_land_s_connections_change_encodings() {
+    let mut land = LandHarness::<Board>::new((), "land");
+    let mut mirrors = BTreeMap::new();
+    let set = |land: &mut LandHarness<Board>, player: &str, key: &str, value: Value| {
+        let result = land.action(player, "set", json!({"key": key, "value": value}));
+        assert!(result.is_some_and(|result| result.ok));
+    };
+    let check = |land: &mut LandHarness<Board>,
+                 mirrors: &mut BTreeMap<String, (Value, u64)>,
+                 players: &[&str]| {
+        follow(land, mirrors);
+        for player in players {
+            let mirror = mirrors[*player].0.clone();
+            land.request_sync(player);
+            follow(land, mirrors);
+            assert_eq!(mirror, mirrors[*player].0, "{player} drifted");
+        }
+    };
+    // Merge patches only: the land keeps a tree, not the flat form.
+    land.join_with("ann", SyncEncoding::Merge).unwrap();
+    set(&mut land, "ann", "a", json!(1));
+    set(&mut land, "ann", "b", json!({"x": [1, 2]}));
+    // A member set to null, which a merge patch cannot say: a JSON Patch instead,
+    // from the flat form made from the tree for it.
+    set(&mut land, "ann", "n", json!(null));
+    check(&mut land, &mut mirrors, &["ann"]);
+    // A JSON Patch connection joins: its first diff starts from the tree.
+    land.join_with("bob", SyncEncoding::Patch).unwrap();
+    set(&mut land, "ann", "a", json!(2.5));
+    set(&mut land, "bob", "b", json!({"x": [1]}));
+    check(&mut land, &mut mirrors, &["ann", "bob"]);
+    // JSON Patch only: the tree goes; a binary connection then starts from the flat form.
+    land.disconnect("ann");
+    set(&mut land, "bob", "c", json!("c"));
+    land.join_with("cid", SyncEncoding::Binary).unwrap();
+    set(&mut land, "bob", "a", json!(3.25));
+    set(&mut land, "cid", "c", json!(null));
+    check(&mut land, &mut mirrors, &["bob", "cid"]);
+    // Binary only, then JSON Patch again, on a reconnect with another encoding.
+    land.disconnect("bob");
+    set(&mut land, "cid", "d", json!([true]));
+    land.join_with("bob", SyncEncoding::Patch).unwrap();
+    land.join_with("ann", SyncEncoding::Binary).unwrap();
+    set(&mut land, "cid", "d", json!([false, 1]));
+    set(&mut land, "bob", "a", json!(4));
+    set(&mut land, "ann", "e", json!({"y": "z"}));
+    check(&mut land, &mut mirrors, &["ann", "bob", "cid"]);
 }
