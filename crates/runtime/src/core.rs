@@ -140,9 +140,9 @@ struct Seat {
     /// Seq of the last state frame sent on this player's stream.
     seq: u64,
     /// `{"me": view}` (or `{}`) as last sent, the base of the next private diff; flat,
-    /// as the shared view is.
-    private: FlatValue,
-    /// The same as a tree, kept only while the seat's connection syncs by merge patches.
+    /// as the shared view is, while the seat's connection syncs by JSON Patch...
+    private: Option<FlatValue>,
+    /// ...and as a tree while it syncs by merge patches.
     private_tree: Option<Value>,
     sync: SeatSync,
     grace_deadline: Option<Instant>,
@@ -338,7 +338,7 @@ impl<L: Land> LandCore<L> {
             session_key: admission.session_key.clone(),
             conn: Some(conn),
             seq: 0,
-            private: FlatValue::new(&Value::Object(Map::new())),
+            private: Some(FlatValue::new(&Value::Object(Map::new()))),
             private_tree: None,
             sync: SeatSync::NeedsJoin,
             grace_deadline: None,
@@ -667,15 +667,28 @@ impl<L: Land> LandCore<L> {
                 continue;
             };
             let merging = conn.sync != SyncEncoding::Patch;
+            // The private view as last sent, in the form this connection's encoding
+            // reads (made from the other form if the seat changed encodings).
+            let (private_before, private_base) = if merging {
+                let tree = seat
+                    .private_tree
+                    .take()
+                    .or_else(|| seat.private.take().map(|flat| flat.to_value()))
+                    .unwrap_or_else(|| Value::Object(Map::new()));
+                (tree, None)
+            } else {
+                let flat = seat.private.take().unwrap_or_else(|| {
+                    FlatValue::new(
+                        &seat
+                            .private_tree
+                            .take()
+                            .unwrap_or_else(|| Value::Object(Map::new())),
+                    )
+                });
+                (Value::Null, Some(flat))
+            };
             // Written by the private diff when there is one.
             let mut private_flat: Option<FlatValue> = None;
-            let private_before = if merging {
-                seat.private_tree
-                    .take()
-                    .unwrap_or_else(|| seat.private.to_value())
-            } else {
-                Value::Null
-            };
             let private = match self
                 .land
                 .private_view(&seat.player_id)
@@ -768,13 +781,15 @@ impl<L: Land> LandCore<L> {
                                     .then(|| frame::merge(next, shared, &private))
                             })
                             .unwrap_or_else(|| {
-                                let (frame, flat) = patch_frame(&mut shared, seat, &wrapped);
-                                private_flat = Some(flat);
+                                // A change a merge patch cannot say: a JSON Patch.
+                                let base = FlatValue::new(&private_before);
+                                let (frame, _) = patch_frame(&mut shared, &base, next, &wrapped);
                                 frame
                             })
                             .map(Outbound::Text),
                         SyncEncoding::Patch => {
-                            let (frame, flat) = patch_frame(&mut shared, seat, &wrapped);
+                            let base = private_base.unwrap_or_default();
+                            let (frame, flat) = patch_frame(&mut shared, &base, next, &wrapped);
                             private_flat = Some(flat);
                             frame.map(Outbound::Text)
                         }
@@ -789,8 +804,11 @@ impl<L: Land> LandCore<L> {
                     }
                 }
             }
-            seat.private = private_flat.unwrap_or_else(|| FlatValue::new(&wrapped));
-            seat.private_tree = merging.then_some(wrapped);
+            if merging {
+                seat.private_tree = Some(wrapped);
+            } else {
+                seat.private = Some(private_flat.unwrap_or_else(|| FlatValue::new(&wrapped)));
+            }
         }
         let connected_with = |patch: bool| {
             self.seats.iter().any(|seat| {
@@ -844,17 +862,19 @@ impl SharedChange<'_> {
     }
 }
 
-/// The seat's `state.patch`: the shared operations (made once per land) and its own;
-/// and the seat's private view flat, written by its diff.
+/// A seat's `state.patch` numbered `seq`: the shared operations (made once per land)
+/// and those turning its private view `before` into `wrapped`; and `wrapped` flat,
+/// written by that diff.
 fn patch_frame(
     shared: &mut SharedChange<'_>,
-    seat: &Seat,
+    before: &FlatValue,
+    seq: u64,
     wrapped: &Value,
 ) -> (Option<Utf8Bytes>, FlatValue) {
     let shared_ops = shared.ops();
-    let (private_ops, private_flat) = ops_list(seat.private.root(), wrapped, seat.private.len());
+    let (private_ops, private_flat) = ops_list(before.root(), wrapped, before.len());
     let frame = (!shared_ops.is_empty() || !private_ops.is_empty())
-        .then(|| frame::patch(seat.seq + 1, shared_ops, &private_ops));
+        .then(|| frame::patch(seq, shared_ops, &private_ops));
     (frame, private_flat)
 }
 
