@@ -17,6 +17,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
@@ -73,21 +75,6 @@ fn record(config: HeroDefenseConfig, sync: SyncEncoding, moves_per_second: bool)
         }
     }
     frames
-}
-
-fn busy_config() -> HeroDefenseConfig {
-    HeroDefenseConfig {
-        waves: u32::MAX,
-        first_wave_delay_secs: 0.0,
-        wave_break_secs: 0.5,
-        enemies_first_wave: 40,
-        enemies_growth_per_wave: 0,
-        spawn_interval_secs: 0.1,
-        enemy_hp: 400.0,
-        enemy_speed: 4.0,
-        base_hp: u32::MAX,
-        ..HeroDefenseConfig::default()
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -260,10 +247,13 @@ fn deflate(c: &mut Criterion) {
             "bots_binary",
             record(HeroDefenseConfig::default(), SyncEncoding::Binary, true),
         ),
-        ("busy", record(busy_config(), SyncEncoding::Patch, false)),
+        (
+            "busy",
+            record(common::busy_config(), SyncEncoding::Patch, false),
+        ),
         (
             "busy_binary",
-            record(busy_config(), SyncEncoding::Binary, false),
+            record(common::busy_config(), SyncEncoding::Binary, false),
         ),
     ];
     for (name, recording) in &recordings {

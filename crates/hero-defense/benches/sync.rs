@@ -8,8 +8,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use matchplane_hero_defense::{HeroDefense, HeroDefenseConfig};
+use matchplane_hero_defense::HeroDefense;
 use matchplane_runtime::{LandHarness, SyncEncoding};
 use serde_json::json;
 
@@ -22,18 +24,7 @@ const TICK: Duration = Duration::from_millis(50);
 
 /// A land that never ends, with around 25–40 enemies on the field most of the time.
 fn busy_land(players: usize, sync: SyncEncoding) -> LandHarness<HeroDefense> {
-    let config = HeroDefenseConfig {
-        waves: u32::MAX,
-        first_wave_delay_secs: 0.0,
-        wave_break_secs: 0.5,
-        enemies_first_wave: 40,
-        enemies_growth_per_wave: 0,
-        spawn_interval_secs: 0.1,
-        enemy_hp: 400.0,
-        enemy_speed: 4.0,
-        base_hp: u32::MAX,
-        ..HeroDefenseConfig::default()
-    };
+    let config = common::busy_config();
     let mut land = LandHarness::<HeroDefense>::new(config, "bench-land");
     for index in 0..players {
         let player = format!("player-{index}");

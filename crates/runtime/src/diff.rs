@@ -409,43 +409,51 @@ mod tests {
         );
     }
 
-    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    /// Arrays and objects (member names from `names`) nested up to three deep over
+    /// `leaf`.
+    fn json_tree(
+        leaf: impl proptest::strategy::Strategy<Value = Value> + 'static,
+        names: &'static str,
+    ) -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            (-3i64..3).prop_map(Value::from),
-            "[a-c/~]{0,2}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
+        leaf.prop_recursive(3, 24, 4, move |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                proptest::collection::btree_map("[a-d]", inner, 0..4)
+                proptest::collection::btree_map(names, inner, 0..4)
                     .prop_map(|members| Value::Object(members.into_iter().collect())),
             ]
         })
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        json_tree(
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                (-3i64..3).prop_map(Value::from),
+                "[a-c/~]{0,2}".prop_map(Value::from),
+            ],
+            "[a-d]",
+        )
     }
 
     /// Values with every kind of number serde_json tells apart (unsigned, negative,
     /// float; `1` and `1.0` are not equal), for the flat form.
     fn json_value_of_all_numbers() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            prop_oneof![Just(0u64), Just(1), Just(u64::MAX)].prop_map(Value::from),
-            prop_oneof![Just(-1i64), Just(i64::MIN)].prop_map(Value::from),
-            prop_oneof![Just(0.0f64), Just(-0.0), Just(1.0), Just(-2.5), Just(1e300)]
-                .prop_map(Value::from),
-            "[a-c/~é]{0,3}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
+        json_tree(
             prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                proptest::collection::btree_map("[a-dé]", inner, 0..4)
-                    .prop_map(|members| Value::Object(members.into_iter().collect())),
-            ]
-        })
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                prop_oneof![Just(0u64), Just(1), Just(u64::MAX)].prop_map(Value::from),
+                prop_oneof![Just(-1i64), Just(i64::MIN)].prop_map(Value::from),
+                prop_oneof![Just(0.0f64), Just(-0.0), Just(1.0), Just(-2.5), Just(1e300)]
+                    .prop_map(Value::from),
+                "[a-c/~é]{0,3}".prop_map(Value::from),
+            ],
+            "[a-dé]",
+        )
     }
 
     fn json_object() -> impl proptest::strategy::Strategy<Value = Value> {
