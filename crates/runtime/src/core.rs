@@ -139,10 +139,10 @@ struct Seat {
     conn: Option<ConnHandle>,
     /// Seq of the last state frame sent on this player's stream.
     seq: u64,
-    /// `{"me": view}` (or `{}`) as last sent, the base of the next private diff; flat,
-    /// as the shared view is, while the seat's connection syncs by JSON Patch...
+    /// `{"me": view}` (or `{}`) as last sent, the base of the next private diff: kept
+    /// flat while the seat's connection syncs by JSON Patch, as the shared view is.
     private: Option<FlatValue>,
-    /// ...and as a tree while it syncs by merge patches.
+    /// The same as a tree, kept instead while the connection syncs by merge patches.
     private_tree: Option<Value>,
     sync: SeatSync,
     grace_deadline: Option<Instant>,
@@ -830,7 +830,7 @@ struct SharedChange<'a> {
     before_flat: Option<&'a FlatValue>,
     before_tree: &'a Value,
     after: &'a Value,
-    /// What the flat form of `after` will take, about (the last one's, with room).
+    /// About the bytes `after` takes flat: the last state's, with room to grow.
     capacity: usize,
     ops: Option<String>,
     /// `after` flat, written by the diff that made `ops`.

@@ -38,12 +38,13 @@ fn diff_at(
             // than a search per key. Any mismatch falls back to the search, so the
             // result never depends on the order.
             let mut previous_entries = before.clone().peekable();
+            let mut lookup = before.lookup();
             let mut kept = 0usize;
             for (key, value) in after {
                 let previous = match previous_entries.next_if(|(next, _)| *next == key.as_bytes()) {
                     Some((_, previous)) => Some(previous),
                     None => {
-                        let found = before.get(key);
+                        let found = lookup.get(key);
                         if found.is_some() {
                             // Skip past keys removed since (few) to line up again.
                             for _ in 0..RESYNC_STEPS {
@@ -302,6 +303,23 @@ mod tests {
         json_patch::patch(&mut doc, &ops).unwrap();
         assert_eq!(doc, right);
         serde_json::to_value(ops).unwrap()
+    }
+
+    #[test]
+    fn objects_whose_names_all_changed_diff_right() {
+        // Past a few misses the previous object's members are looked up in an index.
+        let left: serde_json::Map<String, Value> =
+            (0..100).map(|i| (format!("old-{i}"), json!(i))).collect();
+        let mut right: serde_json::Map<String, Value> =
+            (0..100).map(|i| (format!("new-{i}"), json!(i))).collect();
+        right.extend((40..60).map(|i| (format!("old-{i}"), json!(i * 2))));
+        let ops = round_trip(Value::Object(left), Value::Object(right));
+        let ops = ops.as_array().unwrap();
+        let count = |op: &str| ops.iter().filter(|o| o["op"] == op).count();
+        assert_eq!(
+            (count("add"), count("replace"), count("remove")),
+            (100, 20, 80)
+        );
     }
 
     #[test]

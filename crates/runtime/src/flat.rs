@@ -1,5 +1,6 @@
-//! A JSON value laid out in one buffer, in document order: the form a land's shared
-//! state is kept in between syncs, as the base of the next diff.
+//! A JSON value laid out in one buffer, in document order: the form in which a land
+//! keeps what it last sent (the shared view, and the private view of each JSON Patch
+//! connection) between syncs, as the base of the next diff.
 //!
 //! A `serde_json::Value` tree spreads a state over hundreds of allocations. By the
 //! time a land syncs again, other lands have pushed them out of the caches, and the
@@ -18,6 +19,8 @@
 //!
 //! Lengths that do not fit in a `u32` (a 4 GiB state) are not representable: such a
 //! state is kept as `null`, which only makes the next diff replace everything.
+
+use std::collections::HashMap;
 
 use serde_json::{Map, Number, Value};
 
@@ -373,10 +376,13 @@ impl<'a> Members<'a> {
         self.len
     }
 
-    /// The member named `key`, searched from the start of the object.
-    pub(crate) fn get(&self, key: &str) -> Option<Flat<'a>> {
-        self.restart()
-            .find_map(|(name, value)| (name == key.as_bytes()).then_some(value))
+    /// Finds members by name, for a walk that mostly reads them in order.
+    pub(crate) fn lookup(&self) -> MemberLookup<'a> {
+        MemberLookup {
+            members: self.restart(),
+            scans: 0,
+            index: None,
+        }
     }
 
     /// All the members again, from the first.
@@ -387,5 +393,32 @@ impl<'a> Members<'a> {
             start: self.start,
             rest: self.start,
         }
+    }
+}
+
+/// Scans the members for a name while few names are looked up, then indexes them:
+/// an object whose names all changed since (a map keyed by ids that churn) would
+/// otherwise cost a scan per name.
+pub(crate) struct MemberLookup<'a> {
+    members: Members<'a>,
+    scans: usize,
+    index: Option<HashMap<&'a [u8], Flat<'a>>>,
+}
+
+/// Scans that one object's lookups may make before its members are indexed.
+const SCANS_BEFORE_INDEX: usize = 4;
+
+impl<'a> MemberLookup<'a> {
+    pub(crate) fn get(&mut self, key: &str) -> Option<Flat<'a>> {
+        if self.index.is_none() && self.scans >= SCANS_BEFORE_INDEX {
+            self.index = Some(self.members.restart().collect());
+        }
+        if let Some(index) = &self.index {
+            return index.get(key.as_bytes()).copied();
+        }
+        self.scans += 1;
+        self.members
+            .restart()
+            .find_map(|(name, value)| (name == key.as_bytes()).then_some(value))
     }
 }
