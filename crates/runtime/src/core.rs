@@ -14,6 +14,7 @@ use matchplane_contracts::game::{
     ActionRequest, ActionResult, ErrorBody, EventBody, LandClosed, ServerMessage, close_code,
     error_code,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::auth::{Admission, Rejection};
 use crate::diff::JsonMerge;
-use crate::flat::{Flat, FlatValue, FlatWriter};
+use crate::flat::{Flat, FlatValue, FlatWriter, Kind, to_flat};
 use crate::frame;
 use crate::land::{
     CreateInfo, Ctx, JoinRejection, Land, LandSettings, LeaveReason, Outbox, PlayerId, Target,
@@ -611,50 +612,49 @@ impl<L: Land> LandCore<L> {
     }
 
     fn sync(&mut self) {
-        let current = match serde_json::to_value(self.land.state()) {
-            Ok(value @ Value::Object(_)) => value,
-            Ok(_) => {
-                tracing::error!(land_id = %self.land_id, "land state must serialise to a JSON object; not synced");
-                return;
-            }
+        let connected_with = |patch: bool| {
+            self.seats.iter().any(|seat| {
+                seat.conn
+                    .as_ref()
+                    .is_some_and(|conn| (conn.sync == SyncEncoding::Patch) == patch)
+            })
+        };
+        // JSON Patch connections diff flat states, merge-patch ones read trees; a land
+        // with neither connected keeps the flat form (one of the two is always kept).
+        let merging = connected_with(false);
+        let keep_flat = connected_with(true) || !merging;
+        let capacity = self
+            .shared
+            .as_ref()
+            .map_or(0, |flat| flat.len() + flat.len() / 8);
+        let mut current = match Forms::of_state(self.land.state(), merging, capacity) {
+            Ok(forms) => forms,
             Err(err) => {
-                tracing::error!(land_id = %self.land_id, error = %err, "land state does not serialise; not synced");
+                tracing::error!(land_id = %self.land_id, error = %err, "land state does not serialise to a JSON object; not synced");
                 return;
             }
+        };
+        let mut before = Forms {
+            flat: self.shared.take(),
+            tree: self.shared_tree.take(),
         };
         // Each encoding of the shared change is made once per land, when a
         // seat first needs it, and spliced into every seat's frame. The binary
         // one is made first: it may number new member names, and a seat joining
         // in this round must get the table with them.
+        let mut shared_ops: Option<String> = None;
         let mut shared_merge: Option<Option<String>> = None;
-        let before_flat = self.shared.take();
-        let live_with = |encoding: SyncEncoding| {
-            self.seats.iter().any(|seat| {
-                seat.sync == SeatSync::Live
-                    && seat.conn.as_ref().is_some_and(|conn| conn.sync == encoding)
-            })
-        };
-        let binary_live = live_with(SyncEncoding::Binary);
-        let before_tree = match (self.shared_tree.take(), &before_flat) {
-            (Some(tree), _) => tree,
-            (None, Some(flat)) if binary_live || live_with(SyncEncoding::Merge) => flat.to_value(),
-            (None, _) => Value::Null,
-        };
-        let capacity = before_flat
-            .as_ref()
-            .map_or(0, |flat| flat.len() + flat.len() / 8);
-        let mut shared = SharedChange {
-            before_flat: before_flat.as_ref(),
-            before_tree: &before_tree,
-            after: &current,
-            capacity,
-            ops: None,
-            flat: None,
-        };
+        let binary_live = self.seats.iter().any(|seat| {
+            seat.sync == SeatSync::Live
+                && seat
+                    .conn
+                    .as_ref()
+                    .is_some_and(|conn| conn.sync == SyncEncoding::Binary)
+        });
         let shared_binary = if binary_live {
             binary_members(
-                &before_tree,
-                &current,
+                before.tree(),
+                current.tree(),
                 BinaryWriter::entering(&mut self.keys),
             )
         } else {
@@ -666,49 +666,22 @@ impl<L: Land> LandCore<L> {
             let Some(conn) = &seat.conn else {
                 continue;
             };
-            let merging = conn.sync != SyncEncoding::Patch;
-            // The private view as last sent, in the form this connection's encoding
-            // reads (made from the other form if the seat changed encodings).
-            let (private_before, private_base) = if merging {
-                let tree = seat
-                    .private_tree
-                    .take()
-                    .or_else(|| seat.private.take().map(|flat| flat.to_value()))
-                    .unwrap_or_else(|| Value::Object(Map::new()));
-                (tree, None)
-            } else {
-                let flat = seat.private.take().unwrap_or_else(|| {
-                    FlatValue::new(
-                        &seat
-                            .private_tree
-                            .take()
-                            .unwrap_or_else(|| Value::Object(Map::new())),
-                    )
-                });
-                (Value::Null, Some(flat))
+            let seat_merging = conn.sync != SyncEncoding::Patch;
+            let mut private_before = Forms {
+                flat: seat.private.take(),
+                tree: seat.private_tree.take(),
             };
-            // Written by the private diff when there is one.
-            let mut private_flat: Option<FlatValue> = None;
-            let private = match self
-                .land
-                .private_view(&seat.player_id)
-                .map(serde_json::to_value)
-            {
-                Some(Ok(view)) => Some(view),
-                Some(Err(err)) => {
+            let view = self.land.private_view(&seat.player_id);
+            let mut wrapped = match Forms::of_private(view.as_ref(), seat_merging) {
+                Ok(forms) => forms,
+                Err(err) => {
                     tracing::error!(land_id = %self.land_id, error = %err, "private view does not serialise");
-                    None
+                    Forms::empty_object()
                 }
-                None => None,
             };
-            let mut wrapped = Map::new();
-            if let Some(view) = private {
-                wrapped.insert("me".to_owned(), view);
-            }
-            let wrapped = Value::Object(wrapped);
-            let mut document = || {
-                let shared_text = shared_document.get_or_insert_with(|| current.to_string());
-                let private_text = wrapped.get("me").map(Value::to_string);
+            let mut document = |current: &mut Forms, wrapped: &mut Forms| {
+                let shared_text = shared_document.get_or_insert_with(|| current.json());
+                let private_text = wrapped.member_json("me");
                 let keys = (conn.sync == SyncEncoding::Binary).then(|| {
                     keys_json
                         .get_or_insert_with(|| frame::json_names(self.keys.names()))
@@ -721,7 +694,7 @@ impl<L: Land> LandCore<L> {
             };
             match seat.sync {
                 SeatSync::NeedsJoin | SeatSync::NeedsSnapshot => {
-                    let (document, keys) = document();
+                    let (document, keys) = document(&mut current, &mut wrapped);
                     let frame = if seat.sync == SeatSync::NeedsJoin {
                         frame::join_ok(
                             &self.land_id_json,
@@ -745,8 +718,8 @@ impl<L: Land> LandCore<L> {
                     let frame = match conn.sync {
                         SyncEncoding::Binary => {
                             let private = binary_members(
-                                &private_before,
-                                &wrapped,
+                                private_before.tree(),
+                                wrapped.tree(),
                                 BinaryWriter::looking_up(&self.keys),
                             );
                             match shared_binary.as_ref().zip(private) {
@@ -763,7 +736,7 @@ impl<L: Land> LandCore<L> {
                                 // A change a merge patch cannot say: the whole view,
                                 // with the key table.
                                 None => {
-                                    let (document, keys) = document();
+                                    let (document, keys) = document(&mut current, &mut wrapped);
                                     Some(Outbound::Text(frame::snapshot(
                                         next,
                                         &document,
@@ -772,26 +745,30 @@ impl<L: Land> LandCore<L> {
                                 }
                             }
                         }
-                        SyncEncoding::Merge => shared_merge
-                            .get_or_insert_with(|| merge_members(&before_tree, &current))
-                            .as_deref()
-                            .zip(merge_members(&private_before, &wrapped))
-                            .map(|(shared, private)| {
-                                (!shared.is_empty() || !private.is_empty())
-                                    .then(|| frame::merge(next, shared, &private))
-                            })
-                            .unwrap_or_else(|| {
+                        SyncEncoding::Merge => {
+                            let shared = shared_merge
+                                .get_or_insert_with(|| merge_members(before.tree(), current.tree()))
+                                .as_deref();
+                            shared
+                                .zip(merge_members(private_before.tree(), wrapped.tree()))
+                                .map(|(shared, private)| {
+                                    (!shared.is_empty() || !private.is_empty())
+                                        .then(|| frame::merge(next, shared, &private))
+                                })
                                 // A change a merge patch cannot say: a JSON Patch.
-                                let base = FlatValue::new(&private_before);
-                                let (frame, _) = patch_frame(&mut shared, &base, next, &wrapped);
-                                frame
-                            })
-                            .map(Outbound::Text),
+                                .unwrap_or_else(|| {
+                                    let shared = shared_ops.get_or_insert_with(|| {
+                                        ops_list(before.flat(), current.flat())
+                                    });
+                                    patch_frame(shared, private_before.flat(), next, wrapped.flat())
+                                })
+                                .map(Outbound::Text)
+                        }
                         SyncEncoding::Patch => {
-                            let base = private_base.unwrap_or_default();
-                            let (frame, flat) = patch_frame(&mut shared, &base, next, &wrapped);
-                            private_flat = Some(flat);
-                            frame.map(Outbound::Text)
+                            let shared = shared_ops
+                                .get_or_insert_with(|| ops_list(before.flat(), current.flat()));
+                            patch_frame(shared, private_before.flat(), next, wrapped.flat())
+                                .map(Outbound::Text)
                         }
                     };
                     if let Some(frame) = frame {
@@ -804,78 +781,156 @@ impl<L: Land> LandCore<L> {
                     }
                 }
             }
-            if merging {
-                seat.private_tree = Some(wrapped);
+            if seat_merging {
+                seat.private_tree = Some(wrapped.into_tree());
             } else {
-                seat.private = Some(private_flat.unwrap_or_else(|| FlatValue::new(&wrapped)));
+                seat.private = Some(wrapped.into_flat());
             }
         }
-        let connected_with = |patch: bool| {
-            self.seats.iter().any(|seat| {
-                seat.conn
-                    .as_ref()
-                    .is_some_and(|conn| (conn.sync == SyncEncoding::Patch) == patch)
-            })
-        };
-        let merging = connected_with(false);
-        self.shared = (connected_with(true) || !merging).then(|| shared.into_flat());
-        self.shared_tree = merging.then_some(current);
+        let (flat, tree) = current.keep(keep_flat, merging);
+        self.shared = flat;
+        self.shared_tree = tree;
     }
 }
 
-/// The shared change as operations, made once per land when a seat first needs them
-/// and spliced into every seat's frame.
-struct SharedChange<'a> {
-    /// The view as last sent: flat if that was kept, else as a tree.
-    before_flat: Option<&'a FlatValue>,
-    before_tree: &'a Value,
-    after: &'a Value,
-    /// About the bytes `after` takes flat: the last state's, with room to grow.
-    capacity: usize,
-    ops: Option<String>,
-    /// `after` flat, written by the diff that made `ops`.
+/// A view (the shared state, or a seat's `{"me": view}`) in the forms a sync needs:
+/// flat for JSON Patch diffs, a tree for merge patches. It starts in one, written
+/// straight from the land's types, and the other is made from it on demand.
+struct Forms {
     flat: Option<FlatValue>,
+    tree: Option<Value>,
 }
 
-impl SharedChange<'_> {
-    fn ops(&mut self) -> &str {
-        if self.ops.is_none() {
-            let made;
-            let before = match self.before_flat {
-                Some(flat) => flat,
-                None => {
-                    made = FlatValue::new(self.before_tree);
-                    &made
-                }
-            };
-            let (ops, flat) = ops_list(before.root(), self.after, self.capacity);
-            self.flat = Some(flat);
-            self.ops = Some(ops);
+impl Forms {
+    fn empty_object() -> Self {
+        Self {
+            flat: None,
+            tree: Some(Value::Object(Map::new())),
         }
-        self.ops.as_deref().unwrap_or_default()
     }
 
-    /// `after` flat: the base of the next sync's diff.
-    fn into_flat(self) -> FlatValue {
+    /// The land's state as a tree if `tree` (merge-patch connections read it), else
+    /// flat, without a tree in between. Refused unless it is a JSON object.
+    fn of_state<T: Serialize>(state: &T, tree: bool, capacity: usize) -> Result<Self, String> {
+        let forms = if tree {
+            let value = serde_json::to_value(state).map_err(|err| err.to_string())?;
+            Self {
+                flat: None,
+                tree: Some(value),
+            }
+        } else {
+            match to_flat(state, capacity) {
+                Ok(flat) => Self {
+                    flat: Some(flat),
+                    tree: None,
+                },
+                // What the flat writer refuses (a `RawValue`) goes through a tree.
+                Err(_) => Self {
+                    flat: None,
+                    tree: Some(serde_json::to_value(state).map_err(|err| err.to_string())?),
+                },
+            }
+        };
+        let object = match (&forms.flat, &forms.tree) {
+            (Some(flat), _) => flat.root().is_object(),
+            (None, Some(tree)) => tree.is_object(),
+            (None, None) => false,
+        };
+        if object {
+            Ok(forms)
+        } else {
+            Err("the state is not a JSON object".to_owned())
+        }
+    }
+
+    /// `{"me": view}`, or `{}` without a view.
+    fn of_private<T: Serialize>(view: Option<&T>, tree: bool) -> Result<Self, String> {
+        let Some(view) = view else {
+            return Ok(Self::empty_object());
+        };
+        if !tree {
+            let mut writer = FlatWriter::with_capacity(64);
+            let open = writer.open_object(1);
+            writer.key("me");
+            if view.serialize(&mut writer).is_ok() {
+                writer.close(open);
+                return Ok(Self {
+                    flat: Some(writer.finish()),
+                    tree: None,
+                });
+            }
+        }
+        let view = serde_json::to_value(view).map_err(|err| err.to_string())?;
+        let mut wrapped = Map::new();
+        wrapped.insert("me".to_owned(), view);
+        Ok(Self {
+            flat: None,
+            tree: Some(Value::Object(wrapped)),
+        })
+    }
+
+    fn flat(&mut self) -> Flat<'_> {
+        let tree = &self.tree;
         self.flat
-            .unwrap_or_else(|| FlatValue::with_capacity(self.after, self.capacity))
+            .get_or_insert_with(|| FlatValue::new(tree.as_ref().unwrap_or(&Value::Null)))
+            .root()
+    }
+
+    fn tree(&mut self) -> &Value {
+        let flat = &self.flat;
+        self.tree
+            .get_or_insert_with(|| flat.as_ref().map_or(Value::Null, FlatValue::to_value))
+    }
+
+    /// The view as compact JSON.
+    fn json(&self) -> String {
+        match (&self.tree, &self.flat) {
+            (Some(tree), _) => tree.to_string(),
+            (None, Some(flat)) => flat.root().to_json(),
+            (None, None) => "null".to_owned(),
+        }
+    }
+
+    /// Member `name` of the view as compact JSON, if it has one.
+    fn member_json(&self, name: &str) -> Option<String> {
+        match (&self.tree, &self.flat) {
+            (Some(tree), _) => tree.get(name).map(Value::to_string),
+            (None, Some(flat)) => match flat.root().kind() {
+                Kind::Object(members) => members.lookup().get(name.as_bytes()).map(Flat::to_json),
+                _ => None,
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn into_flat(mut self) -> FlatValue {
+        self.flat();
+        self.flat.unwrap_or_default()
+    }
+
+    fn into_tree(mut self) -> Value {
+        self.tree();
+        self.tree.unwrap_or_default()
+    }
+
+    /// The forms asked for, made if need be.
+    fn keep(mut self, flat: bool, tree: bool) -> (Option<FlatValue>, Option<Value>) {
+        if flat {
+            self.flat();
+        }
+        if tree {
+            self.tree();
+        }
+        (self.flat.filter(|_| flat), self.tree.filter(|_| tree))
     }
 }
 
 /// A seat's `state.patch` numbered `seq`: the shared operations (made once per land)
-/// and those turning its private view `before` into `wrapped`; and `wrapped` flat,
-/// written by that diff.
-fn patch_frame(
-    shared: &mut SharedChange<'_>,
-    before: &FlatValue,
-    seq: u64,
-    wrapped: &Value,
-) -> (Option<Utf8Bytes>, FlatValue) {
-    let shared_ops = shared.ops();
-    let (private_ops, private_flat) = ops_list(before.root(), wrapped, before.len());
-    let frame = (!shared_ops.is_empty() || !private_ops.is_empty())
-        .then(|| frame::patch(seq, shared_ops, &private_ops));
-    (frame, private_flat)
+/// and those turning its private view `before` into `after`.
+fn patch_frame(shared_ops: &str, before: Flat<'_>, seq: u64, after: Flat<'_>) -> Option<Utf8Bytes> {
+    let private_ops = ops_list(before, after);
+    (!shared_ops.is_empty() || !private_ops.is_empty())
+        .then(|| frame::patch(seq, shared_ops, &private_ops))
 }
 
 fn deliver(seat: &Seat, frame: Utf8Bytes) {
@@ -911,17 +966,14 @@ fn binary_members(
 }
 
 /// The operations turning `before` into `after` as a JSON array's inside (`op,op`),
-/// empty for no change; and `after` flat, written on the way into a buffer of
-/// `capacity` bytes to start with.
-fn ops_list(before: Flat<'_>, after: &Value, capacity: usize) -> (String, FlatValue) {
+/// empty for no change.
+fn ops_list(before: Flat<'_>, after: Flat<'_>) -> String {
     let mut out = Vec::new();
-    let mut flat = FlatWriter::with_capacity(capacity);
-    crate::diff::diff_into(before, after, &mut out, &mut flat);
-    let ops = String::from_utf8(out).unwrap_or_else(|err| {
+    crate::diff::diff_into(before, after, &mut out);
+    String::from_utf8(out).unwrap_or_else(|err| {
         tracing::error!(error = %err, "patch encoding is not UTF-8");
         String::new()
-    });
-    (ops, flat.finish())
+    })
 }
 
 /// Decodes `{name, payload}` into a land's action or event enum.

@@ -9,30 +9,25 @@
 use matchplane_contracts::binary_state::BinaryWriter;
 use serde_json::Value;
 
-use crate::flat::{Flat, FlatWriter, Kind};
+use crate::flat::{Flat, Kind};
 
 /// How far the walk over the previous object's keys may skip ahead to line up with the
 /// new one again (keys removed between two states, e.g. enemies killed in one tick).
 const RESYNC_STEPS: usize = 4;
 
 /// Appends the operations turning `left` into `right` to `out` as `op,op,…` (no
-/// brackets), and writes `right` to `flat`: the land keeps it flat as the base of the
-/// next diff, and the walk visits every member of it anyway.
-pub(crate) fn diff_into(left: Flat<'_>, right: &Value, out: &mut Vec<u8>, flat: &mut FlatWriter) {
+/// brackets). Both are flat ([`FlatValue`]): the state a land last sent, kept between
+/// syncs, and the one it sends now, written straight from the land's state.
+///
+/// [`FlatValue`]: crate::flat::FlatValue
+pub(crate) fn diff_into(left: Flat<'_>, right: Flat<'_>, out: &mut Vec<u8>) {
     let mut path = String::new();
-    diff_at(left, right, &mut path, out, flat);
+    diff_at(left, right, &mut path, out);
 }
 
-fn diff_at(
-    left: Flat<'_>,
-    right: &Value,
-    path: &mut String,
-    out: &mut Vec<u8>,
-    flat: &mut FlatWriter,
-) {
-    match (left.kind(), right) {
-        (Kind::Object(before), Value::Object(after)) => {
-            let open = flat.open_object(after.len());
+fn diff_at(left: Flat<'_>, right: Flat<'_>, path: &mut String, out: &mut Vec<u8>) {
+    match (left.kind(), right.kind()) {
+        (Kind::Object(before), Kind::Object(after)) => {
             // Consecutive states mostly have the same keys in the same order, so the key
             // `before` holds next is usually the one wanted: comparing it is much cheaper
             // than a search per key. Any mismatch falls back to the search, so the
@@ -40,64 +35,55 @@ fn diff_at(
             let mut previous_entries = before.clone().peekable();
             let mut lookup = before.lookup();
             let mut kept = 0usize;
-            for (key, value) in after {
-                let previous = match previous_entries.next_if(|(next, _)| *next == key.as_bytes()) {
+            for (key, value) in after.clone() {
+                let previous = match previous_entries.next_if(|(next, _)| *next == key) {
                     Some((_, previous)) => Some(previous),
                     None => {
                         let found = lookup.get(key);
                         if found.is_some() {
                             // Skip past keys removed since (few) to line up again.
                             for _ in 0..RESYNC_STEPS {
-                                if previous_entries
-                                    .next_if(|(next, _)| *next != key.as_bytes())
-                                    .is_none()
-                                {
+                                if previous_entries.next_if(|(next, _)| *next != key).is_none() {
                                     break;
                                 }
                             }
-                            previous_entries.next_if(|(next, _)| *next == key.as_bytes());
+                            previous_entries.next_if(|(next, _)| *next == key);
                         }
                         found
                     }
                 };
                 let len = path.len();
-                push_token(path, key);
-                flat.key(key);
+                push_token(path, &String::from_utf8_lossy(key));
                 match previous {
                     Some(previous) => {
                         kept += 1;
-                        diff_at(previous, value, path, out, flat);
+                        diff_at(previous, value, path, out);
                     }
-                    None => {
-                        push_op(out, "add", path, Some(value));
-                        flat.value(value);
-                    }
+                    None => push_op(out, "add", path, Some(value)),
                 }
                 path.truncate(len);
             }
-            flat.close(open);
             if kept == before.len() {
                 return;
             }
-            let removed = before
-                .restart()
-                .filter_map(|(key, _)| std::str::from_utf8(key).ok())
-                .filter(|key| !after.contains_key(*key));
-            for key in removed {
-                let len = path.len();
-                push_token(path, key);
-                push_op(out, "remove", path, None);
-                path.truncate(len);
+            let mut in_after = after.lookup();
+            for (key, _) in before.restart() {
+                if in_after.get(key).is_none() {
+                    let len = path.len();
+                    push_token(path, &String::from_utf8_lossy(key));
+                    push_op(out, "remove", path, None);
+                    path.truncate(len);
+                }
             }
         }
-        (Kind::Array(before), Value::Array(after)) => {
-            let open = flat.open_array(after.len());
+        (Kind::Array(before), Kind::Array(after)) => {
             let before_len = before.len();
-            let common = before_len.min(after.len());
-            for (index, (previous, value)) in before.zip(after).enumerate() {
+            let after_len = after.len();
+            let common = before_len.min(after_len);
+            for (index, (previous, value)) in before.zip(after.clone()).enumerate() {
                 let len = path.len();
                 push_index(path, index);
-                diff_at(previous, value, path, out, flat);
+                diff_at(previous, value, path, out);
                 path.truncate(len);
             }
             // From the end, so every index is valid when its operation applies.
@@ -107,20 +93,15 @@ fn diff_at(
                 push_op(out, "remove", path, None);
                 path.truncate(len);
             }
-            for (index, value) in after.iter().enumerate().skip(common) {
+            for (index, value) in after.enumerate().skip(common) {
                 let len = path.len();
                 push_index(path, index);
                 push_op(out, "add", path, Some(value));
                 path.truncate(len);
-                flat.value(value);
             }
-            flat.close(open);
         }
-        _ if left.scalar_equals(right) => flat.value(right),
-        _ => {
-            push_op(out, "replace", path, Some(right));
-            flat.value(right);
-        }
+        _ if left.same_scalar(right) => {}
+        _ => push_op(out, "replace", path, Some(right)),
     }
 }
 
@@ -269,18 +250,18 @@ fn push_index(path: &mut String, index: usize) {
     path.push_str(itoa::Buffer::new().format(index));
 }
 
-fn push_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<&Value>) {
+fn push_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<Flat<'_>>) {
     if !out.is_empty() {
         out.push(b',');
     }
     out.extend_from_slice(b"{\"op\":\"");
     out.extend_from_slice(op.as_bytes());
     out.extend_from_slice(b"\",\"path\":");
-    // Writing a string or a `Value` into a Vec cannot fail.
+    // Writing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, path);
     if let Some(value) = value {
         out.extend_from_slice(b",\"value\":");
-        let _ = serde_json::to_writer(&mut *out, value);
+        value.write_json(out);
     }
     out.push(b'}');
 }
@@ -293,10 +274,11 @@ mod tests {
 
     fn round_trip(left: Value, right: Value) -> Value {
         let mut out = Vec::new();
-        let mut flat = FlatWriter::with_capacity(0);
-        diff_into(FlatValue::new(&left).root(), &right, &mut out, &mut flat);
-        // What the diff wrote flat is `right`, as if written on its own.
-        assert_eq!(flat.finish().to_value(), right);
+        diff_into(
+            FlatValue::new(&left).root(),
+            FlatValue::new(&right).root(),
+            &mut out,
+        );
         let ops: json_patch::Patch =
             serde_json::from_str(&format!("[{}]", String::from_utf8(out).unwrap())).unwrap();
         let mut doc = left;
@@ -493,11 +475,17 @@ mod tests {
         fn flat_values_hold_what_they_were_made_of(value in json_value_of_all_numbers()) {
             let flat = FlatValue::new(&value);
             proptest::prop_assert_eq!(flat.to_value(), value.clone());
+            // Its JSON is serde_json's, to the byte.
+            proptest::prop_assert_eq!(flat.root().to_json(), value.to_string());
+            // Serde into the flat form writes what the tree's writer does.
+            let serialized = crate::flat::to_flat(&value, 0).unwrap();
+            proptest::prop_assert_eq!(serialized.as_bytes(), flat.as_bytes());
             // A scalar equals itself flat, and nothing else.
             if !value.is_object() && !value.is_array() {
-                proptest::prop_assert!(flat.root().scalar_equals(&value));
+                proptest::prop_assert!(flat.root().same_scalar(flat.root()));
                 for other in [json!(null), json!(0), json!(0.0), json!(-1), json!(""), json!(false)] {
-                    proptest::prop_assert_eq!(flat.root().scalar_equals(&other), other == value);
+                    let other_flat = FlatValue::new(&other);
+                    proptest::prop_assert_eq!(flat.root().same_scalar(other_flat.root()), other == value);
                 }
             }
         }

@@ -24,6 +24,10 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Number, Value};
 
+mod ser;
+
+pub(crate) use ser::to_flat;
+
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
 const TRUE: u8 = 2;
@@ -59,6 +63,11 @@ impl FlatValue {
         writer.finish()
     }
 
+    #[cfg(test)]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Bytes the document takes.
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()
@@ -85,7 +94,17 @@ pub(crate) struct FlatWriter {
 /// An object or array opened by [`FlatWriter`], to be closed once its contents are in.
 #[must_use]
 pub(crate) struct Open {
-    length_at: usize,
+    /// Where its count and then its length in bytes go.
+    count_at: usize,
+    /// Members or elements written so far, when the count was not known up front.
+    counted: usize,
+}
+
+impl Open {
+    /// One more member or element of an [`FlatWriter::open_uncounted`] container.
+    pub(crate) fn count(&mut self) {
+        self.counted += 1;
+    }
 }
 
 impl FlatWriter {
@@ -109,10 +128,19 @@ impl FlatWriter {
 
     fn open(&mut self, tag: u8, count: usize) -> Open {
         self.bytes.push(tag);
+        let count_at = self.bytes.len();
         self.len_u32(count);
-        let length_at = self.bytes.len();
         self.bytes.extend_from_slice(&[0; 4]);
-        Open { length_at }
+        Open {
+            count_at,
+            counted: 0,
+        }
+    }
+
+    /// An object or array whose count is only known once its contents are in (a
+    /// serde sequence or map of unknown length): [`Open::count`] each one.
+    pub(crate) fn open_uncounted(&mut self, object: bool) -> Open {
+        self.open(if object { OBJECT } else { ARRAY }, 0)
     }
 
     pub(crate) fn open_object(&mut self, members: usize) -> Open {
@@ -130,38 +158,81 @@ impl FlatWriter {
     }
 
     pub(crate) fn close(&mut self, open: Open) {
-        let length = self.bytes.len() - open.length_at - 4;
+        let length_at = open.count_at + 4;
+        let length = self.bytes.len() - length_at - 4;
         let length = u32::try_from(length).unwrap_or_else(|_| {
             self.overflowed = true;
             0
         });
-        if let Some(slot) = self.bytes.get_mut(open.length_at..open.length_at + 4) {
+        if let Some(slot) = self.bytes.get_mut(length_at..length_at + 4) {
             slot.copy_from_slice(&length.to_le_bytes());
         }
+        if open.counted > 0 {
+            let count = u32::try_from(open.counted).unwrap_or_else(|_| {
+                self.overflowed = true;
+                0
+            });
+            if let Some(slot) = self.bytes.get_mut(open.count_at..open.count_at + 4) {
+                slot.copy_from_slice(&count.to_le_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn null(&mut self) {
+        self.bytes.push(NULL);
+    }
+
+    pub(crate) fn bool(&mut self, flag: bool) {
+        self.bytes.push(if flag { TRUE } else { FALSE });
+    }
+
+    pub(crate) fn unsigned(&mut self, number: u64) {
+        self.bytes.push(UNSIGNED);
+        self.bytes.extend_from_slice(&number.to_le_bytes());
+    }
+
+    /// A signed integer as serde_json keeps it: unsigned when not negative.
+    pub(crate) fn signed(&mut self, number: i64) {
+        match u64::try_from(number) {
+            Ok(unsigned) => self.unsigned(unsigned),
+            Err(_) => {
+                self.bytes.push(SIGNED);
+                self.bytes.extend_from_slice(&number.to_le_bytes());
+            }
+        }
+    }
+
+    /// A float as serde_json keeps it: `null` when not finite.
+    pub(crate) fn float(&mut self, number: f64) {
+        if number.is_finite() {
+            self.bytes.push(FLOAT);
+            self.bytes.extend_from_slice(&number.to_le_bytes());
+        } else {
+            self.null();
+        }
+    }
+
+    pub(crate) fn string(&mut self, text: &str) {
+        self.bytes.push(STRING);
+        self.len_u32(text.len());
+        self.bytes.extend_from_slice(text.as_bytes());
     }
 
     /// A whole value, contents included.
     pub(crate) fn value(&mut self, value: &Value) {
         match value {
-            Value::Null => self.bytes.push(NULL),
-            Value::Bool(false) => self.bytes.push(FALSE),
-            Value::Bool(true) => self.bytes.push(TRUE),
+            Value::Null => self.null(),
+            Value::Bool(flag) => self.bool(*flag),
             Value::Number(number) => {
-                let (tag, bits) = if let Some(unsigned) = number.as_u64() {
-                    (UNSIGNED, unsigned.to_le_bytes())
+                if let Some(unsigned) = number.as_u64() {
+                    self.unsigned(unsigned);
                 } else if let Some(signed) = number.as_i64() {
-                    (SIGNED, signed.to_le_bytes())
+                    self.signed(signed);
                 } else {
-                    (FLOAT, number.as_f64().unwrap_or(0.0).to_le_bytes())
-                };
-                self.bytes.push(tag);
-                self.bytes.extend_from_slice(&bits);
+                    self.float(number.as_f64().unwrap_or(0.0));
+                }
             }
-            Value::String(text) => {
-                self.bytes.push(STRING);
-                self.len_u32(text.len());
-                self.bytes.extend_from_slice(text.as_bytes());
-            }
+            Value::String(text) => self.string(text),
             Value::Array(elements) => {
                 let open = self.open_array(elements.len());
                 for element in elements {
@@ -264,21 +335,72 @@ impl<'a> Flat<'a> {
         }
     }
 
-    /// Whether this is a scalar equal to `value` (as `Value`'s `==` has it). Objects
-    /// and arrays answer `false`: the diff walks them member by member.
-    pub(crate) fn scalar_equals(self, value: &Value) -> bool {
-        match (self.kind(), value) {
-            (Kind::Null, Value::Null) => true,
-            (Kind::Bool(flat), Value::Bool(value)) => flat == *value,
-            (Kind::Unsigned(flat), Value::Number(number)) => number.as_u64() == Some(flat),
-            (Kind::Signed(flat), Value::Number(number)) => {
-                number.is_i64() && !number.is_u64() && number.as_i64() == Some(flat)
-            }
-            (Kind::Float(flat), Value::Number(number)) => {
-                number.is_f64() && number.as_f64() == Some(flat)
-            }
-            (Kind::String(flat), Value::String(text)) => flat == text.as_bytes(),
+    /// Whether the two are equal scalars (as `Value`'s `==` has it); objects and
+    /// arrays answer `false`: the diff walks them member by member.
+    pub(crate) fn same_scalar(self, other: Flat<'_>) -> bool {
+        match (self.kind(), other.kind()) {
+            (Kind::Null, Kind::Null) => true,
+            (Kind::Bool(a), Kind::Bool(b)) => a == b,
+            (Kind::Unsigned(a), Kind::Unsigned(b)) => a == b,
+            (Kind::Signed(a), Kind::Signed(b)) => a == b,
+            (Kind::Float(a), Kind::Float(b)) => a == b,
+            (Kind::String(a), Kind::String(b)) => a == b,
             _ => false,
+        }
+    }
+
+    pub(crate) fn is_object(self) -> bool {
+        self.bytes.first() == Some(&OBJECT)
+    }
+
+    /// The value as compact JSON, as serde_json writes the `Value` it holds.
+    pub(crate) fn to_json(self) -> String {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the value as compact JSON, as serde_json writes the `Value` it holds.
+    pub(crate) fn write_json(self, out: &mut Vec<u8>) {
+        match self.kind() {
+            Kind::Null => out.extend_from_slice(b"null"),
+            Kind::Bool(true) => out.extend_from_slice(b"true"),
+            Kind::Bool(false) => out.extend_from_slice(b"false"),
+            Kind::Unsigned(number) => {
+                out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
+            }
+            Kind::Signed(number) => {
+                out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
+            }
+            // Writing a finite float or a string into a Vec cannot fail.
+            Kind::Float(number) => {
+                let _ = serde_json::to_writer(&mut *out, &number);
+            }
+            Kind::String(text) => {
+                let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(text));
+            }
+            Kind::Array(elements) => {
+                out.push(b'[');
+                for (index, element) in elements.enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    element.write_json(out);
+                }
+                out.push(b']');
+            }
+            Kind::Object(members) => {
+                out.push(b'{');
+                for (index, (key, member)) in members.enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(key));
+                    out.push(b':');
+                    member.write_json(out);
+                }
+                out.push(b'}');
+            }
         }
     }
 
@@ -409,16 +531,17 @@ pub(crate) struct MemberLookup<'a> {
 const SCANS_BEFORE_INDEX: usize = 4;
 
 impl<'a> MemberLookup<'a> {
-    pub(crate) fn get(&mut self, key: &str) -> Option<Flat<'a>> {
+    /// The member named `key` (its UTF-8 bytes).
+    pub(crate) fn get(&mut self, key: &[u8]) -> Option<Flat<'a>> {
         if self.index.is_none() && self.scans >= SCANS_BEFORE_INDEX {
             self.index = Some(self.members.restart().collect());
         }
         if let Some(index) = &self.index {
-            return index.get(key.as_bytes()).copied();
+            return index.get(key).copied();
         }
         self.scans += 1;
         self.members
             .restart()
-            .find_map(|(name, value)| (name == key.as_bytes()).then_some(value))
+            .find_map(|(name, value)| (name == key).then_some(value))
     }
 }
