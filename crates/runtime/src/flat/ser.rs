@@ -48,6 +48,15 @@ pub(crate) fn to_flat<T: Serialize + ?Sized>(
 /// serde_json's private name for a `RawValue`, which it parses rather than nests.
 const RAW_VALUE: &str = "$serde_json::private::RawValue";
 
+/// Narrow integers, written as their 64-bit kind.
+macro_rules! widened {
+    ($($method:ident: $type:ty => $wide_method:ident: $wide:ty),*) => {$(
+        fn $method(self, v: $type) -> Result<(), FlatError> {
+            self.$wide_method(<$wide>::from(v))
+        }
+    )*};
+}
+
 impl<'w> ser::Serializer for &'w mut FlatWriter {
     type Ok = ();
     type Error = FlatError;
@@ -64,17 +73,14 @@ impl<'w> ser::Serializer for &'w mut FlatWriter {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), FlatError> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), FlatError> {
-        self.serialize_i64(i64::from(v))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), FlatError> {
-        self.serialize_i64(i64::from(v))
-    }
+    widened!(
+        serialize_i8: i8 => serialize_i64: i64,
+        serialize_i16: i16 => serialize_i64: i64,
+        serialize_i32: i32 => serialize_i64: i64,
+        serialize_u8: u8 => serialize_u64: u64,
+        serialize_u16: u16 => serialize_u64: u64,
+        serialize_u32: u32 => serialize_u64: u64
+    );
 
     fn serialize_i64(self, v: i64) -> Result<(), FlatError> {
         self.signed(v);
@@ -90,18 +96,6 @@ impl<'w> ser::Serializer for &'w mut FlatWriter {
             return Err(FlatError("number out of range".to_owned()));
         }
         Ok(())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), FlatError> {
-        self.serialize_u64(u64::from(v))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), FlatError> {
-        self.serialize_u64(u64::from(v))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), FlatError> {
-        self.serialize_u64(u64::from(v))
     }
 
     fn serialize_u64(self, v: u64) -> Result<(), FlatError> {
@@ -276,44 +270,29 @@ impl<'w> Container<'w> {
     }
 }
 
-impl ser::SerializeSeq for Container<'_> {
-    type Ok = ();
-    type Error = FlatError;
+/// The serde traits for arrays: each element counted and written in turn.
+macro_rules! array_container {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl ser::$trait for Container<'_> {
+            type Ok = ();
+            type Error = FlatError;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FlatError> {
-        self.element(value)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FlatError> {
+                self.element(value)
+            }
 
-    fn end(self) -> Result<(), FlatError> {
-        self.close()
-    }
+            fn end(self) -> Result<(), FlatError> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Container<'_> {
-    type Ok = ();
-    type Error = FlatError;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FlatError> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), FlatError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Container<'_> {
-    type Ok = ();
-    type Error = FlatError;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), FlatError> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), FlatError> {
-        self.close()
-    }
-}
+array_container!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field
+);
 
 impl ser::SerializeMap for Container<'_> {
     type Ok = ();
@@ -404,6 +383,15 @@ impl ser::SerializeStructVariant for Variant<'_> {
     }
 }
 
+/// Integer map keys, written as their decimal text.
+macro_rules! integer_keys {
+    ($($method:ident: $type:ty),*) => {$(
+        fn $method(self, v: $type) -> Result<(), FlatError> {
+            self.integer(v)
+        }
+    )*};
+}
+
 /// A map key, written as serde_json writes one: strings as they are, numbers, bools
 /// and chars as their text; anything else is refused.
 struct MapKey<'w>(&'w mut FlatWriter);
@@ -442,45 +430,18 @@ impl ser::Serializer for MapKey<'_> {
         self.text(if v { "true" } else { "false" })
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_i128(self, v: i128) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<(), FlatError> {
-        self.integer(v)
-    }
-
-    fn serialize_u128(self, v: u128) -> Result<(), FlatError> {
-        self.integer(v)
-    }
+    integer_keys!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128
+    );
 
     fn serialize_f32(self, v: f32) -> Result<(), FlatError> {
         self.float(v, v.is_finite())
