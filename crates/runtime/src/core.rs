@@ -896,7 +896,9 @@ impl Forms {
         match (&self.tree, &self.flat) {
             (Some(tree), _) => tree.get(name).map(Value::to_string),
             (None, Some(flat)) => match flat.root().kind() {
-                Kind::Object(members) => members.lookup().get(name.as_bytes()).map(Flat::to_json),
+                Kind::Object(mut members) => members
+                    .find(|(key, _)| *key == name.as_bytes())
+                    .map(|(_, member)| member.to_json()),
                 _ => None,
             },
             (None, None) => None,

@@ -21,11 +21,13 @@ const RESYNC_STEPS: usize = 4;
 ///
 /// [`FlatValue`]: crate::flat::FlatValue
 pub(crate) fn diff_into(left: Flat<'_>, right: Flat<'_>, out: &mut Vec<u8>) {
-    let mut path = String::new();
+    let mut path = Vec::new();
     diff_at(left, right, &mut path, out);
 }
 
-fn diff_at(left: Flat<'_>, right: Flat<'_>, path: &mut String, out: &mut Vec<u8>) {
+/// `path` is the JSON Pointer of `left` and `right` as UTF-8 bytes: member names come
+/// out of the flat form as bytes, and are only read as text for an operation.
+fn diff_at(left: Flat<'_>, right: Flat<'_>, path: &mut Vec<u8>, out: &mut Vec<u8>) {
     match (left.kind(), right.kind()) {
         (Kind::Object(before), Kind::Object(after)) => {
             // Consecutive states mostly have the same keys in the same order, so the key
@@ -53,7 +55,7 @@ fn diff_at(left: Flat<'_>, right: Flat<'_>, path: &mut String, out: &mut Vec<u8>
                     }
                 };
                 let len = path.len();
-                push_token(path, &String::from_utf8_lossy(key));
+                push_token(path, key);
                 match previous {
                     Some(previous) => {
                         kept += 1;
@@ -70,7 +72,7 @@ fn diff_at(left: Flat<'_>, right: Flat<'_>, path: &mut String, out: &mut Vec<u8>
             for (key, _) in before.restart() {
                 if in_after.get(key).is_none() {
                     let len = path.len();
-                    push_token(path, &String::from_utf8_lossy(key));
+                    push_token(path, key);
                     push_op(out, "remove", path, None);
                     path.truncate(len);
                 }
@@ -230,27 +232,28 @@ fn has_null_member(value: &Value) -> bool {
 /// Appends `/key` as an RFC 6901 reference token (`~` written `~0`, `/` written
 /// `~1`). Called for every member the diff walks, changed or not, so the usual key
 /// (no `~`, no `/`) is copied whole.
-fn push_token(path: &mut String, key: &str) {
-    path.push('/');
-    if !key.contains(['~', '/']) {
-        path.push_str(key);
+fn push_token(path: &mut Vec<u8>, key: &[u8]) {
+    path.push(b'/');
+    if !key.iter().any(|byte| matches!(byte, b'~' | b'/')) {
+        path.extend_from_slice(key);
         return;
     }
-    for c in key.chars() {
-        match c {
-            '~' => path.push_str("~0"),
-            '/' => path.push_str("~1"),
-            other => path.push(other),
+    // `~` and `/` are ASCII, so no other character's bytes contain them.
+    for byte in key {
+        match byte {
+            b'~' => path.extend_from_slice(b"~0"),
+            b'/' => path.extend_from_slice(b"~1"),
+            other => path.push(*other),
         }
     }
 }
 
-fn push_index(path: &mut String, index: usize) {
-    path.push('/');
-    path.push_str(itoa::Buffer::new().format(index));
+fn push_index(path: &mut Vec<u8>, index: usize) {
+    path.push(b'/');
+    path.extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
 }
 
-fn push_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<Flat<'_>>) {
+fn push_op(out: &mut Vec<u8>, op: &str, path: &[u8], value: Option<Flat<'_>>) {
     if !out.is_empty() {
         out.push(b',');
     }
@@ -258,7 +261,7 @@ fn push_op(out: &mut Vec<u8>, op: &str, path: &str, value: Option<Flat<'_>>) {
     out.extend_from_slice(op.as_bytes());
     out.extend_from_slice(b"\",\"path\":");
     // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, path);
+    let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(path));
     if let Some(value) = value {
         out.extend_from_slice(b",\"value\":");
         value.write_json(out);

@@ -53,12 +53,7 @@ impl Default for FlatValue {
 
 impl FlatValue {
     pub(crate) fn new(value: &Value) -> Self {
-        Self::with_capacity(value, 0)
-    }
-
-    /// [`Self::new`] into a buffer of `capacity` bytes to start with.
-    pub(crate) fn with_capacity(value: &Value, capacity: usize) -> Self {
-        let mut writer = FlatWriter::with_capacity(capacity);
+        let mut writer = FlatWriter::with_capacity(0);
         writer.value(value);
         writer.finish()
     }
