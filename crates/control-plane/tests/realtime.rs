@@ -153,6 +153,77 @@ async fn enqueue_subscribe_and_heartbeat_actions() {
     assert_eq!(next(&mut socket).await["type"], "match.assigned");
 }
 
+/// A subscription is always answered: one to a ticket whose final state this
+/// socket was already sent gets that state again (it used to get nothing, and
+/// the ticket stayed watched).
+#[tokio::test]
+async fn a_ticket_subscribed_again_after_its_final_state_gets_it_again() {
+    let h = Harness::start().await;
+    let ticket = h
+        .enqueue(json!({"queueKey": "hero-defense:5v5", "members": ["a"]}))
+        .await;
+    let mut socket = connect(&h, &format!("?ticketId={ticket}")).await;
+    assert_eq!(next(&mut socket).await["type"], "subscribed");
+    h.post("/v1/matchmaking/cancel", json!({"ticketId": ticket}))
+        .await;
+    let cancelled = json!({"type": "ticket.cancelled", "v": 1, "data": {"ticketId": ticket}});
+    assert_eq!(next(&mut socket).await, cancelled);
+    for _ in 0..2 {
+        send(
+            &mut socket,
+            json!({"action": "subscribe", "ticketId": ticket}),
+        )
+        .await;
+        assert_eq!(next(&mut socket).await, cancelled);
+    }
+    send(&mut socket, json!({"action": "heartbeat"})).await;
+    assert_eq!(next(&mut socket).await["type"], "heartbeat");
+}
+
+/// One socket enqueueing for many players (a lobby service, the load generator)
+/// gets every assignment exactly once, well past the socket's watch limit.
+/// The debug build checks on every event that what the socket keeps to
+/// deduplicate belongs to tickets it still watches.
+#[tokio::test]
+async fn a_socket_enqueueing_for_many_players_gets_each_assignment_once() {
+    let h = Harness::start().await;
+    h.register_server("game-1", "counter").await;
+    let mut socket = connect(&h, "").await;
+    // Rounds of 20 stay under the 32 watches a socket may have pending; the
+    // assigned tickets of earlier rounds are unwatched to make room.
+    let (rounds, per_round) = (5, 20);
+    let mut enqueued = std::collections::HashSet::new();
+    let mut assigned = std::collections::HashSet::new();
+    for round in 0..rounds {
+        for player in 0..per_round {
+            send(
+                &mut socket,
+                json!({"action": "enqueue", "queueKey": "counter", "members": [format!("p{round}-{player}")]}),
+            )
+            .await;
+        }
+        while assigned.len() < (round + 1) * per_round {
+            let message = next(&mut socket).await;
+            let ticket = message["data"]["ticketId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no ticket id in {message}"))
+                .to_owned();
+            match message["type"].as_str() {
+                Some("enqueued") => assert!(enqueued.insert(ticket), "{message}"),
+                Some("subscribed") => assert!(enqueued.contains(&ticket), "{message}"),
+                Some("match.assigned") => {
+                    assert!(enqueued.contains(&ticket), "{message}");
+                    assert!(assigned.insert(ticket), "sent twice: {message}");
+                }
+                _ => panic!("unexpected {message}"),
+            }
+        }
+    }
+    assert_eq!(enqueued.len(), rounds * per_round);
+    send(&mut socket, json!({"action": "heartbeat"})).await;
+    assert_eq!(next(&mut socket).await["type"], "heartbeat");
+}
+
 #[tokio::test]
 async fn a_message_longer_than_the_read_buffer_is_read_whole() {
     let h = Harness::start().await;

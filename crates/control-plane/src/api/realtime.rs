@@ -3,7 +3,7 @@
 //! `heartbeat` actions. Status polling stays the source of truth; this is the
 //! fast path.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -185,11 +185,11 @@ struct Session {
     events: tokio::sync::mpsc::UnboundedReceiver<TicketEvent>,
     state: AppState,
     watcher: Watcher,
-    /// Tickets whose final state this socket was already sent (dedup between
-    /// the status read and the event stream).
-    terminal: HashSet<String>,
-    /// Assignment ids already sent (dedup between the status read and events).
-    assignments_sent: HashSet<String>,
+    /// Assignments sent for the tickets still watched (dedup between the status
+    /// read and the event stream). A final state needs no such record: the
+    /// ticket is unwatched as it is sent, and events for unwatched tickets are
+    /// dropped.
+    assignments_sent: SentAssignments,
     /// Watched tickets that are assigned, oldest first: still watched (their
     /// server may be lost and the ticket requeued) but the first to make room.
     settled: VecDeque<String>,
@@ -205,6 +205,40 @@ struct Session {
     /// Other messages that came while enqueues were in flight, handled once those
     /// are answered: every answer keeps the order of the messages.
     deferred: VecDeque<Deferred>,
+}
+
+/// The assignments a socket sent, per ticket it still watches. An assignment
+/// can reach a socket twice: as the status read when it subscribes and as the
+/// event that raced that read. Kept only while the ticket is watched (at most
+/// [`MAX_WATCHED_PER_SOCKET`] tickets, a few assignments each), since a socket
+/// that enqueues for many players lives for hours and must not grow with them.
+#[derive(Default)]
+struct SentAssignments(Vec<(String, String)>);
+
+impl SentAssignments {
+    /// Records the assignment; false when it was already sent for this ticket.
+    fn first_time(&mut self, ticket_id: &str, assignment_id: &str) -> bool {
+        let seen = self
+            .0
+            .iter()
+            .any(|(ticket, assignment)| ticket == ticket_id && assignment == assignment_id);
+        if !seen {
+            self.0
+                .push((ticket_id.to_owned(), assignment_id.to_owned()));
+        }
+        !seen
+    }
+
+    fn forget(&mut self, ticket_id: &str) {
+        self.0.retain(|(ticket, _)| ticket != ticket_id);
+    }
+
+    /// Whether every record belongs to a ticket in `watched` (the bound above).
+    fn only_for(&self, watched: &[String]) -> bool {
+        self.0
+            .iter()
+            .all(|(ticket, _)| watched.iter().any(|watched| watched == ticket))
+    }
 }
 
 /// A message held back behind enqueues in flight.
@@ -229,8 +263,7 @@ impl Session {
             events,
             state,
             watcher,
-            terminal: HashSet::new(),
-            assignments_sent: HashSet::new(),
+            assignments_sent: SentAssignments::default(),
             settled: VecDeque::new(),
             bad_messages: 0,
             player,
@@ -597,7 +630,7 @@ impl Session {
             Ok(Some(ticket)) if may_access(&self.player, &ticket) => ticket,
             // Someone else's ticket reads as missing, so ids cannot be probed.
             Ok(_) => {
-                self.watcher.forget(&ticket_id);
+                self.unwatch(&ticket_id);
                 return self
                     .error_about(
                         Some(&ticket_id),
@@ -608,7 +641,7 @@ impl Session {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "realtime status read failed");
-                self.watcher.forget(&ticket_id);
+                self.unwatch(&ticket_id);
                 return self
                     .error_about(
                         Some(&ticket_id),
@@ -657,21 +690,31 @@ impl Session {
     fn make_room(&mut self) -> bool {
         match self.settled.pop_front() {
             Some(ticket_id) => {
-                self.watcher.forget(&ticket_id);
+                self.unwatch(&ticket_id);
                 true
             }
             None => false,
         }
     }
 
+    /// Stops watching a ticket and drops what was kept to deduplicate its
+    /// events, so a socket's memory follows what it watches now, not every
+    /// ticket it ever watched.
+    fn unwatch(&mut self, ticket_id: &str) {
+        self.watcher.forget(ticket_id);
+        self.assignments_sent.forget(ticket_id);
+        self.settled.retain(|settled| settled != ticket_id);
+    }
+
     async fn on_event(&mut self, event: TicketEvent) -> Flow {
-        let ticket_id = event.ticket_id().to_owned();
+        // Sent before the ticket was unwatched (a final state already sent, or
+        // room made for another watch): the socket no longer follows it.
+        if !self.watcher.is_watching(event.ticket_id()) {
+            return Flow::Continue;
+        }
         if event.is_terminal() {
-            if !self.terminal.insert(ticket_id.clone()) {
-                return Flow::Continue;
-            }
-            self.watcher.forget(&ticket_id);
-            self.settled.retain(|settled| *settled != ticket_id);
+            let ticket_id = event.ticket_id().to_owned();
+            self.unwatch(&ticket_id);
         }
         let message = match event {
             TicketEvent::Assigned {
@@ -680,11 +723,13 @@ impl Session {
             } => {
                 if !self
                     .assignments_sent
-                    .insert(assignment.assignment_id.clone())
+                    .first_time(&ticket_id, &assignment.assignment_id)
                 {
                     return Flow::Continue;
                 }
-                self.settled.push_back(ticket_id.clone());
+                if !self.settled.contains(&ticket_id) {
+                    self.settled.push_back(ticket_id.clone());
+                }
                 RealtimeEvent::MatchAssigned(MatchAssigned {
                     ticket_id,
                     assignment: *assignment,
@@ -713,6 +758,10 @@ impl Session {
                 RealtimeEvent::TicketExpired(TicketRef { ticket_id })
             }
         };
+        debug_assert!(
+            self.assignments_sent.only_for(self.watcher.watched()),
+            "dedup records outlived their watch"
+        );
         self.send(message).await
     }
 }
