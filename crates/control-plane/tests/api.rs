@@ -1123,3 +1123,117 @@ async fn a_player_whose_ticket_just_expired_is_matched_in_a_new_one_before_the_e
     assert_eq!(claims.roster.concat().len(), 2);
     assert_ne!(h.status(&old).await["status"], "assigned");
 }
+
+/// The memory store, except that a purge waits until the test lets it go: a
+/// housekeeping pass that takes as long as a busy store's can.
+struct SlowPurgeStore {
+    inner: MemoryStore,
+    purge_started: tokio::sync::Notify,
+    purge_may_finish: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Store for SlowPurgeStore {
+    fn kind(&self) -> &'static str {
+        "slow-purge"
+    }
+    async fn create_ticket(
+        &self,
+        ticket: TicketRecord,
+        now: u64,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.inner.create_ticket(ticket, now).await
+    }
+    async fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError> {
+        self.inner.ticket(ticket_id).await
+    }
+    async fn cancel_ticket(&self, ticket_id: &str, now: u64) -> Result<CancelOutcome, StoreError> {
+        self.inner.cancel_ticket(ticket_id, now).await
+    }
+    async fn commit_matches(
+        &self,
+        matches: Vec<MatchCommit>,
+        now: u64,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.inner.commit_matches(matches, now).await
+    }
+    async fn expire_tickets(
+        &self,
+        ticket_ids: Vec<String>,
+        now: u64,
+    ) -> Result<Vec<TicketRecord>, StoreError> {
+        self.inner.expire_tickets(ticket_ids, now).await
+    }
+    async fn queued_tickets(&self) -> Result<Vec<TicketRecord>, StoreError> {
+        self.inner.queued_tickets().await
+    }
+    async fn assigned_on_server(&self, server_id: &str) -> Result<Vec<TicketRecord>, StoreError> {
+        self.inner.assigned_on_server(server_id).await
+    }
+    async fn release_assignments(
+        &self,
+        releases: Vec<ReleaseRequest>,
+        now: u64,
+    ) -> Result<Vec<ReleaseOutcome>, StoreError> {
+        self.inner.release_assignments(releases, now).await
+    }
+    async fn purge_finished(&self, before: u64, keep_at_most: u64) -> Result<u64, StoreError> {
+        self.purge_started.notify_one();
+        let _permit = self.purge_may_finish.acquire().await;
+        self.inner.purge_finished(before, keep_at_most).await
+    }
+    async fn put_server(&self, server: ServerRecord) -> Result<(), StoreError> {
+        self.inner.put_server(server).await
+    }
+    async fn remove_server(&self, server_id: &str) -> Result<bool, StoreError> {
+        self.inner.remove_server(server_id).await
+    }
+    async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        self.inner.servers().await
+    }
+    async fn queue_counts(&self) -> Result<Vec<QueueCounts>, StoreError> {
+        self.inner.queue_counts().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// Housekeeping's purge of finished tickets runs beside the matching loop: a
+/// long pass (every ticket finished in the last 30 s, most of a second at
+/// 10,000 tickets/s) used to hold up every match until it was done.
+#[tokio::test]
+async fn matches_form_while_a_purge_of_finished_tickets_runs() {
+    let store = Arc::new(SlowPurgeStore {
+        inner: MemoryStore::new(),
+        purge_started: tokio::sync::Notify::new(),
+        purge_may_finish: tokio::sync::Semaphore::new(0),
+    });
+    let h = Harness::start_with_store(Config::ephemeral_for_tests(), store.clone()).await;
+    let finished = h
+        .enqueue(json!({"queueKey": "hero-defense:5v5", "members": ["gone"]}))
+        .await;
+    h.post("/v1/matchmaking/cancel", json!({"ticketId": finished}))
+        .await;
+    // Past the housekeeping interval and the retention: the next pass purges.
+    h.clock.advance(Duration::from_secs(2 * 3600));
+    tokio::time::timeout(Duration::from_secs(10), store.purge_started.notified())
+        .await
+        .expect("a housekeeping pass starts");
+
+    h.register_server("game-1", "hero-defense").await;
+    let alice = h
+        .enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["alice"]}))
+        .await;
+    h.enqueue(json!({"queueKey": "hero-defense:1v1", "members": ["bob"]}))
+        .await;
+    h.wait_for(&alice, "assigned").await;
+    assert_eq!(h.status(&finished).await["status"], "cancelled");
+
+    store.purge_may_finish.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.get(&format!("/v1/matchmaking/status/{finished}")).await.0 != 404 {
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
