@@ -629,7 +629,7 @@ async fn purge_also_keeps_finished_tickets_under_a_count_cap(store: Shared) {
 }
 
 async fn purge_in_many_batches_matches_one_pass(store: Shared) {
-    // More finished tickets than one Redis purge batch holds.
+    // More finished tickets than one purge batch holds (500 on Redis, 512 on redb and in memory).
     for i in 0..1_203u64 {
         let id = format!("t{i:05}");
         create(&store, ticket(&id, &id, 1_000)).await;

@@ -60,6 +60,8 @@ const SCHEMA_VERSION: u64 = 4;
 /// Spent tokens dropped per write transaction, so a housekeeping pass never
 /// holds the writer (and every enqueue behind it) for long.
 const TOKEN_DROP_BATCH: u64 = 2048;
+/// Finished tickets one purge op deletes at most (each has index entries too).
+const PURGE_BATCH: u64 = 512;
 /// Rounds of 10 ms that `close` waits for reads in flight to let go.
 const CLOSE_WAIT_ROUNDS: u32 = 500;
 /// Upper bound on requests folded into one transaction, to bound commit latency.
@@ -656,9 +658,12 @@ impl Tables<'_> {
             WriteOp::Release(releases, now) => {
                 WriteResult::Released(ticket_rules::release_all(self, releases, now)?)
             }
-            WriteOp::Purge(before, keep_at_most) => {
-                WriteResult::Purged(ticket_rules::purge(self, before, keep_at_most, u64::MAX)?)
-            }
+            WriteOp::Purge(before, keep_at_most) => WriteResult::Purged(ticket_rules::purge(
+                self,
+                before,
+                keep_at_most,
+                PURGE_BATCH,
+            )?),
             WriteOp::DropTokens(before) => {
                 // Spent tokens sit at the front of the table, in expiry order.
                 let dropped = self
@@ -1001,9 +1006,20 @@ impl Store for RedbStore {
     }
 
     async fn purge_finished(&self, before: Millis, keep_at_most: u64) -> Result<u64, StoreError> {
-        match self.write(WriteOp::Purge(before, keep_at_most)).await? {
-            WriteResult::Purged(count) => Ok(count),
-            other => Err(unexpected(other)),
+        // In batches, each one write op: the writer applies ops in turn, so a
+        // pass that purges every ticket finished in the last 30 s as one op
+        // held every enqueue and commit behind it for that long.
+        let mut purged = 0;
+        loop {
+            match self.write(WriteOp::Purge(before, keep_at_most)).await? {
+                WriteResult::Purged(count) => {
+                    purged += count;
+                    if count < PURGE_BATCH {
+                        return Ok(purged);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
         }
     }
 
