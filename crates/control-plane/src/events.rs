@@ -110,10 +110,16 @@ impl EventBus {
         } else {
             self.inner.watchers.lock().get(event.ticket_id()).cloned()
         };
-        for (_, sender) in watchers.into_iter().flatten() {
-            // A closed receiver is a socket that went away; nothing to do.
+        let Some((last, others)) = watchers.as_deref().and_then(<[Delivery]>::split_last) else {
+            return;
+        };
+        // A closed receiver is a socket that went away; nothing to do. The last
+        // (usually the only) watcher takes the event itself: an assignment
+        // carries its tokens, a copy is a few allocations.
+        for (_, sender) in others {
             let _ = sender.send(event.clone());
         }
+        let _ = last.1.send(event);
     }
 
     /// A new listener and the stream its events arrive on.
