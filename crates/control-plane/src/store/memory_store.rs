@@ -7,7 +7,7 @@
 //! holds the lock, so the lock is only ever held for the work itself.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash, RandomState};
 
 use async_trait::async_trait;
@@ -54,7 +54,9 @@ struct Tables {
     /// server id → ids of the tickets assigned to a land on it.
     // Hashed, not ordered: tens of thousands of ids per server made the
     // ordered set's string comparisons ~7 % of the control plane's CPU.
-    server_tickets: HashMap<String, HashSet<String>>,
+    // Sharded like the ticket maps: one server's set grows with every ticket
+    // assigned to it, and a single set's rehash held the lock for all of them.
+    server_tickets: HashMap<String, ShardedMap<String, ()>>,
     servers: BTreeMap<String, ServerRecord>,
     /// Kept with every ticket write, so counting and listing the queued never
     /// walk the finished tickets while the lock is held.
@@ -125,7 +127,10 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         self.shards.iter().flat_map(HashMap::values)
     }
 
-    #[cfg(test)]
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.shards.iter().flat_map(HashMap::keys)
+    }
+
     fn is_empty(&self) -> bool {
         self.shards.iter().all(HashMap::is_empty)
     }
@@ -373,11 +378,12 @@ impl TicketTables for Tables {
     fn insert_server_ticket(&mut self, server_id: &str, ticket_id: &str) -> Result<(), StoreError> {
         match self.server_tickets.get_mut(server_id) {
             Some(tickets) => {
-                tickets.insert(ticket_id.to_owned());
+                tickets.insert(ticket_id.to_owned(), ());
             }
             None => {
-                self.server_tickets
-                    .insert(server_id.to_owned(), HashSet::from([ticket_id.to_owned()]));
+                let mut tickets = ShardedMap::default();
+                tickets.insert(ticket_id.to_owned(), ());
+                self.server_tickets.insert(server_id.to_owned(), tickets);
             }
         }
         Ok(())
@@ -466,7 +472,7 @@ impl Store for MemoryStore {
                 return Ok(Vec::new());
             };
             let mut assigned: Vec<TicketRecord> = ticket_ids
-                .iter()
+                .keys()
                 .filter_map(|ticket_id| tables.tickets.get(ticket_id))
                 .filter(|ticket| ticket.status == TicketStatus::Assigned)
                 .map(|ticket| ticket.as_ref().clone())
