@@ -4,7 +4,9 @@
 //! for player tokens (the control plane trusts an identity provider's JWKS).
 //! An unknown `kid` triggers a refetch (a rotation happened) at most once per
 //! cooldown, so forged tokens cannot make us hammer the key server; a periodic
-//! refresh drops keys that are no longer published.
+//! refresh drops keys that are no longer published. While the key server cannot
+//! be reached (it may start after us), a token waits for the next try, at most
+//! [`RETRY_AFTER_FAILURE`] away, instead of being refused at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -271,24 +273,40 @@ impl JwksCache {
         if let Some(key) = self.cache.read().keys.get(kid) {
             return Some(Arc::clone(key));
         }
+        let asked_at = Instant::now();
         let _fetching = self.fetching.lock().await;
-        // Another request may have fetched while this one waited.
-        let recently = {
+        let wait = {
             let cache = self.cache.read();
+            // Another request may have fetched while this one waited.
             if let Some(key) = cache.keys.get(kid) {
                 return Some(Arc::clone(key));
             }
-            let cooldown = if cache.last_fetch_ok {
-                self.settings.refetch_cooldown
-            } else {
-                self.settings.refetch_cooldown.min(RETRY_AFTER_FAILURE)
-            };
-            cache
-                .last_fetch_attempt
-                .is_some_and(|at| at.elapsed() < cooldown)
+            let since_last = cache.last_fetch_attempt.map(|at| (at, at.elapsed()));
+            match since_last {
+                // A fetch made after this request came did not find the kid.
+                Some((at, _)) if at >= asked_at => return None,
+                // The issuer answered lately without this kid: no refetch per
+                // forged kid before the cooldown is over.
+                Some((_, elapsed)) if cache.last_fetch_ok => {
+                    if elapsed < self.settings.refetch_cooldown {
+                        return None;
+                    }
+                    Duration::ZERO
+                }
+                // The last fetch failed, as it does while a control plane
+                // started beside this server is still coming up: the retry
+                // is due within RETRY_AFTER_FAILURE, so the request waits for
+                // it instead of turning the first players away.
+                Some((_, elapsed)) => self
+                    .settings
+                    .refetch_cooldown
+                    .min(RETRY_AFTER_FAILURE)
+                    .saturating_sub(elapsed),
+                None => Duration::ZERO,
+            }
         };
-        if recently {
-            return None;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         if let Err(err) = self.fetch_locked().await {
             tracing::warn!(error = %err, "JWKS refetch for an unknown kid failed");
