@@ -152,12 +152,22 @@ impl Registry {
         match &record.land_ids {
             Some(open) => {
                 let open: HashSet<&str> = open.iter().map(String::as_str).collect();
-                for land_id in pending.reconcile(&open, now) {
-                    tracing::warn!(server_id = %record.server_id, land_id = %land_id,
-                        "allocated land was never joined before its assignment expired");
-                    abandoned += 1;
+                let gone = pending.reconcile(&open, now);
+                if !gone.is_empty() {
+                    // One line per heartbeat, not per land: players who never come
+                    // (a load test without joins, a broken client release) can
+                    // abandon thousands a second, and a line each flooded the log.
+                    tracing::warn!(server_id = %record.server_id, lands = gone.len(),
+                        first = %gone[0],
+                        "allocated lands were never joined before their assignments expired");
+                    for land_id in &gone {
+                        tracing::debug!(server_id = %record.server_id, land_id = %land_id,
+                            "allocated land was never joined before its assignment expired");
+                    }
+                    let count = gone.len() as u64;
+                    abandoned += count;
                     self.abandoned_total
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             None => pending = PendingLands::default(),
