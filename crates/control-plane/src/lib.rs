@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod recovery;
 pub mod registry;
 pub mod server;
+mod sharded;
 pub mod store;
 pub mod tokens;
 pub mod validate;

@@ -5,13 +5,14 @@
 //! out since each server's last heartbeat, so a burst cannot overfill a server
 //! whose reported load is still stale.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use matchplane_contracts::admin::ServerView;
 use parking_lot::Mutex;
 
 use crate::clock::{Millis, format_rfc3339};
 use crate::config::Placement;
+use crate::sharded::ShardedMap;
 use crate::store::ServerRecord;
 
 pub struct Registry {
@@ -492,7 +493,10 @@ impl Entry {
 #[derive(Debug, Default)]
 struct PendingLands {
     /// Still within their assignment's lifetime: these count against capacity.
-    live: HashMap<String, Millis>,
+    /// Sharded: allocations nobody opens (abandoned matches, load tests without
+    /// joins) stay for the assignment's lifetime, 60 s of matches, and growing
+    /// one map rehashed all of them in the matching loop (≈ 60 ms at 229,376).
+    live: ShardedMap<String, Millis>,
     /// Past it but not yet reconciled with a heartbeat.
     expired: HashSet<String>,
     /// `(expires_at, land_id)` in allocation order; expiry times never decrease

@@ -6,9 +6,7 @@
 //! batches, each atomic, as the Redis store's does). No call awaits while it
 //! holds the lock, so the lock is only ever held for the work itself.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher, Hash, RandomState};
 
 use async_trait::async_trait;
 use matchplane_contracts::matchmaking::TicketStatus;
@@ -20,6 +18,7 @@ use super::{
     ReleaseRequest, ServerRecord, Store, StoreError, TicketRecord, drop_tokens, has_tokens,
 };
 use crate::clock::Millis;
+use crate::sharded::ShardedMap;
 
 /// Finished tickets deleted per lock hold of a purge.
 const PURGE_BATCH: u64 = 512;
@@ -61,79 +60,6 @@ struct Tables {
     /// Kept with every ticket write, so counting and listing the queued never
     /// walk the finished tickets while the lock is held.
     queues: QueueTallies,
-}
-
-/// Shards of the maps that grow with every ticket.
-const SHARDS: usize = 64;
-
-/// A hash map split into [`SHARDS`] maps by the key's hash, so that growing
-/// it rehashes one shard's entries at a time. One map of every ticket made the
-/// request that crossed a power of two wait for all of them to move — under
-/// the store's lock, so every request then waited: stalls of ≈ 20, 70 and
-/// 130 ms at 14,336, 28,672 and 57,344 tickets, each a whole run's p99.
-struct ShardedMap<K, V> {
-    shards: [HashMap<K, V>; SHARDS],
-    hasher: RandomState,
-}
-
-impl<K, V> Default for ShardedMap<K, V> {
-    fn default() -> Self {
-        Self {
-            shards: std::array::from_fn(|_| HashMap::new()),
-            hasher: RandomState::new(),
-        }
-    }
-}
-
-impl<K: Hash + Eq, V> ShardedMap<K, V> {
-    fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        // Below SHARDS, so the cast cannot truncate and indexing cannot fail.
-        (self.hasher.hash_one(key) % SHARDS as u64) as usize
-    }
-
-    fn get<Q>(&self, key: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.shards[self.shard_of(key)].get(key)
-    }
-
-    fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let shard = self.shard_of(key);
-        self.shards[shard].get_mut(key)
-    }
-
-    fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let shard = self.shard_of(&key);
-        self.shards[shard].insert(key, value)
-    }
-
-    fn remove<Q>(&mut self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let shard = self.shard_of(key);
-        self.shards[shard].remove(key)
-    }
-
-    #[cfg(test)]
-    fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(HashMap::values)
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &K> {
-        self.shards.iter().flat_map(HashMap::keys)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.shards.iter().all(HashMap::is_empty)
-    }
 }
 
 #[derive(Default)]
@@ -582,26 +508,6 @@ mod tests {
 
     fn assignment(id: &str) -> Assignment {
         assignment_on("gs", id)
-    }
-
-    #[test]
-    fn a_sharded_map_finds_updates_and_removes_every_key_it_holds() {
-        let mut map: ShardedMap<String, usize> = ShardedMap::default();
-        for i in 0..10_000 {
-            assert_eq!(map.insert(format!("ticket-{i}"), i), None);
-        }
-        // Keys spread over the shards (none is left empty by 10,000 keys).
-        assert!(map.shards.iter().all(|shard| !shard.is_empty()));
-        assert_eq!(map.insert("ticket-7".to_owned(), 70), Some(7));
-        *map.get_mut("ticket-8").unwrap() += 1;
-        assert_eq!(map.get("ticket-7"), Some(&70));
-        assert_eq!(map.get("ticket-8"), Some(&9));
-        assert_eq!(map.get("ticket-10000"), None);
-        assert_eq!(map.values().count(), 10_000);
-        for i in 0..10_000 {
-            assert!(map.remove(format!("ticket-{i}").as_str()).is_some());
-        }
-        assert!(map.is_empty());
     }
 
     /// What `queue_counts` must say: counted the slow way, over every ticket.
