@@ -45,8 +45,10 @@ impl Pool {
         }
         let id = TicketId(self.next_id);
         self.next_id += 1;
-        let ticket = engine_ticket(id, &record);
-        let mut inserted = self.engine.insert(&record.queue_key, ticket.clone());
+        // Built again for a retry rather than cloned up front: a retry is rare.
+        let mut inserted = self
+            .engine
+            .insert(&record.queue_key, engine_ticket(id, &record));
         // The store lets a player queue again once the old ticket's expiry has
         // passed, which can be just before the tick that marks it expired. That
         // ticket leaves the pool now (the tick still marks it in the store),
@@ -63,7 +65,9 @@ impl Pool {
                 break;
             }
             self.engine.remove(holder);
-            inserted = self.engine.insert(&record.queue_key, ticket.clone());
+            inserted = self
+                .engine
+                .insert(&record.queue_key, engine_ticket(id, &record));
         }
         if let Err(err) = inserted {
             tracing::error!(ticket_id = %record.ticket_id, queue_key = %record.queue_key, error = %err,

@@ -101,12 +101,10 @@ impl QueueTally {
 
 impl QueueTallies {
     fn add(&mut self, ticket: &TicketRecord) {
-        if !self.0.contains_key(&ticket.queue_key) {
-            self.0
-                .insert(ticket.queue_key.clone(), QueueTally::default());
-        }
-        let Some(tally) = self.0.get_mut(&ticket.queue_key) else {
-            return;
+        // Looked up by reference first: the key is cloned only for a new queue.
+        let tally = match self.0.get_mut(&ticket.queue_key) {
+            Some(tally) => tally,
+            None => self.0.entry(ticket.queue_key.clone()).or_default(),
         };
         match ticket.status {
             TicketStatus::Queued => {
@@ -208,7 +206,7 @@ impl TicketTables for Tables {
     fn insert_ticket(&mut self, ticket: &TicketRecord) -> Result<(), StoreError> {
         match self.tickets.get_mut(&ticket.ticket_id) {
             Some(stored) => {
-                let previous = std::mem::replace(stored, Box::new(ticket.clone()));
+                let previous = std::mem::replace(stored.as_mut(), ticket.clone());
                 self.queues.subtract(&previous);
             }
             None => {
@@ -227,11 +225,22 @@ impl TicketTables for Tables {
         Ok(())
     }
 
-    fn remove_ticket(&mut self, ticket_id: &str) -> Result<(), StoreError> {
-        if let Some(removed) = self.tickets.remove(ticket_id) {
-            self.queues.subtract(&removed);
+    fn remove_unqueued_ticket(
+        &mut self,
+        ticket_id: &str,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        let unqueued = self
+            .tickets
+            .get(ticket_id)
+            .is_some_and(|ticket| ticket.status != TicketStatus::Queued);
+        if !unqueued {
+            return Ok(None);
         }
-        Ok(())
+        let removed = self.tickets.remove(ticket_id);
+        if let Some(removed) = &removed {
+            self.queues.subtract(removed);
+        }
+        Ok(removed.map(|removed| *removed))
     }
 
     fn owner_group(&self, owner: &str, group_id: &str) -> Result<Option<String>, StoreError> {
@@ -275,8 +284,8 @@ impl TicketTables for Tables {
         Ok(())
     }
 
-    fn insert_finished(&mut self, key: &str) -> Result<(), StoreError> {
-        self.finished.insert(key.to_owned());
+    fn insert_finished(&mut self, key: String) -> Result<(), StoreError> {
+        self.finished.insert(key);
         Ok(())
     }
 

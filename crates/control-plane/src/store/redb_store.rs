@@ -727,18 +727,26 @@ impl TicketTables for Tables<'_> {
         Ok(())
     }
 
-    fn remove_ticket(&mut self, ticket_id: &str) -> Result<(), StoreError> {
-        self.queued.remove(ticket_id).map_err(unavailable)?;
-        let expires_at = match self.tickets.remove(ticket_id).map_err(unavailable)? {
-            Some(bytes) => decode_ticket(ticket_id, bytes.value())?.assignment_expires_at,
-            None => None,
+    fn remove_unqueued_ticket(
+        &mut self,
+        ticket_id: &str,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        // A queued ticket lives in `queued` (see `insert_ticket`), any other in `tickets`.
+        let removed = match self.tickets.remove(ticket_id).map_err(unavailable)? {
+            Some(bytes) => decode_ticket(ticket_id, bytes.value())?,
+            None => return Ok(None),
         };
-        if let Some(expires_at) = expires_at {
+        if removed.status == TicketStatus::Queued {
+            // Queued yet not where `insert_ticket` puts it: it stays, moved there.
+            self.insert_ticket(&removed)?;
+            return Ok(None);
+        }
+        if let Some(expires_at) = removed.assignment_expires_at {
             self.tokens
                 .remove((expires_at, ticket_id))
                 .map_err(unavailable)?;
         }
-        Ok(())
+        Ok(Some(removed))
     }
 
     fn owner_group(&self, owner: &str, group_id: &str) -> Result<Option<String>, StoreError> {
@@ -788,8 +796,10 @@ impl TicketTables for Tables<'_> {
         Ok(())
     }
 
-    fn insert_finished(&mut self, key: &str) -> Result<(), StoreError> {
-        self.finished.insert(key, ()).map_err(unavailable)?;
+    fn insert_finished(&mut self, key: String) -> Result<(), StoreError> {
+        self.finished
+            .insert(key.as_str(), ())
+            .map_err(unavailable)?;
         Ok(())
     }
 

@@ -19,7 +19,13 @@ use crate::clock::Millis;
 pub(super) trait TicketTables {
     fn ticket(&self, ticket_id: &str) -> Result<Option<TicketRecord>, StoreError>;
     fn insert_ticket(&mut self, ticket: &TicketRecord) -> Result<(), StoreError>;
-    fn remove_ticket(&mut self, ticket_id: &str) -> Result<(), StoreError>;
+    /// Removes a ticket unless it is queued, and returns it (its match tokens
+    /// may be left out). Returned rather than read first: a purge reads
+    /// every ticket it removes, and a read is a copy (memory) or a decode (redb).
+    fn remove_unqueued_ticket(
+        &mut self,
+        ticket_id: &str,
+    ) -> Result<Option<TicketRecord>, StoreError>;
 
     /// (owner, groupId) → the ticket id of that owner's most recent ticket of the group.
     fn owner_group(&self, owner: &str, group_id: &str) -> Result<Option<String>, StoreError>;
@@ -37,7 +43,7 @@ pub(super) trait TicketTables {
     fn remove_queued_player(&mut self, player_id: &str) -> Result<(), StoreError>;
 
     /// The finished index, keyed by [`finished_key`] and ordered by it.
-    fn insert_finished(&mut self, key: &str) -> Result<(), StoreError>;
+    fn insert_finished(&mut self, key: String) -> Result<(), StoreError>;
     fn remove_finished(&mut self, key: &str) -> Result<(), StoreError>;
     fn finished_len(&self) -> Result<u64, StoreError>;
     /// Finished keys oldest first, for as long as `wanted` accepts the next one.
@@ -59,7 +65,7 @@ fn put_ticket(tables: &mut impl TicketTables, ticket: &TicketRecord) -> Result<(
     // A ticket is indexed as finished once per time it leaves `queued`
     // (a released assignment takes its entry out again, see `release`).
     if ticket.status != TicketStatus::Queued {
-        tables.insert_finished(&finished_key(ticket.updated_at, &ticket.ticket_id))?;
+        tables.insert_finished(finished_key(ticket.updated_at, &ticket.ticket_id))?;
         // Leaving the queue frees the members to queue again at once.
         release_players(tables, ticket)?;
     }
@@ -315,14 +321,11 @@ pub(super) fn purge(
         let Some((_, ticket_id)) = key.split_once(':') else {
             continue;
         };
-        let Some(ticket) = tables.ticket(ticket_id)? else {
+        // A stale entry of a ticket that was queued again is left: never
+        // purge a live ticket.
+        let Some(ticket) = tables.remove_unqueued_ticket(ticket_id)? else {
             continue;
         };
-        // A stale entry of a ticket that was queued again: never purge a live ticket.
-        if ticket.status == TicketStatus::Queued {
-            continue;
-        }
-        tables.remove_ticket(ticket_id)?;
         if let Some(assignment) = &ticket.assignment {
             tables.remove_server_ticket(&assignment.server_id, ticket_id)?;
         }
