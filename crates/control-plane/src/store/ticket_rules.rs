@@ -57,7 +57,20 @@ pub(super) trait TicketTables {
 /// Orders finished tickets by when they finished; zero-padded so the string
 /// order is the time order.
 pub(super) fn finished_key(updated_at: Millis, ticket_id: &str) -> String {
-    format!("{updated_at:020}:{ticket_id}")
+    // As `format!("{updated_at:020}:{ticket_id}")` writes it, without the
+    // formatting machinery: that was 5 % of the store's work per assignment.
+    // Twenty digits hold any u64.
+    let mut digits = [b'0'; 20];
+    let mut rest = updated_at;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let mut key = String::with_capacity(digits.len() + 1 + ticket_id.len());
+    key.extend(digits.iter().map(|&digit| char::from(digit)));
+    key.push(':');
+    key.push_str(ticket_id);
+    key
 }
 
 fn put_ticket(tables: &mut impl TicketTables, ticket: &TicketRecord) -> Result<(), StoreError> {
@@ -339,4 +352,24 @@ pub(super) fn purge(
         release_players(tables, &ticket)?;
     }
     Ok(doomed.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::finished_key;
+
+    proptest! {
+        #[test]
+        fn a_finished_key_is_the_zero_padded_time_then_the_id(
+            updated_at in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+            ticket_id in "[0-9A-Za-z:-]{0,40}",
+        ) {
+            prop_assert_eq!(
+                finished_key(updated_at, &ticket_id),
+                format!("{updated_at:020}:{ticket_id}")
+            );
+        }
+    }
 }
