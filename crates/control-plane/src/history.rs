@@ -93,10 +93,17 @@ impl History {
     /// Remembers a match the matcher committed.
     pub fn record_match(&self, formed: FormedMatch) {
         let mut inner = self.inner.lock();
-        let known = inner.pending.contains_key(&formed.queue_key);
-        // Bounded like the series: an unknown queue beyond the cap is not counted.
-        if known || inner.pending.len() < MAX_QUEUES_IN_HISTORY * 4 {
-            let pending = inner.pending.entry(formed.queue_key.clone()).or_default();
+        let room_for_queue = inner.pending.len() < MAX_QUEUES_IN_HISTORY * 4;
+        // Found by reference first: the key is copied only for a new queue.
+        let pending = match inner.pending.get_mut(&formed.queue_key) {
+            Some(pending) => Some(pending),
+            // Bounded like the series: an unknown queue beyond the cap is not counted.
+            None if room_for_queue => {
+                Some(inner.pending.entry(formed.queue_key.clone()).or_default())
+            }
+            None => None,
+        };
+        if let Some(pending) = pending {
             pending.matches += 1;
             let room = MAX_WAITS_PER_INTERVAL.saturating_sub(pending.waits.len());
             pending
@@ -108,7 +115,8 @@ impl History {
         }
         inner.recent.push_front(RecentMatch {
             match_id: formed.match_id,
-            matched_at: format_rfc3339(formed.at),
+            // Written when read (see `recent_matches`): most are never read.
+            matched_at: String::new(),
             matched_at_ms: formed.at,
             queue_key: formed.queue_key,
             land_id: formed.land_id,
@@ -127,7 +135,10 @@ impl History {
             .recent
             .iter()
             .take(limit)
-            .cloned()
+            .map(|remembered| RecentMatch {
+                matched_at: format_rfc3339(remembered.matched_at_ms),
+                ..remembered.clone()
+            })
             .collect()
     }
 
