@@ -8,6 +8,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use matchplane_contracts::token::MatchClaims;
+use parking_lot::Mutex;
 
 use crate::keys::{CurrentKey, Keyring};
 
@@ -25,6 +26,10 @@ pub struct TokenIssuer {
     keyring: Arc<Keyring>,
     pub issuer: String,
     pub audience: String,
+    /// The last signer made, reused while the keyring's current key stays the
+    /// same: the matching loop asks for one every round, and building the
+    /// header (JSON, then base64) each time was 0.6 % of the control plane.
+    last_signer: Mutex<Option<Arc<Signer>>>,
 }
 
 /// Signs a batch of tokens with one key snapshot, so a rotation mid-match
@@ -41,6 +46,7 @@ impl TokenIssuer {
             keyring,
             issuer,
             audience,
+            last_signer: Mutex::new(None),
         }
     }
 
@@ -48,8 +54,21 @@ impl TokenIssuer {
         &self.keyring
     }
 
-    pub fn signer(&self) -> Signer {
+    /// A signer with the keyring's current key.
+    pub fn signer(&self) -> Arc<Signer> {
         let key = self.keyring.current();
+        let mut last = self.last_signer.lock();
+        if let Some(signer) = last.as_ref()
+            && Arc::ptr_eq(&signer.key.material, &key.material)
+        {
+            return Arc::clone(signer);
+        }
+        let signer = Arc::new(Self::signer_for(key));
+        *last = Some(Arc::clone(&signer));
+        signer
+    }
+
+    fn signer_for(key: CurrentKey) -> Signer {
         let alg = match key.algorithm {
             jsonwebtoken::Algorithm::EdDSA => "EdDSA",
             _ => "ES256",
@@ -74,5 +93,39 @@ impl Signer {
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::TokenIssuer;
+    use crate::SigningAlgorithm;
+    use crate::keys::Keyring;
+
+    #[tokio::test]
+    async fn one_signer_serves_until_the_key_rotates() {
+        let keyring = Arc::new(Keyring::in_memory(SigningAlgorithm::Es256, 0).unwrap());
+        let issuer = TokenIssuer::new(Arc::clone(&keyring), "iss".into(), "aud".into());
+        let first = issuer.signer();
+        assert!(
+            Arc::ptr_eq(&first, &issuer.signer()),
+            "reused while the key stays"
+        );
+
+        let new_kid = keyring
+            .rotate(SigningAlgorithm::Es256, 1, 60_000)
+            .await
+            .unwrap();
+        let after = issuer.signer();
+        assert!(
+            !Arc::ptr_eq(&first, &after),
+            "a rotation makes a new signer"
+        );
+        assert_eq!(after.key.kid, new_kid);
+        assert_ne!(after.encoded_header, first.encoded_header);
     }
 }

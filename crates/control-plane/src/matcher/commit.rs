@@ -54,7 +54,7 @@ impl MatchLoop {
             unsigned.push(planned.unsigned);
             pending.push((planned.origin, planned.tickets));
         }
-        let signed = sign_commits(Arc::new(self.issuer.signer()), unsigned).await;
+        let signed = sign_commits(self.issuer.signer(), unsigned).await;
         let written = match signed {
             Ok(commits) => self.write(commits, &pending, now).await.map_err(|err| {
                 metrics::inc(&self.metrics.store_errors);
