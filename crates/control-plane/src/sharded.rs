@@ -181,7 +181,81 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u16, u32),
+        Get(u16),
+        Bump(u16),
+        Remove(u16),
+        RetainEven,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few distinct keys, so inserts replace and removes hit.
+        let key = 0u16..600;
+        prop_oneof![
+            4 => (key.clone(), any::<u32>()).prop_map(|(key, value)| Op::Insert(key, value)),
+            2 => key.clone().prop_map(Op::Get),
+            1 => key.clone().prop_map(Op::Bump),
+            2 => key.prop_map(Op::Remove),
+            1 => Just(Op::RetainEven),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of calls answers as std's `HashMap` does, through
+        /// shard growth (hundreds of keys) and removal.
+        #[test]
+        fn a_sharded_map_answers_as_a_hash_map_does(ops in prop::collection::vec(op(), 1..2_000)) {
+            let mut sharded: ShardedMap<String, u32> = ShardedMap::default();
+            let mut model: HashMap<String, u32> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert(key, value) => prop_assert_eq!(
+                        sharded.insert(format!("ticket-{key}"), value),
+                        model.insert(format!("ticket-{key}"), value)
+                    ),
+                    Op::Get(key) => {
+                        let key = format!("ticket-{key}");
+                        prop_assert_eq!(sharded.get(key.as_str()), model.get(&key));
+                    }
+                    Op::Bump(key) => {
+                        let key = format!("ticket-{key}");
+                        if let Some(value) = sharded.get_mut(key.as_str()) {
+                            *value = value.wrapping_add(1);
+                        }
+                        if let Some(value) = model.get_mut(&key) {
+                            *value = value.wrapping_add(1);
+                        }
+                    }
+                    Op::Remove(key) => {
+                        let key = format!("ticket-{key}");
+                        prop_assert_eq!(sharded.remove(key.as_str()), model.remove(&key));
+                    }
+                    Op::RetainEven => {
+                        sharded.retain(|_, value| *value % 2 == 0);
+                        model.retain(|_, value| *value % 2 == 0);
+                    }
+                }
+                prop_assert_eq!(sharded.len(), model.len());
+            }
+            let mut held: Vec<(String, u32)> = sharded
+                .keys()
+                .cloned()
+                .zip(sharded.values().copied())
+                .collect();
+            let mut expected: Vec<(String, u32)> = model.into_iter().collect();
+            held.sort();
+            expected.sort();
+            prop_assert_eq!(held, expected);
+        }
+    }
 
     #[test]
     fn a_sharded_map_finds_updates_and_removes_every_key_it_holds() {
