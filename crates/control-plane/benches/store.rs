@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
+use matchplane_contracts::matchmaking::Assignment;
 use matchplane_control_plane::store::{
     CommitOutcome, CreateOutcome, MatchCommit, MemoryStore, Store, TicketRecord,
 };
@@ -23,28 +23,13 @@ const KEEP_FINISHED: u64 = 100_000;
 const PURGE_EVERY: u64 = 1_000;
 
 fn ticket(id: u64, now: u64) -> TicketRecord {
-    let ticket_id = format!("01JZ{id:022}");
-    TicketRecord {
-        group_id: TicketRecord::generated_group_id(&ticket_id),
-        owner: format!("player-{id}"),
-        members: vec![format!("player-{id}")],
-        ticket_id,
-        queue_key: "hero-defense:1v1".into(),
-        region: None,
-        constraints: None,
-        attributes: BTreeMap::new(),
-        tags: Vec::new(),
-        string_args: BTreeMap::new(),
-        latencies: BTreeMap::new(),
-        status: TicketStatus::Queued,
-        enqueued_at: now,
-        expires_at: now + 60_000,
-        updated_at: now,
-        assignment: None,
-        assignment_expires_at: None,
-        assigned_instance: None,
-        failure_reason: None,
-    }
+    TicketRecord::queued(
+        format!("01JZ{id:022}"),
+        "hero-defense:1v1".into(),
+        vec![format!("player-{id}")],
+        now,
+        now + 60_000,
+    )
 }
 
 fn assignment(ticket: u64, land: u64) -> Assignment {

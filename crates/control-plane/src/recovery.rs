@@ -140,20 +140,8 @@ mod tests {
         expires_at: Millis,
     ) -> TicketRecord {
         TicketRecord {
-            ticket_id: ticket.to_owned(),
-            queue_key: "t:1v1".to_owned(),
             group_id: format!("g-{ticket}"),
-            owner: ticket.to_owned(),
-            members: vec![ticket.to_owned()],
-            region: None,
-            constraints: None,
-            attributes: BTreeMap::new(),
-            tags: Vec::new(),
-            string_args: BTreeMap::new(),
-            latencies: BTreeMap::new(),
             status: TicketStatus::Assigned,
-            enqueued_at: 10,
-            expires_at: 600_010,
             updated_at: 500,
             assignment: Some(Assignment {
                 assignment_id: format!("a-{ticket}"),
@@ -168,7 +156,13 @@ mod tests {
             }),
             assignment_expires_at: Some(expires_at),
             assigned_instance: Some(instance.to_owned()),
-            failure_reason: None,
+            ..TicketRecord::queued(
+                ticket.to_owned(),
+                "t:1v1".to_owned(),
+                vec![ticket.to_owned()],
+                10,
+                600_010,
+            )
         }
     }
 

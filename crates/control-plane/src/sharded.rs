@@ -63,6 +63,16 @@ fn in_shard(hash: u64) -> u64 {
     hash.rotate_left(32)
 }
 
+/// Whether an entry is the one for `key` (of hash `hash`): the stored hash is
+/// compared first, so a key's bytes are read only on a likely match.
+fn holds<'a, K, V, Q>(hash: u64, key: &'a Q) -> impl Fn(&Entry<K, V>) -> bool + 'a
+where
+    K: Borrow<Q>,
+    Q: Eq + ?Sized,
+{
+    move |entry| entry.hash == hash && entry.key.borrow() == key
+}
+
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
         Self {
@@ -100,9 +110,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     {
         let (hash, shard) = self.locate(key);
         self.shards[shard]
-            .find(in_shard(hash), |entry| {
-                entry.hash == hash && entry.key.borrow() == key
-            })
+            .find(in_shard(hash), holds(hash, key))
             .map(|entry| &entry.value)
     }
 
@@ -113,19 +121,15 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     {
         let (hash, shard) = self.locate(key);
         self.shards[shard]
-            .find_mut(in_shard(hash), |entry| {
-                entry.hash == hash && entry.key.borrow() == key
-            })
+            .find_mut(in_shard(hash), holds(hash, key))
             .map(|entry| &mut entry.value)
     }
 
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let (hash, shard) = self.locate(&key);
-        match self.shards[shard].entry(
-            in_shard(hash),
-            |entry| entry.hash == hash && entry.key == key,
-            |entry| in_shard(entry.hash),
-        ) {
+        match self.shards[shard].entry(in_shard(hash), holds(hash, &key), |entry| {
+            in_shard(entry.hash)
+        }) {
             hashbrown::hash_table::Entry::Occupied(mut occupied) => {
                 Some(std::mem::replace(&mut occupied.get_mut().value, value))
             }
@@ -142,9 +146,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let (hash, shard) = self.locate(key);
-        let found = self.shards[shard].find_entry(in_shard(hash), |entry| {
-            entry.hash == hash && entry.key.borrow() == key
-        });
+        let found = self.shards[shard].find_entry(in_shard(hash), holds(hash, key));
         found.ok().map(|occupied| occupied.remove().0.value)
     }
 

@@ -402,25 +402,14 @@ async fn the_feed_resumes_after_a_redis_restart_with_aof() {
 
 fn record(id: &str, now: u64) -> TicketRecord {
     TicketRecord {
-        ticket_id: id.to_owned(),
-        queue_key: "q".to_owned(),
         group_id: id.to_owned(),
-        owner: format!("{id}-player"),
-        members: vec![format!("{id}-player")],
-        region: None,
-        constraints: None,
-        attributes: BTreeMap::new(),
-        tags: Vec::new(),
-        string_args: BTreeMap::new(),
-        latencies: BTreeMap::new(),
-        status: TicketStatus::Queued,
-        enqueued_at: now,
-        expires_at: now + 600_000,
-        updated_at: now,
-        assignment: None,
-        assignment_expires_at: None,
-        assigned_instance: None,
-        failure_reason: None,
+        ..TicketRecord::queued(
+            id.to_owned(),
+            "q".to_owned(),
+            vec![format!("{id}-player")],
+            now,
+            now + 600_000,
+        )
     }
 }
 

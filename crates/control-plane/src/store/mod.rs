@@ -110,6 +110,38 @@ pub struct TicketRecord {
 }
 
 impl TicketRecord {
+    /// A queued ticket of `members` with no request options: its owner the
+    /// first member and its group generated, as a bare enqueue stores it.
+    pub fn queued(
+        ticket_id: String,
+        queue_key: String,
+        members: Vec<String>,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Self {
+        Self {
+            group_id: Self::generated_group_id(&ticket_id),
+            owner: members.first().cloned().unwrap_or_default(),
+            ticket_id,
+            queue_key,
+            members,
+            region: None,
+            constraints: None,
+            attributes: BTreeMap::new(),
+            tags: Vec::new(),
+            string_args: BTreeMap::new(),
+            latencies: BTreeMap::new(),
+            status: TicketStatus::Queued,
+            enqueued_at: now,
+            expires_at,
+            updated_at: now,
+            assignment: None,
+            assignment_expires_at: None,
+            assigned_instance: None,
+            failure_reason: None,
+        }
+    }
+
     /// Fills in the owner of a record written before tickets had one.
     pub fn with_default_owner(mut self) -> Self {
         if self.owner.is_empty()

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use matchplane_contracts::matchmaking::{Assignment, TicketStatus};
+use matchplane_contracts::matchmaking::Assignment;
 
 use super::TicketRecord;
 use crate::clock::Millis;
@@ -10,25 +10,14 @@ use crate::clock::Millis;
 /// A queued solo ticket in queue `q`, its player named after it.
 pub(super) fn ticket(id: &str, group: &str, now: Millis) -> TicketRecord {
     TicketRecord {
-        ticket_id: id.to_owned(),
-        queue_key: "q".to_owned(),
         group_id: group.to_owned(),
-        owner: format!("{id}-player"),
-        members: vec![format!("{id}-player")],
-        region: None,
-        constraints: None,
-        attributes: BTreeMap::new(),
-        tags: Vec::new(),
-        string_args: BTreeMap::new(),
-        latencies: BTreeMap::new(),
-        status: TicketStatus::Queued,
-        enqueued_at: now,
-        expires_at: now + 600_000,
-        updated_at: now,
-        assignment: None,
-        assignment_expires_at: None,
-        assigned_instance: None,
-        failure_reason: None,
+        ..TicketRecord::queued(
+            id.to_owned(),
+            "q".to_owned(),
+            vec![format!("{id}-player")],
+            now,
+            now + 600_000,
+        )
     }
 }
 
